@@ -1,0 +1,67 @@
+"""AoE exports and the mirrors (RAID1 of two exports on two disk servers) that guests use."""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator
+from django.db import models
+
+from storage.choices import EXPORT_STATE_COLOURS, MIRROR_STATE_COLOURS, ExportState, MirrorState
+
+LEGS = 2
+
+
+class Mirror(models.Model):
+    """One guest disk: a RAID1 of two legs (exports) on two different disk servers."""
+
+    vm = models.OneToOneField("vms.VirtualMachine", on_delete=models.CASCADE, related_name="mirror")
+    state = models.CharField(max_length=16, choices=MirrorState.choices, default=MirrorState.UNKNOWN)
+
+    def __str__(self) -> str:
+        return f"mirror of {self.vm.name}"
+
+    @property
+    def state_colour(self) -> str:
+        return MIRROR_STATE_COLOURS.get(self.state, "secondary")
+
+
+class AoEExport(models.Model):
+    disk_server = models.ForeignKey("hosts.DiskServer", on_delete=models.PROTECT, related_name="exports")
+    mirror = models.ForeignKey(Mirror, on_delete=models.CASCADE, related_name="legs", null=True, blank=True)
+    leg = models.PositiveSmallIntegerField(validators=[MaxValueValidator(LEGS - 1)])
+    # The shelf is the disk server's, copied here so that the database itself keeps shelf.slot
+    # unique on the SAN.
+    shelf = models.PositiveIntegerField(validators=[MaxValueValidator(65534)])
+    slot = models.PositiveSmallIntegerField(validators=[MaxValueValidator(254)])
+    backing_path = models.CharField(max_length=512)
+    size_mib = models.PositiveBigIntegerField()
+    state = models.CharField(max_length=16, choices=ExportState.choices, default=ExportState.PLANNED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["shelf", "slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["shelf", "slot"], name="aoe_shelf_slot_unique"),
+            models.UniqueConstraint(fields=["mirror", "leg"], name="mirror_leg_unique"),
+            models.CheckConstraint(condition=models.Q(slot__lte=254), name="aoe_slot_range"),
+            models.CheckConstraint(condition=models.Q(shelf__lte=65534), name="aoe_shelf_range"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def name(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+    @property
+    def device_path(self) -> str:
+        """Where the AoE initiator shows this export on a CPU server."""
+        return f"/dev/etherd/e{self.shelf}.{self.slot}"
+
+    @property
+    def state_colour(self) -> str:
+        return EXPORT_STATE_COLOURS.get(self.state, "secondary")
+
+    def clean(self) -> None:
+        if self.disk_server_id and self.shelf != self.disk_server.aoe_shelf:
+            raise ValidationError({"shelf": f"Exports of {self.disk_server} use shelf {self.disk_server.aoe_shelf}."})

@@ -1,0 +1,3 @@
+from xenaoe_panel.celery import app as celery_app
+
+__all__ = ("celery_app",)

@@ -1,0 +1,124 @@
+"""Django settings for the XenAoE panel, all from the environment (see docs/configuration.md)."""
+from pathlib import Path
+
+import dj_database_url
+
+from xenaoe_panel.env import env_bool, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "")
+if not SECRET_KEY:
+    # A fixed key in git would let anyone forge sessions; an unset key is only tolerable for a
+    # throw-away demo, so derive a per-checkout one and keep it out of git.
+    key_file = BASE_DIR / ".run" / "secret_key"
+    if not key_file.exists():
+        import secrets
+
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    SECRET_KEY = key_file.read_text().strip()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "hosts",
+    "storage",
+    "vms",
+    "jobs",
+    "lab",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "xenaoe_panel.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "xenaoe_panel.asgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
+    }
+}
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "xenaoe")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# Reaching the hosts. Secrets are files, never values: the defaults point at what `lab up` writes.
+LAB_DIR = env_path("XENAOE_LAB_DIR", BASE_DIR / ".lab")
+SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", LAB_DIR / "ssh" / "id_ed25519")
+SSH_KNOWN_HOSTS_FILE = env_path("XENAOE_SSH_KNOWN_HOSTS", LAB_DIR / "ssh" / "known_hosts")
+SSH_CONTROL_DIR = env_path("XENAOE_SSH_CONTROL_DIR", Path("/tmp/xenaoe-ssh"))
+SSH_CONNECT_TIMEOUT = env_int("XENAOE_SSH_CONNECT_TIMEOUT", 5, minimum=1)
+SSH_COMMAND_TIMEOUT = env_int("XENAOE_SSH_COMMAND_TIMEOUT", 60, minimum=1)
+
+# Bounds an operator may ask for when creating a VM.
+VM_MIN_MEMORY_MIB = env_int("XENAOE_VM_MIN_MEMORY_MIB", 32, minimum=1)
+VM_MAX_MEMORY_MIB = env_int("XENAOE_VM_MAX_MEMORY_MIB", 262144, minimum=1)
+VM_MAX_VCPUS = env_int("XENAOE_VM_MAX_VCPUS", 64, minimum=1)
+VM_MIN_DISK_MIB = env_int("XENAOE_VM_MIN_DISK_MIB", 16, minimum=1)
+VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
