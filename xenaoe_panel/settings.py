@@ -1,4 +1,5 @@
 """Django settings for the XenAoE panel, all from the environment (see docs/configuration.md)."""
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -73,6 +74,10 @@ DATABASES = {
         env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"), conn_max_age=60
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The demo's SQLite is shared by web and worker: wait for the write lock instead of failing,
+    # and take it at the start of a transaction so that reservations are serialised.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -95,6 +100,7 @@ LOGOUT_REDIRECT_URL = "login"
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -105,7 +111,11 @@ USE_TZ = True
 LAB_DIR = env_path("XENAOE_LAB_DIR", BASE_DIR / ".lab")
 SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", LAB_DIR / "ssh" / "id_ed25519")
 SSH_KNOWN_HOSTS_FILE = env_path("XENAOE_SSH_KNOWN_HOSTS", LAB_DIR / "ssh" / "known_hosts")
-SSH_CONTROL_DIR = env_path("XENAOE_SSH_CONTROL_DIR", Path("/tmp/xenaoe-ssh"))
+# ControlMaster sockets: a root-only directory, short enough for a unix socket path.
+SSH_CONTROL_DIR = env_path(
+    "XENAOE_SSH_CONTROL_DIR",
+    Path("/run/xenaoe-ssh") if os.geteuid() == 0 else Path.home() / ".cache" / "xenaoe-ssh",
+)
 SSH_CONNECT_TIMEOUT = env_int("XENAOE_SSH_CONNECT_TIMEOUT", 5, minimum=1)
 SSH_COMMAND_TIMEOUT = env_int("XENAOE_SSH_COMMAND_TIMEOUT", 60, minimum=1)
 

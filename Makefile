@@ -1,0 +1,34 @@
+# XenAoE Panel. `make demo` runs it with a lab cluster; `make test` runs every test.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export DJANGO_SETTINGS_MODULE := xenaoe_panel.settings
+PORT ?= 8000
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/xenaoe
+
+.PHONY: install demo stop test lint bench clean
+
+install:
+	scripts/install.sh
+
+demo: install
+	scripts/demo.sh start
+
+stop:
+	scripts/demo.sh stop
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install
+	scripts/services.sh
+	$(VENV)/bin/ruff check .
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) manage.py makemigrations --check --dry-run >/dev/null
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	scripts/services.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench
+
+clean: stop
+	rm -rf .run staticfiles

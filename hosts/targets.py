@@ -1,0 +1,17 @@
+"""How the panel reaches a host: its model row turned into driver configuration."""
+from django.conf import settings
+
+from drivers.ssh import SSHTarget
+from hosts.models import Host
+
+
+def ssh_target(host: Host) -> SSHTarget:
+    return SSHTarget(
+        host=host.address,
+        user=host.ssh_user,
+        port=host.ssh_port,
+        identity_file=settings.SSH_IDENTITY_FILE,
+        known_hosts_file=settings.SSH_KNOWN_HOSTS_FILE,
+        control_dir=settings.SSH_CONTROL_DIR,
+        connect_timeout=settings.SSH_CONNECT_TIMEOUT,
+    )

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make demo`: the lab cluster, the panel (web + worker) and an operator login.
+# `make stop`: stop them and take the lab down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+RUN=.run
+PORT=${PORT:-8000}
+mkdir -p "$RUN"
+
+stop_pid() {  # stop a process we started, by its pid file
+  local file=$1
+  [ -f "$file" ] || return 0
+  local pid; pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+case "${1:-start}" in
+start)
+  if [ "$(id -u)" != 0 ]; then echo "make demo needs root: the lab cluster creates network namespaces" >&2; exit 1; fi
+  scripts/services.sh
+  $PY manage.py migrate --noinput >/dev/null
+  $PY manage.py collectstatic --noinput >/dev/null
+  $PY manage.py lab up
+  password_file="$RUN/operator-password"
+  [ -s "$password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$password_file")
+  $PY manage.py ensure_operator operator --password-file "$password_file"
+  stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"
+  nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 --loglevel=INFO \
+    > "$RUN/worker.log" 2>&1 < /dev/null & echo $! > "$RUN/worker.pid"
+  nohup .venv/bin/daphne -b 127.0.0.1 -p "$PORT" xenaoe_panel.asgi:application \
+    > "$RUN/web.log" 2>&1 < /dev/null & echo $! > "$RUN/web.pid"
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$PORT/login/" 2>/dev/null && break; sleep 0.2
+  done
+  cat <<TXT
+
+XenAoE Panel is running.
+  URL:      http://127.0.0.1:$PORT/
+  login:    operator
+  password: $(cat "$password_file")
+Logs in $RUN/ (web.log, worker.log). Stop everything with: make stop
+TXT
+  ;;
+stop)
+  stop_pid "$RUN/web.pid"
+  stop_pid "$RUN/worker.pid"
+  if [ "$(id -u)" = 0 ] && [ -x "$PY" ]; then $PY manage.py lab down; fi
+  ;;
+*) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,145 @@
+"""Shared fixtures: the database (PostgreSQL), a real Celery worker, the lab cluster, a web server.
+
+The worker and the web server are separate processes started against pytest-django's test
+database, on a queue and channel prefix of this run's own, so that a demo running beside the tests
+never takes their jobs.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/xenaoe")
+os.environ.setdefault("CELERY_QUEUE", f"xenaoe-test-{os.getpid()}")
+os.environ.setdefault("CHANNELS_PREFIX", f"xenaoe-test-{os.getpid()}")
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@pytest.fixture(scope="session")
+def lab_cluster() -> Iterator[object]:
+    """The lab cluster, up for the whole session; taken down at the end if this run started it."""
+    if not _is_root():
+        pytest.skip("the lab cluster needs root (network namespaces)")
+    from lab import cluster
+
+    already_up = bool(cluster.status().hosts)
+    status = cluster.up()
+    yield status
+    if not already_up:
+        cluster.down()
+
+
+def _child_env(database_name: str) -> dict[str, str]:
+    import dj_database_url
+
+    url = os.environ["DATABASE_URL"]
+    parsed = dj_database_url.parse(url)
+    env = dict(os.environ)
+    env["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + database_name if parsed["NAME"] else url
+    env["DJANGO_SETTINGS_MODULE"] = "xenaoe_panel.settings"
+    return env
+
+
+def _wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    detail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up within {timeout:g} s\n{detail}")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """A real `celery -A xenaoe_panel worker` on the test database."""
+    from django.conf import settings
+
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = _child_env(settings.DATABASES["default"]["NAME"])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "xenaoe_panel", "worker", "-P", "threads", "-c", "4",
+             "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h", "-Q", os.environ["CELERY_QUEUE"]],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    from jobs.services import WorkerUnavailable, check_workers
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return check_workers(timeout=0.5) > 0
+        except WorkerUnavailable:
+            return False
+
+    _wait_for(answers, 30, "the Celery worker", log)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, tmp_path_factory) -> Iterator[str]:
+    """Daphne serving the ASGI app (pages and websockets) on the test database; yields its URL."""
+    from django.conf import settings
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("web") / "web.log"
+    env = _child_env(settings.DATABASES["default"]["NAME"])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "xenaoe_panel.asgi:application"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+    def listening() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daphne exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    _wait_for(listening, 30, "daphne", log)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def lab_hosts(lab_cluster, transactional_db):
+    """The lab's hosts registered in the (flushed after each test) test database."""
+    from hosts.models import CpuServer, DiskServer
+    from lab import register
+
+    register.register_hosts(lab_cluster)
+    return {"cpu": list(CpuServer.objects.order_by("name")), "disk": list(DiskServer.objects.order_by("name"))}
+
+
+@pytest.fixture
+def operator(transactional_db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("op", password="op-password-1", is_staff=True, is_superuser=True)

@@ -1,0 +1,30 @@
+from django import forms
+from django.conf import settings
+
+from hosts.models import CpuServer
+from vms.models import vm_name_validator
+
+AUTOMATIC = ""
+
+
+class VmCreateForm(forms.Form):
+    name = forms.CharField(max_length=63, validators=[vm_name_validator],
+                           help_text="Lower-case letters, digits and '-'.")
+    vcpus = forms.IntegerField(label="vCPUs", min_value=1, initial=1)
+    memory_mib = forms.IntegerField(label="Memory (MiB)", initial=128)
+    disk_mib = forms.IntegerField(label="Disk (MiB)", initial=64)
+    cpu_server = forms.ChoiceField(label="CPU server", required=False)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["vcpus"].max_value = settings.VM_MAX_VCPUS
+        self.fields["memory_mib"].min_value = settings.VM_MIN_MEMORY_MIB
+        self.fields["memory_mib"].max_value = settings.VM_MAX_MEMORY_MIB
+        self.fields["disk_mib"].min_value = settings.VM_MIN_DISK_MIB
+        self.fields["disk_mib"].max_value = settings.VM_MAX_DISK_MIB
+        for name in ("vcpus", "memory_mib", "disk_mib"):
+            field = self.fields[name]
+            field.widget.attrs.update({"min": field.min_value, "max": field.max_value})
+        self.fields["cpu_server"].choices = [(AUTOMATIC, "Automatic (most free memory)")] + [
+            (s.name, s.name) for s in CpuServer.objects.order_by("name")
+        ]

@@ -1,0 +1,195 @@
+"""The steps of VM jobs. Each step is idempotent where it can be, and undoes what it did."""
+from __future__ import annotations
+
+from drivers import aoe, hypervisor, vblade
+from hosts.targets import ssh_target
+from jobs.runner import JobContext, JobFailed, Step, job_kind
+from storage.choices import ExportState
+from storage.models import AoEExport
+from vms.choices import VmState
+from vms.models import VirtualMachine
+
+SECTORS_PER_MIB = 2048
+
+
+def _vm(ctx: JobContext) -> VirtualMachine:
+    if ctx.job.vm_id is None:
+        raise JobFailed(f"VM {ctx.job.target_name} no longer exists")
+    return VirtualMachine.objects.select_related("cpu_server").get(pk=ctx.job.vm_id)
+
+
+def _legs(vm: VirtualMachine) -> list[AoEExport]:
+    return list(AoEExport.objects.filter(mirror__vm=vm).select_related("disk_server").order_by("leg"))
+
+
+def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainSpec:
+    return hypervisor.DomainSpec(
+        name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+        disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
+    )
+
+
+# --- vm.create --------------------------------------------------------------------------------
+
+def check_reservation(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    cpu = vm.cpu_server
+    legs = _legs(vm)
+    ctx.log(
+        f"{vm.name}: {vm.vcpus} vCPU, {vm.memory_mib} MiB on {cpu.name} "
+        f"({cpu.free_memory_mib} MiB of {cpu.memory_mib} MiB left after it)",
+        cpu_server=cpu.name, free_memory_mib=cpu.free_memory_mib,
+    )
+    for leg in legs:
+        ctx.log(f"leg {leg.leg}: {leg.name} on {leg.disk_server.name}, {leg.size_mib} MiB at {leg.backing_path}")
+
+
+def release_reservation(ctx: JobContext) -> None:
+    VirtualMachine.objects.filter(pk=ctx.job.vm_id).delete()
+
+
+def create_volumes(ctx: JobContext) -> None:
+    created: list[int] = ctx.data.setdefault("volumes", [])
+    for leg in _legs(_vm(ctx)):
+        vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
+        created.append(leg.pk)
+        ctx.log(f"created {leg.size_mib} MiB volume {leg.backing_path} on {leg.disk_server.name}")
+
+
+def remove_volumes(ctx: JobContext) -> None:
+    for leg in AoEExport.objects.filter(pk__in=ctx.data.get("volumes", [])).select_related("disk_server"):
+        vblade.remove_volume(ssh_target(leg.disk_server), leg.backing_path)
+        ctx.log(f"removed {leg.backing_path} on {leg.disk_server.name}")
+
+
+def start_exports(ctx: JobContext) -> None:
+    started: list[int] = ctx.data.setdefault("exports", [])
+    for leg in _legs(_vm(ctx)):
+        disk = leg.disk_server
+        running = vblade.start_export(
+            ssh_target(disk),
+            vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path),
+        )
+        started.append(leg.pk)
+        AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
+        ctx.log(f"{leg.name} exported by vblade (pid {running.pid}) on {disk.name}:{disk.san_interface}")
+
+
+def stop_exports(ctx: JobContext) -> None:
+    for leg in AoEExport.objects.filter(pk__in=ctx.data.get("exports", [])).select_related("disk_server"):
+        vblade.stop_export(ssh_target(leg.disk_server), leg.shelf, leg.slot)
+        AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.STOPPED)
+        ctx.log(f"{leg.name} no longer exported")
+
+
+def verify_exports(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    cpu = vm.cpu_server
+    for leg in _legs(vm):
+        answers = aoe.probe(ssh_target(cpu), cpu.san_interface, leg.shelf, leg.slot, identify=True)
+        if not answers:
+            raise JobFailed(f"{leg.name} does not answer an AoE query from {cpu.name}:{cpu.san_interface}")
+        answer = answers[0]
+        expected = leg.size_mib * SECTORS_PER_MIB
+        if answer.sectors != expected:
+            raise JobFailed(f"{leg.name} reports {answer.sectors} sectors from {cpu.name}, expected {expected}")
+        ctx.log(f"{leg.name} answers from {cpu.name}: MAC {answer.mac}, {answer.sectors} sectors",
+                mac=answer.mac, sectors=answer.sectors)
+
+
+def attach_exports(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    ctx.data["attached_on"] = vm.cpu_server.pk
+    for leg in _legs(vm):
+        path = aoe.attach(ssh_target(vm.cpu_server), leg.shelf, leg.slot)
+        ctx.log(f"{leg.name} is {path} on {vm.cpu_server.name}")
+
+
+def detach_exports(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    for leg in _legs(vm):
+        aoe.detach(ssh_target(vm.cpu_server), leg.shelf, leg.slot)
+
+
+def define_domain(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    xml = hypervisor.domain_xml(domain_spec(vm, _legs(vm)))
+    info = hypervisor.define(vm.cpu_server.libvirt_uri, xml)
+    ctx.data["defined"] = True
+    ctx.log(f"domain {info.name} defined on {vm.cpu_server.name}")
+
+
+def undefine_domain(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    hypervisor.undefine(vm.cpu_server.libvirt_uri, vm.domain_name)
+
+
+def start_domain(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    info = hypervisor.start(vm.cpu_server.libvirt_uri, vm.domain_name)
+    ctx.log(f"domain {info.name} is {info.state}")
+
+
+def destroy_domain(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    hypervisor.destroy(vm.cpu_server.libvirt_uri, vm.domain_name)
+
+
+def confirm_running(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    info = hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name)
+    if info is None or info.state != "running":
+        raise JobFailed(f"{vm.domain_name} is {info.state if info else 'not defined'} on {vm.cpu_server.name}")
+    VirtualMachine.objects.filter(pk=vm.pk).update(state=VmState.RUNNING)
+    ctx.log(f"{vm.name} runs on {vm.cpu_server.name}")
+
+
+@job_kind("vm.create")
+def plan_create(ctx: JobContext) -> list[Step]:
+    vm = _vm(ctx)
+    cpu = vm.cpu_server.name
+    return [
+        Step("Check and reserve name, memory and slot", check_reservation, release_reservation),
+        Step("Create the backing volume on each disk server", create_volumes, remove_volumes),
+        Step("Export each volume with vblade", start_exports, stop_exports),
+        Step(f"Verify both exports answer from {cpu}", verify_exports),
+        Step(f"Attach both exports on {cpu}", attach_exports, detach_exports),
+        Step(f"Define the domain on {cpu}", define_domain, undefine_domain),
+        Step("Start the domain", start_domain, destroy_domain),
+        Step("Confirm it runs", confirm_running),
+    ]
+
+
+# --- vm.delete --------------------------------------------------------------------------------
+
+def forget_vm(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    name = vm.name
+    vm.delete()
+    ctx.log(f"{name} removed from the inventory")
+
+
+def stop_all_exports(ctx: JobContext) -> None:
+    ctx.data["exports"] = [leg.pk for leg in _legs(_vm(ctx))]
+    stop_exports(ctx)
+
+
+def remove_all_volumes(ctx: JobContext) -> None:
+    ctx.data["volumes"] = [leg.pk for leg in _legs(_vm(ctx))]
+    remove_volumes(ctx)
+
+
+@job_kind("vm.delete")
+def plan_delete(ctx: JobContext) -> list[Step]:
+    vm = _vm(ctx)
+    where = vm.cpu_server.name if vm.cpu_server else "its CPU server"
+    # Deleting only goes forward: every step is idempotent, so a failed delete is finished by
+    # running it again.
+    return [
+        Step(f"Force off the domain on {where}", destroy_domain),
+        Step("Undefine the domain", undefine_domain),
+        Step(f"Detach the exports on {where}", detach_exports),
+        Step("Stop both exports", stop_all_exports),
+        Step("Remove both backing volumes", remove_all_volumes),
+        Step("Forget the VM", forget_vm),
+    ]

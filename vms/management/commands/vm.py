@@ -1,0 +1,90 @@
+"""`manage.py vm create|delete|list|show`: the VM services for operators and scripts."""
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.follow import follow
+from jobs.models import Job
+from jobs.services import WorkerUnavailable, check_workers
+from vms.models import VirtualMachine
+from vms.serializers import vm_summary
+from vms.services import VmRequest, create_vm, delete_vm
+
+
+class Command(BaseCommand):
+    help = "Create, delete, list and show virtual machines."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        create = sub.add_parser("create", help="create a VM with a mirrored disk and start it")
+        create.add_argument("name")
+        create.add_argument("--vcpus", type=int, required=True)
+        create.add_argument("--memory-mib", type=int, required=True)
+        create.add_argument("--disk-mib", type=int, required=True)
+        create.add_argument("--on", metavar="HOST", help="CPU server (default: the panel chooses)")
+        create.add_argument("--wait", action="store_true", help="follow the job until it ends")
+        delete = sub.add_parser("delete", help="remove the domain, both exports and both volumes")
+        delete.add_argument("name")
+        delete.add_argument("--wait", action="store_true")
+        sub.add_parser("list", help="one line per VM")
+        show = sub.add_parser("show", help="one VM in detail")
+        show.add_argument("name")
+        show.add_argument("--json", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        getattr(self, f"do_{options['action']}")(options)
+
+    def _submit(self, options: dict, submit: Any) -> None:
+        if options["wait"]:
+            try:
+                check_workers()
+            except WorkerUnavailable as exc:
+                raise CommandError(str(exc)) from exc
+        try:
+            job = submit()
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+        self.stdout.write(f"job #{job.pk} {job.kind} {job.target_name} queued")
+        if options["wait"]:
+            self._wait(job)
+
+    def _wait(self, job: Job) -> None:
+        job = follow(job.pk, self.stdout.write)
+        if job.state != "succeeded":
+            raise CommandError(f"job #{job.pk} {job.state}: {job.message}")
+
+    def do_create(self, options: dict) -> None:
+        request = VmRequest(
+            name=options["name"], vcpus=options["vcpus"], memory_mib=options["memory_mib"],
+            disk_mib=options["disk_mib"], cpu_server=options["on"],
+        )
+        self._submit(options, lambda: create_vm(request))
+
+    def do_delete(self, options: dict) -> None:
+        self._submit(options, lambda: delete_vm(options["name"]))
+
+    def do_list(self, options: dict) -> None:
+        for vm in VirtualMachine.objects.select_related("cpu_server"):
+            host = vm.cpu_server.name if vm.cpu_server else "-"
+            self.stdout.write(
+                f"{vm.name:<24} {vm.state:<9} {host:<12} {vm.vcpus} vCPU {vm.memory_mib} MiB {vm.disk_mib} MiB disk"
+            )
+
+    def do_show(self, options: dict) -> None:
+        vm = VirtualMachine.objects.select_related("cpu_server").filter(name=options["name"]).first()
+        if vm is None:
+            raise CommandError(f"no VM named {options['name']!r}")
+        summary = vm_summary(vm)
+        if options["json"]:
+            self.stdout.write(json.dumps(summary))
+            return
+        for key, value in summary.items():
+            if key != "legs":
+                self.stdout.write(f"{key:<12} {value}")
+        for leg in summary["legs"]:
+            self.stdout.write(f"leg          e{leg['shelf']}.{leg['slot']} on {leg['disk_server']} ({leg['state']})")

@@ -1,0 +1,102 @@
+"""Verbs on VMs. Each validates, reserves in one transaction, writes the job and queues it."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from hosts.models import CpuServer, DiskServer
+from jobs.models import Job
+from jobs.services import active_job_for, start_job
+from storage.models import AoEExport, Mirror
+from vms.choices import VmState
+from vms.models import VirtualMachine, vm_name_validator
+from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot
+
+
+@dataclass(frozen=True)
+class VmRequest:
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_mib: int
+    cpu_server: str | None = None  # None: the panel chooses
+
+
+def _check_range(errors: dict[str, str], field: str, value: int, low: int, high: int, unit: str) -> None:
+    if not low <= value <= high:
+        errors[field] = f"{field.replace('_', ' ')} must be between {low} and {high} {unit}, not {value}"
+
+
+def validate_request(req: VmRequest) -> None:
+    errors: dict[str, str] = {}
+    try:
+        vm_name_validator(req.name)
+    except ValidationError as exc:
+        errors["name"] = exc.messages[0]
+    _check_range(errors, "vcpus", req.vcpus, 1, settings.VM_MAX_VCPUS, "vCPUs")
+    _check_range(errors, "memory_mib", req.memory_mib, settings.VM_MIN_MEMORY_MIB, settings.VM_MAX_MEMORY_MIB, "MiB")
+    _check_range(errors, "disk_mib", req.disk_mib, settings.VM_MIN_DISK_MIB, settings.VM_MAX_DISK_MIB, "MiB")
+    if "name" not in errors and VirtualMachine.objects.filter(name=req.name).exists():
+        errors["name"] = f"a VM named {req.name!r} already exists"
+    if req.cpu_server and not CpuServer.objects.filter(name=req.cpu_server).exists():
+        errors["cpu_server"] = f"no CPU server named {req.cpu_server!r}"
+    if errors:
+        raise ValidationError(errors)
+
+
+def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
+    """Reserve the VM's memory, slot and volumes, and queue the job that builds it.
+
+    Raises ValidationError (nothing changed) for bad input or when the cluster has no room.
+    """
+    validate_request(req)
+    try:
+        with transaction.atomic():
+            # Lock every server row: placements are serialised, so two requests cannot both
+            # take the last free memory or the same slot.
+            list(CpuServer.objects.select_for_update().order_by("pk"))
+            list(DiskServer.objects.select_for_update().order_by("pk"))
+            requested = CpuServer.objects.get(name=req.cpu_server) if req.cpu_server else None
+            cpu = choose_cpu_server(req.memory_mib, requested)
+            disks = choose_disk_servers(req.disk_mib)
+            slot = free_slot(disks)
+            vm = VirtualMachine.objects.create(
+                name=req.name, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
+                cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(),
+            )
+            mirror = Mirror.objects.create(vm=vm)
+            for leg, disk in enumerate(disks):
+                AoEExport.objects.create(
+                    disk_server=disk, mirror=mirror, leg=leg, shelf=disk.aoe_shelf, slot=slot,
+                    size_mib=req.disk_mib,
+                    backing_path=f"{disk.volume_dir.rstrip('/')}/{vm.name}-e{disk.aoe_shelf}.{slot}.img",
+                )
+            return start_job(
+                "vm.create", vm=vm, user=user,
+                params={"vcpus": req.vcpus, "memory_mib": req.memory_mib, "disk_mib": req.disk_mib,
+                        "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic"},
+            )
+    except PlacementError as exc:
+        raise ValidationError({"cpu_server" if req.cpu_server else "__all__": str(exc)}) from exc
+    except IntegrityError as exc:
+        # A concurrent create took the name between the check and the insert.
+        raise ValidationError({"name": f"a VM named {req.name!r} already exists"}) from exc
+
+
+def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
+    """Queue the job that removes the domain, both exports and both volumes."""
+    with transaction.atomic():
+        vm = VirtualMachine.objects.select_for_update().filter(name=name).first()
+        if vm is None:
+            raise ValidationError({"name": f"no VM named {name!r}"})
+        busy = active_job_for(vm)
+        if busy is not None:
+            raise ValidationError({"name": f"{name} is busy with job #{busy.pk} ({busy.kind}, {busy.state})"})
+        vm.state = VmState.DELETING
+        vm.save(update_fields=["state", "updated_at"])
+        return start_job("vm.delete", vm=vm, user=user)

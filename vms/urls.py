@@ -1,0 +1,10 @@
+from django.urls import path
+
+from vms import views
+
+urlpatterns = [
+    path("", views.VmListView.as_view(), name="vm-list"),
+    path("new/", views.VmCreateView.as_view(), name="vm-create"),
+    path("<str:name>/", views.VmDetailView.as_view(), name="vm-detail"),
+    path("<str:name>/delete/", views.VmDeleteView.as_view(), name="vm-delete"),
+]
