@@ -27,6 +27,12 @@ class SSHTarget:
     user: str = "root"
     port: int = 22
     connect_timeout: int = 5
+    # The host's name in the inventory, for messages an operator reads.
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.host})" if self.name else self.host
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,13 @@ def run(
             cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise DriverError(f"{target.host}: `{remote}` timed out after {timeout:g} s") from exc
+        raise DriverError(f"{target.label}: `{remote}` timed out after {timeout:g} s") from exc
     result = CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
     if proc.returncode == SSH_CONNECTION_FAILED:
-        raise DriverError(f"{target.host}: SSH failed: {proc.stderr.strip() or 'no answer'}")
+        raise DriverError(f"{target.label}: SSH failed: {proc.stderr.strip() or 'no answer'}")
     if check and proc.returncode != 0:
         raise DriverError(
-            f"{target.host}: `{remote}` exited {proc.returncode}: {proc.stderr.strip()}",
+            f"{target.label}: `{remote}` exited {proc.returncode}: {proc.stderr.strip()}",
             permanent=True,
         )
     return result

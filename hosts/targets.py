@@ -8,6 +8,7 @@ from hosts.models import Host
 def ssh_target(host: Host) -> SSHTarget:
     return SSHTarget(
         host=host.address,
+        name=host.name,
         user=host.ssh_user,
         port=host.ssh_port,
         identity_file=settings.SSH_IDENTITY_FILE,

@@ -2,7 +2,9 @@
 
 A job kind is a function that, given the job, returns its steps. Expected failures (a driver
 error, a refused precondition) end the job FAILED with a message; anything else ends it ERRORED
-with the traceback in the log. Either way the steps already done are undone first.
+with the traceback in the log. Either way the failed step and the steps done before it are undone
+first, in reverse. A step can fail half-way (one volume made, the second refused), so its undo is
+called too and must undo only what the step recorded as done (in `ctx.data`), and be idempotent.
 """
 from __future__ import annotations
 
@@ -103,12 +105,12 @@ def run_job(job_id: int) -> Job | None:
             step.run(ctx)
         except (JobFailed, DriverError) as exc:
             ctx.log(f"{step.title} failed: {exc}", LogLevel.ERROR)
-            _finish(ctx, JobState.FAILED, f"{step.title} failed: {exc}", done)
+            _finish(ctx, JobState.FAILED, f"{step.title} failed: {exc}", [*done, step])
             return job
         except Exception as exc:
             ctx.log(f"{step.title} raised {type(exc).__name__}: {exc}", LogLevel.ERROR,
                     traceback=traceback.format_exc())
-            _finish(ctx, JobState.ERRORED, f"{step.title}: unexpected {type(exc).__name__}: {exc}", done)
+            _finish(ctx, JobState.ERRORED, f"{step.title}: unexpected {type(exc).__name__}: {exc}", [*done, step])
             return job
         done.append(step)
     _finish(ctx, JobState.SUCCEEDED, "done", [])

@@ -17,9 +17,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/xenaoe")
-os.environ.setdefault("CELERY_QUEUE", f"xenaoe-test-{os.getpid()}")
-os.environ.setdefault("CHANNELS_PREFIX", f"xenaoe-test-{os.getpid()}")
 
 
 def _is_root() -> bool:

@@ -65,11 +65,11 @@ def test_successful_job_runs_every_step_and_ends_at_100_percent():
     assert _messages(job)[:2] == ["Step 1/2: first", "Step 2/2: second"]
 
 
-def test_driver_error_fails_the_job_and_undoes_done_steps_in_reverse():
+def test_driver_error_fails_the_job_and_undoes_the_failed_step_and_those_before_it_in_reverse():
     job = Job.objects.create(kind="test.driver_failure")
     runner.run_job(job.pk)
     job.refresh_from_db()
-    assert calls == ["first", "second", "boom", "undo second", "undo first"]
+    assert calls == ["first", "second", "boom", "undo third", "undo second", "undo first"]
     assert job.state == JobState.FAILED
     assert "third failed: disk2: no space left" in job.message
     assert job.finished_at is not None

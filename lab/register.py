@@ -1,0 +1,38 @@
+"""Record the lab's hosts in the panel's database, as an operator would add real ones."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+
+from hosts.choices import Hypervisor
+from hosts.models import CpuServer, DiskServer
+from lab.topology import SAN_IFACE, VOLUME_DIR, host
+
+if TYPE_CHECKING:
+    from lab.cluster import LabStatus
+
+DISK_CAPACITY_MIB = 20480
+CPU_MEMORY_MIB = 4096
+CPU_VCPUS = 4
+
+
+@transaction.atomic
+def register_hosts(status: LabStatus) -> None:
+    """Create or update one row per running lab host, by name; other rows (and the VMs, exports
+    and mirrors pointing at these rows) are left alone, so running it again changes nothing."""
+    for running in status.hosts:
+        lab_host = host(running.name)
+        common = {"address": lab_host.address, "ssh_user": "root", "ssh_port": 22, "san_interface": SAN_IFACE}
+        if lab_host.role == "disk":
+            DiskServer.objects.update_or_create(
+                name=lab_host.name,
+                defaults={**common, "aoe_shelf": lab_host.aoe_shelf, "volume_dir": VOLUME_DIR,
+                          "capacity_mib": DISK_CAPACITY_MIB},
+            )
+        else:
+            CpuServer.objects.update_or_create(
+                name=lab_host.name,
+                defaults={**common, "libvirt_uri": lab_host.libvirt_uri, "hypervisor": Hypervisor.QEMU,
+                          "memory_mib": CPU_MEMORY_MIB, "vcpus": CPU_VCPUS},
+            )

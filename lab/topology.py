@@ -1,0 +1,113 @@
+"""The lab cluster's fixed shape: names, addresses and where each host keeps its state.
+
+The names are part of the project's contract (tests, the demo and docs use them), so they are
+constants here, not configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from django.conf import settings
+
+Role = Literal["disk", "cpu"]
+
+MGMT_BRIDGE = "xa-mgmt"
+SAN_BRIDGE = "xa-san"
+MGMT_GATEWAY = "10.213.0.1"
+MGMT_PREFIX = 24
+SAN_MTU = 9000
+NETNS_PREFIX = "xa-"
+
+# Inside every host: the names the panel's host records use.
+MGMT_IFACE = "mgmt0"
+SAN_IFACE = "san0"
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+LAB_CODE_DIR = Path(__file__).resolve().parent
+
+# Where the panel's own drivers put things on a host (see drivers/); the lab only makes them private.
+VOLUME_DIR = "/srv/xenaoe/volumes"
+
+# Host paths made private per host, and the directory under the host's state dir backing each one.
+PRIVATE_DIRS: dict[str, str] = {
+    "/root/.ssh": "root-ssh",
+    "/etc/libvirt": "etc-libvirt",
+    "/var/lib/libvirt": "var-lib-libvirt",
+    "/var/log/libvirt": "var-log-libvirt",
+    "/var/cache/libvirt": "var-cache-libvirt",
+    "/etc/xenaoe": "etc-xenaoe",
+    "/var/log/xenaoe": "var-log-xenaoe",
+    "/srv/xenaoe": "srv-xenaoe",
+}
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    role: Role
+    address: str
+    aoe_shelf: int | None = None
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def mgmt_veth(self) -> str:
+        """Root-namespace end of the host's management link (<= 15 characters)."""
+        return f"{NETNS_PREFIX}{self.name}-m"
+
+    @property
+    def san_veth(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}-s"
+
+    @property
+    def libvirt_uri(self) -> str | None:
+        if self.role != "cpu":
+            return None
+        ssh_dir = lab_dir() / "ssh"
+        # libssh (not the ssh binary) because only it takes a known_hosts file in the URI: the
+        # panel then verifies host keys against its own file, as drivers/ssh.py does.
+        return (
+            f"qemu+libssh://root@{self.address}/system"
+            f"?keyfile={ssh_dir / 'id_ed25519'}"
+            f"&known_hosts={ssh_dir / 'known_hosts'}"
+            "&known_hosts_verify=normal&sshauth=privkey"
+        )
+
+    @property
+    def state_dir(self) -> Path:
+        return lab_dir() / "hosts" / self.name
+
+
+HOSTS: tuple[LabHost, ...] = (
+    LabHost("disk1", "disk", "10.213.0.11", aoe_shelf=1),
+    LabHost("disk2", "disk", "10.213.0.12", aoe_shelf=2),
+    LabHost("cpu1", "cpu", "10.213.0.21"),
+    LabHost("cpu2", "cpu", "10.213.0.22"),
+)
+
+
+def host(name: str) -> LabHost:
+    for candidate in HOSTS:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no lab host {name!r} (hosts: {', '.join(h.name for h in HOSTS)})")
+
+
+def cpu_hosts() -> list[LabHost]:
+    return [h for h in HOSTS if h.role == "cpu"]
+
+
+def lab_dir() -> Path:
+    return Path(settings.LAB_DIR)
+
+
+def panel_identity() -> Path:
+    return lab_dir() / "ssh" / "id_ed25519"
+
+
+def panel_known_hosts() -> Path:
+    return lab_dir() / "ssh" / "known_hosts"

@@ -1,0 +1,7 @@
+"""Loaded as a pytest plugin (`-p tests.environment`), before Django reads its settings: this run's
+database, queue and channel prefix, so that a demo running beside the tests never takes their jobs."""
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/xenaoe")
+os.environ.setdefault("CELERY_QUEUE", f"xenaoe-test-{os.getpid()}")
+os.environ.setdefault("CHANNELS_PREFIX", f"xenaoe-test-{os.getpid()}")
