@@ -31,7 +31,8 @@ class JobFailed(Exception):
 @dataclass
 class JobContext:
     job: Job
-    # Steps share what they learnt (paths, chosen hosts) through here.
+    # Steps share what they learnt (paths, chosen hosts) through here; "result" becomes the
+    # message of a job that succeeds.
     data: dict[str, Any] = field(default_factory=dict)
 
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
@@ -113,7 +114,7 @@ def run_job(job_id: int) -> Job | None:
             _finish(ctx, JobState.ERRORED, f"{step.title}: unexpected {type(exc).__name__}: {exc}", [*done, step])
             return job
         done.append(step)
-    _finish(ctx, JobState.SUCCEEDED, "done", [])
+    _finish(ctx, JobState.SUCCEEDED, ctx.data.get("result", "done"), [])
     return job
 
 

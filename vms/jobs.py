@@ -141,7 +141,8 @@ def confirm_running(ctx: JobContext) -> None:
     if info is None or info.state != "running":
         raise JobFailed(f"{vm.domain_name} is {info.state if info else 'not defined'} on {vm.cpu_server.name}")
     VirtualMachine.objects.filter(pk=vm.pk).update(state=VmState.RUNNING)
-    ctx.log(f"{vm.name} runs on {vm.cpu_server.name}")
+    ctx.data["result"] = f"{vm.name} runs on {vm.cpu_server.name}"
+    ctx.log(ctx.data["result"])
 
 
 @job_kind("vm.create")
@@ -166,6 +167,7 @@ def forget_vm(ctx: JobContext) -> None:
     vm = _vm(ctx)
     name = vm.name
     vm.delete()
+    ctx.data["result"] = f"{name} deleted: domain, exports and volumes removed"
     ctx.log(f"{name} removed from the inventory")
 
 

@@ -48,7 +48,7 @@ def test_create_runs_the_guest_on_mirrored_aoe_exports_and_delete_removes_everyt
     out = StringIO()
     call_command("vm", "create", "itest", "--vcpus", "1", "--memory-mib", "64", "--disk-mib", "32",
                  "--on", "cpu2", "--wait", stdout=out)
-    assert "Job succeeded" in out.getvalue()
+    assert "Job succeeded: itest runs on cpu2" in out.getvalue()
 
     shown = StringIO()
     call_command("vm", "show", "itest", "--json", stdout=shown)
