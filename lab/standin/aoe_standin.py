@@ -58,8 +58,11 @@ def vblade_exports() -> list[dict]:
         if not argv or Path(argv[0]).name != "vblade":
             continue
         try:
-            opts, args = getopt.getopt(argv[1:], VBLADE_OPTIONS)
-            shelf, slot, iface, path = args
+            # The last four arguments are always SHELF SLOT IFACE FILE. vblade rewrites its -m
+            # list in place (commas become NULs), so a list of several MACs shows up as separate
+            # words after -m: getopt stops at the first of them, which is fine, -m is not used here.
+            shelf, slot, iface, path = argv[-4:]
+            opts, _ = getopt.getopt(argv[1:-4], VBLADE_OPTIONS)
             found.append({"pid": int(proc.name), "shelf": int(shelf), "slot": int(slot),
                           "iface": iface, "file": path, "opts": dict(opts)})
         except (getopt.GetoptError, ValueError):

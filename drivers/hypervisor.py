@@ -1,0 +1,338 @@
+"""Guests through libvirt: domain XML and the define / start / destroy / undefine life cycle.
+
+Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh://...`, `test:///default`): it
+comes from configuration. Every call opens its own connection in a worker thread and gives up
+after an explicit timeout, because a libvirt call on a dead host can block for minutes and the
+panel's workers must not. On timeout the connection is closed and the thread left to finish on its
+own (a daemon thread: it cannot hold the process open).
+
+Idempotency is decided here (already running, already gone), not left to each hypervisor
+driver's wording: the test driver, for one, calls a second start an "internal error".
+"""
+from __future__ import annotations
+
+import threading
+import uuid as uuid_module
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import libvirt
+
+from drivers.errors import DriverError
+
+T = TypeVar("T")
+
+HYPERVISORS = ("kvm", "qemu", "xen")
+MAX_DISKS = 26  # vda..vdz / xvda..xvdz
+
+STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+# Errors that say the request itself is wrong: retrying the same call cannot help. Everything
+# else (connection, RPC, system errors, a hypervisor that failed to start a guest) may pass.
+PERMANENT_ERRORS = frozenset({
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_INVALID_DOMAIN,
+    libvirt.VIR_ERR_XML_ERROR,
+    libvirt.VIR_ERR_XML_DETAIL,
+    libvirt.VIR_ERR_XML_INVALID_SCHEMA,
+    libvirt.VIR_ERR_OS_TYPE,
+    libvirt.VIR_ERR_NO_KERNEL,
+    libvirt.VIR_ERR_NO_ROOT,
+    libvirt.VIR_ERR_NO_SOURCE,
+    libvirt.VIR_ERR_NO_TARGET,
+    libvirt.VIR_ERR_NO_NAME,
+    libvirt.VIR_ERR_NO_OS,
+    libvirt.VIR_ERR_NO_DEVICE,
+    libvirt.VIR_ERR_INVALID_MAC,
+    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+    libvirt.VIR_ERR_ACCESS_DENIED,
+    libvirt.VIR_ERR_CPU_INCOMPATIBLE,
+    libvirt.VIR_ERR_INVALID_ARG,
+    libvirt.VIR_ERR_OPERATION_INVALID,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    libvirt.VIR_ERR_NO_SUPPORT,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_OPERATION_DENIED,
+    libvirt.VIR_ERR_AUTH_FAILED,
+    libvirt.VIR_ERR_DOM_EXIST,
+})
+
+# Managed save images and snapshot metadata would otherwise make undefine fail.
+UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+
+
+def _ignore_libvirt_error(_userdata: object, _error: object) -> None:
+    """libvirt prints every error on stderr unless a handler is set; ours are raised instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    uuid: str
+    vcpus: int
+    memory_mib: int
+    disks: tuple[str, ...]  # block devices, e.g. /dev/etherd/e1.0; the first one boots
+    hypervisor: str  # "kvm" | "qemu" | "xen"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    state: str  # running, paused, shutoff, crashed, blocked, shutdown, pmsuspended, nostate
+    persistent: bool
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    """Domain XML for `spec`: an HVM guest whose disks are raw block devices (AoE exports) with no
+    host cache, so that libvirt treats them as shared storage and live migration is safe; a
+    serial console on a pty; no network yet. Built with ElementTree, so names are escaped."""
+    _check_spec(spec)
+    xen = spec.hypervisor == "xen"
+    domain = ET.Element("domain", type=spec.hypervisor)
+    ET.SubElement(domain, "name").text = spec.name
+    ET.SubElement(domain, "uuid").text = str(uuid_module.UUID(spec.uuid))
+    ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(domain, "currentMemory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(domain, "vcpu").text = str(spec.vcpus)
+    os_element = ET.SubElement(domain, "os")
+    ET.SubElement(os_element, "type", arch="x86_64").text = "hvm"
+    ET.SubElement(os_element, "boot", dev="hd")
+    features = ET.SubElement(domain, "features")
+    for feature in ("acpi", "apic", "pae") if xen else ("acpi", "apic"):
+        ET.SubElement(features, feature)
+    ET.SubElement(domain, "on_poweroff").text = "destroy"
+    ET.SubElement(domain, "on_reboot").text = "restart"
+    # A crashed guest stays down: restarting it is the panel's decision (it may be split brain).
+    ET.SubElement(domain, "on_crash").text = "destroy"
+    devices = ET.SubElement(domain, "devices")
+    prefix, bus = ("xvd", "xen") if xen else ("vd", "virtio")
+    for index, path in enumerate(spec.disks):
+        disk = ET.SubElement(devices, "disk", type="block", device="disk")
+        if xen:
+            ET.SubElement(disk, "driver", name="phy")
+        else:
+            ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
+        ET.SubElement(disk, "source", dev=path)
+        ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + index), bus=bus)
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def define(uri: str, xml: str, *, timeout: float = 30) -> DomainInfo:
+    """Define (or redefine) a persistent domain. Refuses (permanent) if a domain of that name
+    exists with another UUID: that is another guest, not a new version of this one."""
+    try:
+        # The XML is the panel's own (domain_xml), and Python's expat fetches no external entities
+        # and caps entity expansion: safe to read the name and UUID from it.
+        root = ET.fromstring(xml)  # noqa: S314
+    except ET.ParseError as exc:
+        raise DriverError(f"domain XML does not parse: {exc}", permanent=True) from exc
+    name, wanted_uuid = root.findtext("name"), root.findtext("uuid")
+
+    def call(conn: libvirt.virConnect) -> DomainInfo:
+        existing = _lookup(conn, name) if name else None
+        if existing is not None and wanted_uuid and _same_uuid(existing.UUIDString(), wanted_uuid) is False:
+            raise DriverError(f"{uri}: a domain named {name!r} already exists with UUID "
+                              f"{existing.UUIDString()}", permanent=True)
+        return _info(conn.defineXML(xml))
+
+    return _call(uri, f"define {name!r}", timeout, call)
+
+
+def start(uri: str, name: str, *, timeout: float = 60) -> DomainInfo:
+    """Start a defined domain; a domain that is already active (running or paused) is left as
+    it is and its state returned."""
+
+    def call(conn: libvirt.virConnect) -> DomainInfo:
+        dom = _lookup_or_fail(conn, uri, name)
+        if not dom.isActive():
+            dom.create()
+        return _info(dom)
+
+    return _call(uri, f"start {name!r}", timeout, call)
+
+
+def destroy(uri: str, name: str, *, timeout: float = 30) -> None:
+    """Force the domain off (power cut, no guest shutdown). Absent or already off is fine."""
+
+    def call(conn: libvirt.virConnect) -> None:
+        dom = _lookup(conn, name)
+        if dom is None or not dom.isActive():
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError:
+            # It may have stopped between the check and the call: that is what we wanted.
+            if _lookup(conn, name) is None or not dom.isActive():
+                return
+            raise
+
+    _call(uri, f"destroy {name!r}", timeout, call)
+
+
+def undefine(uri: str, name: str, *, timeout: float = 30) -> None:
+    """Remove the domain's persistent definition; absent is fine. A running domain keeps running
+    as a transient one (destroy it first to delete a guest)."""
+
+    def call(conn: libvirt.virConnect) -> None:
+        dom = _lookup(conn, name)
+        if dom is None or not dom.isPersistent():
+            return
+        dom.undefineFlags(UNDEFINE_FLAGS)
+
+    _call(uri, f"undefine {name!r}", timeout, call)
+
+
+def domain_info(uri: str, name: str, *, timeout: float = 30) -> DomainInfo | None:
+    """The domain's state, or None if the hypervisor does not know it."""
+
+    def call(conn: libvirt.virConnect) -> DomainInfo | None:
+        dom = _lookup(conn, name)
+        return None if dom is None else _info(dom)
+
+    return _call(uri, f"look up {name!r}", timeout, call)
+
+
+def list_domains(uri: str, *, timeout: float = 30) -> list[DomainInfo]:
+    """Every persistent domain and every running transient one, sorted by name."""
+
+    def call(conn: libvirt.virConnect) -> list[DomainInfo]:
+        infos = []
+        for dom in conn.listAllDomains(0):
+            try:
+                infos.append(_info(dom))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # vanished while listing
+                    raise
+        return sorted(infos, key=lambda info: info.name)
+
+    return _call(uri, "list domains", timeout, call)
+
+
+class _Connection:
+    """One connection's life across the caller and its worker thread: whoever is last closes it,
+    exactly once (closing twice would hand libvirt a freed pointer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        self._abandoned = False
+
+    def adopt(self, conn: libvirt.virConnect) -> bool:
+        with self._lock:
+            if self._abandoned:
+                conn.close()
+                return False
+            self._conn = conn
+            return True
+
+    def close(self, abandon: bool = False) -> None:
+        with self._lock:
+            self._abandoned = self._abandoned or abandon
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+
+def _call(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
+    """Open `uri`, run fn(conn) and close, all in a worker thread; DriverError after `timeout`."""
+    outcome: dict[str, object] = {}
+    holder = _Connection()
+
+    def work() -> None:
+        try:
+            conn = libvirt.open(uri)
+            if holder.adopt(conn):
+                outcome["result"] = fn(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+        finally:
+            holder.close()
+
+    worker = threading.Thread(target=work, name=f"libvirt {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        holder.close(abandon=True)
+        raise DriverError(f"{uri}: {what} timed out after {timeout:g} s")
+    error = outcome.get("error")
+    if isinstance(error, libvirt.libvirtError):
+        code = error.get_error_code()
+        raise DriverError(f"{uri}: {what}: {error.get_error_message() or error}",
+                          permanent=code in PERMANENT_ERRORS) from error
+    if isinstance(error, BaseException):
+        raise error
+    return outcome["result"]  # type: ignore[return-value]
+
+
+def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _lookup_or_fail(conn: libvirt.virConnect, uri: str, name: str) -> libvirt.virDomain:
+    dom = _lookup(conn, name)
+    if dom is None:
+        raise DriverError(f"{uri}: no domain named {name!r}", permanent=True)
+    return dom
+
+
+def _info(dom: libvirt.virDomain) -> DomainInfo:
+    state, _reason = dom.state()
+    return DomainInfo(dom.name(), dom.UUIDString(), STATES.get(state, "nostate"), bool(dom.isPersistent()))
+
+
+def _same_uuid(a: str, b: str) -> bool | None:
+    try:
+        return uuid_module.UUID(a) == uuid_module.UUID(b)
+    except ValueError:
+        return None
+
+
+def _check_spec(spec: DomainSpec) -> None:
+    problems = []
+    if spec.hypervisor not in HYPERVISORS:
+        problems.append(f"hypervisor must be one of {', '.join(HYPERVISORS)}, not {spec.hypervisor!r}")
+    # libvirt refuses "/" in names (they become file names) and control characters break logs.
+    if not spec.name or "/" in spec.name or any(ord(c) < 32 or ord(c) == 127 for c in spec.name):
+        problems.append(f"bad domain name {spec.name!r}")
+    try:
+        uuid_module.UUID(spec.uuid)
+    except (ValueError, TypeError, AttributeError):
+        problems.append(f"bad UUID {spec.uuid!r}")
+    if not isinstance(spec.vcpus, int) or spec.vcpus < 1:
+        problems.append(f"vcpus must be >= 1, not {spec.vcpus!r}")
+    if not isinstance(spec.memory_mib, int) or spec.memory_mib < 1:
+        problems.append(f"memory must be >= 1 MiB, not {spec.memory_mib!r}")
+    if not 1 <= len(spec.disks) <= MAX_DISKS:
+        problems.append(f"a domain needs 1 to {MAX_DISKS} disks, not {len(spec.disks)}")
+    problems += [f"disk must be an absolute device path, not {d!r}" for d in spec.disks
+                 if not d.startswith("/") or any(ord(c) < 32 for c in d)]
+    if problems:
+        raise DriverError("; ".join(problems), permanent=True)
