@@ -27,9 +27,10 @@ class VmRequest:
     cpu_server: str | None = None  # None: the panel chooses
 
 
-def _check_range(errors: dict[str, str], field: str, value: int, low: int, high: int, unit: str) -> None:
+def _check_range(errors: dict[str, str], field: str, what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
+    low, high = bounds
     if not low <= value <= high:
-        errors[field] = f"{field.replace('_', ' ')} must be between {low} and {high} {unit}, not {value}"
+        errors[field] = f"{what} must be between {low} and {high} {unit}".rstrip() + f", not {value}"
 
 
 def validate_request(req: VmRequest) -> None:
@@ -38,9 +39,10 @@ def validate_request(req: VmRequest) -> None:
         vm_name_validator(req.name)
     except ValidationError as exc:
         errors["name"] = exc.messages[0]
-    _check_range(errors, "vcpus", req.vcpus, 1, settings.VM_MAX_VCPUS, "vCPUs")
-    _check_range(errors, "memory_mib", req.memory_mib, settings.VM_MIN_MEMORY_MIB, settings.VM_MAX_MEMORY_MIB, "MiB")
-    _check_range(errors, "disk_mib", req.disk_mib, settings.VM_MIN_DISK_MIB, settings.VM_MAX_DISK_MIB, "MiB")
+    _check_range(errors, "vcpus", "vCPUs", req.vcpus, (1, settings.VM_MAX_VCPUS), "")
+    _check_range(errors, "memory_mib", "memory", req.memory_mib,
+                 (settings.VM_MIN_MEMORY_MIB, settings.VM_MAX_MEMORY_MIB), "MiB")
+    _check_range(errors, "disk_mib", "disk", req.disk_mib, (settings.VM_MIN_DISK_MIB, settings.VM_MAX_DISK_MIB), "MiB")
     if "name" not in errors and VirtualMachine.objects.filter(name=req.name).exists():
         errors["name"] = f"a VM named {req.name!r} already exists"
     if req.cpu_server and not CpuServer.objects.filter(name=req.cpu_server).exists():

@@ -62,6 +62,7 @@ def test_operator_creates_a_vm_and_watches_it_to_100_percent(page, operator, lab
     assert page.locator("#job-log tr").count() >= 10
     out = os.environ.get("XENAOE_SCREENSHOT_DIR")
     if out:
+        page.wait_for_timeout(1000)  # let the progress bar's CSS transition finish
         page.screenshot(path=os.path.join(out, "job.png"), full_page=True)
 
     # A reload shows the same log once, not twice.
