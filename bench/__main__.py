@@ -18,7 +18,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DB_NAME = "xenaoe_bench"
-os.environ.setdefault("DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DB_NAME}")
+# A database of its own on the PostgreSQL server DATABASE_URL names (created if missing).
+SERVER_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
+os.environ["DATABASE_URL"] = f"{SERVER_URL}/{DB_NAME}"
 os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-{os.getpid()}"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -27,8 +29,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 def _ensure_database() -> None:
     import psycopg
 
-    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(base, autocommit=True) as conn:
+    with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone():
             conn.execute(f'CREATE DATABASE "{DB_NAME}"')
 

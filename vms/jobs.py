@@ -85,11 +85,18 @@ def stop_exports(ctx: JobContext) -> None:
 def verify_exports(ctx: JobContext) -> None:
     vm = _vm(ctx)
     cpu = vm.cpu_server
-    for leg in _legs(vm):
-        answers = aoe.probe(ssh_target(cpu), cpu.san_interface, leg.shelf, leg.slot, identify=True)
-        if not answers:
+    legs = _legs(vm)
+    # One Query Config for the slot on every shelf: both legs answer within one listening window,
+    # and a second target answering to the same shelf.slot (a misconfigured SAN) shows up too.
+    answers = aoe.probe(ssh_target(cpu), cpu.san_interface, None, legs[0].slot, identify=True)
+    for leg in legs:
+        mine = [a for a in answers if (a.shelf, a.slot) == (leg.shelf, leg.slot)]
+        if not mine:
             raise JobFailed(f"{leg.name} does not answer an AoE query from {cpu.name}:{cpu.san_interface}")
-        answer = answers[0]
+        if len(mine) > 1:
+            macs = ", ".join(a.mac for a in mine)
+            raise JobFailed(f"{leg.name} is answered by {len(mine)} targets on the SAN ({macs})")
+        answer = mine[0]
         expected = leg.size_mib * SECTORS_PER_MIB
         if answer.sectors != expected:
             raise JobFailed(f"{leg.name} reports {answer.sectors} sectors from {cpu.name}, expected {expected}")
