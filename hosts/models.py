@@ -6,6 +6,7 @@ from django.db import models
 from django.urls import reverse
 
 from hosts.choices import HOST_STATE_COLOURS, HostState, Hypervisor
+from xenaoe_panel.colours import StateColourMixin
 
 host_name_validator = RegexValidator(
     r"^[a-z][a-z0-9-]{0,62}$", "Lower-case letters, digits and '-', starting with a letter."
@@ -13,7 +14,8 @@ host_name_validator = RegexValidator(
 interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}$", "Not a network interface name.")
 
 
-class Host(models.Model):
+class Host(StateColourMixin, models.Model):
+    STATE_COLOURS = HOST_STATE_COLOURS
     name = models.CharField(max_length=63, unique=True, validators=[host_name_validator])
     address = models.CharField(
         max_length=255, help_text="Management address the panel reaches over SSH."
@@ -35,10 +37,6 @@ class Host(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @property
-    def state_colour(self) -> str:
-        return HOST_STATE_COLOURS.get(self.state, "secondary")
 
 
 class DiskServer(Host):

@@ -6,9 +6,11 @@ from django.db import models
 from django.urls import reverse
 
 from jobs.choices import FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
+from xenaoe_panel.colours import StateColourMixin
 
 
-class Job(models.Model):
+class Job(StateColourMixin, models.Model):
+    STATE_COLOURS = JOB_STATE_COLOURS
     kind = models.CharField(max_length=32, db_index=True)
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
     vm = models.ForeignKey("vms.VirtualMachine", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
@@ -45,9 +47,6 @@ class Job(models.Model):
         done = max(self.step - 1, 0) if self.state == JobState.RUNNING else self.step
         return int(100 * done / self.total_steps)
 
-    @property
-    def state_colour(self) -> str:
-        return JOB_STATE_COLOURS.get(self.state, "secondary")
 
     def summary(self) -> dict:
         """What a browser needs to draw the job's header and progress bar."""

@@ -6,25 +6,24 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 
 from storage.choices import EXPORT_STATE_COLOURS, MIRROR_STATE_COLOURS, ExportState, MirrorState
+from xenaoe_panel.colours import StateColourMixin
 
 LEGS = 2
 
 
-class Mirror(models.Model):
+class Mirror(StateColourMixin, models.Model):
     """One guest disk: a RAID1 of two legs (exports) on two different disk servers."""
 
+    STATE_COLOURS = MIRROR_STATE_COLOURS
     vm = models.OneToOneField("vms.VirtualMachine", on_delete=models.CASCADE, related_name="mirror")
     state = models.CharField(max_length=16, choices=MirrorState.choices, default=MirrorState.UNKNOWN)
 
     def __str__(self) -> str:
         return f"mirror of {self.vm.name}"
 
-    @property
-    def state_colour(self) -> str:
-        return MIRROR_STATE_COLOURS.get(self.state, "secondary")
 
-
-class AoEExport(models.Model):
+class AoEExport(StateColourMixin, models.Model):
+    STATE_COLOURS = EXPORT_STATE_COLOURS
     disk_server = models.ForeignKey("hosts.DiskServer", on_delete=models.PROTECT, related_name="exports")
     mirror = models.ForeignKey(Mirror, on_delete=models.CASCADE, related_name="legs", null=True, blank=True)
     leg = models.PositiveSmallIntegerField(validators=[MaxValueValidator(LEGS - 1)])
@@ -58,9 +57,6 @@ class AoEExport(models.Model):
         """Where the AoE initiator shows this export on a CPU server."""
         return f"/dev/etherd/e{self.shelf}.{self.slot}"
 
-    @property
-    def state_colour(self) -> str:
-        return EXPORT_STATE_COLOURS.get(self.state, "secondary")
 
     def clean(self) -> None:
         if self.disk_server_id and self.shelf != self.disk_server.aoe_shelf:

@@ -6,6 +6,7 @@ from django.db import models
 from django.urls import reverse
 
 from vms.choices import VM_STATE_COLOURS, VmState
+from xenaoe_panel.colours import StateColourMixin
 
 vm_name_validator = RegexValidator(
     r"^[a-z][a-z0-9-]{0,62}$",
@@ -13,7 +14,8 @@ vm_name_validator = RegexValidator(
 )
 
 
-class VirtualMachine(models.Model):
+class VirtualMachine(StateColourMixin, models.Model):
+    STATE_COLOURS = VM_STATE_COLOURS
     name = models.CharField(max_length=63, unique=True, validators=[vm_name_validator])
     vcpus = models.PositiveSmallIntegerField()
     memory_mib = models.PositiveIntegerField()
@@ -40,6 +42,3 @@ class VirtualMachine(models.Model):
         """The libvirt domain name: prefixed so that the panel's guests stand out on a host."""
         return f"xa-{self.name}"
 
-    @property
-    def state_colour(self) -> str:
-        return VM_STATE_COLOURS.get(self.state, "secondary")
