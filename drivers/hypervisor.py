@@ -189,6 +189,23 @@ def destroy(uri: str, name: str, *, timeout: float = 30) -> None:
     _call(uri, f"destroy {name!r}", timeout, call)
 
 
+def shutdown(uri: str, name: str, *, timeout: float = 30) -> DomainInfo:
+    """Ask the guest to shut down (ACPI power button). Returns at once: the caller watches the
+    state and forces the domain off (destroy) if the guest does not comply in time."""
+
+    def call(conn: libvirt.virConnect) -> DomainInfo:
+        dom = _lookup_or_fail(conn, uri, name)
+        if dom.isActive():
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise
+        return _info(dom)
+
+    return _call(uri, f"shut down {name!r}", timeout, call)
+
+
 def undefine(uri: str, name: str, *, timeout: float = 30) -> None:
     """Remove the domain's persistent definition; absent is fine. A running domain keeps running
     as a transient one (destroy it first to delete a guest)."""

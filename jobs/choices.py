@@ -7,9 +7,11 @@ class JobState(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     ERRORED = "errored", "Errored"
+    CANCELLED = "cancelled", "Cancelled"
 
 
-FINISHED_STATES = {JobState.SUCCEEDED, JobState.FAILED, JobState.ERRORED}
+FINISHED_STATES = {JobState.SUCCEEDED, JobState.FAILED, JobState.ERRORED, JobState.CANCELLED}
+ACTIVE_STATES = [JobState.QUEUED, JobState.RUNNING]
 
 JOB_STATE_COLOURS = {
     JobState.QUEUED: "secondary",
@@ -17,6 +19,7 @@ JOB_STATE_COLOURS = {
     JobState.SUCCEEDED: "success",
     JobState.FAILED: "danger",
     JobState.ERRORED: "danger",
+    JobState.CANCELLED: "warning",
 }
 
 

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
-from jobs.choices import FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
+from jobs.choices import ACTIVE_STATES, FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
 from xenaoe_panel.colours import StateColourMixin
 
 
@@ -21,12 +21,22 @@ class Job(StateColourMixin, models.Model):
     step = models.PositiveSmallIntegerField(default=0)
     total_steps = models.PositiveSmallIntegerField(default=0)
     message = models.TextField(blank=True)
+    # Set by an operator's Cancel; the runner (between steps) and long steps (while they wait)
+    # look at it and stop, undoing what was done.
+    cancel_requested = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            # One operation per VM at a time, kept by the database itself: two requests racing
+            # each other cannot both start a job on the same VM.
+            models.UniqueConstraint(
+                fields=["vm"], condition=models.Q(state__in=ACTIVE_STATES), name="one_active_job_per_vm"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"job #{self.pk} {self.kind} {self.target_name}"
@@ -59,6 +69,7 @@ class Job(StateColourMixin, models.Model):
             "percent": self.percent,
             "message": self.message,
             "finished": self.finished,
+            "cancel_requested": self.cancel_requested,
         }
 
 

@@ -28,6 +28,10 @@ class JobFailed(Exception):
     """An expected failure: the message is what the operator reads."""
 
 
+class JobCancelled(JobFailed):
+    """The operator cancelled the job; raised by the runner between steps or by a step that waits."""
+
+
 @dataclass
 class JobContext:
     job: Job
@@ -37,6 +41,13 @@ class JobContext:
 
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
         return append_log(self.job, message, level, data)
+
+    def cancel_requested(self) -> bool:
+        return Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+
+    def check_cancel(self) -> None:
+        if self.cancel_requested():
+            raise JobCancelled("cancelled by an operator")
 
 
 @dataclass(frozen=True)
@@ -101,9 +112,16 @@ def run_job(job_id: int) -> Job | None:
     done: list[Step] = []
     for number, step in enumerate(steps, start=1):
         _set(job, step=number)
+        if ctx.cancel_requested():
+            _finish(ctx, JobState.CANCELLED, f"cancelled by an operator before {step.title}", done)
+            return job
         ctx.log(f"Step {number}/{len(steps)}: {step.title}")
         try:
             step.run(ctx)
+        except JobCancelled as exc:
+            ctx.log(f"{step.title}: {exc}", LogLevel.WARNING)
+            _finish(ctx, JobState.CANCELLED, f"{step.title}: {exc}", [*done, step])
+            return job
         except (JobFailed, DriverError) as exc:
             ctx.log(f"{step.title} failed: {exc}", LogLevel.ERROR)
             _finish(ctx, JobState.FAILED, f"{step.title} failed: {exc}", [*done, step])
@@ -133,5 +151,5 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step]) -> None
     if undo_failed:
         message += " (undo incomplete: see the log)"
     _set(job, state=state, message=message, finished_at=timezone.now())
-    level = LogLevel.INFO if state == JobState.SUCCEEDED else LogLevel.ERROR
+    level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     ctx.log(f"Job {state}: {message}", level)

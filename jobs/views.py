@@ -1,9 +1,11 @@
+from django.contrib import messages
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, ListView
 
 from jobs.models import Job
+from jobs.services import request_cancel
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
 LOG_PAGE = 500
@@ -37,3 +39,13 @@ class JobLogView(OperatorRequiredMixin, View):
             after = 0
         entries = job.log.filter(serial__gt=after).order_by("serial")[:LOG_PAGE]
         return JsonResponse({"job": job.summary(), "entries": [e.as_event() for e in entries]})
+
+
+class JobCancelView(OperatorRequiredMixin, View):
+    def post(self, request, pk: int):
+        job = get_object_or_404(Job, pk=pk)
+        if request_cancel(job):
+            messages.warning(request, f"Cancelling job #{job.pk}: it stops at its next safe point and undoes its work.")
+        else:
+            messages.info(request, f"Job #{job.pk} has already finished.")
+        return redirect(job)

@@ -99,3 +99,57 @@ def test_unknown_kind_errors():
     job.refresh_from_db()
     assert job.state == JobState.ERRORED
     assert "unknown job kind" in job.message
+
+
+def _cancel_during(ctx: runner.JobContext) -> None:
+    calls.append("second")
+    Job.objects.filter(pk=ctx.job.pk).update(cancel_requested=True)
+
+
+@runner.job_kind("test.cancel_between_steps")
+def _plan_cancel(ctx):
+    return [runner.Step("first", _record("first"), _record("undo first")),
+            runner.Step("second", _cancel_during, _record("undo second")),
+            runner.Step("third", _record("third"))]
+
+
+@runner.job_kind("test.cancel_inside_step")
+def _plan_cancel_inside(ctx):
+    def waits(ctx):
+        calls.append("waiting")
+        Job.objects.filter(pk=ctx.job.pk).update(cancel_requested=True)
+        ctx.check_cancel()
+        calls.append("never")
+    return [runner.Step("first", _record("first"), _record("undo first")),
+            runner.Step("wait", waits, _record("undo wait"))]
+
+
+def test_cancel_stops_before_the_next_step_and_undoes_what_was_done():
+    job = Job.objects.create(kind="test.cancel_between_steps")
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    assert calls == ["first", "second", "undo second", "undo first"]
+    assert job.state == JobState.CANCELLED
+    assert "cancelled by an operator before third" in job.message
+
+
+def test_a_step_that_waits_can_be_cancelled_and_its_own_undo_runs():
+    job = Job.objects.create(kind="test.cancel_inside_step")
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    assert calls == ["first", "waiting", "undo wait", "undo first"]
+    assert job.state == JobState.CANCELLED
+
+
+def test_one_active_job_per_vm_is_kept_by_the_database():
+    from django.core.exceptions import ValidationError
+
+    from jobs.services import start_job
+    from vms.models import VirtualMachine
+
+    vm = VirtualMachine.objects.create(name="busy", vcpus=1, memory_mib=64, disk_mib=32)
+    first = start_job("test.ok", vm=vm)
+    with pytest.raises(ValidationError, match=rf"busy is busy with job #{first.pk} \(test.ok, queued\)"):
+        start_job("test.ok", vm=vm)
+    Job.objects.filter(pk=first.pk).update(state=JobState.SUCCEEDED)
+    assert start_job("test.ok", vm=vm).pk != first.pk

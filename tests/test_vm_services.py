@@ -100,7 +100,7 @@ def test_servers_that_are_not_up_are_not_used(cluster):
 
 def test_delete_refuses_a_vm_with_a_job_in_progress(cluster):
     create_vm(_request())
-    with pytest.raises(ValidationError, match=r"busy with job #\d+ \(vm.create, queued\)"):
+    with pytest.raises(ValidationError, match=r"web1 is busy with job #\d+ \(vm.create, queued\)"):
         delete_vm("web1")
     with pytest.raises(ValidationError, match="no VM named"):
         delete_vm("nope")

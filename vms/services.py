@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
-from jobs.services import active_job_for, start_job
+from jobs.services import start_job
 from storage.models import AoEExport, Mirror
 from vms.choices import VmState
 from vms.models import VirtualMachine, vm_name_validator
@@ -96,9 +96,7 @@ def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
         vm = VirtualMachine.objects.select_for_update().filter(name=name).first()
         if vm is None:
             raise ValidationError({"name": f"no VM named {name!r}"})
-        busy = active_job_for(vm)
-        if busy is not None:
-            raise ValidationError({"name": f"{name} is busy with job #{busy.pk} ({busy.kind}, {busy.state})"})
+        job = start_job("vm.delete", vm=vm, user=user)
         vm.state = VmState.DELETING
         vm.save(update_fields=["state", "updated_at"])
-        return start_job("vm.delete", vm=vm, user=user)
+        return job

@@ -3,7 +3,8 @@
   const summary = JSON.parse(document.getElementById("job-summary").textContent);
   const log = document.getElementById("job-log");
   const live = document.getElementById("job-live");
-  const colours = {queued: "secondary", running: "primary", succeeded: "success", failed: "danger", errored: "danger"};
+  const colours = {queued: "secondary", running: "primary", succeeded: "success", failed: "danger",
+                   errored: "danger", cancelled: "warning"};
   let lastSerial = 0;
   for (const row of log.querySelectorAll("tr[data-serial]")) lastSerial = Math.max(lastSerial, +row.dataset.serial);
   let retry = 500;
@@ -22,6 +23,8 @@
     const message = document.getElementById("job-message");
     message.textContent = job.message;
     message.className = job.state === "failed" || job.state === "errored" ? "text-danger fw-semibold" : "";
+    const cancel = document.getElementById("job-cancel-form");
+    if (cancel && job.finished) cancel.remove();
   }
 
   function addEntry(entry) {
