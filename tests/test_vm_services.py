@@ -80,22 +80,63 @@ def test_create_reserves_memory_two_legs_on_two_disk_servers_and_a_shared_slot(c
 
 
 def test_automatic_placement_takes_the_server_with_most_free_memory(cluster):
-    create_vm(_request(name="a", memory_mib=600))
-    second = create_vm(_request(name="b", memory_mib=300))
-    third = create_vm(_request(name="c", memory_mib=300))
+    create_vm(_request(name="a", memory_mib=400))
+    second = create_vm(_request(name="b", memory_mib=200))
+    third = create_vm(_request(name="c", memory_mib=200))
     first_host = VirtualMachine.objects.get(name="a").cpu_server
     assert second.vm.cpu_server != first_host
-    assert third.vm.cpu_server != first_host  # 724 MiB free beats 424
+    assert third.vm.cpu_server != first_host  # 824 MiB free beats 624
+
+
+def test_a_request_that_would_break_n_plus_one_is_refused_with_the_numbers(cluster):
+    create_vm(_request(name="a", memory_mib=600))
+    create_vm(_request(name="b", memory_mib=300))
+    before = _counts()
+    with pytest.raises(ValidationError) as err:
+        create_vm(_request(name="c", memory_mib=300))
+    message = " ".join(err.value.messages)
+    assert "breaks N+1" in message
+    assert "if cpu1 fails, no surviving CPU server has room for" in message or "if cpu2 fails" in message
+    assert "(300 MiB)" in message
+    assert _counts() == before
+
+
+def test_the_operator_may_override_n_plus_one_and_the_job_records_it(cluster):
+    create_vm(_request(name="a", memory_mib=600))
+    create_vm(_request(name="b", memory_mib=300))
+    job = create_vm(_request(name="c", memory_mib=300, allow_n_plus_one_break=True))
+    assert job.params["n_plus_one_override"]
+    assert "no surviving CPU server has room" in job.params["n_plus_one_override"][0]
+
+
+def test_n_plus_one_packs_guests_whole_not_just_total_memory(cluster):
+    # If cpu3 fails, the others have 424 + 424 MiB free: enough in total for its 500 MiB guest,
+    # but not in one piece. The check must place guests, not add up megabytes.
+    from vms.placement import n_plus_one_shortfalls
+
+    cpu1, cpu2 = cluster[0]
+    cpu3 = CpuServer.objects.create(name="cpu3", address="192.0.2.23", libvirt_uri="test:///default",
+                                    memory_mib=1024, vcpus=4)
+    VirtualMachine.objects.create(name="g1", vcpus=1, memory_mib=600, disk_mib=1, cpu_server=cpu1)
+    VirtualMachine.objects.create(name="g2", vcpus=1, memory_mib=600, disk_mib=1, cpu_server=cpu2)
+    guest = VirtualMachine.objects.create(name="g3", vcpus=1, memory_mib=500, disk_mib=1, cpu_server=cpu3)
+    by_host = {s.failed: [name for name, _ in s.homeless] for s in n_plus_one_shortfalls()}
+    assert by_host["cpu3"] == ["g3"]
+    guest.memory_mib = 400
+    guest.save()
+    assert "cpu3" not in {s.failed for s in n_plus_one_shortfalls()}
 
 
 def test_servers_that_are_not_up_are_not_used(cluster):
     cpus, disks = cluster
     CpuServer.objects.filter(name="cpu1").update(state=HostState.DEAD)
-    job = create_vm(_request())
+    with pytest.raises(ValidationError, match="breaks N"):  # one CPU server left: no N+1 at all
+        create_vm(_request())
+    job = create_vm(_request(allow_n_plus_one_break=True))
     assert job.vm.cpu_server.name == "cpu2"
     DiskServer.objects.filter(name="disk2").update(state=HostState.DEAD)
     with pytest.raises(ValidationError, match="a mirror needs 2 disk servers"):
-        create_vm(_request(name="web2"))
+        create_vm(_request(name="web2", allow_n_plus_one_break=True))
 
 
 def test_delete_refuses_a_vm_with_a_job_in_progress(cluster):

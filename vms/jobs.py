@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from drivers import aoe, hypervisor, vblade
 from hosts.targets import ssh_target
+from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
 from storage.choices import ExportState
 from storage.models import AoEExport
@@ -26,6 +27,7 @@ def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainS
     return hypervisor.DomainSpec(
         name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
+        kernel=vm.kernel_path,
     )
 
 
@@ -42,6 +44,9 @@ def check_reservation(ctx: JobContext) -> None:
     )
     for leg in legs:
         ctx.log(f"leg {leg.leg}: {leg.name} on {leg.disk_server.name}, {leg.size_mib} MiB at {leg.backing_path}")
+    for shortfall in ctx.job.params.get("n_plus_one_override", []):
+        who = ctx.job.user.username if ctx.job.user else "the requester"
+        ctx.log(f"N+1 broken on purpose ({who} overrode the check): {shortfall}", LogLevel.WARNING)
 
 
 def release_reservation(ctx: JobContext) -> None:

@@ -25,6 +25,10 @@ class VirtualMachine(StateColourMixin, models.Model):
     )
     state = models.CharField(max_length=16, choices=VmState.choices, default=VmState.CREATING)
     domain_uuid = models.UUIDField(null=True, blank=True)
+    kernel_path = models.CharField(
+        max_length=255, blank=True,
+        help_text="Direct kernel boot: a kernel image at this path on every CPU server (empty: boot the disk).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from storage.models import LEGS, AoEExport
+from vms.models import VirtualMachine
 
 MAX_SLOT = 254
 
@@ -40,26 +41,113 @@ def cpu_candidates() -> list[CpuCandidate]:
     ]
 
 
-def choose_cpu_server(memory_mib: int, requested: CpuServer | None) -> CpuServer:
+@dataclass(frozen=True)
+class Shortfall:
+    """If `failed` died, these guests would find no room on the surviving CPU servers."""
+
+    failed: str
+    homeless: tuple[tuple[str, int], ...]  # (VM name, memory MiB)
+
+    def __str__(self) -> str:
+        guests = ", ".join(f"{name} ({mib} MiB)" for name, mib in self.homeless)
+        return f"if {self.failed} fails, no surviving CPU server has room for {guests}"
+
+
+NEW_VM = "(new VM)"
+
+
+def n_plus_one_shortfalls(extra: tuple[int, int] | None = None) -> list[Shortfall]:
+    """Check N+1 on the CPU servers that are up: for each one, could the others take every guest
+    it runs if it died? Guests are packed first-fit by decreasing memory into the others' free
+    memory, as a restart would place them. `extra` = (CPU server pk, MiB) adds a VM not yet
+    placed, to ask "would N+1 still hold if it went there?"."""
     candidates = cpu_candidates()
+    guests: dict[int, list[tuple[str, int]]] = {c.server.pk: [] for c in candidates}
+    for name, server_pk, memory in VirtualMachine.objects.filter(
+        cpu_server__in=list(guests)
+    ).values_list("name", "cpu_server", "memory_mib"):
+        guests[server_pk].append((name, memory))
+    free = {c.server.pk: c.free_mib for c in candidates}
+    if extra is not None and extra[0] in guests:
+        guests[extra[0]].append((NEW_VM, extra[1]))
+        free[extra[0]] -= extra[1]
+    shortfalls = []
+    for failed in candidates:
+        room = sorted((free[c.server.pk] for c in candidates if c.server.pk != failed.server.pk), reverse=True)
+        homeless = []
+        for name, memory in sorted(guests[failed.server.pk], key=lambda g: (-g[1], g[0])):
+            fit = next((i for i, mib in enumerate(room) if mib >= memory), None)
+            if fit is None:
+                homeless.append((name, memory))
+            else:
+                room[fit] -= memory
+        if homeless:
+            shortfalls.append(Shortfall(failed.server.name, tuple(homeless)))
+    return shortfalls
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What placing a VM of some size on one CPU server would leave."""
+
+    candidate: CpuCandidate
+    memory_mib: int
+    shortfalls: tuple[Shortfall, ...]
+
+    @property
+    def fits(self) -> bool:
+        return self.candidate.free_mib >= self.memory_mib
+
+    @property
+    def free_after_mib(self) -> int:
+        return self.candidate.free_mib - self.memory_mib
+
+    @property
+    def keeps_n_plus_one(self) -> bool:
+        return not self.shortfalls
+
+
+def headroom(memory_mib: int) -> list[Headroom]:
+    return [
+        Headroom(c, memory_mib, tuple(n_plus_one_shortfalls((c.server.pk, memory_mib))))
+        for c in cpu_candidates()
+    ]
+
+
+def choose_cpu_server(memory_mib: int, requested: CpuServer | None, *, allow_n_plus_one_break: bool = False
+                      ) -> tuple[CpuServer, list[Shortfall]]:
+    """The CPU server for a new VM, and the N+1 shortfalls placing it there leaves (non-empty only
+    when the operator allowed it). Automatic placement takes the server with most free memory
+    among those that keep N+1."""
+    options = headroom(memory_mib)
     if requested is not None:
-        match = [c for c in candidates if c.server.pk == requested.pk]
+        match = [h for h in options if h.candidate.server.pk == requested.pk]
         if not match:
             raise PlacementError(f"CPU server {requested.name} is {requested.get_state_display().lower()}, not up")
         chosen = match[0]
-        if chosen.free_mib < memory_mib:
+        if not chosen.fits:
             raise PlacementError(
-                f"{chosen.server.name} has {chosen.free_mib} MiB free, {memory_mib} MiB asked"
+                f"{requested.name} has {chosen.candidate.free_mib} MiB free, {memory_mib} MiB asked"
             )
-        return chosen.server
-    if not candidates:
-        raise PlacementError("no CPU server is up")
-    best = max(candidates, key=lambda c: (c.free_mib, -c.server.pk))
-    if best.free_mib < memory_mib:
+    else:
+        if not options:
+            raise PlacementError("no CPU server is up")
+        fitting = [h for h in options if h.fits]
+        if not fitting:
+            best = max(options, key=lambda h: h.candidate.free_mib)
+            raise PlacementError(
+                f"no CPU server has {memory_mib} MiB free "
+                f"(most free: {best.candidate.server.name}, {best.candidate.free_mib} MiB)"
+            )
+        safe = [h for h in fitting if h.keeps_n_plus_one]
+        chosen = max(safe or fitting, key=lambda h: (h.candidate.free_mib, -h.candidate.server.pk))
+    if chosen.shortfalls and not allow_n_plus_one_break:
         raise PlacementError(
-            f"no CPU server has {memory_mib} MiB free (most free: {best.server.name}, {best.free_mib} MiB)"
+            f"placing {memory_mib} MiB on {chosen.candidate.server.name} breaks N+1: "
+            + "; ".join(str(s).replace(NEW_VM, "the new VM") for s in chosen.shortfalls)
+            + ". Override only if you accept that a host failure would leave guests down."
         )
-    return best.server
+    return chosen.candidate.server, list(chosen.shortfalls)
 
 
 def choose_disk_servers(size_mib: int) -> list[DiskServer]:

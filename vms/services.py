@@ -25,6 +25,9 @@ class VmRequest:
     memory_mib: int
     disk_mib: int
     cpu_server: str | None = None  # None: the panel chooses
+    kernel_path: str = ""  # direct kernel boot from this path on the CPU servers
+    # Place it even if a CPU server's failure would then leave guests without room (recorded).
+    allow_n_plus_one_break: bool = False
 
 
 def _check_range(errors: dict[str, str], field: str, what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
@@ -45,6 +48,8 @@ def validate_request(req: VmRequest) -> None:
     _check_range(errors, "disk_mib", "disk", req.disk_mib, (settings.VM_MIN_DISK_MIB, settings.VM_MAX_DISK_MIB), "MiB")
     if "name" not in errors and VirtualMachine.objects.filter(name=req.name).exists():
         errors["name"] = f"a VM named {req.name!r} already exists"
+    if req.kernel_path and (not req.kernel_path.startswith("/") or not req.kernel_path.isprintable()):
+        errors["kernel_path"] = f"the kernel must be an absolute path, not {req.kernel_path!r}"
     if req.cpu_server and not CpuServer.objects.filter(name=req.cpu_server).exists():
         errors["cpu_server"] = f"no CPU server named {req.cpu_server!r}"
     if errors:
@@ -64,12 +69,14 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
             list(CpuServer.objects.select_for_update().order_by("pk"))
             list(DiskServer.objects.select_for_update().order_by("pk"))
             requested = CpuServer.objects.get(name=req.cpu_server) if req.cpu_server else None
-            cpu = choose_cpu_server(req.memory_mib, requested)
+            cpu, shortfalls = choose_cpu_server(
+                req.memory_mib, requested, allow_n_plus_one_break=req.allow_n_plus_one_break
+            )
             disks = choose_disk_servers(req.disk_mib)
             slot = free_slot(disks)
             vm = VirtualMachine.objects.create(
                 name=req.name, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
-                cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(),
+                cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(), kernel_path=req.kernel_path,
             )
             mirror = Mirror.objects.create(vm=vm)
             for leg, disk in enumerate(disks):
@@ -81,7 +88,8 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
             return start_job(
                 "vm.create", vm=vm, user=user,
                 params={"vcpus": req.vcpus, "memory_mib": req.memory_mib, "disk_mib": req.disk_mib,
-                        "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic"},
+                        "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic",
+                        "n_plus_one_override": [str(s) for s in shortfalls]},
             )
     except PlacementError as exc:
         raise ValidationError({"cpu_server" if req.cpu_server else "__all__": str(exc)}) from exc
