@@ -14,6 +14,10 @@ class VmCreateForm(forms.Form):
     memory_mib = forms.IntegerField(label="Memory (MiB)", initial=128)
     disk_mib = forms.IntegerField(label="Disk (MiB)", initial=64)
     cpu_server = forms.ChoiceField(label="CPU server", required=False)
+    allow_n_plus_one_break = forms.BooleanField(
+        label="Place it even if a CPU server's failure would then leave guests without room (N+1)",
+        required=False, help_text="Recorded in the job log with your name.",
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -22,7 +26,7 @@ class VmCreateForm(forms.Form):
         self.fields["memory_mib"].max_value = settings.VM_MAX_MEMORY_MIB
         self.fields["disk_mib"].min_value = settings.VM_MIN_DISK_MIB
         self.fields["disk_mib"].max_value = settings.VM_MAX_DISK_MIB
-        for name in ("vcpus", "memory_mib", "disk_mib"):
+        for name in ("vcpus", "memory_mib", "disk_mib"):  # the browser checks the bounds too
             field = self.fields[name]
             field.widget.attrs.update({"min": field.min_value, "max": field.max_value})
         self.fields["cpu_server"].choices = [(AUTOMATIC, "Automatic (most free memory)")] + [

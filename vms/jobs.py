@@ -1,6 +1,8 @@
 """The steps of VM jobs. Each step is idempotent where it can be, and undoes what it did."""
 from __future__ import annotations
 
+import time
+
 from drivers import aoe, hypervisor, vblade
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
@@ -8,6 +10,7 @@ from jobs.runner import JobContext, JobFailed, Step, job_kind
 from storage.choices import ExportState
 from storage.models import AoEExport
 from vms.choices import VmState
+from vms.events import set_vm_state
 from vms.models import VirtualMachine
 
 SECTORS_PER_MIB = 2048
@@ -152,7 +155,7 @@ def confirm_running(ctx: JobContext) -> None:
     info = hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name)
     if info is None or info.state != "running":
         raise JobFailed(f"{vm.domain_name} is {info.state if info else 'not defined'} on {vm.cpu_server.name}")
-    VirtualMachine.objects.filter(pk=vm.pk).update(state=VmState.RUNNING)
+    set_vm_state(vm.pk, VmState.RUNNING)
     ctx.data["result"] = f"{vm.name} runs on {vm.cpu_server.name}"
     ctx.log(ctx.data["result"])
 
@@ -207,3 +210,88 @@ def plan_delete(ctx: JobContext) -> list[Step]:
         Step("Remove both backing volumes", remove_all_volumes),
         Step("Forget the VM", forget_vm),
     ]
+
+
+# --- lifecycle: start, shut down, reboot, force off ---------------------------------------------
+
+SHUTDOWN_POLL_SECONDS = 1.0
+SHUTDOWN_REPORT_EVERY = 5
+
+
+def ask_shutdown(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    info = hypervisor.shutdown(vm.cpu_server.libvirt_uri, vm.domain_name)
+    ctx.log(f"ACPI shutdown requested; {vm.domain_name} is {info.state}")
+
+
+def wait_or_force_off(ctx: JobContext) -> None:
+    """Wait for the guest to power itself off; force it off when the operator's timeout is up."""
+    vm = _vm(ctx)
+    uri = vm.cpu_server.libvirt_uri
+    timeout = int(ctx.job.params.get("timeout_s", 60))
+    deadline = time.monotonic() + timeout
+    reported = None
+    while True:
+        info = hypervisor.domain_info(uri, vm.domain_name)
+        if info is None or info.state != "running":
+            ctx.log(f"{vm.name} shut down by itself ({info.state if info else 'gone'})")
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            hypervisor.destroy(uri, vm.domain_name)
+            ctx.log(f"{vm.name} did not shut down within {timeout} s: forced off", LogLevel.WARNING)
+            break
+        whole = int(left)
+        if reported is None or reported - whole >= SHUTDOWN_REPORT_EVERY:
+            reported = whole
+            ctx.log(f"waiting for the guest to shut down: forced off in {whole} s", force_off_in_s=whole)
+        ctx.check_cancel()
+        time.sleep(min(SHUTDOWN_POLL_SECONDS, max(left, 0.1)))
+    set_vm_state(ctx.job.vm_id, VmState.STOPPED)
+    ctx.data["result"] = f"{vm.name} is stopped"
+
+
+def force_off(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    hypervisor.destroy(vm.cpu_server.libvirt_uri, vm.domain_name)
+    set_vm_state(ctx.job.vm_id, VmState.STOPPED)
+    ctx.data["result"] = f"{vm.name} forced off"
+    ctx.log(ctx.data["result"])
+
+
+def _start_steps(cpu: str) -> list[Step]:
+    # Exports stay attached while a guest is stopped; attaching again is harmless and brings
+    # them back if the CPU server restarted meanwhile.
+    return [
+        Step(f"Attach both exports on {cpu}", attach_exports),
+        Step("Start the domain", start_domain, destroy_domain),
+        Step("Confirm it runs", confirm_running),
+    ]
+
+
+def _shutdown_steps(ctx: JobContext) -> list[Step]:
+    timeout = int(ctx.job.params.get("timeout_s", 60))
+    return [
+        Step("Ask the guest to shut down (ACPI)", ask_shutdown),
+        Step(f"Wait for it to stop (forced off after {timeout} s)", wait_or_force_off),
+    ]
+
+
+@job_kind("vm.start")
+def plan_start(ctx: JobContext) -> list[Step]:
+    return _start_steps(_vm(ctx).cpu_server.name)
+
+
+@job_kind("vm.shutdown")
+def plan_shutdown(ctx: JobContext) -> list[Step]:
+    return _shutdown_steps(ctx)
+
+
+@job_kind("vm.reboot")
+def plan_reboot(ctx: JobContext) -> list[Step]:
+    return [*_shutdown_steps(ctx), *_start_steps(_vm(ctx).cpu_server.name)]
+
+
+@job_kind("vm.force_off")
+def plan_force_off(ctx: JobContext) -> list[Step]:
+    return [Step("Force the domain off (power cut)", force_off)]

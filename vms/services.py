@@ -14,6 +14,7 @@ from jobs.models import Job
 from jobs.services import start_job
 from storage.models import AoEExport, Mirror
 from vms.choices import VmState
+from vms.events import publish_vm
 from vms.models import VirtualMachine, vm_name_validator
 from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot
 
@@ -107,4 +108,44 @@ def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
         job = start_job("vm.delete", vm=vm, user=user)
         vm.state = VmState.DELETING
         vm.save(update_fields=["state", "updated_at"])
+        publish_vm(vm)
         return job
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    label: str  # for buttons
+    phrase: str  # for messages: "cannot shut it down"
+    allowed_states: tuple[str, ...]
+
+
+ACTIONS = {
+    "start": Action("vm.start", "Start", "start it", (VmState.STOPPED,)),
+    "shutdown": Action("vm.shutdown", "Shut down", "shut it down", (VmState.RUNNING,)),
+    "reboot": Action("vm.reboot", "Reboot", "reboot it", (VmState.RUNNING,)),
+    "force_off": Action("vm.force_off", "Force off", "force it off", (VmState.RUNNING, VmState.UNKNOWN)),
+}
+
+
+def vm_action(name: str, action: str, user: AbstractBaseUser | None = None, *,
+              shutdown_timeout_s: int | None = None) -> Job:
+    """Start, shut down (ACPI, forced off after a timeout), reboot or force off a VM, as a job.
+
+    Refused with a clear message when the VM is not in a state the action applies to, or is busy
+    with another job."""
+    spec = ACTIONS.get(action)
+    if spec is None:
+        raise ValidationError({"action": f"unknown action {action!r}; one of {', '.join(ACTIONS)}"})
+    timeout = settings.VM_SHUTDOWN_TIMEOUT_S if shutdown_timeout_s is None else shutdown_timeout_s
+    if not 0 <= timeout <= 3600:
+        raise ValidationError({"timeout": f"the shutdown timeout must be 0 to 3600 s, not {timeout}"})
+    with transaction.atomic():
+        vm = VirtualMachine.objects.select_for_update().filter(name=name).first()
+        if vm is None:
+            raise ValidationError({"name": f"no VM named {name!r}"})
+        if vm.cpu_server_id is None:
+            raise ValidationError({"name": f"{name} has no CPU server"})
+        if vm.state not in spec.allowed_states:
+            raise ValidationError({"name": f"{name} is {vm.get_state_display().lower()}: cannot {spec.phrase}"})
+        return start_job(spec.kind, vm=vm, user=user, params={"timeout_s": timeout})

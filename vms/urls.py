@@ -5,6 +5,9 @@ from vms import views
 urlpatterns = [
     path("", views.VmListView.as_view(), name="vm-list"),
     path("new/", views.VmCreateView.as_view(), name="vm-create"),
+    path("placement.json", views.PlacementView.as_view(), name="vm-placement"),
     path("<str:name>/", views.VmDetailView.as_view(), name="vm-detail"),
+    path("<str:name>/action/", views.VmActionView.as_view(), name="vm-action"),
+    path("<str:name>/migrate/", views.VmMigrateView.as_view(), name="vm-migrate"),
     path("<str:name>/delete/", views.VmDeleteView.as_view(), name="vm-delete"),
 ]

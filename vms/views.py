@@ -1,13 +1,17 @@
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
 
+from hosts.choices import HostState
+from hosts.models import CpuServer
 from vms.forms import VmCreateForm
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates
+from vms.placement import cpu_candidates, headroom
 from vms.serializers import vm_summary
-from vms.services import VmRequest, create_vm, delete_vm
+from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, vm_action
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
 
@@ -26,6 +30,13 @@ class VmDetailView(OperatorRequiredMixin, DetailView):
         context = super().get_context_data(**kwargs)
         context["summary"] = vm_summary(self.object)
         context["jobs"] = self.object.jobs.all()[:20]
+        context["actions"] = [
+            (name, action.label) for name, action in ACTIONS.items()
+            if self.object.state in action.allowed_states
+        ]
+        context["migration_targets"] = CpuServer.objects.filter(state=HostState.UP).exclude(
+            pk=self.object.cpu_server_id
+        )
         return context
 
 
@@ -43,6 +54,7 @@ class VmCreateView(OperatorRequiredMixin, FormView):
         request = VmRequest(
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"],
             disk_mib=data["disk_mib"], cpu_server=data["cpu_server"] or None,
+            allow_n_plus_one_break=data["allow_n_plus_one_break"],
         )
         try:
             job = create_vm(request, user=self.request.user)
@@ -51,6 +63,23 @@ class VmCreateView(OperatorRequiredMixin, FormView):
                 form.add_error(None if field == "__all__" or field not in form.fields else field, errors)
             return self.form_invalid(form)
         return redirect(job)
+
+
+class PlacementView(OperatorRequiredMixin, View):
+    """What a VM of `memory_mib` would leave on each CPU server, N+1 included (for the wizard)."""
+
+    def get(self, request):
+        try:
+            memory_mib = max(int(request.GET.get("memory_mib", "0")), 0)
+        except ValueError:
+            return JsonResponse({"error": "memory_mib must be a whole number"}, status=400)
+        return JsonResponse({"memory_mib": memory_mib, "servers": [
+            {"name": h.candidate.server.name, "memory_mib": h.candidate.server.memory_mib,
+             "used_mib": h.candidate.used_mib, "free_mib": h.candidate.free_mib,
+             "free_after_mib": h.free_after_mib, "fits": h.fits, "keeps_n_plus_one": h.keeps_n_plus_one,
+             "shortfalls": [str(s).replace("(new VM)", "the new VM") for s in h.shortfalls]}
+            for h in headroom(memory_mib)
+        ]})
 
 
 class VmDeleteView(OperatorRequiredMixin, TemplateView):
@@ -74,3 +103,41 @@ class VmDeleteView(OperatorRequiredMixin, TemplateView):
             messages.error(request, "; ".join(exc.messages))
             return redirect(vm)
         return redirect(job)
+
+
+def _submit(request, vm_name: str, submit) -> HttpResponse:
+    """Start a job from a button; a refusal comes back to the VM page as a message."""
+    try:
+        job = submit()
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+        return redirect("vm-detail", name=vm_name)
+    return redirect(job)
+
+
+class VmActionView(OperatorRequiredMixin, View):
+    def post(self, request, name: str):
+        vm = get_object_or_404(VirtualMachine, name=name)
+        timeout = request.POST.get("timeout") or None
+        try:
+            timeout_s = int(timeout) if timeout is not None else None
+        except ValueError:
+            messages.error(request, f"The shutdown timeout must be a whole number of seconds, not {timeout!r}.")
+            return redirect(vm)
+        return _submit(request, vm.name, lambda: vm_action(
+            vm.name, request.POST.get("action", ""), request.user, shutdown_timeout_s=timeout_s))
+
+
+class VmMigrateView(OperatorRequiredMixin, View):
+    def post(self, request, name: str):
+        from vms.migration import migrate_vm
+
+        vm = get_object_or_404(VirtualMachine, name=name)
+        cap = request.POST.get("max_mib_per_s") or None
+        try:
+            max_mib_per_s = int(cap) if cap is not None else None
+        except ValueError:
+            messages.error(request, f"The bandwidth cap must be a whole number of MiB/s, not {cap!r}.")
+            return redirect(vm)
+        target = request.POST.get("target") or None
+        return _submit(request, vm.name, lambda: migrate_vm(vm.name, target, request.user, max_mib_per_s=max_mib_per_s))

@@ -120,12 +120,17 @@ SSH_CONTROL_DIR = env_path(
 SSH_CONNECT_TIMEOUT = env_int("XENAOE_SSH_CONNECT_TIMEOUT", 5, minimum=1)
 SSH_COMMAND_TIMEOUT = env_int("XENAOE_SSH_COMMAND_TIMEOUT", 60, minimum=1)
 
+# How often `watch_domains` compares every VM with its hypervisor (events cover the time between).
+RECONCILE_INTERVAL_S = env_int("XENAOE_RECONCILE_INTERVAL_S", 30, minimum=1)
+
 # Bounds an operator may ask for when creating a VM.
 VM_MIN_MEMORY_MIB = env_int("XENAOE_VM_MIN_MEMORY_MIB", 32, minimum=1)
 VM_MAX_MEMORY_MIB = env_int("XENAOE_VM_MAX_MEMORY_MIB", 262144, minimum=1)
 VM_MAX_VCPUS = env_int("XENAOE_VM_MAX_VCPUS", 64, minimum=1)
 VM_MIN_DISK_MIB = env_int("XENAOE_VM_MIN_DISK_MIB", 16, minimum=1)
 VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1)
+# How long a guest gets to power off after an ACPI shutdown before it is forced off.
+VM_SHUTDOWN_TIMEOUT_S = env_int("XENAOE_VM_SHUTDOWN_TIMEOUT_S", 60, minimum=0)
 
 LOGGING = {
     "version": 1,

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 from io import StringIO
 
 import libvirt
 import pytest
 from django.core.management import call_command
+from playwright.sync_api import expect
 
 from drivers import aoe
 from hosts.targets import ssh_target
@@ -52,7 +54,8 @@ def test_operator_creates_a_vm_and_watches_it_to_100_percent(page, operator, lab
     page.get_by_label("Memory (MiB)").fill("64")
     page.get_by_label("Disk (MiB)").fill("32")
     page.get_by_label("CPU server").select_option("cpu1")
-    assert page.locator("#capacity tr[data-server='cpu1'] .after").inner_text().startswith("4032 MiB")
+    expect(page.locator("#capacity tr[data-server='cpu1'] .after")).to_have_text(re.compile(r"^4032 MiB"))
+    expect(page.locator("#capacity tr[data-server='cpu1'] .nplus1")).to_have_text("kept")
     page.get_by_role("button", name="Create").click()
 
     page.wait_for_url("**/jobs/*/")

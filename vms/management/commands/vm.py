@@ -13,7 +13,7 @@ from jobs.models import Job
 from jobs.services import WorkerUnavailable, check_workers
 from vms.models import VirtualMachine
 from vms.serializers import vm_summary
-from vms.services import VmRequest, create_vm, delete_vm
+from vms.services import VmRequest, create_vm, delete_vm, vm_action
 
 
 class Command(BaseCommand):
@@ -33,13 +33,28 @@ class Command(BaseCommand):
         delete = sub.add_parser("delete", help="remove the domain, both exports and both volumes")
         delete.add_argument("name")
         delete.add_argument("--wait", action="store_true")
+        for action, text in (("start", "start a stopped VM"),
+                             ("stop", "ACPI shutdown, forced off after --timeout seconds"),
+                             ("reboot", "ACPI shutdown (forced off after --timeout), then start"),
+                             ("force-off", "cut the power: no guest shutdown")):
+            parser_ = sub.add_parser(action, help=text)
+            parser_.add_argument("name")
+            if action in ("stop", "reboot"):
+                parser_.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
+                                     help="how long the guest gets before it is forced off")
+            parser_.add_argument("--wait", action="store_true")
+        migrate = sub.add_parser("migrate", help="live-migrate a running VM to another CPU server")
+        migrate.add_argument("name")
+        migrate.add_argument("--to", metavar="HOST", help="target CPU server (default: the panel chooses)")
+        migrate.add_argument("--max-mib-per-s", type=int, default=None, help="bandwidth cap")
+        migrate.add_argument("--wait", action="store_true")
         sub.add_parser("list", help="one line per VM")
         show = sub.add_parser("show", help="one VM in detail")
         show.add_argument("name")
         show.add_argument("--json", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"do_{options['action']}")(options)
+        getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
 
     def _submit(self, options: dict, submit: Any) -> None:
         if options["wait"]:
@@ -69,6 +84,28 @@ class Command(BaseCommand):
 
     def do_delete(self, options: dict) -> None:
         self._submit(options, lambda: delete_vm(options["name"]))
+
+    def _lifecycle(self, options: dict, action: str) -> None:
+        self._submit(options, lambda: vm_action(options["name"], action, shutdown_timeout_s=options.get("timeout")))
+
+    def do_start(self, options: dict) -> None:
+        self._lifecycle(options, "start")
+
+    def do_stop(self, options: dict) -> None:
+        self._lifecycle(options, "shutdown")
+
+    def do_reboot(self, options: dict) -> None:
+        self._lifecycle(options, "reboot")
+
+    def do_force_off(self, options: dict) -> None:
+        self._lifecycle(options, "force_off")
+
+    def do_migrate(self, options: dict) -> None:
+        from vms.migration import migrate_vm
+
+        self._submit(
+            options, lambda: migrate_vm(options["name"], options["to"], max_mib_per_s=options["max_mib_per_s"])
+        )
 
     def do_list(self, options: dict) -> None:
         for vm in VirtualMachine.objects.select_related("cpu_server"):
