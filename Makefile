@@ -29,6 +29,7 @@ test: install
 bench: install
 	scripts/services.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.job_history
 
 clean: stop
 	rm -rf .run staticfiles

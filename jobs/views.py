@@ -1,20 +1,99 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import messages
-from django.http import JsonResponse
+from django.contrib.auth import get_user_model
+from django.core.paginator import Page, Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, ListView
 
+from hosts.models import CpuServer, DiskServer
+from jobs.filters import JobFilterForm, kinds_present
 from jobs.models import Job
 from jobs.services import request_cancel
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
 LOG_PAGE = 500
+# Suggestions offered under the user filter; operators are a handful, this only bounds a mistake.
+MAX_USER_SUGGESTIONS = 200
+
+
+class JobPaginator(Paginator):
+    """Pages of a big, ordered job queryset, cheap at any depth.
+
+    A page's ids come first, off an index alone (see Job.Meta.indexes), and only those 50 rows are
+    then read with their users: an OFFSET over whole joined rows costs 100 ms at the end of 100,000
+    jobs. Pages past the middle are counted from the other end, so the last page is as cheap as the
+    first and the middle one is the dearest.
+    """
+
+    def page(self, number: Any) -> Page:
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        jobs = self.object_list
+        if bottom > self.count // 2:
+            ids = list(jobs.reverse().values_list("pk", flat=True)[self.count - top : self.count - bottom])
+        else:
+            ids = list(jobs.values_list("pk", flat=True)[bottom:top])
+        return self._get_page(list(jobs.filter(pk__in=ids)) if ids else [], number, self)
 
 
 class JobListView(OperatorRequiredMixin, ListView):
-    queryset = Job.objects.select_related("user")
+    """The job history of the whole cluster, filtered by the query string (jobs.filters).
+
+    /jobs/?vm=NAME is one VM's history. Bad filter values show the form's messages, with status
+    400 and no jobs, rather than a list that silently ignores them.
+    """
+
     template_name = "jobs/job_list.html"
     paginate_by = 50
+    paginator_class = JobPaginator
+    form: JobFilterForm
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        self.form = JobFilterForm(request.GET, kinds=kinds_present())
+        response = super().get(request, *args, **kwargs)
+        if self.form.errors:
+            response.status_code = 400
+        return response
+
+    def get_queryset(self) -> QuerySet[Job]:
+        jobs = Job.objects.select_related("user")
+        if not self.form.is_valid():
+            self.form.mark_errors()
+            return jobs.none()
+        return self.form.filter(jobs)
+
+    def paginate_queryset(self, queryset: QuerySet[Job], page_size: int) -> tuple[Paginator, Page, Any, bool]:
+        # get_page, not ListView's page(): a page number out of range or not a number shows the
+        # nearest page instead of a 404 (links to page 40 go stale when old jobs are archived).
+        paginator = self.get_paginator(queryset, page_size)
+        number = self.request.GET.get("page")
+        page = paginator.get_page(paginator.num_pages if number == "last" else number)
+        return paginator, page, page.object_list, page.has_other_pages()
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        count = context["paginator"].count
+        context.update(
+            form=self.form,
+            job_count=count,
+            count_text=f"{count:,} job{'' if count == 1 else 's'}",
+            host_names=sorted(
+                [*CpuServer.objects.values_list("name", flat=True), *DiskServer.objects.values_list("name", flat=True)]
+            ),
+            user_names=get_user_model().objects.order_by("username").values_list("username", flat=True)[
+                :MAX_USER_SUGGESTIONS
+            ],
+        )
+        return context
 
 
 class JobDetailView(OperatorRequiredMixin, DetailView):

@@ -30,7 +30,9 @@ start)
   password_file="$RUN/operator-password"
   [ -s "$password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$password_file")
   $PY manage.py ensure_operator operator --password-file "$password_file"
-  stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"
+  stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"; stop_pid "$RUN/beat.pid"
+  nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
+    > "$RUN/beat.log" 2>&1 < /dev/null & echo $! > "$RUN/beat.pid"
   nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 --loglevel=INFO \
     > "$RUN/worker.log" 2>&1 < /dev/null & echo $! > "$RUN/worker.pid"
   nohup $PY manage.py watch_domains > "$RUN/watch.log" 2>&1 < /dev/null & echo $! > "$RUN/watch.pid"
@@ -45,13 +47,14 @@ XenAoE Panel is running.
   URL:      http://127.0.0.1:$PORT/
   login:    operator
   password: $(cat "$password_file")
-Logs in $RUN/ (web.log, worker.log, watch.log). Stop everything with: make stop
+Logs in $RUN/ (web.log, worker.log, watch.log, beat.log). Stop everything with: make stop
 TXT
   ;;
 stop)
   stop_pid "$RUN/web.pid"
   stop_pid "$RUN/worker.pid"
   stop_pid "$RUN/watch.pid"
+  stop_pid "$RUN/beat.pid"
   if [ "$(id -u)" = 0 ] && [ -x "$PY" ]; then $PY manage.py lab down; fi
   ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 from xenaoe_panel.env import env_bool, env_int, env_list, env_path, env_str
 
@@ -138,3 +139,16 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Job history retention (docs/jobs.md): finished jobs older than this many days move, with their
+# logs, to gzip'd JSON Lines files in JOB_ARCHIVE_DIR (`manage.py jobs restore` reads them back).
+# 0 keeps every job in the database for ever.
+JOB_RETENTION_DAYS = env_int("XENAOE_JOB_RETENTION_DAYS", 90, minimum=0)
+JOB_ARCHIVE_DIR = env_path("XENAOE_JOB_ARCHIVE_DIR", BASE_DIR / ".run" / "job-archive")
+
+# Run by `celery -A xenaoe_panel beat` (one beat process per installation, beside the workers).
+CELERY_BEAT_SCHEDULE = {
+    # At night, when nobody waits on the job history's pages.
+    "archive-finished-jobs": {"task": "jobs.archive_finished_jobs", "schedule": crontab(hour=3, minute=30)},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")

@@ -1,0 +1,67 @@
+"""`manage.py jobs archive|restore`: job retention for operators and cron (see docs/jobs.md)."""
+from __future__ import annotations
+
+import datetime
+from argparse import ArgumentParser
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.retention import archive_finished_jobs, restore_archive
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+class Command(BaseCommand):
+    help = "Archive old finished jobs (with their logs) to a gzip'd JSON Lines file, or restore one."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True)
+        archive = sub.add_parser("archive", help="move finished jobs older than N days into an archive file")
+        archive.add_argument(
+            "--older-than-days", type=_positive_int, metavar="N",
+            help="default: JOB_RETENTION_DAYS (XENAOE_JOB_RETENTION_DAYS)",
+        )
+        archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
+        archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+        restore = sub.add_parser("restore", help="put the jobs of an archive file back (existing ones are skipped)")
+        restore.add_argument("file", type=Path)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        getattr(self, f"do_{options['action']}")(options)
+
+    def do_archive(self, options: dict) -> None:
+        days = options["older_than_days"] or settings.JOB_RETENTION_DAYS
+        if not days:
+            self.stdout.write("JOB_RETENTION_DAYS is 0: jobs are kept for ever; pass --older-than-days to archive")
+            return
+        archive_dir = options["archive_dir"] or settings.JOB_ARCHIVE_DIR
+        result = archive_finished_jobs(datetime.timedelta(days=days), archive_dir, dry_run=options["dry_run"])
+        cutoff = result.cutoff.strftime("%Y-%m-%d %H:%M %Z")
+        if result.dry_run:
+            self.stdout.write(
+                f"would archive {result.jobs} jobs ({result.entries} log entries) finished before {cutoff}"
+            )
+        elif result.path is None:
+            self.stdout.write(f"no finished job older than {cutoff}")
+        else:
+            self.stdout.write(f"archived {result.jobs} jobs ({result.entries} log entries) finished before {cutoff} "
+                              f"to {result.path}")
+
+    def do_restore(self, options: dict) -> None:
+        path: Path = options["file"]
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file")
+        try:
+            result = restore_archive(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CommandError(f"{path}: not a job archive this panel can read: {exc}") from exc
+        self.stdout.write(f"restored {result.restored} jobs ({result.entries} log entries) from {path}; "
+                          f"{result.skipped} were already there")
