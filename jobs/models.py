@@ -64,6 +64,10 @@ class Job(StateColourMixin, models.Model):
     # Set by an operator's Cancel; the runner (between steps) and long steps (while they wait)
     # look at it and stop, undoing what was done.
     cancel_requested = models.BooleanField(default=False)
+    # Which worker runs it, and when it last showed a sign of life: a job whose worker died is
+    # found and ended (jobs/recovery.py) instead of holding its VM busy for ever.
+    worker = models.CharField(max_length=255, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -75,6 +75,7 @@ def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | 
         job=job, serial=last + 1, level=level, message=message,
         step=job.step, total_steps=job.total_steps, data=data or {},
     )
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(heartbeat_at=entry.time)
     publish(job, entry)
     return entry
 
@@ -85,16 +86,17 @@ def _set(job: Job, **fields: Any) -> None:
     job.save(update_fields=list(fields))
 
 
-def claim(job_id: int) -> Job | None:
+def claim(job_id: int, worker: str = "") -> Job | None:
     """Compare-and-set QUEUED -> RUNNING, so that a job redelivered by the broker never runs twice."""
+    now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
-        state=JobState.RUNNING, started_at=timezone.now()
+        state=JobState.RUNNING, started_at=now, heartbeat_at=now, worker=worker
     )
     return Job.objects.get(pk=job_id) if claimed else None
 
 
-def run_job(job_id: int) -> Job | None:
-    job = claim(job_id)
+def run_job(job_id: int, worker: str = "") -> Job | None:
+    job = claim(job_id, worker)
     if job is None:
         logger.info("job %s is not queued any more; not running it", job_id)
         return None

@@ -150,5 +150,9 @@ JOB_ARCHIVE_DIR = env_path("XENAOE_JOB_ARCHIVE_DIR", BASE_DIR / ".run" / "job-ar
 CELERY_BEAT_SCHEDULE = {
     # At night, when nobody waits on the job history's pages.
     "archive-finished-jobs": {"task": "jobs.archive_finished_jobs", "schedule": crontab(hour=3, minute=30)},
+    "expire-stale-jobs": {"task": "jobs.expire_stale_jobs", "schedule": 60.0},
 }
+# A running job that has logged nothing for this long lost its worker (every driver call has a
+# shorter timeout, and long waits log as they go): it is ended ERRORED and its VM freed.
+JOB_STALE_AFTER_S = env_int("XENAOE_JOB_STALE_AFTER_S", 600, minimum=60)
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
