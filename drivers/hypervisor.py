@@ -1,4 +1,5 @@
-"""Guests through libvirt: domain XML and the define / start / destroy / undefine life cycle.
+"""Guests through libvirt: domain XML and the define / start / shutdown / destroy / undefine life
+cycle (live migration is drivers/migration.py, on the same connection helpers).
 
 Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh://...`, `test:///default`): it
 comes from configuration. Every call opens its own connection in a worker thread and gives up
@@ -361,3 +362,23 @@ def _check_spec(spec: DomainSpec) -> None:
                  if not d.startswith("/") or any(ord(c) < 32 for c in d)]
     if problems:
         raise DriverError("; ".join(problems), permanent=True)
+
+
+# --- live migration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    hostname: str
+    hypervisor: str  # libvirt's driver name: "QEMU", "Xen", "TEST"
+    free_memory_bytes: int
+    cpus: int
+
+
+def host_info(uri: str, *, timeout: float = 30) -> HostInfo:
+    """What a hypervisor host says about itself: it answers, which driver, free memory."""
+
+    def call(conn: libvirt.virConnect) -> HostInfo:
+        return HostInfo(conn.getHostname(), conn.getType(), int(conn.getFreeMemory()), int(conn.getInfo()[2]))
+
+    return _call(uri, "host info", timeout, call)

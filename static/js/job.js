@@ -10,6 +10,7 @@
   let retry = 500;
 
   function showJob(job) {
+    document.dispatchEvent(new CustomEvent("job-summary", {detail: job}));
     const bar = document.getElementById("job-progress-bar");
     bar.style.width = job.percent + "%";
     bar.textContent = job.percent + " %";
@@ -30,6 +31,7 @@
   function addEntry(entry) {
     if (entry.serial <= lastSerial) return;  // already shown (backlog and live can overlap)
     lastSerial = entry.serial;
+    document.dispatchEvent(new CustomEvent("job-entry", {detail: entry}));  // for panels such as migration.js
     const row = document.createElement("tr");
     row.className = "level-" + entry.level;
     row.dataset.serial = entry.serial;
