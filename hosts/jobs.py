@@ -1,0 +1,64 @@
+"""The job kinds of cluster verify: "cluster.verify" (read only) and "cluster.fix" (one fix)."""
+from __future__ import annotations
+
+from hosts import verify
+from hosts.fixes import FIXES, run_fix
+from hosts.models import CpuServer, DiskServer
+from jobs.choices import LogLevel
+from jobs.runner import JobContext, JobFailed, Step, job_kind
+
+# Findings go to the job's log at the level an operator should read them with.
+LEVELS = {"critical": LogLevel.ERROR, "error": LogLevel.ERROR, "warning": LogLevel.WARNING}
+
+
+def _note(ctx: JobContext) -> verify.Note:
+    return lambda message, level: ctx.log(message, level)
+
+
+def _reality(ctx: JobContext) -> verify.Reality:
+    return ctx.data.setdefault("reality", verify.Reality())
+
+
+def collect_cpu_servers(ctx: JobContext) -> None:
+    verify.collect_domains(_reality(ctx), CpuServer.objects.all(), _note(ctx))
+
+
+def collect_disk_servers(ctx: JobContext) -> None:
+    verify.collect_disks(_reality(ctx), DiskServer.objects.all(), ctx.data["inventory"], _note(ctx))
+
+
+def probe_san(ctx: JobContext) -> None:
+    verify.probe_san(_reality(ctx), CpuServer.objects.all(), _note(ctx))
+
+
+def compare(ctx: JobContext) -> None:
+    inventory = verify.settle(ctx.data["inventory"], verify.load_inventory())
+    real = _reality(ctx)
+    findings = verify.compare(inventory, real)
+    # One entry per finding, its data the finding itself: the findings page renders them from here.
+    for finding in findings:
+        ctx.log(finding.line(), LEVELS[finding.severity], finding=finding.as_dict())
+    checked = verify.checked_counts(inventory, real)
+    ctx.data["result"] = verify.result_text(findings)
+    ctx.log(f"cluster verify: {ctx.data['result']}", checked=checked,
+            counts={s: sum(1 for f in findings if f.severity == s) for s in verify.SEVERITIES})
+
+
+@job_kind("cluster.verify")
+def plan_verify(ctx: JobContext) -> list[Step]:
+    # Read before anything is asked, and again after (see verify.settle).
+    ctx.data["inventory"] = verify.load_inventory()
+    return [
+        Step("Collect from the CPU servers", collect_cpu_servers),
+        Step("Collect from the disk servers", collect_disk_servers),
+        Step("Probe the SAN", probe_san),
+        Step("Compare", compare),
+    ]
+
+
+@job_kind("cluster.fix")
+def plan_fix(ctx: JobContext) -> list[Step]:
+    code = ctx.job.params.get("fix")
+    if code not in FIXES:
+        raise JobFailed(f"unknown fix {code!r}")
+    return [Step(str(ctx.job.params.get("label") or code), run_fix)]

@@ -1,0 +1,583 @@
+"""Cluster verify: compare what the database says with what runs on the hosts.
+
+`load_inventory()` reads the database into plain records; `collect_*()` ask every host through the
+drivers (hosts in parallel, every call with its own timeout) and fill a `Reality`; `compare()` is
+pure: inventory + reality -> findings, each with what it means and, where one is safe and well
+defined, the fix an operator may apply (hosts.fixes). Nothing here changes a host or a row.
+
+A host that does not answer is itself a finding, and its part of the comparison is skipped: an
+unknown is never taken for "absent". The rules, finding by finding, are in docs/verify.md.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from drivers import aoe, hypervisor, ssh, vblade
+from drivers.aoe import AoEAnswer
+from drivers.errors import DriverError
+from drivers.hypervisor import DomainInfo
+from drivers.vblade import RunningExport
+from hosts.choices import HostState
+from hosts.models import CpuServer, DiskServer
+from hosts.targets import ssh_target
+from jobs.choices import ACTIVE_STATES
+from jobs.models import Job
+from jobs.services import start_job
+from storage.models import AoEExport
+from vms.choices import VmState
+from vms.models import VirtualMachine
+from vms.placement import Shortfall, n_plus_one_shortfalls
+
+T = TypeVar("T")
+Note = Callable[[str, str], None]  # (message, level): the job's log, or nothing for the CLI
+
+SEVERITIES = ("critical", "error", "warning")
+DOMAIN_PREFIX = "xa-"  # VirtualMachine.domain_name: only these domains are the panel's business
+# Hosts the database already calls down: not answering is expected, not a finding.
+DOWN_STATES = frozenset({HostState.DEAD, HostState.FENCED, HostState.MAINTENANCE})
+LIBVIRT_TIMEOUT = 15.0
+SSH_TIMEOUT = 15.0
+# The probe listens this long for Query Config answers, and as long again for IDENTIFY (which
+# ends as soon as every target answered). Shorter windows make a loaded SAN look silent.
+SAN_LISTEN = 1.0
+SAN_TIMEOUT = 2 * SAN_LISTEN + aoe.SSH_MARGIN + 4
+MAX_PARALLEL = 16
+# One SSH command per disk server checks all its backing paths (sent on stdin, one per line:
+# paths never hold a newline, drivers.vblade refuses control characters) and prints the absent ones.
+VOLUME_CHECK = 'while IFS= read -r p; do [ -e "$p" ] || printf "%s\\n" "$p"; done; exit 0'
+
+
+# --- findings ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Fix:
+    code: str  # one of hosts.fixes.FIXES
+    args: dict[str, Any] = field(hash=False)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str  # stable: scripts and monitoring match on it
+    severity: str  # critical | error | warning
+    subject: str  # the VM, host or export it is about
+    message: str  # what was found
+    meaning: str  # what it means for the guest / the operator
+    fix: Fix | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        fix = data.get("fix")
+        return cls(**{**data, "fix": Fix(**fix) if fix else None})
+
+    def line(self) -> str:
+        text = f"{self.severity.upper()} {self.code} {self.subject}: {self.message}"
+        return f"{text} -> {self.fix.label}" if self.fix else text
+
+
+def result_text(findings: list[Finding]) -> str:
+    if not findings:
+        return "no differences"
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
+    detail = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return f"{len(findings)} difference{'s' if len(findings) != 1 else ''} ({detail})"
+
+
+# --- the database's side ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    state: str = HostState.UP
+
+    @property
+    def expected_up(self) -> bool:
+        return self.state not in DOWN_STATES
+
+
+@dataclass(frozen=True)
+class LegRecord:
+    disk_server: str
+    shelf: int
+    slot: int
+    path: str
+    size_mib: int
+    interface: str = "san0"
+
+    @property
+    def name(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    name: str
+    state: str
+    cpu_server: str | None
+    uuid: str | None = None
+    legs: tuple[LegRecord, ...] = ()
+    # A job owns it (or it changed while verify ran): not checked, but its domain and exports
+    # are still the panel's, never "unknown".
+    busy: bool = False
+
+    @property
+    def domain(self) -> str:
+        return f"{DOMAIN_PREFIX}{self.name}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    cpu_servers: tuple[HostRecord, ...] = ()
+    disk_servers: tuple[HostRecord, ...] = ()
+    vms: tuple[VmRecord, ...] = ()
+    # (disk server, shelf, slot) of every export row, with or without a VM.
+    reserved: frozenset[tuple[str, int, int]] = frozenset()
+    shortfalls: tuple[Shortfall, ...] = ()
+
+    def host(self, name: str) -> HostRecord | None:
+        return next((h for h in (*self.cpu_servers, *self.disk_servers) if h.name == name), None)
+
+
+def load_inventory() -> Inventory:
+    busy_ids = set(Job.objects.filter(state__in=ACTIVE_STATES, vm__isnull=False).values_list("vm_id", flat=True))
+    legs: dict[int, list[LegRecord]] = defaultdict(list)
+    reserved = set()
+    for export in AoEExport.objects.select_related("disk_server", "mirror").order_by("leg"):
+        reserved.add((export.disk_server.name, export.shelf, export.slot))
+        if export.mirror is not None:
+            legs[export.mirror.vm_id].append(LegRecord(
+                export.disk_server.name, export.shelf, export.slot, export.backing_path, export.size_mib,
+                export.disk_server.san_interface))
+    vms = tuple(
+        VmRecord(vm.name, vm.state, vm.cpu_server.name if vm.cpu_server else None,
+                 str(vm.domain_uuid) if vm.domain_uuid else None, tuple(legs[vm.pk]), vm.pk in busy_ids)
+        for vm in VirtualMachine.objects.select_related("cpu_server")
+    )
+    return Inventory(
+        cpu_servers=tuple(HostRecord(h.name, h.state) for h in CpuServer.objects.all()),
+        disk_servers=tuple(HostRecord(h.name, h.state) for h in DiskServer.objects.all()),
+        vms=vms, reserved=frozenset(reserved), shortfalls=tuple(n_plus_one_shortfalls()),
+    )
+
+
+def settle(before: Inventory, after: Inventory) -> Inventory:
+    """The inventory read after collecting, with every VM that differs from the one read before
+    (created, deleted, moved, changed state while verify ran) marked busy: reality was collected
+    somewhere in between, so comparing such a VM would report a change, not a difference."""
+    old = {vm.name: vm for vm in before.vms}
+    new = {vm.name: vm for vm in after.vms}
+    vms = [vm if old.get(name) == vm else _busy(vm) for name, vm in new.items()]
+    vms += [_busy(vm) for name, vm in old.items() if name not in new]
+    return Inventory(after.cpu_servers, after.disk_servers, tuple(vms), before.reserved | after.reserved,
+                     after.shortfalls)
+
+
+def _busy(vm: VmRecord) -> VmRecord:
+    return VmRecord(vm.name, vm.state, vm.cpu_server, vm.uuid, vm.legs, busy=True)
+
+
+# --- the hosts' side --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Unreachable:
+    host: str
+    part: str  # libvirt | exports | volumes | san
+    error: str
+
+
+@dataclass
+class Reality:
+    """What the hosts said. A host missing from a dict did not answer that part: unknown."""
+
+    domains: dict[str, list[DomainInfo]] = field(default_factory=dict)
+    exports: dict[str, list[RunningExport]] = field(default_factory=dict)
+    missing_volumes: dict[str, set[str]] = field(default_factory=dict)
+    san: dict[str, list[AoEAnswer]] = field(default_factory=dict)
+    unreachable: list[Unreachable] = field(default_factory=list)
+
+
+def _parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T | Exception]:
+    """Run one call per host at once; a driver failure is that host's result, not the caller's."""
+    if not calls:
+        return {}
+
+    def guarded(call: Callable[[], T]) -> T | Exception:
+        try:
+            return call()
+        except (DriverError, OSError) as exc:  # OSError: ssh itself missing or not runnable
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(calls)), thread_name_prefix="verify") as pool:
+        futures = {name: pool.submit(guarded, call) for name, call in calls.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def _quiet(_message: str, _level: str) -> None:
+    pass
+
+
+def collect_domains(real: Reality, cpus: Iterable[CpuServer], note: Note = _quiet) -> None:
+    results = _parallel({c.name: (lambda c=c: hypervisor.list_domains(c.libvirt_uri, timeout=LIBVIRT_TIMEOUT))
+                         for c in cpus})
+    for name, result in results.items():
+        if isinstance(result, Exception):
+            real.unreachable.append(Unreachable(name, "libvirt", str(result)))
+            note(f"{name}: libvirt does not answer: {result}", "warning")
+            continue
+        real.domains[name] = result
+        ours = [d for d in result if d.name.startswith(DOMAIN_PREFIX)]
+        running = sum(1 for d in ours if d.state == "running")
+        note(f"{name}: {len(ours)} panel domains ({running} running), {len(result) - len(ours)} others", "info")
+
+
+def missing_volumes(target: ssh.SSHTarget, paths: Iterable[str], *, timeout: float = SSH_TIMEOUT) -> set[str]:
+    """The paths (of those given) that do not exist on the host: one SSH command for all of them."""
+    wanted = sorted(set(paths))
+    if not wanted:
+        return set()
+    result = ssh.run(target, ["sh", "-c", VOLUME_CHECK], stdin="\n".join(wanted) + "\n", timeout=timeout)
+    return {line for line in result.stdout.splitlines() if line}
+
+
+def collect_disks(real: Reality, disks: Iterable[DiskServer], inventory: Inventory, note: Note = _quiet) -> None:
+    paths: dict[str, set[str]] = defaultdict(set)
+    for vm in inventory.vms:
+        for leg in vm.legs:
+            paths[leg.disk_server].add(leg.path)
+
+    def one(disk: DiskServer) -> tuple[list[RunningExport], set[str] | Exception]:
+        target = ssh_target(disk)
+        exports = vblade.list_exports(target, timeout=SSH_TIMEOUT)  # failing here: the host is unreachable
+        try:
+            return exports, missing_volumes(target, paths[disk.name])
+        except DriverError as exc:
+            return exports, exc
+
+    for name, result in _parallel({d.name: (lambda d=d: one(d)) for d in disks}).items():
+        if isinstance(result, Exception):
+            real.unreachable.append(Unreachable(name, "exports", str(result)))
+            note(f"{name}: cannot list exports: {result}", "warning")
+            continue
+        exports, missing = result
+        real.exports[name] = exports
+        if isinstance(missing, Exception):
+            real.unreachable.append(Unreachable(name, "volumes", str(missing)))
+            note(f"{name}: cannot check volumes: {missing}", "warning")
+        else:
+            real.missing_volumes[name] = missing
+        checked = "not checked" if isinstance(missing, Exception) else f"{len(paths[name]) - len(missing)} of " \
+            f"{len(paths[name])} present"
+        note(f"{name}: {len(exports)} exports running; volumes {checked}", "info")
+
+
+def probe_san(real: Reality, cpus: Iterable[CpuServer], note: Note = _quiet) -> None:
+    """One Query Config per CPU server, every shelf and slot, with IDENTIFY for the sizes. CPU
+    servers the database calls down are not asked: fenced out of the exports, they see nothing."""
+    cpus = [c for c in cpus if c.state not in DOWN_STATES]
+    results = _parallel({c.name: (lambda c=c: aoe.probe(ssh_target(c), c.san_interface, identify=True,
+                                                        listen=SAN_LISTEN, timeout=SAN_TIMEOUT))
+                         for c in cpus})
+    for name, result in results.items():
+        if isinstance(result, Exception):
+            real.unreachable.append(Unreachable(name, "san", str(result)))
+            note(f"{name}: AoE probe failed: {result}", "warning")
+            continue
+        real.san[name] = result
+        note(f"{name}: {len(result)} exports answer on the SAN", "info")
+
+
+def collect(inventory: Inventory, note: Note = _quiet) -> Reality:
+    """Everything at once: CPU servers, disk servers and the SAN are asked in parallel."""
+    real = Reality()
+    cpus, disks = list(CpuServer.objects.all()), list(DiskServer.objects.all())
+    # Each collector writes its own keys of `real`; list.append is atomic, so sharing is safe.
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="verify-part") as pool:
+        parts = [pool.submit(collect_domains, real, cpus, note),
+                 pool.submit(collect_disks, real, disks, inventory, note),
+                 pool.submit(probe_san, real, cpus, note)]
+        for part in parts:
+            part.result()
+    return real
+
+
+# --- the comparison (pure) --------------------------------------------------------------------
+
+# creating/deleting: a job owns them. unknown (the domain watcher lost the domain): where it runs
+# and its exports are checked, its state is not.
+CHECKED_VM_STATES = frozenset({VmState.RUNNING, VmState.STOPPED, VmState.UNKNOWN})
+RUNNING_STATES = frozenset({"running", "blocked"})  # blocked: running but idle (Xen says so)
+INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # anything else holds memory and may write
+SECTORS_PER_MIB = 2048
+# Within one severity, the order an operator should read them in.
+CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-on-wrong-host",
+         "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",
+         "export-not-running", "export-mismatch", "export-size-mismatch", "export-not-answering", "domain-state",
+         "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "unknown-export",
+         "unknown-san-target", "n-plus-one")
+PARTS = {"libvirt": "its domains", "exports": "its exports and volumes", "volumes": "its backing volumes",
+         "san": "which exports it sees on the SAN"}
+TWO_COPIES = ("Two copies of {vm} write the same AoE disks: its file systems are being corrupted. "
+              "Force off the copy the panel does not expect now.")
+
+
+def compare(inventory: Inventory, real: Reality) -> list[Finding]:
+    """Every difference between the inventory and what the hosts said, most serious first."""
+    findings = [*_host_findings(inventory, real), *_domain_findings(inventory, real),
+                *_export_findings(inventory, real), *_san_findings(inventory, real)]
+    findings += [Finding("n-plus-one", "warning", s.failed, str(s),
+                         f"N+1 is broken: if {s.failed} fails, these guests stay down until memory is freed "
+                         "or a CPU server is added.") for s in inventory.shortfalls]
+    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), CODES.index(f.code), f.subject, f.message))
+
+
+def _active(info: DomainInfo) -> bool:
+    return info.state not in INACTIVE_STATES
+
+
+def _checked(inventory: Inventory) -> list[VmRecord]:
+    return [vm for vm in inventory.vms if not vm.busy and vm.state in CHECKED_VM_STATES]
+
+
+def _host_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
+    for gap in real.unreachable:
+        host = inventory.host(gap.host)
+        if host is None or host.expected_up:
+            yield Finding("host-unreachable", "error", gap.host, f"{gap.host} unreachable ({gap.part}): {gap.error}",
+                          f"{PARTS.get(gap.part, gap.part).capitalize()} could not be checked: verify says "
+                          "nothing about them, good or bad.")
+
+
+def _domain_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
+    where: dict[str, list[tuple[str, DomainInfo]]] = defaultdict(list)
+    for host, infos in sorted(real.domains.items()):
+        for info in infos:
+            where[info.name].append((host, info))
+    everyone = all(c.name in real.domains for c in inventory.cpu_servers)
+    for vm in _checked(inventory):
+        yield from _vm_domain(vm, where.get(vm.domain, []), real, everyone)
+    claimed = {vm.domain for vm in inventory.vms}
+    for name, copies in sorted(where.items()):
+        if name.startswith(DOMAIN_PREFIX) and name not in claimed:
+            for host, info in copies:
+                yield _stray_domain(host, info)
+
+
+def _vm_domain(vm: VmRecord, copies: list[tuple[str, DomainInfo]], real: Reality, everyone: bool
+               ) -> Iterator[Finding]:
+    home = vm.cpu_server
+    active = [host for host, info in copies if _active(info)]
+    if len(active) > 1:
+        yield from _two_hosts(vm, active)
+        return
+    home_known = home in real.domains if home else everyone
+    if active and active[0] != home:
+        yield _wrong_host(vm, active[0], can_fix=home_known and everyone)
+        return
+    if not home_known:
+        return  # never guess: the host that should run it did not answer
+    here = next((info for host, info in copies if host == home), None)
+    if here is None:
+        yield Finding("domain-missing", "error", vm.name, f"{vm.domain} is not defined on {home or 'any CPU server'}",
+                      f"The panel shows {vm.name} as {vm.state} on {home or 'no CPU server'}, but no such guest "
+                      "exists: it is down and the panel cannot start it.")
+    else:
+        yield from _domain_state(vm, home or "", here)
+    for host, info in copies:
+        if home and host != home:  # inactive: an active one was handled above
+            yield Finding("domain-defined-elsewhere", "warning", vm.name, f"{vm.domain} is also defined "
+                          f"({info.state}) on {host}", f"Starting it there (by hand, or autostart) would run a "
+                          f"second copy of {vm.name} on the same disks.",
+                          Fix("undefine-domain", {"cpu_server": host, "domain": vm.domain},
+                              f"Undefine the stale copy of {vm.domain} on {host} (the one on {home} stays)"))
+
+
+def _two_hosts(vm: VmRecord, active: list[str]) -> Iterator[Finding]:
+    if vm.cpu_server not in active:
+        yield Finding("domain-on-two-hosts", "critical", vm.name,
+                      f"{vm.domain} runs on {' and '.join(active)}; the panel expects it on "
+                      f"{vm.cpu_server or 'no CPU server'}", TWO_COPIES.format(vm=vm.name) + " Neither copy is "
+                      "where the panel expects it: decide by hand which to keep.")
+        return
+    for host in active:
+        if host != vm.cpu_server:
+            yield Finding("domain-on-two-hosts", "critical", vm.name,
+                          f"{vm.domain} runs on {vm.cpu_server} (where the panel expects it) and on {host}",
+                          TWO_COPIES.format(vm=vm.name),
+                          Fix("destroy-domain", {"cpu_server": host, "domain": vm.domain},
+                              f"Force off the copy of {vm.domain} on {host}; keep the one on {vm.cpu_server}"))
+
+
+def _wrong_host(vm: VmRecord, host: str, *, can_fix: bool) -> Finding:
+    home = vm.cpu_server or "no CPU server"
+    message = f"{vm.domain} runs on {host}; the panel records it on {home}"
+    if not can_fix:
+        return Finding("vm-on-wrong-host", "error", vm.name, message + ", and not every CPU server answered",
+                       f"If a CPU server that did not answer runs {vm.name} too, two copies write the same disks: "
+                       "check or fence it before anything else.")
+    return Finding("vm-on-wrong-host", "error", vm.name, message,
+                   f"The guest runs, but its memory is counted on {home}: placement and N+1 are wrong, and a "
+                   f"failover of {host} would not restart it.",
+                   Fix("record-vm-host", {"vm": vm.name, "cpu_server": host}, f"Record {vm.name} as running on {host}"))
+
+
+def _domain_state(vm: VmRecord, home: str, here: DomainInfo) -> Iterator[Finding]:
+    if vm.uuid and here.uuid.lower() != vm.uuid.lower():
+        yield Finding("domain-uuid-mismatch", "error", vm.name, f"{vm.domain} on {home} has UUID {here.uuid}, "
+                      f"the panel's is {vm.uuid}", f"Another guest carries {vm.name}'s name: the panel's commands "
+                      "for this VM would act on it. Rename or remove it by hand.")
+        return
+    if vm.state == VmState.RUNNING and not _active(here):
+        yield Finding("domain-not-running", "error", vm.name, f"{vm.domain} is {here.state} on {home}",
+                      f"{vm.name} is down although the panel shows it running.",
+                      Fix("start-domain", {"vm": vm.name}, f"Start {vm.domain} on {home} again"))
+    elif vm.state == VmState.RUNNING and here.state not in RUNNING_STATES:
+        yield Finding("domain-state", "warning", vm.name, f"{vm.domain} is {here.state} on {home}, not running",
+                      "The guest does not execute (paused by hand, or left so by a failed migration).")
+    elif vm.state == VmState.STOPPED and _active(here):
+        yield Finding("domain-not-stopped", "warning", vm.name, f"{vm.domain} is {here.state} on {home}; the panel "
+                      "records the VM as stopped", "The guest runs and uses memory while the panel shows it stopped.",
+                      Fix("mark-vm-running", {"vm": vm.name}, f"Record {vm.name} as running"))
+    if not here.persistent:
+        yield Finding("domain-transient", "warning", vm.name, f"{vm.domain} on {home} has no persistent definition",
+                      f"Once it stops, {home} forgets it and the panel cannot start it again.")
+
+
+def _stray_domain(host: str, info: DomainInfo) -> Finding:
+    if _active(info):
+        return Finding("unknown-domain", "error", info.name,
+                       f"{info.name} runs on {host}, but the panel has no VM of that name",
+                       "It uses memory the panel does not count; if it uses a guest's disks, two writers corrupt them.",
+                       Fix("destroy-domain", {"cpu_server": host, "domain": info.name},
+                           f"Force off the stray domain {info.name} on {host}"))
+    return Finding("unknown-domain", "warning", info.name,
+                   f"{info.name} is defined ({info.state}) on {host}, but the panel has no VM of that name",
+                   "A leftover: harmless until someone starts it.",
+                   Fix("undefine-domain", {"cpu_server": host, "domain": info.name},
+                       f"Undefine the stray domain {info.name} on {host} (its definition is lost)"))
+
+
+def _export_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
+    for vm in _checked(inventory):
+        for leg in vm.legs:
+            if leg.disk_server not in real.exports:
+                continue  # unreachable: reported as such
+            running = next((e for e in real.exports[leg.disk_server] if (e.shelf, e.slot) == (leg.shelf, leg.slot)),
+                           None)
+            gone = leg.path in real.missing_volumes.get(leg.disk_server, set())
+            where = f"{leg.name} on {leg.disk_server}"
+            if gone:
+                held = " (vblade still serves the deleted file it holds open)" if running else ""
+                yield Finding("volume-missing", "error", vm.name, f"volume {leg.path} of {where} is missing{held}",
+                              f"One leg of {vm.name}'s mirror has lost its data: the guest lives on the other leg "
+                              "alone until a new volume is made and resynced.")
+            if running is None:
+                fix = None if gone else Fix("start-export", {"disk_server": leg.disk_server, "shelf": leg.shelf,
+                                                             "slot": leg.slot},
+                                            f"Start export {leg.name} on {leg.disk_server} again")
+                yield Finding("export-not-running", "error", vm.name, f"{where} is not exported (no vblade serves it)",
+                              f"{vm.name}'s mirror has one leg left: one more failure and the guest loses its disk.",
+                              fix)
+            elif (running.path, running.interface) != (leg.path, leg.interface):
+                yield Finding("export-mismatch", "error", vm.name, f"{where} serves {running.path} on "
+                              f"{running.interface}; the panel expects {leg.path} on {leg.interface}",
+                              "The guest may be writing to a file that is not its disk: decide by hand which is right.")
+    for disk, exports in sorted(real.exports.items()):
+        for export in exports:
+            if (disk, export.shelf, export.slot) not in inventory.reserved:
+                yield Finding("unknown-export", "warning", f"{disk} {export.name}", f"{export.name} on {disk} serves "
+                              f"{export.path}, but the panel has no export {export.name} on {disk}",
+                              "A leftover or an export made by hand: it takes a shelf.slot the panel may give to a "
+                              "new VM, and anyone on the SAN can write to it.",
+                              Fix("stop-export", {"disk_server": disk, "shelf": export.shelf, "slot": export.slot},
+                                  f"Stop the stray export {export.name} on {disk} (its file stays)"))
+
+
+def _san_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
+    heard: dict[tuple[int, int], dict[str, list[AoEAnswer]]] = defaultdict(lambda: defaultdict(list))
+    for cpu, answers in real.san.items():
+        for answer in answers:
+            heard[(answer.shelf, answer.slot)][cpu].append(answer)
+    for vm in _checked(inventory) if real.san else []:
+        for leg in vm.legs:
+            key = (leg.shelf, leg.slot)
+            exports = real.exports.get(leg.disk_server)
+            if exports is not None and not any((e.shelf, e.slot) == key for e in exports):
+                continue  # not running: export-not-running says so already
+            answers = [a for cpu_answers in heard.get(key, {}).values() for a in cpu_answers]
+            silent = [cpu for cpu in sorted(real.san) if not heard.get(key, {}).get(cpu)]
+            if silent:
+                own = vm.cpu_server in silent
+                yield Finding("export-not-answering", "error" if own else "warning", vm.name,
+                              f"{leg.name} ({leg.disk_server}) does not answer an AoE query from {', '.join(silent)}",
+                              (f"{vm.name} on {vm.cpu_server} cannot reach this leg: its mirror runs degraded."
+                               if own else f"{vm.name} could not run on {', '.join(silent)} with both legs.")
+                              + " Look at the SAN links and the export's MAC ACL.")
+            macs = sorted({a.mac for a in answers})
+            if len(macs) > 1:
+                yield Finding("export-answered-twice", "critical", vm.name, f"{leg.name} is answered by "
+                              f"{len(macs)} targets on the SAN ({', '.join(macs)})",
+                              "Initiators spread I/O over every target that answers a shelf.slot: writes of "
+                              f"{vm.name} land on two different disks. Stop the target that is not {leg.disk_server}.")
+            sizes = sorted({a.sectors for a in answers if a.sectors is not None})
+            if sizes and sizes != [leg.size_mib * SECTORS_PER_MIB]:
+                yield Finding("export-size-mismatch", "error", vm.name, f"{leg.name} reports "
+                              f"{', '.join(map(str, sizes))} sectors; the panel made {leg.size_mib} MiB "
+                              f"({leg.size_mib * SECTORS_PER_MIB} sectors)",
+                              "The leg is not the volume the panel made for this VM: the mirror's legs differ.")
+    known = {(shelf, slot) for _, shelf, slot in inventory.reserved}
+    known |= {(e.shelf, e.slot) for exports in real.exports.values() for e in exports}
+    for (shelf, slot), per_cpu in sorted(heard.items()):
+        if (shelf, slot) not in known:
+            macs = sorted({a.mac for answers in per_cpu.values() for a in answers})
+            yield Finding("unknown-san-target", "warning", f"e{shelf}.{slot}", f"e{shelf}.{slot} answers on the SAN "
+                          f"(MAC {', '.join(macs)}), but no disk server of the panel exports it",
+                          "A target the panel does not manage: a shelf.slot a new VM may collide with.")
+
+
+# --- the whole verify -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verification:
+    findings: list[Finding]
+    checked: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"findings": [f.as_dict() for f in self.findings], "checked": self.checked}
+
+
+def checked_counts(inventory: Inventory, real: Reality) -> dict[str, int]:
+    """What verify looked at, so that "no differences" can be told from "nothing checked"."""
+    domains = [d for infos in real.domains.values() for d in infos]
+    return {
+        "cpu_servers": len(inventory.cpu_servers),
+        "cpu_servers_answering": len(real.domains),
+        "disk_servers": len(inventory.disk_servers),
+        "disk_servers_answering": len(real.exports),
+        "vms": len(_checked(inventory)),
+        "vms_busy": sum(1 for vm in inventory.vms if vm.busy or vm.state not in CHECKED_VM_STATES),
+        "domains": sum(1 for d in domains if d.name.startswith(DOMAIN_PREFIX)),
+        "foreign_domains": sum(1 for d in domains if not d.name.startswith(DOMAIN_PREFIX)),
+        "exports": sum(len(e) for e in real.exports.values()),
+        "san_answers": sum(len(a) for a in real.san.values()),
+    }
+
+
+def verify(note: Note = _quiet) -> Verification:
+    """Collect and compare in this process (the CLI: no worker needed, so cron works without one)."""
+    before = load_inventory()
+    real = collect(before, note)
+    inventory = settle(before, load_inventory())
+    return Verification(compare(inventory, real), checked_counts(inventory, real))
+
+
+def start_verify(user: Any = None) -> Job:
+    """Queue a cluster.verify job; one already queued or running is returned instead of a second."""
+    running = Job.objects.filter(kind="cluster.verify", state__in=ACTIVE_STATES).first()
+    return running or start_job("cluster.verify", target_name="cluster", user=user)
