@@ -124,6 +124,11 @@ SSH_COMMAND_TIMEOUT = env_int("XENAOE_SSH_COMMAND_TIMEOUT", 60, minimum=1)
 # How often `watch_domains` compares every VM with its hypervisor (events cover the time between).
 RECONCILE_INTERVAL_S = env_int("XENAOE_RECONCILE_INTERVAL_S", 30, minimum=1)
 
+# The URI a source CPU server's libvirtd uses to reach the target in a peer-to-peer migration;
+# placeholders {address}, {name}, {user}, {port}. Empty: qemu+ssh:// or xen+ssh:// to the target's
+# address (docs/migration.md).
+MIGRATION_URI_TEMPLATE = env_str("XENAOE_MIGRATION_URI_TEMPLATE", "")
+
 # Bounds an operator may ask for when creating a VM.
 VM_MIN_MEMORY_MIB = env_int("XENAOE_VM_MIN_MEMORY_MIB", 32, minimum=1)
 VM_MAX_MEMORY_MIB = env_int("XENAOE_VM_MAX_MEMORY_MIB", 262144, minimum=1)
