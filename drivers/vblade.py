@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +172,17 @@ def _normalise_macs(macs: list[str]) -> list[str]:
         raise DriverError(f"vblade accepts at most {MAX_MACS} MAC addresses, got {len(normalised)}",
                           permanent=True)
     return normalised
+
+
+# One SSH command checks all the backing paths (sent on stdin, one per line: paths never hold a
+# newline, _check_path refuses control characters) and prints the absent ones.
+VOLUME_CHECK = 'while IFS= read -r p; do [ -e "$p" ] || printf "%s\\n" "$p"; done; exit 0'
+
+
+def missing_volumes(target: SSHTarget, paths: Iterable[str], *, timeout: float = 30) -> set[str]:
+    """The paths (of those given) that do not exist on the host: one SSH command for all of them."""
+    wanted = sorted(set(paths))
+    if not wanted:
+        return set()
+    result = ssh.run(target, ["sh", "-c", VOLUME_CHECK], stdin="\n".join(wanted) + "\n", timeout=timeout)
+    return {line for line in result.stdout.splitlines() if line}

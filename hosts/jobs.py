@@ -1,7 +1,7 @@
 """The job kinds of cluster verify: "cluster.verify" (read only) and "cluster.fix" (one fix)."""
 from __future__ import annotations
 
-from hosts import verify
+from hosts import verify, verify_collect
 from hosts.fixes import FIXES, run_fix
 from hosts.models import CpuServer, DiskServer
 from jobs.choices import LogLevel
@@ -11,28 +11,28 @@ from jobs.runner import JobContext, JobFailed, Step, job_kind
 LEVELS = {"critical": LogLevel.ERROR, "error": LogLevel.ERROR, "warning": LogLevel.WARNING}
 
 
-def _note(ctx: JobContext) -> verify.Note:
+def _note(ctx: JobContext) -> verify_collect.Note:
     return lambda message, level: ctx.log(message, level)
 
 
-def _reality(ctx: JobContext) -> verify.Reality:
-    return ctx.data.setdefault("reality", verify.Reality())
+def _reality(ctx: JobContext) -> verify_collect.Reality:
+    return ctx.data.setdefault("reality", verify_collect.Reality())
 
 
 def collect_cpu_servers(ctx: JobContext) -> None:
-    verify.collect_domains(_reality(ctx), CpuServer.objects.all(), _note(ctx))
+    verify_collect.collect_domains(_reality(ctx), CpuServer.objects.all(), _note(ctx))
 
 
 def collect_disk_servers(ctx: JobContext) -> None:
-    verify.collect_disks(_reality(ctx), DiskServer.objects.all(), ctx.data["inventory"], _note(ctx))
+    verify_collect.collect_disks(_reality(ctx), DiskServer.objects.all(), ctx.data["inventory"], _note(ctx))
 
 
 def probe_san(ctx: JobContext) -> None:
-    verify.probe_san(_reality(ctx), CpuServer.objects.all(), _note(ctx))
+    verify_collect.probe_san(_reality(ctx), CpuServer.objects.all(), _note(ctx))
 
 
 def compare(ctx: JobContext) -> None:
-    inventory = verify.settle(ctx.data["inventory"], verify.load_inventory())
+    inventory = verify_collect.settle(ctx.data["inventory"], verify_collect.load_inventory())
     real = _reality(ctx)
     findings = verify.compare(inventory, real)
     # One entry per finding, its data the finding itself: the findings page renders them from here.
@@ -46,8 +46,8 @@ def compare(ctx: JobContext) -> None:
 
 @job_kind("cluster.verify")
 def plan_verify(ctx: JobContext) -> list[Step]:
-    # Read before anything is asked, and again after (see verify.settle).
-    ctx.data["inventory"] = verify.load_inventory()
+    # Read before anything is asked, and again after (see verify_collect.settle).
+    ctx.data["inventory"] = verify_collect.load_inventory()
     return [
         Step("Collect from the CPU servers", collect_cpu_servers),
         Step("Collect from the disk servers", collect_disk_servers),

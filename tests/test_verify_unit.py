@@ -20,17 +20,19 @@ from hosts.verify import (
     CODES,
     Finding,
     Fix,
+    compare,
+    result_text,
+    start_verify,
+)
+from hosts.verify_collect import (
     HostRecord,
     Inventory,
     LegRecord,
     Reality,
     Unreachable,
     VmRecord,
-    compare,
     load_inventory,
-    result_text,
     settle,
-    start_verify,
 )
 from jobs.models import Job
 from vms.models import VirtualMachine
