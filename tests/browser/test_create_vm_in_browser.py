@@ -53,7 +53,7 @@ def test_operator_creates_a_vm_and_watches_it_to_100_percent(page, operator, lab
     page.get_by_label("vCPUs").fill("1")
     page.get_by_label("Memory (MiB)").fill("64")
     page.get_by_label("Disk (MiB)").fill("32")
-    page.get_by_label("CPU server").select_option("cpu1")
+    page.get_by_label("CPU server", exact=True).select_option("cpu1")
     expect(page.locator("#capacity tr[data-server='cpu1'] .after")).to_have_text(re.compile(r"^4032 MiB"))
     expect(page.locator("#capacity tr[data-server='cpu1'] .nplus1")).to_have_text("kept")
     page.get_by_role("button", name="Create").click()
