@@ -12,6 +12,10 @@ host_name_validator = RegexValidator(
     r"^[a-z][a-z0-9-]{0,62}$", "Lower-case letters, digits and '-', starting with a letter."
 )
 interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}$", "Not a network interface name.")
+FENCE_METHODS = ("ipmi", "storage", "manual")
+fence_methods_validator = RegexValidator(
+    r"^(ipmi|storage|manual)(,(ipmi|storage|manual))*$", "A comma-separated list of ipmi, storage, manual."
+)
 
 
 class Host(StateColourMixin, models.Model):
@@ -29,6 +33,12 @@ class Host(StateColourMixin, models.Model):
         help_text="Interface on the SAN (layer 2, AoE).",
     )
     state = models.CharField(max_length=16, choices=HostState.choices, default=HostState.UP)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    # What the monitor saw: consecutive missed checks (a host is declared dead only after several,
+    # so one slow answer never triggers anything), when it last answered, and why it did not.
+    missed_checks = models.PositiveIntegerField(default=0)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_check_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -70,6 +80,18 @@ class CpuServer(Host):
     memory_mib = models.PositiveBigIntegerField(help_text="Memory available to guests, in MiB.")
     vcpus = models.PositiveIntegerField(help_text="Physical CPUs available to guests.")
     bmc_address = models.CharField(max_length=255, blank=True, help_text="IPMI BMC (for fencing).")
+    bmc_port = models.PositiveIntegerField(default=623, validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    bmc_user = models.CharField(max_length=64, blank=True)
+    bmc_password_file = models.CharField(
+        max_length=255, blank=True, help_text="Path of a file holding the BMC password (never the password)."
+    )
+    san_mac = models.CharField(
+        max_length=17, blank=True, help_text="MAC of its SAN interface: storage fencing drops it from the exports."
+    )
+    fence_methods = models.CharField(
+        max_length=64, default="ipmi,storage", validators=[fence_methods_validator],
+        help_text="Tried in order until one confirms: ipmi, storage, manual (an operator's word).",
+    )
 
     def get_absolute_url(self) -> str:
         return reverse("cpuserver-detail", args=[self.pk])
@@ -81,3 +103,7 @@ class CpuServer(Host):
     @property
     def free_memory_mib(self) -> int:
         return self.memory_mib - self.used_memory_mib
+
+    @property
+    def fence_method_list(self) -> list[str]:
+        return [m for m in self.fence_methods.split(",") if m]

@@ -57,6 +57,8 @@ class Job(StateColourMixin, models.Model):
     # The VM's name stays readable after the VM is gone (a failed create, a delete).
     target_name = models.CharField(max_length=63, blank=True, db_index=True)
     params = models.JSONField(default=dict, blank=True)
+    # A job made of other jobs (an evacuation and its migrations) is their parent.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     step = models.PositiveSmallIntegerField(default=0)
     total_steps = models.PositiveSmallIntegerField(default=0)

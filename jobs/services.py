@@ -17,7 +17,7 @@ class WorkerUnavailable(Exception):
 
 def start_job(
     kind: str, *, vm: Any = None, target_name: str = "", params: dict | None = None,
-    user: AbstractBaseUser | None = None,
+    user: AbstractBaseUser | None = None, parent: Job | None = None,
 ) -> Job:
     """Write a job and queue it on commit. A VM with a job in progress refuses a second one
     (ValidationError naming the running job): the database's one_active_job_per_vm decides."""
@@ -28,6 +28,7 @@ def start_job(
             job = Job.objects.create(
                 kind=kind, vm=vm, target_name=target_name or (vm.name if vm else ""),
                 params=params or {}, user=user if user is not None and user.is_authenticated else None,
+                parent=parent,
             )
     except IntegrityError as exc:
         busy = active_job_for(vm)

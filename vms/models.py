@@ -29,6 +29,9 @@ class VirtualMachine(StateColourMixin, models.Model):
         max_length=255, blank=True,
         help_text="Direct kernel boot: a kernel image at this path on every CPU server (empty: boot the disk).",
     )
+    # When its CPU server fails: restart it elsewhere (after the fence), highest priority first.
+    auto_restart = models.BooleanField(default=True)
+    restart_priority = models.PositiveSmallIntegerField(default=100, help_text="Higher restarts first.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

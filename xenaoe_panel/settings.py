@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "storage",
     "vms",
     "jobs",
+    "ha",
     "lab",
 ]
 

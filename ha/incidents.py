@@ -1,0 +1,91 @@
+"""Opening incidents and writing their timeline; every change is pushed to open pages on commit."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.models import Incident, IncidentEvent
+from hosts.models import CpuServer, DiskServer
+
+logger = logging.getLogger(__name__)
+INCIDENTS_GROUP = "incidents"
+
+
+def incident_group(incident_id: int) -> str:
+    return f"incident.{incident_id}"
+
+
+def _publish(incident: Incident, event: IncidentEvent | None) -> None:
+    payload = {
+        "type": "incident.event",
+        "incident": {"id": incident.pk, "kind": incident.kind, "state": incident.state,
+                     "state_display": incident.get_state_display(), "colour": incident.state_colour,
+                     "host": incident.host_name, "summary": incident.summary},
+        "event": event.as_event() if event else None,
+    }
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            for group in (INCIDENTS_GROUP, incident_group(incident.pk)):
+                async_to_sync(layer.group_send)(group, payload)
+        except Exception:  # a page missing an event shows the timeline on reload
+            logger.warning("could not publish incident %s", incident.pk, exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def open_incident(host: CpuServer | DiskServer, kind: str, message: str) -> tuple[Incident, bool]:
+    """The open incident of this host and kind, opened now if there is none (created=True)."""
+    fields: dict[str, Any] = {"cpu_server": host} if isinstance(host, CpuServer) else {"disk_server": host}
+    existing = Incident.objects.filter(host_name=host.name, kind=kind).exclude(state=IncidentState.CLOSED).first()
+    if existing is not None:
+        return existing, False
+    try:
+        with transaction.atomic():
+            incident = Incident.objects.create(host_name=host.name, kind=kind, summary=message, **fields)
+    except IntegrityError:  # opened by someone else in between
+        return Incident.objects.get(host_name=host.name, kind=kind, state__in=_open_states()), False
+    record(incident, EventKind.DETECTED, message)
+    return incident, True
+
+
+def _open_states() -> list[str]:
+    return [s for s in IncidentState.values if s != IncidentState.CLOSED]
+
+
+def record(incident: Incident, kind: str, message: str, *, job: Any = None, user: Any = None,
+           **data: Any) -> IncidentEvent:
+    event = IncidentEvent.objects.create(incident=incident, kind=kind, message=message, data=data, job=job,
+                                         user=user if user is not None and user.is_authenticated else None)
+    _publish(incident, event)
+    return event
+
+
+def set_state(incident: Incident, state: str, summary: str | None = None) -> None:
+    incident.state = state
+    fields = ["state"]
+    if summary is not None:
+        incident.summary = summary
+        fields.append("summary")
+    if state == IncidentState.CLOSED:
+        incident.closed_at = timezone.now()
+        fields.append("closed_at")
+    incident.save(update_fields=fields)
+    _publish(incident, None)
+
+
+def close(incident: Incident, message: str, user: Any = None) -> None:
+    record(incident, EventKind.CLOSED, message, user=user)
+    set_state(incident, IncidentState.CLOSED)
+
+
+__all__ = ["IncidentKind", "close", "incident_group", "open_incident", "record", "set_state"]
