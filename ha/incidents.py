@@ -1,19 +1,16 @@
 """Opening incidents and writing their timeline; every change is pushed to open pages on commit."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident, IncidentEvent
 from hosts.models import CpuServer, DiskServer
+from xenaoe_panel.broadcast import send_on_commit
 
-logger = logging.getLogger(__name__)
 INCIDENTS_GROUP = "incidents"
 
 
@@ -29,18 +26,7 @@ def _publish(incident: Incident, event: IncidentEvent | None) -> None:
                      "host": incident.host_name, "summary": incident.summary},
         "event": event.as_event() if event else None,
     }
-
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            for group in (INCIDENTS_GROUP, incident_group(incident.pk)):
-                async_to_sync(layer.group_send)(group, payload)
-        except Exception:  # a page missing an event shows the timeline on reload
-            logger.warning("could not publish incident %s", incident.pk, exc_info=True)
-
-    transaction.on_commit(send)
+    send_on_commit([INCIDENTS_GROUP, incident_group(incident.pk)], payload, f"incident {incident.pk}")
 
 
 def open_incident(host: CpuServer | DiskServer, kind: str, message: str) -> tuple[Incident, bool]:

@@ -5,15 +5,8 @@ always re-read the same state from the database (and the backlog it asks for on 
 """
 from __future__ import annotations
 
-import logging
-
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.db import transaction
-
 from jobs.models import Job, JobLogEntry
-
-logger = logging.getLogger(__name__)
+from xenaoe_panel.broadcast import send_on_commit
 
 
 def job_group(job_id: int) -> str:
@@ -29,15 +22,4 @@ def entry_event(job: Job, entry: JobLogEntry | None) -> dict:
 
 
 def publish(job: Job, entry: JobLogEntry | None = None) -> None:
-    event = entry_event(job, entry)
-
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            async_to_sync(layer.group_send)(job_group(job.pk), event)
-        except Exception:  # a browser missing a live event re-reads the log; the job goes on
-            logger.warning("could not publish event of job %s", job.pk, exc_info=True)
-
-    transaction.on_commit(send)
+    send_on_commit([job_group(job.pk)], entry_event(job, entry), f"an event of job {job.pk}")

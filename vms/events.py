@@ -1,15 +1,9 @@
 """VM state on the channel layer: group "vms" for pages showing many VMs (operators)."""
 from __future__ import annotations
 
-import logging
-
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.db import transaction
-
 from vms.models import VirtualMachine
+from xenaoe_panel.broadcast import send_on_commit
 
-logger = logging.getLogger(__name__)
 VMS_GROUP = "vms"
 
 
@@ -28,18 +22,7 @@ def vm_event(vm: VirtualMachine) -> dict:
 
 def publish_vm(vm: VirtualMachine) -> None:
     """Tell open pages about the VM's state, after the transaction that changed it commits."""
-    event = vm_event(vm)
-
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            async_to_sync(layer.group_send)(VMS_GROUP, event)
-        except Exception:  # a page missing an event shows the right state on reload
-            logger.warning("could not publish the state of %s", vm.name, exc_info=True)
-
-    transaction.on_commit(send)
+    send_on_commit([VMS_GROUP], vm_event(vm), f"the state of {vm.name}")
 
 
 def set_vm_state(vm_id: int, state: str) -> None:
