@@ -10,7 +10,6 @@ and UTS namespaces; see lab/README.md for the whole picture.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import hostconfig, network
+from lab import bmc, hostconfig, mountpoints, network
 from lab.hostproc import close_control_masters, detach_lab_loops, host_pids, kill_hosts, ssh_target
 from lab.system import SYSTEM_PATH, LabError, kill_and_wait, netns_names, pid_alive, read_pid, same_netns, sh, wait_for
 from lab.topology import (
@@ -31,8 +30,10 @@ from lab.topology import (
     NETNS_PREFIX,
     PRIVATE_DIRS,
     REPO_DIR,
+    ROOT_NETNS,
     SAN_BRIDGE,
     LabHost,
+    bmcs,
     host,
     lab_dir,
 )
@@ -41,7 +42,6 @@ ROOT_REQUIRED = (
     "the lab needs root: it creates network namespaces, bridges, veth links and mounts "
     "(run it as root, e.g. with sudo)"
 )
-ETHERD_DIR = "/dev/etherd"
 START_TIMEOUT = 30.0
 LOCK_TIMEOUT = 120.0
 Output = Callable[[str], None]
@@ -58,11 +58,15 @@ class HostStatus:
     address: str
     netns: str
     libvirt_uri: str | None = None
+    # The management link is cut (`lab partition`): the host runs but the panel cannot reach it.
+    partitioned: bool = False
 
-    def as_dict(self) -> dict[str, str]:
-        data = {"name": self.name, "role": self.role, "address": self.address, "netns": self.netns}
+    def as_dict(self) -> dict[str, str | bool]:
+        data: dict[str, str | bool] = {"name": self.name, "role": self.role, "address": self.address,
+                                       "netns": self.netns}
         if self.libvirt_uri is not None:
             data["libvirt_uri"] = self.libvirt_uri
+        data["partitioned"] = self.partitioned
         return data
 
 
@@ -70,7 +74,7 @@ class HostStatus:
 class LabStatus:
     hosts: list[HostStatus]
 
-    def as_dict(self) -> dict[str, list[dict[str, str]]]:
+    def as_dict(self) -> dict[str, list[dict[str, str | bool]]]:
         return {"hosts": [h.as_dict() for h in self.hosts]}
 
     @property
@@ -116,7 +120,8 @@ def host_running(lab_host: LabHost) -> bool:
 
 
 def _host_status(lab_host: LabHost) -> HostStatus:
-    return HostStatus(lab_host.name, lab_host.role, lab_host.address, lab_host.netns, lab_host.libvirt_uri)
+    return HostStatus(lab_host.name, lab_host.role, lab_host.address, lab_host.netns, lab_host.libvirt_uri,
+                      network.is_partitioned(lab_host))
 
 
 def status() -> LabStatus:
@@ -140,27 +145,70 @@ def _up(out: Output) -> LabStatus:
     running = [h for h in HOSTS if host_running(h)]
     to_start = [h for h in HOSTS if h not in running]
     if to_start:
-        _make_mountpoints()
-        hostconfig.prepare_all()
-        stop_hosts(to_start, grace=0)  # whatever an earlier run left of them
         if not running:
+            stop_hosts(to_start, grace=0)
             detach_lab_loops()  # nothing of the lab runs, so every lab loop device is stale
-        network.ensure_bridges()
-        for lab_host in to_start:
-            network.create_host_network(lab_host)
-            _launch(lab_host)
-        _wait_started(to_start)
+        _start_hosts(to_start)
+    for lab_host in running:
+        if network.is_partitioned(lab_host):  # `lab up` means everything reachable again
+            network.heal(lab_host)
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
         checks = list(pool.map(_check_host, HOSTS))
     for lab_host, detail in zip(HOSTS, checks, strict=True):
         state = "already up" if lab_host in running else "started"
         out(f"{lab_host.name:<6} {lab_host.role:<4} {lab_host.address:<12} {lab_host.netns:<9} {state}: {detail}")
+    _up_bmcs(out)
     result = status()
     if not result.complete:
         missing = sorted({h.name for h in HOSTS} - {h.name for h in result.hosts})
         raise LabError(f"hosts not running after lab up: {', '.join(missing)}")
     out(f"lab up in {time.monotonic() - started:.1f} s (state in {lab_dir()})")
     return result
+
+
+def _start_hosts(hosts: list[LabHost]) -> None:
+    """Boot hosts that do not run, after removing whatever an earlier run left of them."""
+    mountpoints.make_mountpoints()
+    hostconfig.prepare_all()
+    stop_hosts(hosts, grace=0)
+    network.ensure_bridges()
+    for lab_host in hosts:
+        network.create_host_network(lab_host)
+        _launch(lab_host)
+    _wait_started(hosts)
+
+
+def boot_host(name: str, *, out: Output = print) -> None:
+    """Boot one stopped host, as `up()` would, leaving every other host (running or not) alone:
+    what a BMC's power on does (lab/bmc_hook.py)."""
+    require_root()
+    lab_host = host(name)
+    with _exclusive():
+        if host_running(lab_host):
+            out(f"{name}: already running")
+            return
+        started = time.monotonic()
+        _start_hosts([lab_host])
+        out(f"{name}: booted in {time.monotonic() - started:.1f} s: {_check_host(lab_host)}")
+
+
+def _up_bmcs(out: Output) -> None:
+    """Start the BMCs that do not run and check each as the panel does (IPMI over LAN)."""
+    from drivers.errors import DriverError
+    from drivers.ipmi import power_status
+
+    bmc.ensure_root_netns()
+    for board in bmcs():
+        state = "already up"
+        if not bmc.running(board):
+            bmc.start(board)
+            state = "started"
+        t0 = time.monotonic()
+        try:
+            power = power_status(bmc.target(board))
+        except DriverError as exc:
+            raise LabError(f"the BMC of {board.host.name} started but does not answer: {exc}") from exc
+        out(f"{board.name:<10} {board.address:<13} {state}: ipmi {time.monotonic() - t0:.2f} s (power {power})")
 
 
 def _launch(lab_host: LabHost) -> None:
@@ -242,26 +290,6 @@ def _check_host(lab_host: LabHost) -> str:
     return detail
 
 
-def _make_mountpoints() -> None:
-    """Create the directories the hosts mount over (and /run/netns's mount via `ip netns add`),
-    recording what did not exist so that `down` removes exactly that."""
-    state = _load_state()
-    made = state.setdefault("made_dirs", [])
-    for target in [*PRIVATE_DIRS, ETHERD_DIR]:
-        missing = []
-        path = Path(target)
-        while not path.exists():
-            missing.append(str(path))
-            path = path.parent
-        for directory in reversed(missing):
-            os.mkdir(directory, 0o755)
-            made.append(directory)
-    if not _is_mountpoint("/run/netns") and not state.get("made_run_netns"):
-        state["made_run_netns"] = True
-        state["made_run_netns_dir"] = not Path("/run/netns").exists()
-    _save_state(state)
-
-
 # --- down ---------------------------------------------------------------------------------------
 
 def down(*, out: Output = print) -> None:
@@ -270,19 +298,46 @@ def down(*, out: Output = print) -> None:
     started = time.monotonic()
     with _exclusive():
         _remove_strays(out)
+        for board in bmcs():  # first, so that no power-on hook boots a host while it goes
+            bmc.stop(board)
+        bmc.remove_root_netns()
         stop_hosts(list(HOSTS))
         detach_lab_loops()
         network.delete_bridges()
-        _remove_mountpoints(out)
+        mountpoints.remove_mountpoints(out)
     out(f"lab down in {time.monotonic() - started:.1f} s")
 
 
-def kill_host(name: str) -> None:
+def kill_host(name: str, *, with_bmc: bool = False) -> None:
     """Pull a host's plug: SIGKILL every process in it, nothing else (its links stay, so the panel
-    sees silence, not refused connections). `up()` starts it again, as a reboot would."""
+    sees silence, not refused connections). `up()` starts it again, as a reboot would. With
+    `with_bmc` its BMC loses power too (IPMI fencing then cannot confirm; storage fencing can)."""
     require_root()
+    lab_host = host(name)
+    if with_bmc and lab_host.bmc is None:
+        raise LabError(f"{name} has no BMC (only CPU hosts have one)")
     with _exclusive():
-        kill_hosts([host(name)], grace=0)
+        if with_bmc and lab_host.bmc is not None:
+            bmc.pull_plug(lab_host.bmc)
+        kill_hosts([lab_host], grace=0)
+
+
+def partition_host(name: str) -> None:
+    """Cut the host's management link; it keeps running and stays on the SAN. `heal_host` (or
+    `up()`) restores it."""
+    require_root()
+    lab_host = host(name)
+    if not host_running(lab_host):
+        raise LabError(f"{name} is not running")
+    network.partition(lab_host)
+
+
+def heal_host(name: str) -> None:
+    require_root()
+    lab_host = host(name)
+    if not network.link_exists(lab_host.mgmt_veth):
+        raise LabError(f"{name} has no management link (not running? `lab up` boots it)")
+    network.heal(lab_host)
 
 
 def stop_hosts(hosts: list[LabHost], *, grace: float = 3.0) -> None:
@@ -304,38 +359,18 @@ def stop_hosts(hosts: list[LabHost], *, grace: float = 3.0) -> None:
 
 def _remove_strays(out: Output) -> None:
     """Namespaces and links named like the lab's but not in its topology (an older layout)."""
-    known = {h.netns for h in HOSTS}
+    known = {h.netns for h in HOSTS} | {b.netns for b in bmcs()} | {ROOT_NETNS}
     for ns in netns_names():
         if ns.startswith(NETNS_PREFIX) and ns not in known:
             out(f"removing stray namespace {ns}")
             kill_and_wait(host_pids(ns))
             sh(["ip", "netns", "del", ns], check=False)
-    known_links = {MGMT_BRIDGE, SAN_BRIDGE} | {link for h in HOSTS for link in (h.mgmt_veth, h.san_veth)}
+    known_links = ({MGMT_BRIDGE, SAN_BRIDGE} | {link for h in HOSTS for link in (h.mgmt_veth, h.san_veth)}
+                   | {b.mgmt_veth for b in bmcs()})
     for link in os.listdir("/sys/class/net"):
         if link.startswith(NETNS_PREFIX) and link not in known_links:
             out(f"removing stray link {link}")
             sh(["ip", "link", "del", link], check=False)
-
-
-def _remove_mountpoints(out: Output) -> None:
-    state = _load_state()
-    kept = []
-    for directory in reversed(state.get("made_dirs", [])):
-        try:
-            os.rmdir(directory)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # someone put something there: theirs now, not the lab's to delete
-            out(f"warning: keeping {directory}, which lab up created: {exc.strerror}")
-            kept.insert(0, directory)
-    state["made_dirs"] = kept
-    if state.get("made_run_netns") and not netns_names():
-        if _is_mountpoint("/run/netns"):
-            sh(["umount", "/run/netns"])
-        if state.get("made_run_netns_dir"):
-            os.rmdir("/run/netns")
-        state["made_run_netns"] = state["made_run_netns_dir"] = False
-    _save_state(state)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -357,22 +392,3 @@ def _exclusive() -> Iterator[None]:
         yield
 
 
-def _is_mountpoint(path: str) -> bool:
-    with open("/proc/self/mountinfo") as mountinfo:
-        return any(line.split()[4] == path for line in mountinfo)
-
-
-def _state_file() -> Path:
-    return lab_dir() / "state.json"
-
-
-def _load_state() -> dict:
-    try:
-        return json.loads(_state_file().read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
-def _save_state(state: dict) -> None:
-    lab_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-    _state_file().write_text(json.dumps(state, indent=2) + "\n")

@@ -197,7 +197,7 @@ def _write_standin_wrappers(directory: Path) -> None:
 def check_tools() -> None:
     missing = [
         tool for tool in ("ip", "unshare", "sshd", "ssh-keygen", "vblade", "libvirtd", "virtlogd",
-                          "losetup", "qemu-system-x86_64")
+                          "losetup", "qemu-system-x86_64", "ipmi_sim", "ipmitool", "nsenter")
         if shutil.which(tool, path=SYSTEM_PATH) is None
     ]
     if missing:

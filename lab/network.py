@@ -18,14 +18,15 @@ from lab.topology import (
     SAN_BRIDGE,
     SAN_IFACE,
     SAN_MTU,
+    LabBmc,
     LabHost,
 )
 
 
 def mac_address(lab_host: LabHost, network: int) -> str:
-    """02:0a:d5:NN:00:HH - locally administered; 0a:d5 is 10.213, NN the network, HH the host."""
-    last = int(lab_host.address.rsplit(".", 1)[1])
-    return f"02:0a:d5:{network:02x}:00:{last:02x}"
+    """02:0a:d5:NN:00:HH - locally administered; 0a:d5 is 10.213, NN the network (0 management,
+    1 SAN, 2 BMC), HH the host."""
+    return f"02:0a:d5:{network:02x}:00:{lab_host.last_octet:02x}"
 
 
 def ensure_bridges() -> None:
@@ -84,3 +85,63 @@ def host_network_ok(lab_host: LabHost) -> bool:
         and link_exists(lab_host.mgmt_veth)
         and link_exists(lab_host.san_veth)
     )
+
+
+# --- partition: the host keeps running and stays on the SAN, the management network is cut ----
+
+IFF_UP = 0x1
+
+
+def _link_up(name: str) -> bool:
+    try:
+        return bool(int(Path("/sys/class/net", name, "flags").read_text(), 16) & IFF_UP)
+    except (OSError, ValueError):
+        return False
+
+
+def partition(lab_host: LabHost) -> None:
+    """Set the root-side end of the host's management veth down: the host sees no carrier on
+    mgmt0, the panel's packets to it go nowhere. Its SAN link and processes are left alone."""
+    sh(["ip", "link", "set", lab_host.mgmt_veth, "down"])
+
+
+def heal(lab_host: LabHost) -> None:
+    sh(["ip", "link", "set", lab_host.mgmt_veth, "up"])
+
+
+def is_partitioned(lab_host: LabHost) -> bool:
+    """Derived from the link itself (no state file to drift): the veth exists but is down."""
+    return link_exists(lab_host.mgmt_veth) and not _link_up(lab_host.mgmt_veth)
+
+
+# --- BMCs: one small namespace per BMC, on the management bridge only -----------------------
+
+def create_bmc_network(bmc: LabBmc) -> None:
+    ns = bmc.netns
+    sh(["ip", "netns", "add", ns])
+    ip_batch([
+        f"link add {bmc.mgmt_veth} type veth peer name {MGMT_IFACE} netns {ns} address {bmc.mac}",
+        f"link set {bmc.mgmt_veth} addrgenmode none master {MGMT_BRIDGE} up",
+    ])
+    ip_batch([
+        "link set lo up",
+        f"addr add {bmc.address}/{MGMT_PREFIX} dev {MGMT_IFACE}",
+        f"link set {MGMT_IFACE} up",
+    ], netns=ns)
+
+
+def delete_bmc_network(bmc: LabBmc) -> None:
+    if link_exists(bmc.mgmt_veth):
+        sh(["ip", "link", "del", bmc.mgmt_veth], check=False)
+    if Path("/run/netns", bmc.netns).exists():
+        sh(["ip", "netns", "del", bmc.netns], check=False)
+
+
+def bmc_network_ok(bmc: LabBmc) -> bool:
+    return Path("/run/netns", bmc.netns).exists() and _link_up(bmc.mgmt_veth)
+
+
+def cut_bmc_link(bmc: LabBmc) -> None:
+    """A BMC without power: its address stops answering at all (not even ICMP unreachable)."""
+    if link_exists(bmc.mgmt_veth):
+        sh(["ip", "link", "set", bmc.mgmt_veth, "down"])

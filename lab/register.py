@@ -7,7 +7,7 @@ from django.db import transaction
 
 from hosts.choices import Hypervisor
 from hosts.models import CpuServer, DiskServer
-from lab.topology import SAN_IFACE, VOLUME_DIR, host
+from lab.topology import BMC_PORT, BMC_USER, SAN_IFACE, VOLUME_DIR, host
 
 if TYPE_CHECKING:
     from lab.cluster import LabStatus
@@ -31,8 +31,14 @@ def register_hosts(status: LabStatus) -> None:
                           "capacity_mib": DISK_CAPACITY_MIB},
             )
         else:
+            board = lab_host.bmc
+            assert board is not None  # every lab CPU host has one (lab/topology.py)
             CpuServer.objects.update_or_create(
                 name=lab_host.name,
                 defaults={**common, "libvirt_uri": lab_host.libvirt_uri, "hypervisor": Hypervisor.QEMU,
-                          "memory_mib": CPU_MEMORY_MIB, "vcpus": CPU_VCPUS},
+                          "memory_mib": CPU_MEMORY_MIB, "vcpus": CPU_VCPUS,
+                          # The path of the password file, never the password (generated in LAB_DIR).
+                          "bmc_address": board.address, "bmc_port": BMC_PORT, "bmc_user": BMC_USER,
+                          "bmc_password_file": str(board.password_file),
+                          "san_mac": lab_host.san_mac, "fence_methods": "ipmi,storage"},
             )

@@ -19,6 +19,11 @@ MGMT_GATEWAY = "10.213.0.1"
 MGMT_PREFIX = 24
 SAN_MTU = 9000
 NETNS_PREFIX = "xa-"
+# A name for the root network namespace in /run/netns, so that a BMC's power hook (which runs in
+# the BMC's namespace) can step back into it to rebuild a host's links (see lab/bmc.py).
+ROOT_NETNS = f"{NETNS_PREFIX}root"
+BMC_USER = "xenaoe"
+BMC_PORT = 623
 
 # Inside every host: the names the panel's host records use.
 MGMT_IFACE = "mgmt0"
@@ -81,6 +86,56 @@ class LabHost:
     def state_dir(self) -> Path:
         return lab_dir() / "hosts" / self.name
 
+    @property
+    def last_octet(self) -> int:
+        return int(self.address.rsplit(".", 1)[1])
+
+    @property
+    def san_mac(self) -> str:
+        """Fixed (see lab/network.py): vblade ACLs and storage fencing name hosts by it."""
+        return f"02:0a:d5:01:00:{self.last_octet:02x}"
+
+    @property
+    def bmc(self) -> LabBmc | None:
+        """CPU hosts have a BMC (IPMI over LAN) on the management network; disk servers do not."""
+        return LabBmc(self) if self.role == "cpu" else None
+
+
+@dataclass(frozen=True)
+class LabBmc:
+    """The BMC of a lab host: ipmi_sim in its own network namespace on the management bridge, at
+    the host's address + 100 (cpu1 10.213.0.21 -> 10.213.0.121)."""
+
+    host: LabHost
+
+    @property
+    def name(self) -> str:
+        return f"bmc-{self.host.name}"
+
+    @property
+    def address(self) -> str:
+        return self.host.address.rsplit(".", 1)[0] + f".{self.host.last_octet + 100}"
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def mgmt_veth(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}-m"
+
+    @property
+    def mac(self) -> str:
+        return f"02:0a:d5:02:00:{self.host.last_octet:02x}"
+
+    @property
+    def state_dir(self) -> Path:
+        return lab_dir() / "bmc" / self.host.name
+
+    @property
+    def password_file(self) -> Path:
+        return lab_dir() / "bmc" / f"{self.host.name}.password"
+
 
 HOSTS: tuple[LabHost, ...] = (
     LabHost("disk1", "disk", "10.213.0.11", aoe_shelf=1),
@@ -99,6 +154,10 @@ def host(name: str) -> LabHost:
 
 def cpu_hosts() -> list[LabHost]:
     return [h for h in HOSTS if h.role == "cpu"]
+
+
+def bmcs() -> list[LabBmc]:
+    return [h.bmc for h in HOSTS if h.bmc is not None]
 
 
 def lab_dir() -> Path:

@@ -47,8 +47,10 @@ def test_status_json_lists_every_host(lab_cluster):
     assert sorted(by_name) == ["cpu1", "cpu2", "disk1", "disk2"]
     for lab_host in HOSTS:
         entry = by_name[lab_host.name]
-        expected = {"name", "role", "address", "netns"} | ({"libvirt_uri"} if lab_host.role == "cpu" else set())
+        expected = {"name", "role", "address", "netns", "partitioned"} | (
+            {"libvirt_uri"} if lab_host.role == "cpu" else set())
         assert set(entry) == expected
+        assert entry["partitioned"] is False
         assert (entry["role"], entry["address"], entry["netns"]) == (lab_host.role, lab_host.address,
                                                                      f"xa-{lab_host.name}")
     assert by_name["cpu1"]["libvirt_uri"].startswith("qemu+libssh://root@10.213.0.21/system?")

@@ -1,4 +1,5 @@
-"""`manage.py lab up|down|status [--json]` and `lab kill HOST`: the lab cluster (see lab/README.md)."""
+"""`manage.py lab up|down|status [--json]`, `lab kill HOST [--with-bmc]`, `lab partition|heal HOST`:
+the lab cluster (see docs/lab.md)."""
 import json
 from argparse import ArgumentParser
 from typing import Any
@@ -25,8 +26,10 @@ class Command(BaseCommand):
     help = "Bring the lab cluster (2 disk servers, 2 CPU servers in network namespaces) up or down."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("action", choices=["up", "down", "status", "kill"])
-        parser.add_argument("host", nargs="?", help="kill: the host whose plug to pull (up restarts it)")
+        parser.add_argument("action", choices=["up", "down", "status", "kill", "partition", "heal"])
+        parser.add_argument("host", nargs="?", help="kill: the host whose plug to pull (up restarts it); "
+                            "partition/heal: the host whose management link to cut/restore")
+        parser.add_argument("--with-bmc", action="store_true", help="kill: the host's BMC loses power too")
         parser.add_argument("--json", action="store_true", help="print the lab's hosts as JSON")
         parser.add_argument("--no-register", action="store_true", help="up: do not add the hosts to the database")
 
@@ -40,10 +43,15 @@ class Command(BaseCommand):
                 result = cluster.up(out=say)
                 if not options["no_register"]:
                     register_or_explain(result)
-            elif options["action"] == "kill":
+            elif options["action"] in ("kill", "partition", "heal"):
                 if not options["host"]:
-                    raise CommandError("usage: lab kill HOST")
-                cluster.kill_host(options["host"])
+                    raise CommandError(f"usage: lab {options['action']} HOST")
+                if options["action"] == "kill":
+                    cluster.kill_host(options["host"], with_bmc=options["with_bmc"])
+                elif options["action"] == "partition":
+                    cluster.partition_host(options["host"])
+                else:
+                    cluster.heal_host(options["host"])
                 result = cluster.status()
             elif options["action"] == "down":
                 cluster.down(out=say)
@@ -58,7 +66,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result.as_dict(), indent=2))
         elif options["action"] == "status":
             for h in result.hosts:
-                self.stdout.write(f"{h.name:<6} {h.role:<4} {h.address:<12} {h.netns:<9} {h.libvirt_uri or ''}")
+                cut = " PARTITIONED" if h.partitioned else ""
+                self.stdout.write(f"{h.name:<6} {h.role:<4} {h.address:<12} {h.netns:<9}{cut} {h.libvirt_uri or ''}")
             if not result.complete:
                 missing = sorted({h.name for h in HOSTS} - {h.name for h in result.hosts})
                 self.stdout.write(f"not running: {', '.join(missing)}")
