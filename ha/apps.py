@@ -7,4 +7,5 @@ class HaConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the HA job kinds with the job runner (one import line per module).
-        pass
+        import ha.failover  # noqa: F401
+        from ha import maintenance  # noqa: F401

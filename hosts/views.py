@@ -1,5 +1,8 @@
 from django.views.generic import DetailView, TemplateView
 
+from ha.choices import IncidentState
+from ha.models import Incident
+from ha.storage_health import exposed_guests
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from storage.models import AoEExport
@@ -30,12 +33,19 @@ class DashboardView(OperatorRequiredMixin, TemplateView):
         context["disk_servers"] = disk_usage()
         context["vms"] = VirtualMachine.objects.select_related("cpu_server")[:20]
         context["jobs"] = Job.objects.all()[:10]
+        context["open_incidents"] = Incident.objects.exclude(state=IncidentState.CLOSED)[:20]
+        context["exposed"] = exposed_guests()
         return context
 
 
 class CpuServerDetailView(OperatorRequiredMixin, DetailView):
     model = CpuServer
     template_name = "hosts/cpuserver_detail.html"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["open_incidents"] = self.object.incidents.exclude(state=IncidentState.CLOSED)
+        return context
 
 
 class DiskServerDetailView(OperatorRequiredMixin, DetailView):
@@ -45,6 +55,7 @@ class DiskServerDetailView(OperatorRequiredMixin, DetailView):
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         context["exports"] = AoEExport.objects.filter(disk_server=self.object).select_related("mirror__vm")
+        context["open_incidents"] = self.object.incidents.exclude(state=IncidentState.CLOSED)
         return context
 
 

@@ -31,11 +31,13 @@ start)
   [ -s "$password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$password_file")
   $PY manage.py ensure_operator operator --password-file "$password_file"
   stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"; stop_pid "$RUN/beat.pid"
+  stop_pid "$RUN/monitor.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
     > "$RUN/beat.log" 2>&1 < /dev/null & echo $! > "$RUN/beat.pid"
   nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 --loglevel=INFO \
     > "$RUN/worker.log" 2>&1 < /dev/null & echo $! > "$RUN/worker.pid"
   nohup $PY manage.py watch_domains > "$RUN/watch.log" 2>&1 < /dev/null & echo $! > "$RUN/watch.pid"
+  nohup $PY manage.py monitor > "$RUN/monitor.log" 2>&1 < /dev/null & echo $! > "$RUN/monitor.pid"
   nohup .venv/bin/daphne -b 127.0.0.1 -p "$PORT" xenaoe_panel.asgi:application \
     > "$RUN/web.log" 2>&1 < /dev/null & echo $! > "$RUN/web.pid"
   for _ in $(seq 1 100); do
@@ -47,7 +49,7 @@ XenAoE Panel is running.
   URL:      http://127.0.0.1:$PORT/
   login:    operator
   password: $(cat "$password_file")
-Logs in $RUN/ (web.log, worker.log, watch.log, beat.log). Stop everything with: make stop
+Logs in $RUN/ (web.log, worker.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;
 stop)
@@ -55,6 +57,7 @@ stop)
   stop_pid "$RUN/worker.pid"
   stop_pid "$RUN/watch.pid"
   stop_pid "$RUN/beat.pid"
+  stop_pid "$RUN/monitor.pid"
   if [ "$(id -u)" = 0 ] && [ -x "$PY" ]; then $PY manage.py lab down; fi
   ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;

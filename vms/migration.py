@@ -58,11 +58,12 @@ def migration_uri(target: CpuServer) -> str:
 # --- the verb ----------------------------------------------------------------------------------
 
 def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | None = None,
-               max_mib_per_s: int | None = None) -> Job:
+               max_mib_per_s: int | None = None, parent: Job | None = None) -> Job:
     """Queue the live migration of running VM `name` to CPU server `target` (None: the up CPU
     server other than its own with the most free memory that fits it), with an optional
-    bandwidth cap in MiB/s. Raises ValidationError (nothing changed) for bad input, a busy VM
-    (naming its job) or a target without room."""
+    bandwidth cap in MiB/s; `parent` is the job it is part of (a host's evacuation). Raises
+    ValidationError (nothing changed) for bad input, a busy VM (naming its job) or a target
+    without room."""
     if max_mib_per_s is not None and (
             not isinstance(max_mib_per_s, int) or not 1 <= max_mib_per_s <= MAX_BANDWIDTH_MIB):
         raise ValidationError({"max_mib_per_s": f"the bandwidth cap must be between 1 and {MAX_BANDWIDTH_MIB} "
@@ -86,7 +87,7 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
         if source is None:
             raise ValidationError({"name": f"{vm.name} has no CPU server"})
         chosen = _choose_target(vm, source, target or None)  # "" (a form's "automatic") too
-        return start_job("vm.migrate", vm=vm, user=user, params={
+        return start_job("vm.migrate", vm=vm, user=user, parent=parent, params={
             "source": source.name, "target": chosen.name, "requested_target": target or "automatic",
             "max_mib_per_s": max_mib_per_s,
         })

@@ -162,3 +162,26 @@ CELERY_BEAT_SCHEDULE = {
 # shorter timeout, and long waits log as they go): it is ended ERRORED and its VM freed.
 JOB_STALE_AFTER_S = env_int("XENAOE_JOB_STALE_AFTER_S", 600, minimum=60)
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
+
+# Host monitor (`manage.py monitor`, docs/ha.md). Every host is checked every interval; a host is
+# declared dead only after DEAD_AFTER consecutive missed checks, so one slow answer never acts.
+# Each check has a timeout shorter than the interval so that a cycle never overruns the next.
+MONITOR_INTERVAL_S = env_int("XENAOE_MONITOR_INTERVAL_S", 2, minimum=1)
+MONITOR_DEAD_AFTER = env_int("XENAOE_MONITOR_DEAD_AFTER", 3, minimum=1)
+MONITOR_CHECK_TIMEOUT_MS = env_int("XENAOE_MONITOR_CHECK_TIMEOUT_MS", MONITOR_INTERVAL_S * 750, minimum=100)
+if MONITOR_CHECK_TIMEOUT_MS >= MONITOR_INTERVAL_S * 1000:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("XENAOE_MONITOR_CHECK_TIMEOUT_MS must be shorter than XENAOE_MONITOR_INTERVAL_S")
+# How long each CPU server's AoE probe listens for Query Config answers (its SAN check).
+MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
+# A CPU server whose management link answers but whose SAN check fails DEAD_AFTER times in a row is
+# marked suspect; with this on, its guests are also moved away (ha.maintenance.evacuate_suspect).
+EVACUATE_ON_SAN_LOSS = env_bool("XENAOE_EVACUATE_ON_SAN_LOSS", True)
+# How many guests an evacuation migrates at once (they share the migration link).
+EVACUATE_PARALLEL = env_int("XENAOE_EVACUATE_PARALLEL", 2, minimum=1)
+# Fencing (docs/fencing.md): how long one ipmitool call may take, and how long a power off has to
+# read "off"; how long restarting every export with a new MAC list may take.
+FENCE_IPMI_TIMEOUT_S = env_int("XENAOE_FENCE_IPMI_TIMEOUT_S", 10, minimum=1)
+FENCE_IPMI_CONFIRM_TIMEOUT_S = env_int("XENAOE_FENCE_IPMI_CONFIRM_TIMEOUT_S", 30, minimum=1)
+FENCE_STORAGE_TIMEOUT_S = env_int("XENAOE_FENCE_STORAGE_TIMEOUT_S", 20, minimum=1)

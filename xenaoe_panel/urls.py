@@ -9,6 +9,7 @@ urlpatterns = [
     path("hosts/", include("hosts.urls")),
     path("vms/", include("vms.urls")),
     path("jobs/", include("jobs.urls")),
+    path("incidents/", include("ha.urls")),
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

@@ -1,0 +1,333 @@
+"""The host monitor: every host checked each cycle, in parallel, and what it saw turned into host states.
+
+The checks are I/O (SSH, libvirt, an AoE probe on the SAN) and sit behind two injectable functions;
+the transitions are pure (`decide`, `decide_san`), so they are tested without a cluster. Every write
+to a host row is a compare-and-set on the state the cycle read (`filter(pk=..., state=old).update()`):
+two monitors running at once never both act on a transition, and a state set meanwhile by someone
+else (fencing, maintenance) is never overwritten — the next cycle reads it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from drivers import aoe, hypervisor, ssh
+from drivers.errors import DriverError
+from ha import storage_health
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.incidents import open_incident, record
+from ha.models import Incident
+from hosts.choices import HostState
+from hosts.models import CpuServer, DiskServer
+from hosts.targets import ssh_target
+from xenaoe_panel.broadcast import send_on_commit
+
+logger = logging.getLogger(__name__)
+HOSTS_GROUP = "hosts"
+Address = tuple[int, int]  # (shelf, slot)
+Host = CpuServer | DiskServer
+# Hosts that are not expected to answer: they are still checked, an answer is news.
+DOWN = frozenset({HostState.DEAD, HostState.FENCED})
+DECLARE_DEAD, RETURNED, SAN_SUSPECT = "declare-dead", "returned", "san-suspect"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool  # the management side answered: SSH, and libvirt on a CPU server
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SanResult:
+    """What one CPU server's AoE probe saw on the SAN (or why the probe itself failed)."""
+    seen: frozenset[Address] = frozenset()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: str
+    missed: int
+    action: str = ""
+
+
+def decide(state: str, missed: int, answered: bool, dead_after: int) -> Decision:
+    """One check's verdict applied to a host: a miss makes an up host suspect, `dead_after`
+    consecutive misses make it dead (once), an answer makes a suspect host up again. A dead or
+    fenced host that answers goes to maintenance, never straight back to up: an operator decides."""
+    if answered:
+        if state in DOWN:
+            return Decision(HostState.MAINTENANCE, 0, RETURNED)
+        if state == HostState.SUSPECT:
+            return Decision(HostState.UP, 0)
+        return Decision(state, 0)
+    missed += 1
+    if state in (HostState.UP, HostState.SUSPECT):
+        if missed >= dead_after:
+            return Decision(HostState.DEAD, missed, DECLARE_DEAD)
+        return Decision(HostState.SUSPECT, missed)
+    return Decision(state, missed)  # dead, fenced, maintenance: counted and shown, never declared again
+
+
+def decide_san(decision: Decision, san_missed: int, san_ok: bool | None, dead_after: int) -> tuple[Decision, int]:
+    """A CPU server whose management link answers but which sees nothing on the SAN for
+    `dead_after` checks is suspect; SAN_SUSPECT (evacuate) comes once, when the count reaches it.
+    san_ok None: no fresh SAN result this cycle, the count stays."""
+    if decision.state not in (HostState.UP, HostState.SUSPECT):
+        return decision, 0
+    if decision.missed:  # management silent: that path decides, the SAN verdict waits
+        return decision, san_missed
+    if san_ok is True:
+        return decision, 0
+    if san_ok is False:
+        san_missed += 1
+    if san_missed >= dead_after:
+        first = san_ok is False and san_missed == dead_after
+        return Decision(HostState.SUSPECT, 0, SAN_SUSPECT if first else ""), san_missed
+    return decision, san_missed
+
+
+# --- the checks (I/O) --------------------------------------------------------------------------
+
+def check_host(host: Host, timeout: float) -> CheckResult:
+    """SSH answers (a no-op command); on a CPU server libvirt answers too, within one timeout."""
+    deadline = time.monotonic() + timeout
+    target = replace(ssh_target(host), connect_timeout=max(1, int(timeout)))
+    try:
+        ssh.run(target, ["true"], timeout=timeout)
+        if isinstance(host, CpuServer):
+            hypervisor.host_info(host.libvirt_uri, timeout=max(0.1, deadline - time.monotonic()))
+    except DriverError as exc:
+        return CheckResult(False, str(exc))
+    return CheckResult(True)
+
+
+def probe_san(host: CpuServer, listen: float) -> SanResult:
+    """One Query Config broadcast from the CPU server (no IDENTIFY): which exports answer it.
+    Its timeout is the driver's (listen + SSH margin): it runs beside the cycle, not inside it."""
+    try:
+        answers = aoe.probe(ssh_target(host), host.san_interface, identify=False, listen=listen,
+                            timeout=listen + aoe.SSH_MARGIN + 1)
+    except DriverError as exc:
+        return SanResult(error=str(exc))
+    return SanResult(frozenset((a.shelf, a.slot) for a in answers))
+
+
+# --- publishing ----------------------------------------------------------------------------------
+
+def host_event(host: Host) -> dict[str, Any]:
+    return {"type": "host.state", "host": {
+        "kind": "cpu" if isinstance(host, CpuServer) else "disk", "id": host.pk, "name": host.name,
+        "state": host.state, "state_display": host.get_state_display(), "colour": host.state_colour,
+        "missed_checks": host.missed_checks, "last_check_error": host.last_check_error,
+        "last_seen_at": host.last_seen_at.isoformat() if host.last_seen_at else None,
+    }}
+
+
+def publish_host(host: Host) -> None:
+    """Push a host's state to the pages (group "hosts") after the transaction commits. Others who
+    change a host's state (fencing, maintenance) may call it; the monitor also notices within a cycle."""
+    send_on_commit([HOSTS_GROUP], host_event(host), f"the state of {host.name}")
+
+
+# --- the cycle -----------------------------------------------------------------------------------
+
+@dataclass
+class CycleReport:
+    duration_s: float = 0.0
+    states: dict[str, str] = field(default_factory=dict)  # "cpu1": "up"
+    changes: list[str] = field(default_factory=list)  # what an operator reads in the log
+
+
+CheckFn = Callable[[Host, float], CheckResult]
+SanFn = Callable[[CpuServer, float], SanResult]
+
+
+class Monitor:
+    def __init__(self, *, check: CheckFn = check_host, san_probe: SanFn = probe_san,
+                 interval: float | None = None, dead_after: int | None = None, timeout: float | None = None,
+                 san_listen: float | None = None, evacuate: bool | None = None) -> None:
+        self.check, self.san_probe = check, san_probe
+        self.interval = interval if interval is not None else float(settings.MONITOR_INTERVAL_S)
+        self.dead_after = dead_after if dead_after is not None else settings.MONITOR_DEAD_AFTER
+        self.timeout = timeout if timeout is not None else settings.MONITOR_CHECK_TIMEOUT_MS / 1000
+        self.san_listen = san_listen if san_listen is not None else settings.MONITOR_SAN_LISTEN_MS / 1000
+        self.evacuate = evacuate if evacuate is not None else settings.EVACUATE_ON_SAN_LOSS
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="monitor-check")
+        self._san_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="monitor-san")
+        # At most one check and one probe in flight per host: a hung one is a miss, never a pile-up.
+        self._checks: dict[tuple[str, int], Future[CheckResult]] = {}
+        self._probes: dict[int, Future[SanResult]] = {}
+        self._san_missed: dict[int, int] = {}  # per CPU server; in memory: a restart only delays
+        self._published: dict[tuple[str, int], tuple[str, int, str]] = {}
+        self.recovery = storage_health.DiskRecovery()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._san_pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, stop: threading.Event, out: Callable[[str], None] = print) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                report = self.cycle()
+                for line in report.changes:
+                    out(line)
+            except Exception:  # the database or Redis away for a moment: keep watching
+                logger.exception("monitor cycle failed")
+            finally:
+                close_old_connections()
+            stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def cycle(self) -> CycleReport:
+        started = time.monotonic()
+        report = CycleReport()
+        cpus, disks = list(CpuServer.objects.all()), list(DiskServer.objects.all())
+        for cpu in cpus:
+            if cpu.pk not in self._probes and cpu.state not in DOWN:
+                self._probes[cpu.pk] = self._san_pool.submit(self.san_probe, cpu, self.san_listen)
+        hosts: list[tuple[str, Host]] = [("cpu", h) for h in cpus] + [("disk", h) for h in disks]
+        for kind, host in hosts:
+            if (kind, host.pk) not in self._checks:
+                self._checks[(kind, host.pk)] = self._pool.submit(self.check, host, self.timeout)
+        # Checks time out by themselves; the margin covers thread and process start-up.
+        wait([*self._checks.values(), *self._probes.values()],
+             timeout=max(0.0, started + self.timeout + 0.2 - time.monotonic()))
+        results = {key: self._harvest_check(key) for key in [(kind, h.pk) for kind, h in hosts]}
+        sans = self._harvest_probes()
+        expected = storage_health.expected_exports()
+        up_disks = {d.pk for d in disks if d.state == HostState.UP}
+        cpu_expected = frozenset().union(*(expected.get(pk, frozenset()) for pk in up_disks))
+        san_ok = {pk: not r.error and (not cpu_expected or bool(r.seen & cpu_expected)) for pk, r in sans.items()}
+        # The SAN as the CPU servers whose own SAN works see it; None when no such view this cycle.
+        views = [r.seen for pk, r in sans.items() if san_ok[pk]]
+        wire: frozenset[Address] | None = frozenset().union(*views) if views else None
+        for cpu in cpus:
+            result = results[("cpu", cpu.pk)]
+            decision = decide(cpu.state, cpu.missed_checks, result.ok, self.dead_after)
+            decision, self._san_missed[cpu.pk] = decide_san(
+                decision, self._san_missed.get(cpu.pk, 0), san_ok.get(cpu.pk), self.dead_after)
+            error = result.error
+            if result.ok and san_ok.get(cpu.pk) is False:
+                error = f"SAN: {sans[cpu.pk].error or 'none of the expected exports answers'}"
+            self._apply(cpu, decision, result.ok, error, report)
+        for disk in disks:
+            result = results[("disk", disk.pk)]
+            answered, error = result.ok, result.error
+            mine = expected.get(disk.pk, frozenset())
+            # A returning disk server is back when SSH answers: its exports are restored after that.
+            if answered and disk.state not in DOWN and wire is not None and mine and not mine & wire:
+                answered, error = False, f"none of its {len(mine)} exports answers on the SAN"
+            self._apply(disk, decide(disk.state, disk.missed_checks, answered, self.dead_after),
+                        result.ok, error, report)
+            if result.ok:
+                self.recovery.recover(disk, wire, report.changes)
+        report.duration_s = time.monotonic() - started
+        return report
+
+    def _harvest_check(self, key: tuple[str, int]) -> CheckResult:
+        future = self._checks[key]
+        if not future.done():
+            return CheckResult(False, f"no answer within {self.timeout:g} s")
+        del self._checks[key]
+        try:
+            return future.result()
+        except Exception as exc:  # a bug in a check is a miss, and worth a traceback in the log
+            logger.exception("check of %s raised", key)
+            return CheckResult(False, f"check raised {type(exc).__name__}: {exc}")
+
+    def _harvest_probes(self) -> dict[int, SanResult]:
+        done = {}
+        for pk, future in list(self._probes.items()):
+            if future.done():
+                del self._probes[pk]
+                try:
+                    done[pk] = future.result()
+                except Exception as exc:
+                    logger.exception("SAN probe of CPU server %s raised", pk)
+                    done[pk] = SanResult(error=f"probe raised {type(exc).__name__}: {exc}")
+        return done
+
+    def _apply(self, host: Host, decision: Decision, answered: bool, error: str, report: CycleReport) -> None:
+        now = timezone.now()
+        fields: dict[str, Any] = {"missed_checks": decision.missed, "last_check_error": error[:2000]}
+        if answered:
+            fields["last_seen_at"] = now
+        if decision.state != host.state:
+            fields.update(state=decision.state, state_changed_at=now)
+        # Compare-and-set: someone else (a second monitor, fencing, maintenance) changed the state
+        # since this cycle read it: do nothing, the next cycle reads the new state.
+        if not type(host).objects.filter(pk=host.pk, state=host.state).update(**fields):
+            return
+        old = host.state
+        for name, value in fields.items():
+            setattr(host, name, value)
+        report.states[host.name] = host.state
+        if old != host.state:
+            report.changes.append(f"{host.name}: {old} -> {host.state}" + (f" ({error})" if error else ""))
+        seen = (host.state, host.missed_checks, host.last_check_error)
+        key = ("cpu" if isinstance(host, CpuServer) else "disk", host.pk)
+        if self._published.get(key) != seen:
+            self._published[key] = seen
+            publish_host(host)
+        if decision.action == DECLARE_DEAD:
+            self._declare_dead(host, f"{host.name} missed {decision.missed} checks: {error}", report)
+        elif decision.action == RETURNED:
+            self._returned(host, report)
+        elif decision.action == SAN_SUSPECT:
+            self._san_suspect(host, f"{host.name} answers on its management link but not on the SAN "
+                                    f"({self._san_missed.get(host.pk, 0)} checks): {error}", report)
+
+    def _declare_dead(self, host: Host, message: str, report: CycleReport) -> None:
+        if isinstance(host, DiskServer):
+            storage_health.disk_server_failed(host, message)
+            report.changes.append(f"{host.name}: disk server failed, mirrors degraded")
+            return
+        incident, created = open_incident(host, IncidentKind.CPU_SERVER_FAILED, message)
+        if not created:  # an earlier failover of this host is still going on: it owns the guests
+            record(incident, EventKind.NOTE, f"{host.name} declared dead again while this incident is open")
+            return
+        report.changes.append(f"{host.name}: incident #{incident.pk} opened, starting failover")
+        try:
+            from ha.failover import start_failover
+
+            job = start_failover(incident)
+        except Exception as exc:
+            logger.exception("start_failover failed for incident %s", incident.pk)
+            record(incident, EventKind.NOTE, f"could not start the failover: {type(exc).__name__}: {exc}")
+            return
+        if job is not None:
+            report.changes.append(f"{host.name}: failover job #{job.pk}")
+
+    def _returned(self, host: Host, report: CycleReport) -> None:
+        kind = IncidentKind.CPU_SERVER_FAILED if isinstance(host, CpuServer) else IncidentKind.DISK_SERVER_FAILED
+        incidents = Incident.objects.filter(host_name=host.name, kind=kind)
+        incident = incidents.exclude(state=IncidentState.CLOSED).first() or incidents.first()
+        message = f"{host.name} answers again: in maintenance until an operator returns it to service"
+        if incident is not None:
+            record(incident, EventKind.RETURNED, message)
+        report.changes.append(message)
+
+    def _san_suspect(self, host: Host, reason: str, report: CycleReport) -> None:
+        report.changes.append(reason)
+        if not self.evacuate or not isinstance(host, CpuServer):
+            return
+        try:
+            from ha.maintenance import evacuate_suspect
+
+            job = evacuate_suspect(host, reason)
+        except Exception:
+            logger.exception("evacuate_suspect failed for %s", host.name)
+            return
+        report.changes.append(
+            f"{host.name}: evacuation job #{job.pk}" if job else f"{host.name}: an evacuation is already under way"
+        )

@@ -1,0 +1,159 @@
+"""A disk server's failure and return, end to end: degraded mirrors, exposed guests, restored exports.
+
+The RAID1 of every guest disk lives inside the guest (docs/storage.md), so nothing is stopped or
+re-assembled here: guests keep running on their other leg. What the panel tracks is per leg, on the
+wire: which exports answer an AoE probe from the CPU servers. On real hosts the guest's own view
+(`/proc/mdstat` through the QEMU guest agent) is what says a resync has finished; see docs/ha.md.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.db.models import Prefetch
+
+from drivers import vblade
+from drivers.errors import DriverError
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.incidents import close, open_incident, record, set_state
+from ha.models import Incident
+from hosts.choices import HostState
+from hosts.models import DiskServer
+from hosts.targets import ssh_target
+from storage.choices import ExportState, MirrorState
+from storage.models import AoEExport, Mirror
+
+logger = logging.getLogger(__name__)
+Address = tuple[int, int]
+DOWN = (HostState.DEAD, HostState.FENCED)
+NOT_HEALTHY = (MirrorState.DEGRADED, MirrorState.RESYNCING)
+RESTORE_TIMEOUT = 30.0
+
+
+def expected_exports() -> dict[int, frozenset[Address]]:
+    """Per disk server (pk): the shelf.slot of every export it should be serving."""
+    found: dict[int, set[Address]] = defaultdict(set)
+    for server, shelf, slot in AoEExport.objects.filter(state=ExportState.EXPORTED).values_list(
+            "disk_server_id", "shelf", "slot"):
+        found[server].add((shelf, slot))
+    return {pk: frozenset(addresses) for pk, addresses in found.items()}
+
+
+def _mirrors_on(server: DiskServer):
+    legs = Prefetch("legs", queryset=AoEExport.objects.select_related("disk_server"))
+    return Mirror.objects.filter(legs__disk_server=server).distinct().select_related("vm").prefetch_related(legs)
+
+
+@dataclass(frozen=True)
+class ExposedGuest:
+    vm: str
+    mirror_state: str
+    missing: tuple[str, ...]  # "e2.3 on disk2 (dead)"
+    left: tuple[str, ...]  # the legs still answering
+
+
+def exposed_guests() -> list[ExposedGuest]:
+    """Guests whose mirror is degraded or resyncing: one leg left (or none), for the dashboard."""
+    legs = Prefetch("legs", queryset=AoEExport.objects.select_related("disk_server"))
+    guests = []
+    for mirror in Mirror.objects.filter(state__in=NOT_HEALTHY).select_related("vm").prefetch_related(legs):
+        missing, left = [], []
+        for leg in mirror.legs.all():
+            server = leg.disk_server
+            if server.state in DOWN:
+                missing.append(f"{leg.name} on {server.name} ({server.get_state_display().lower()})")
+            else:
+                left.append(f"{leg.name} on {server.name}")
+        guests.append(ExposedGuest(mirror.vm.name, mirror.state, tuple(missing), tuple(left)))
+    return sorted(guests, key=lambda g: g.vm)
+
+
+def disk_server_failed(server: DiskServer, message: str) -> Incident:
+    """Open the incident, mark every mirror with a leg on `server` degraded and say which guests
+    are exposed (one leg left) and which have none left. Nothing is stopped."""
+    incident, _created = open_incident(server, IncidentKind.DISK_SERVER_FAILED, message)
+    mirrors = list(_mirrors_on(server))
+    Mirror.objects.filter(pk__in=[m.pk for m in mirrors]).update(state=MirrorState.DEGRADED)
+    exposed, lost = [], []
+    for mirror in mirrors:
+        others = [leg for leg in mirror.legs.all() if leg.disk_server_id != server.pk]
+        alive = [leg for leg in others if leg.disk_server.state not in DOWN]
+        (exposed if alive else lost).append(mirror.vm.name)
+    text = (f"{len(mirrors)} mirror(s) with a leg on {server.name} degraded; the guests keep running on "
+            f"their other leg. Exposed (one leg left): {', '.join(exposed) or 'none'}.")
+    if lost:
+        text += f" No leg left: {', '.join(lost)}."
+    record(incident, EventKind.NOTE, text, exposed=exposed, lost=lost, mirrors=len(mirrors))
+    set_state(incident, IncidentState.DEGRADED, summary=f"{message}. Exposed: {', '.join(exposed) or 'none'}")
+    return incident
+
+
+@dataclass
+class DiskRecovery:
+    """Brings a returned disk server's legs back, across monitor cycles: restore its exports once
+    (idempotent: a real disk server's boot unit, or the lab, may have done it already), mark its
+    mirrors resyncing, then healthy as soon as both legs answer on the wire, then close."""
+    restored: set[int] = field(default_factory=set)  # incident ids whose exports were restored
+    failed: set[int] = field(default_factory=set)  # incident ids whose restore failure was reported
+
+    def recover(self, server: DiskServer, wire: frozenset[Address] | None, changes: list[str]) -> None:
+        incident = Incident.objects.filter(disk_server=server, kind=IncidentKind.DISK_SERVER_FAILED).exclude(
+            state=IncidentState.CLOSED).first()
+        if incident is None:
+            return
+        if incident.pk not in self.restored:
+            self._restore(server, incident, changes)
+            return  # the probes of this cycle ran before the restore: check the legs next cycle
+        if wire is None:
+            return
+        healed = []
+        for mirror in _mirrors_on(server).filter(state__in=NOT_HEALTHY):
+            if {(leg.shelf, leg.slot) for leg in mirror.legs.all()} <= wire:
+                if Mirror.objects.filter(pk=mirror.pk, state=mirror.state).update(state=MirrorState.HEALTHY):
+                    healed.append(mirror.vm.name)
+        if healed:
+            record(incident, EventKind.NOTE, f"Both legs answer on the SAN again: {', '.join(healed)} healthy.",
+                   healthy=healed)
+            changes.append(f"{server.name}: mirrors healthy: {', '.join(healed)}")
+        pending = _mirrors_on(server).filter(state__in=NOT_HEALTHY).count()
+        if not pending:
+            close(incident, f"{server.name} is back: every mirror with a leg on it has both legs on the SAN.")
+            self.restored.discard(incident.pk)
+            changes.append(f"{server.name}: incident #{incident.pk} closed")
+
+    def _restore(self, server: DiskServer, incident: Incident, changes: list[str]) -> None:
+        try:
+            started = vblade.restore_exports(ssh_target(server), timeout=RESTORE_TIMEOUT)
+        except DriverError as exc:
+            if incident.pk not in self.failed:  # once, not every cycle; tried again each cycle
+                self.failed.add(incident.pk)
+                record(incident, EventKind.NOTE, f"Restoring the exports of {server.name} failed: {exc}")
+            changes.append(f"{server.name}: restoring exports failed: {exc}")
+            return
+        self.restored.add(incident.pk)
+        degraded = list(_mirrors_on(server).filter(state=MirrorState.DEGRADED))
+        Mirror.objects.filter(pk__in=[m.pk for m in degraded], state=MirrorState.DEGRADED).update(
+            state=MirrorState.RESYNCING)
+        resyncing = [m.vm.name for m in degraded]
+        names = ", ".join(e.name for e in started) or "none needed starting: all were running"
+        record(incident, EventKind.NOTE,
+               f"Exports of {server.name} restored ({names}); resyncing: {', '.join(resyncing) or 'none'}. "
+               "Each mirror is healthy once both its legs answer on the SAN.",
+               started=[e.name for e in started], resyncing=resyncing)
+        changes.append(f"{server.name}: exports restored, {len(resyncing)} mirror(s) resyncing")
+
+
+def return_to_service(server: DiskServer) -> None:
+    """Maintenance -> up for a disk server (an operator's decision). Refused while its failure
+    incident is open: some mirror with a leg on it is not healthy yet."""
+    from django.core.exceptions import ValidationError
+    from django.utils import timezone
+
+    open_incident_ = Incident.objects.filter(disk_server=server, kind=IncidentKind.DISK_SERVER_FAILED).exclude(
+        state=IncidentState.CLOSED).first()
+    if open_incident_ is not None:
+        raise ValidationError(f"{server.name}: incident #{open_incident_.pk} is still open (mirrors not healthy yet)")
+    if not DiskServer.objects.filter(pk=server.pk, state=HostState.MAINTENANCE).update(
+            state=HostState.UP, state_changed_at=timezone.now(), missed_checks=0):
+        raise ValidationError(f"{server.name} is not in maintenance")

@@ -1,0 +1,119 @@
+"""Incident pages and the operator's HA buttons. Thin: the verbs live in ha.failover,
+ha.maintenance and ha.storage_health; rendering never touches the network."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.db.models import Case, IntegerField, Value, When
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views import View
+from django.views.generic import DetailView, ListView
+
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.models import Incident
+from ha.storage_health import exposed_guests
+from hosts.choices import HostState
+from hosts.models import CpuServer, DiskServer
+from xenaoe_panel.mixins import OperatorRequiredMixin
+
+# An operator may confirm a fence while the failover waits for one (or gave up on finding one).
+AWAITING_FENCE = (IncidentState.OPEN, IncidentState.UNFENCED)
+
+
+def open_first(queryset):
+    closed_last = Case(When(state=IncidentState.CLOSED, then=Value(1)), default=Value(0), output_field=IntegerField())
+    return queryset.annotate(closed_last=closed_last).order_by("closed_last", "-opened_at", "-id")
+
+
+def can_confirm_fence(incident: Incident) -> bool:
+    return incident.kind == IncidentKind.CPU_SERVER_FAILED and incident.state in AWAITING_FENCE
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(exc.messages)
+
+
+class IncidentListView(OperatorRequiredMixin, ListView):
+    template_name = "ha/incident_list.html"
+    context_object_name = "incidents"
+    paginate_by = 50
+
+    def get_queryset(self):
+        return open_first(Incident.objects.all())
+
+
+class IncidentDetailView(OperatorRequiredMixin, DetailView):
+    model = Incident
+    template_name = "ha/incident_detail.html"
+    context_object_name = "incident"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        incident = self.object
+        context["events"] = incident.events.select_related("job", "user")
+        context["can_confirm_fence"] = can_confirm_fence(incident)
+        context["event_kinds_json"] = json.dumps(dict(EventKind.choices))
+        if incident.kind == IncidentKind.DISK_SERVER_FAILED and incident.is_open:
+            context["exposed"] = exposed_guests()
+        return context
+
+
+class ConfirmFencedView(OperatorRequiredMixin, View):
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        incident = get_object_or_404(Incident, pk=pk)
+        if not can_confirm_fence(incident):
+            messages.error(request, f"Incident #{incident.pk} is {incident.get_state_display().lower()}: "
+                                    "it is not waiting for a fence.")
+            return redirect(incident)
+        from ha.failover import confirm_fenced_manually
+
+        try:
+            job = confirm_fenced_manually(incident, request.user)
+        except ValidationError as exc:
+            messages.error(request, _errors(exc))
+            return redirect(incident)
+        messages.success(request, f"Recorded: {incident.host_name} is powered off. Failover job #{job.pk} restarts "
+                                  "its guests.")
+        return redirect(incident)
+
+
+class EnterMaintenanceView(OperatorRequiredMixin, View):
+    def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+        host = get_object_or_404(CpuServer, pk=pk)
+        from ha.maintenance import enter_maintenance
+
+        try:
+            job = enter_maintenance(host, request.user)
+        except ValidationError as exc:
+            messages.error(request, _errors(exc))
+            return redirect(host)
+        messages.success(request, f"{host.name} is in maintenance; job #{job.pk} moves its guests away.")
+        return redirect("job-detail", job.pk)
+
+
+class ReturnToServiceView(OperatorRequiredMixin, View):
+    def post(self, request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+        if kind not in ("cpu", "disk"):
+            raise Http404
+        host = get_object_or_404(CpuServer if kind == "cpu" else DiskServer, pk=pk)
+        if host.state != HostState.MAINTENANCE:
+            messages.error(request, f"{host.name} is {host.get_state_display().lower()}, not in maintenance.")
+            return redirect(host)
+        try:
+            if kind == "cpu":
+                from ha.maintenance import leave_maintenance
+
+                leave_maintenance(host, request.user)
+            else:
+                from ha.storage_health import return_to_service
+
+                return_to_service(host)
+        except ValidationError as exc:
+            messages.error(request, _errors(exc))
+            return redirect(host)
+        messages.success(request, f"{host.name} is back in service.")
+        return redirect(host)

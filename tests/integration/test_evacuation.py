@@ -1,0 +1,218 @@
+"""Maintenance on the lab: a CPU server's guests live-migrated away by the host.evacuate job and
+its vm.migrate children, on a real worker. What counts is what the hosts say (libvirt on both CPU
+servers, the busy guest's own tick counter read from its RAM), sampled while the job runs: at no
+moment may a guest run nowhere."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+
+import libvirt
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from drivers import hypervisor
+from ha.maintenance import EVACUATE, active_evacuation, enter_maintenance, leave_maintenance
+from hosts.choices import HostState
+from hosts.models import CpuServer
+from jobs.follow import follow
+from jobs.models import Job
+from jobs.services import request_cancel
+from lab.guests import busy
+from vms.models import VirtualMachine
+from vms.placement import PlacementError, choose_cpu_server, cpu_candidates
+from vms.services import VmRequest, create_vm, delete_vm
+
+pytestmark = pytest.mark.lab
+
+MEMORY_MIB = 64
+DIRTY_MIB_PER_S = 8
+CAP_MIB_PER_S = 32  # as in test_migration.py: a few seconds of copying, with passes to show
+
+
+def _state(uri: str, name: str) -> int | None:
+    conn = libvirt.open(uri)
+    try:
+        return conn.lookupByName(name).state()[0]
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def _ticks(uri: str, name: str) -> int:
+    """The busy guest's timer-tick counter, read from its RAM: it grows only while the guest runs."""
+    conn = libvirt.open(uri)
+    try:
+        raw = conn.lookupByName(name).memoryPeek(busy.TICKS_ADDRESS, 4, libvirt.VIR_MEMORY_PHYSICAL)
+        return int.from_bytes(raw, "little")
+    finally:
+        conn.close()
+
+
+class Watch(threading.Thread):
+    """Samples, every 0.1 s, each guest's state on every CPU server (one connection per host, kept
+    open) until stopped; `gaps` lists the samples in which a guest was running (or paused for the
+    switch-over) on no host at all."""
+
+    def __init__(self, uris: dict[str, str], domains: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.uris, self.domains = uris, domains
+        self.samples = 0
+        self.gaps: list[tuple[str, dict[str, int | None]]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        conns = {name: libvirt.open(uri) for name, uri in self.uris.items()}
+        try:
+            while not self.done.is_set():
+                for domain in self.domains:
+                    seen = {host: self._look(conn, domain) for host, conn in conns.items()}
+                    alive = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
+                    if not any(state in alive for state in seen.values()):
+                        self.gaps.append((domain, seen))
+                self.samples += 1
+                time.sleep(0.1)
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    @staticmethod
+    def _look(conn: libvirt.virConnect, domain: str) -> int | None:
+        try:
+            return conn.lookupByName(domain).state()[0]
+        except libvirt.libvirtError:  # not defined there (or undefined between the two calls)
+            return None
+
+
+def _clear_domain(name: str) -> None:
+    for cpu in CpuServer.objects.all():
+        hypervisor.destroy(cpu.libvirt_uri, name)
+        hypervisor.undefine(cpu.libvirt_uri, name)
+
+
+def _create(name: str, memory_mib: int, kernel: str = "") -> VirtualMachine:
+    _clear_domain(f"xa-{name}")  # left by an interrupted earlier run
+    job = follow(create_vm(VmRequest(name=name, vcpus=1, memory_mib=memory_mib, disk_mib=16, cpu_server="cpu2",
+                                     kernel_path=kernel, allow_n_plus_one_break=True)).pk, print)
+    assert job.state == "succeeded", job.message
+    return VirtualMachine.objects.get(name=name)
+
+
+def _cleanup(names: list[str]) -> None:
+    """Whatever happened: the evacuation ended, cpu2 up again, the guests deleted."""
+    cpu2 = CpuServer.objects.get(name="cpu2")
+    running = active_evacuation(cpu2)
+    if running is not None:
+        request_cancel(running)
+        follow(running.pk, print)
+    if CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE:
+        leave_maintenance(cpu2)
+    try:
+        for name in names:
+            if VirtualMachine.objects.filter(name=name).exists():
+                assert follow(delete_vm(name).pk, print).state == "succeeded"
+    finally:
+        for name in names:
+            _clear_domain(f"xa-{name}")
+
+
+@pytest.fixture
+def guests_on_cpu2(lab_hosts, celery_worker_process) -> Iterator[list[VirtualMachine]]:
+    """The busy guest (dirtying its RAM: real migration progress) and a plain one, both on cpu2."""
+    kernel = busy.install_busy_kernel(Path(settings.LAB_DIR) / "guests", DIRTY_MIB_PER_S)
+    names = ["evbusy", "evplain"]
+    try:
+        yield [_create("evbusy", MEMORY_MIB, str(kernel)), _create("evplain", MEMORY_MIB)]
+    finally:
+        _cleanup(names)
+
+
+def test_maintenance_live_migrates_every_guest_away_and_stops_none(guests_on_cpu2):
+    busy_vm, plain_vm = guests_on_cpu2
+    cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+    domains = [busy_vm.domain_name, plain_vm.domain_name]
+    assert all(_state(cpu2.libvirt_uri, d) == libvirt.VIR_DOMAIN_RUNNING for d in domains)
+    ticks_before = _ticks(cpu2.libvirt_uri, busy_vm.domain_name)
+
+    watch = Watch({"cpu1": cpu1.libvirt_uri, "cpu2": cpu2.libvirt_uri}, domains)
+    watch.start()
+    started = time.monotonic()
+    try:
+        job = enter_maintenance(cpu2, max_mib_per_s=CAP_MIB_PER_S)
+        # At once, before any guest has moved: placement no longer offers cpu2.
+        assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE
+        assert [c.server.name for c in cpu_candidates()] == ["cpu1"]
+        with pytest.raises(PlacementError, match="cpu2 is maintenance, not up"):
+            choose_cpu_server(MEMORY_MIB, cpu2)
+        assert choose_cpu_server(MEMORY_MIB, None, allow_n_plus_one_break=True)[0] == cpu1
+        job = follow(job.pk, print)
+    finally:
+        watch.done.set()
+        watch.join(10)
+    took = time.monotonic() - started
+    assert job.kind == EVACUATE and job.state == "succeeded", job.message
+    assert job.message == "2 of 2 guests moved"
+
+    children = list(job.children.order_by("pk"))
+    assert sorted(c.target_name for c in children) == ["evbusy", "evplain"]
+    for child in children:
+        assert (child.kind, child.state, child.params["target"]) == ("vm.migrate", "succeeded", "cpu1")
+        assert any("migration" in e.data for e in child.log.all()), f"no progress in job #{child.pk}"
+    relayed = [e.data for e in job.log.all() if "migration" in e.data]
+    assert {d["child"] for d in relayed} == {c.pk for c in children}, "the parent's log lacks a child's progress"
+    busy_child = next(c for c in children if c.target_name == "evbusy")
+    final = [e.data["migration"] for e in busy_child.log.all() if "migration" in e.data][-1]
+    assert final["phase"] == "completed" and final["memory_processed"] > final["memory_total"]
+    busy_relayed = [d["migration"] for d in relayed if d["child"] == busy_child.pk]
+    assert len(busy_relayed) >= 3 and busy_relayed[-1] == final
+
+    # The hosts: both guests running on cpu1 only, never down in between, the busy one's clock
+    # carried on (a restarted guest would start again from nought and lag behind).
+    assert watch.samples > 20 and watch.gaps == [], watch.gaps[:5]
+    for domain in domains:
+        assert _state(cpu1.libvirt_uri, domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert _state(cpu2.libvirt_uri, domain) is None
+    ticks_after = _ticks(cpu1.libvirt_uri, busy_vm.domain_name)
+    assert ticks_after > ticks_before
+    assert set(VirtualMachine.objects.values_list("name", "cpu_server__name", "state")) == {
+        ("evbusy", "cpu1", "running"), ("evplain", "cpu1", "running")}
+    print(f"\nevacuation: 2 guests in {took:.1f} s (jobs {', '.join(f'#{c.pk}' for c in children)}), "
+          f"downtime {final['downtime_ms']} ms for the busy one, {watch.samples} samples, ticks "
+          f"{ticks_before} -> {ticks_after}")
+
+    # Back in service.
+    assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE
+    leave_maintenance(cpu2)
+    assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.UP
+    assert [c.server.name for c in cpu_candidates()] == ["cpu1", "cpu2"]
+
+
+def test_a_guest_too_big_for_the_others_is_listed_and_the_evacuation_fails(lab_hosts, celery_worker_process):
+    names = ["evsmall", "evbig"]
+    try:
+        small, big = _create("evsmall", 48), _create("evbig", 96)
+        cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+        CpuServer.objects.filter(pk=cpu1.pk).update(memory_mib=80)  # room for the small one only
+        out = StringIO()
+        with pytest.raises(CommandError, match=r"job #\d+ failed: Summary failed: 1 of 2 guests moved"):
+            call_command("host", "maintenance", "cpu2", "on", "--wait", stdout=out)
+        print(out.getvalue())
+        job = Job.objects.get(kind=EVACUATE)
+        assert f"cpu2 is in maintenance; job #{job.pk}" in out.getvalue() and "Step 3/3: Summary" in out.getvalue()
+        assert job.state == "failed"
+        assert job.message == ("Summary failed: 1 of 2 guests moved; 1 could not: "
+                               "evbig (no other CPU server has 96 MiB free (cpu1: 80 MiB))")
+        assert [(c.target_name, c.state) for c in job.children.all()] == [("evsmall", "succeeded")]
+        assert _state(cpu1.libvirt_uri, small.domain_name) == libvirt.VIR_DOMAIN_RUNNING
+        assert _state(cpu2.libvirt_uri, small.domain_name) is None
+        assert _state(cpu2.libvirt_uri, big.domain_name) == libvirt.VIR_DOMAIN_RUNNING  # left running, not stopped
+        assert VirtualMachine.objects.get(pk=big.pk).cpu_server == cpu2
+        assert not Job.objects.filter(kind="vm.migrate", vm=big).exists()
+    finally:
+        CpuServer.objects.filter(name="cpu1").update(memory_mib=4096)
+        _cleanup(names)

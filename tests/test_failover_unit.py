@@ -1,0 +1,375 @@
+"""Failover without hosts: fence methods in order, nothing restarted without a fence, restart order
+and room, the incident's timeline. The drivers are replaced at the one point traffic leaves the
+program (SSH to disk and CPU servers, libvirt, the BMC) by a small fake cluster that remembers
+what was asked of it; the job runs in-process (jobs.runner.run_job)."""
+from __future__ import annotations
+
+import types
+import uuid
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+
+from drivers import aoe, hypervisor, vblade
+from drivers.errors import DriverError
+from ha import failover, fencing
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.incidents import open_incident
+from hosts.choices import HostState
+from hosts.models import CpuServer, DiskServer
+from jobs.models import Job
+from jobs.runner import run_job
+from storage.models import AoEExport, Mirror
+from vms.choices import VmState
+from vms.models import VirtualMachine
+
+pytestmark = pytest.mark.django_db
+MAC = {"cpu1": "02:0a:d5:01:00:15", "cpu2": "02:0a:d5:01:00:16", "cpu3": "02:0a:d5:01:00:17"}
+
+
+class FakeCluster:
+    """Disk servers' vblade exports, CPU servers' domains and the BMCs, by address / URI."""
+
+    def __init__(self) -> None:
+        self.exports: dict[str, dict[tuple[int, int], vblade.RunningExport]] = {"10.0.1.1": {}, "10.0.1.2": {}}
+        self.domains: dict[str, dict[str, str]] = {f"fake:///{n}": {} for n in MAC}
+        self.unreachable: set[str] = set()  # addresses or URIs that do not answer
+        self.bmc: dict[str, str] = {}  # BMC address -> "on" | "off" | "dead"
+        self.calls: list[tuple] = []
+
+    def _reach(self, where: str) -> None:
+        if where in self.unreachable:
+            raise DriverError(f"{where}: connection timed out")
+
+    # vblade
+    def list_exports(self, target, *, timeout=30):
+        self._reach(target.host)
+        return sorted(self.exports[target.host].values(), key=lambda e: (e.shelf, e.slot))
+
+    def start_export(self, target, spec, *, allowed_macs=None, timeout=30):
+        self._reach(target.host)
+        self.calls.append(("acl", target.host, spec.shelf, spec.slot, tuple(allowed_macs or ())))
+        running = vblade.RunningExport(spec.shelf, spec.slot, spec.interface, spec.path, 99,
+                                       tuple(sorted(allowed_macs or ())))
+        self.exports[target.host][(spec.shelf, spec.slot)] = running
+        return running
+
+    # AoE and libvirt
+    def attach(self, target, shelf, slot, *, timeout=20.0):
+        self._reach(target.host)
+        return f"/dev/etherd/e{shelf}.{slot}"
+
+    def define(self, uri, xml, *, timeout=30):
+        self._reach(uri)
+        name = xml.split("<name>")[1].split("</name>")[0]
+        self.domains[uri].setdefault(name, "shutoff")
+        self.calls.append(("define", uri, name))
+        return hypervisor.DomainInfo(name, "", "shutoff", True)
+
+    def start(self, uri, name, *, timeout=60):
+        self._reach(uri)
+        self.domains[uri][name] = "running"
+        self.calls.append(("start", uri, name))
+        return hypervisor.DomainInfo(name, "", "running", True)
+
+    def domain_info(self, uri, name, *, timeout=30):
+        self._reach(uri)
+        state = self.domains[uri].get(name)
+        return None if state is None else hypervisor.DomainInfo(name, "", state, True)
+
+    def list_domains(self, uri, *, timeout=30):
+        self._reach(uri)
+        return [hypervisor.DomainInfo(n, "", s, True) for n, s in sorted(self.domains[uri].items())]
+
+    def undefine(self, uri, name, *, timeout=30):
+        self.domains[uri].pop(name, None)
+
+    # the BMC (drivers.ipmi's API)
+    def ipmi_module(self) -> types.ModuleType:
+        cluster = self
+
+        def status(t):
+            cluster._reach(t.address)
+            if cluster.bmc.get(t.address, "dead") == "dead":
+                raise DriverError(f"{t.address}: no answer from the BMC")
+            return cluster.bmc[t.address]
+
+        def power_off(t, *, confirm_timeout=30):
+            cluster.calls.append(("power_off", t.address))
+            status(t)
+            cluster.bmc[t.address] = "off"
+
+        return types.SimpleNamespace(BmcTarget=lambda address, port, user, password_file, timeout:
+                                     types.SimpleNamespace(address=address),
+                                     power_status=status, power_off=power_off, power_on=lambda t: None)
+
+    def started(self) -> list[str]:
+        return [c[2] for c in self.calls if c[0] == "start"]
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeCluster:
+    cluster = FakeCluster()
+    for name in ("list_exports", "start_export"):
+        monkeypatch.setattr(vblade, name, getattr(cluster, name))
+    monkeypatch.setattr(aoe, "attach", cluster.attach)
+    for name in ("define", "start", "domain_info", "list_domains", "undefine"):
+        monkeypatch.setattr(hypervisor, name, getattr(cluster, name))
+    monkeypatch.setattr(fencing, "ipmi_driver", cluster.ipmi_module)
+    return cluster
+
+
+@pytest.fixture
+def cluster(fake) -> dict:
+    cpus = {
+        name: CpuServer.objects.create(name=name, address=f"10.0.0.{i}", libvirt_uri=f"fake:///{name}",
+                                       memory_mib=1024, vcpus=4, san_mac=MAC[name], bmc_address=f"10.0.9.{i}",
+                                       fence_methods="ipmi,storage")
+        for i, name in enumerate(MAC, start=1)
+    }
+    disks = [DiskServer.objects.create(name=f"disk{i}", address=f"10.0.1.{i}", aoe_shelf=i, capacity_mib=10**6)
+             for i in (1, 2)]
+    return {"cpu": cpus, "disk": disks}
+
+
+def _guest(cluster: dict, name: str, memory_mib: int = 128, *, on: str = "cpu2", priority: int = 100,
+           auto_restart: bool = True, slot: int | None = None) -> VirtualMachine:
+    vm = VirtualMachine.objects.create(name=name, vcpus=1, memory_mib=memory_mib, disk_mib=32,
+                                       cpu_server=cluster["cpu"][on], state=VmState.RUNNING,
+                                       domain_uuid=uuid.uuid4(), restart_priority=priority, auto_restart=auto_restart)
+    mirror = Mirror.objects.create(vm=vm)
+    slot = slot if slot is not None else VirtualMachine.objects.count()
+    fake = cluster["fake"] if "fake" in cluster else None
+    for leg, disk in enumerate(cluster["disk"]):
+        export = AoEExport.objects.create(disk_server=disk, mirror=mirror, leg=leg, shelf=disk.aoe_shelf, slot=slot,
+                                          size_mib=32, backing_path=f"/srv/{name}-e{disk.aoe_shelf}.{slot}.img")
+        if fake is not None:  # running, open to every initiator, as vm.create leaves it
+            fake.exports[disk.address][(export.shelf, slot)] = vblade.RunningExport(
+                export.shelf, slot, "san0", export.backing_path, 10, ())
+    if fake is not None:
+        fake.domains[cluster["cpu"][on].libvirt_uri][vm.domain_name] = "running"
+    return vm
+
+
+@pytest.fixture
+def dead(cluster, fake):
+    """cpu2 declared dead with an open incident; its BMC answers unless a test says otherwise."""
+    cluster["fake"] = fake
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD)
+    fake.unreachable |= {"10.0.0.2", "fake:///cpu2"}
+    fake.bmc["10.0.9.2"] = "on"
+    return cluster
+
+
+def _incident():
+    incident, _ = open_incident(CpuServer.objects.get(name="cpu2"), IncidentKind.CPU_SERVER_FAILED, "cpu2 is silent")
+    return incident
+
+
+def _run_failover(incident=None, user=None) -> Job:
+    job = failover.start_failover(incident or _incident(), user)
+    run_job(job.pk)
+    return Job.objects.get(pk=job.pk)
+
+
+def _events(incident, *kinds: str) -> list[tuple[str, str]]:
+    events = incident.events.order_by("time", "id")
+    if kinds:
+        events = events.filter(kind__in=kinds)
+    return list(events.values_list("kind", "message"))
+
+
+def test_ipmi_confirms_and_guests_restart_highest_priority_first_then_largest_then_by_name(dead, fake):
+    for name, memory, priority in [("a", 128, 100), ("b", 64, 200), ("d", 256, 100), ("c", 256, 100)]:
+        _guest(dead, name, memory, priority=priority)
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert job.state == "succeeded", job.message
+    assert fake.started() == ["xa-b", "xa-c", "xa-d", "xa-a"]
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.CLOSED and incident.fenced_by == "ipmi"
+    assert CpuServer.objects.get(name="cpu2").state == HostState.FENCED
+    assert fake.bmc["10.0.9.2"] == "off"
+    kinds = [k for k, _ in _events(incident)]
+    assert kinds[:4] == [EventKind.DETECTED, EventKind.NOTE, EventKind.FENCE_ATTEMPT, EventKind.FENCED]
+    assert kinds[-1] == EventKind.CLOSED
+    assert all(vm.state == VmState.RUNNING and vm.cpu_server.name in ("cpu1", "cpu3")
+               for vm in VirtualMachine.objects.select_related("cpu_server"))
+    restarted = [m for k, m in _events(incident, EventKind.RESTARTED)]
+    assert restarted[0].startswith("b restarted on cpu") and " in " in restarted[0]
+    # The job's log mirrors the timeline, step by step.
+    log = list(job.log.values_list("message", flat=True))
+    assert "Step 1/3: Fence cpu2" in log and "Step 2/3: Restart 4 guests" in log
+    assert any(m.startswith("b restarted on") for m in log)
+    assert job.params == {"incident": incident.pk, "host": "cpu2"}
+
+
+def test_methods_are_tried_in_order_until_one_confirms(dead, fake):
+    _guest(dead, "web")
+    fake.bmc["10.0.9.2"] = "dead"  # the plug was pulled with the BMC
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert job.state == "succeeded", job.message
+    attempts = _events(incident, EventKind.FENCE_ATTEMPT, EventKind.FENCED)
+    assert [k for k, _ in attempts] == [EventKind.FENCE_ATTEMPT, EventKind.FENCE_ATTEMPT, EventKind.FENCED]
+    assert attempts[0][1] == "ipmi: failed: 10.0.9.2: no answer from the BMC"
+    assert attempts[1][1].startswith("storage: confirmed")
+    assert attempts[2][1].startswith("cpu2 fenced by storage")
+    # Every export of every disk server now lets in exactly the survivors.
+    acl = (MAC["cpu1"], MAC["cpu3"])
+    assert {e.macs for d in fake.exports.values() for e in d.values()} == {acl}
+    incident.refresh_from_db()
+    assert incident.fenced_by == "storage" and incident.state == IncidentState.CLOSED
+
+
+def test_a_method_after_the_one_that_confirms_is_never_tried(dead, fake):
+    _guest(dead, "web")
+    CpuServer.objects.filter(name="cpu2").update(fence_methods="storage,ipmi")
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert job.state == "succeeded", job.message
+    assert [c for c in fake.calls if c[0] == "power_off"] == []
+    assert fake.bmc["10.0.9.2"] == "on"
+    assert [e.data["method"] for e in incident.events.filter(kind=EventKind.FENCE_ATTEMPT)] == ["storage"]
+
+
+def test_a_storage_fence_leaves_out_every_dead_or_fenced_host(dead, fake):
+    CpuServer.objects.filter(name="cpu3").update(state=HostState.FENCED)
+    macs, problem = fencing.allowed_macs(CpuServer.objects.get(name="cpu2"))
+    assert (macs, problem) == ([MAC["cpu1"]], None)
+    CpuServer.objects.filter(name="cpu1").update(san_mac="")
+    macs, problem = fencing.allowed_macs(CpuServer.objects.get(name="cpu2"))
+    assert macs == [] and "no SAN MAC recorded for cpu1" in problem
+
+
+def test_no_fence_confirms_nothing_is_restarted_until_an_operator_confirms(dead, fake):
+    web = _guest(dead, "web")
+    fake.bmc["10.0.9.2"] = "dead"
+    fake.unreachable.add("10.0.1.2")  # disk2 holds a leg of web and does not answer
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert job.state == "failed" and "NO FENCE CONFIRMED for cpu2" in job.message
+    assert fake.started() == [] and not [c for c in fake.calls if c[0] == "define"]
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.UNFENCED and incident.fenced_by == ""
+    assert CpuServer.objects.get(name="cpu2").state == HostState.DEAD
+    failed = incident.events.get(kind=EventKind.FENCE_FAILED)
+    assert [m["method"] for m in failed.data["methods"]] == ["ipmi", "storage"]
+    assert failed.data["methods"][0]["detail"] == "10.0.9.2: no answer from the BMC"
+    assert "disk2: 10.0.1.2: connection timed out" in failed.data["methods"][1]["detail"]
+    storage_attempt = incident.events.get(kind=EventKind.FENCE_ATTEMPT, data__method="storage")
+    assert storage_attempt.data["uncovered"] == {"web": "disk2 (holding e2.1) did not answer"}
+    assert VirtualMachine.objects.get(pk=web.pk).cpu_server.name == "cpu2"
+
+    operator = get_user_model().objects.create_user("op", password="x-password-1")
+    job = failover.confirm_fenced_manually(incident, operator)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.message
+    incident.refresh_from_db()
+    assert incident.fenced_by == "manual" and incident.state == IncidentState.CLOSED
+    fenced = incident.events.get(kind=EventKind.FENCED)
+    assert fenced.user == operator and fenced.data["method"] == "manual"
+    assert CpuServer.objects.get(name="cpu2").state == HostState.FENCED
+    assert fake.started() == ["xa-web"]
+    # The second job's fence step saw the operator's word and tried no method again.
+    assert len([c for c in fake.calls if c[0] == "power_off"]) == 1
+
+
+def test_guests_whose_disks_are_all_fenced_restart_and_the_others_wait(dead, fake):
+    other = DiskServer.objects.create(name="disk3", address="10.0.1.3", aoe_shelf=3, capacity_mib=10**6)
+    fake.exports["10.0.1.3"] = {}
+    safe = _guest(dead, "safe", slot=1)
+    exposed = _guest({**dead, "disk": [dead["disk"][0], other]}, "exposed", slot=2)
+    CpuServer.objects.filter(name="cpu2").update(fence_methods="storage")
+    fake.unreachable.add("10.0.1.3")
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert fake.started() == ["xa-safe"]
+    assert VirtualMachine.objects.get(pk=safe.pk).cpu_server.name != "cpu2"
+    assert VirtualMachine.objects.get(pk=exposed.pk).cpu_server.name == "cpu2"
+    assert job.state == "failed" and "exposed: cpu2 is not fenced for it: disk3 (holding e3.2) did not answer" \
+        in job.message
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.UNFENCED
+    assert CpuServer.objects.get(name="cpu2").state == HostState.DEAD
+
+
+def test_a_guest_that_does_not_fit_is_listed_with_the_numbers(dead, fake):
+    CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)
+    _guest(dead, "filler", 924, on="cpu1")
+    _guest(dead, "big", 512, priority=200)
+    _guest(dead, "small", 64)
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert fake.started() == ["xa-small"]
+    not_restarted = [m for _, m in _events(incident, EventKind.NOT_RESTARTED)]
+    assert not_restarted == ["big not restarted: no surviving CPU server has 512 MiB free (cpu1: 100 MiB)"]
+    assert job.state == "failed" and "big: no surviving CPU server has 512 MiB free" in job.message
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.OPEN and incident.fenced_by == "ipmi"
+    assert "1 guest(s) of cpu2 not restarted" in incident.summary
+
+
+def test_a_guest_already_running_elsewhere_gets_no_second_copy(dead, fake):
+    vm = _guest(dead, "web")
+    fake.domains["fake:///cpu3"][vm.domain_name] = "running"  # someone started it by hand
+    manual = _guest(dead, "pet", auto_restart=False)
+    incident = _incident()
+    job = _run_failover(incident)
+
+    assert fake.started() == []
+    messages = [m for _, m in _events(incident, EventKind.NOT_RESTARTED)]
+    assert "web not restarted: it already runs on cpu3: not starting a second copy" in messages
+    assert "pet not restarted: automatic restart is off" in messages
+    assert job.state == "failed"
+    assert VirtualMachine.objects.get(pk=manual.pk).cpu_server.name == "cpu2"
+
+
+def test_a_second_failover_for_the_same_incident_is_refused_while_one_is_active(dead):
+    incident = _incident()
+    first = failover.start_failover(incident)
+    with pytest.raises(ValidationError, match=f"failover job #{first.pk} for cpu2 is already queued"):
+        failover.start_failover(incident)
+    assert failover.failover_jobs(incident).count() == 1
+
+
+def test_a_fence_changed_under_the_job_restarts_nothing(dead, fake, monkeypatch):
+    _guest(dead, "web")
+    real = fencing.fence_by_ipmi
+
+    def fence_while_host_returns(host, guests):
+        CpuServer.objects.filter(pk=host.pk).update(state=HostState.MAINTENANCE)  # e.g. an operator
+        return real(host, guests)
+
+    monkeypatch.setitem(fencing.METHODS, "ipmi", fence_while_host_returns)
+    job = _run_failover()
+    assert job.state == "failed" and "became maintenance while it was being fenced" in job.message
+    assert fake.started() == []
+
+
+def test_a_confirmation_during_a_running_failover_waits_for_it_then_restarts_what_is_left(dead, fake, monkeypatch):
+    _guest(dead, "web")
+    incident = _incident()
+    earlier = failover.start_failover(incident)
+    Job.objects.filter(pk=earlier.pk).update(state="running")  # e.g. still waiting on a silent BMC
+    job = failover.confirm_fenced_manually(incident, None)
+    waited = []
+
+    def earlier_finishes(seconds):
+        waited.append(seconds)
+        Job.objects.filter(pk=earlier.pk).update(state="failed")
+
+    monkeypatch.setattr(failover.time, "sleep", earlier_finishes)
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert waited and job.state == "succeeded", job.message
+    assert f"waiting for failover job #{earlier.pk} to finish first" in job.log.values_list("message", flat=True)
+    assert fake.started() == ["xa-web"] and [c for c in fake.calls if c[0] == "power_off"] == []

@@ -1,0 +1,413 @@
+"""The host monitor's state machine with the checks faked (the one point where traffic leaves the
+program): one miss never declares a host dead, N do, an answer resets, a dead host that answers goes
+to maintenance, maintenance is never declared dead, the failover starts exactly once, a SAN-blind CPU
+server is evacuated once, and a disk server's failure and return move its mirrors and incident."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from ha import monitor as monitor_module
+from ha import storage_health
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.models import Incident
+from ha.monitor import (
+    DECLARE_DEAD,
+    RETURNED,
+    SAN_SUSPECT,
+    CheckResult,
+    Decision,
+    Monitor,
+    SanResult,
+    decide,
+    decide_san,
+)
+from hosts.choices import HostState
+from hosts.models import CpuServer, DiskServer
+from storage.choices import ExportState, MirrorState
+from storage.models import AoEExport, Mirror
+from vms.choices import VmState
+from vms.models import VirtualMachine
+
+pytestmark = pytest.mark.django_db
+DEAD_AFTER = 3
+
+
+@dataclass
+class FakeCluster:
+    """Which hosts answer, and what the SAN shows: every exported leg of a disk server that answers."""
+    silent: set[str] = field(default_factory=set)
+    san_blind: set[str] = field(default_factory=set)  # CPU servers that see nothing on the SAN
+    exports_down: set[str] = field(default_factory=set)  # disk servers answering SSH, vblade gone
+    # Read in the test's thread: the fakes run in the monitor's threads, outside the test's transaction.
+    legs: dict[str, set[tuple[int, int]]] = field(default_factory=dict)
+    checks: int = 0
+
+    def check(self, host, timeout: float) -> CheckResult:
+        self.checks += 1
+        if host.name in self.silent:
+            return CheckResult(False, f"{host.name}: SSH failed: no answer")
+        return CheckResult(True)
+
+    def san(self, host, listen: float) -> SanResult:
+        if host.name in self.silent:
+            return SanResult(error=f"{host.name}: SSH failed")
+        if host.name in self.san_blind:
+            return SanResult(frozenset())
+        gone = self.silent | self.exports_down
+        return SanResult(frozenset(a for disk, legs in self.legs.items() if disk not in gone for a in legs))
+
+
+@pytest.fixture
+def fake(cluster) -> FakeCluster:
+    legs: dict[str, set[tuple[int, int]]] = {}
+    for disk, shelf, slot in AoEExport.objects.values_list("disk_server__name", "shelf", "slot"):
+        legs.setdefault(disk, set()).add((shelf, slot))
+    return FakeCluster(legs=legs)
+
+
+@pytest.fixture
+def calls(monkeypatch) -> dict[str, list]:
+    """ha.failover / ha.maintenance as seen by the monitor: record the calls, start nothing."""
+    import ha.failover
+    import ha.maintenance
+
+    seen: dict[str, list] = {"failover": [], "evacuate": [], "restore": []}
+    monkeypatch.setattr(ha.failover, "start_failover", lambda incident: seen["failover"].append(incident.pk))
+    monkeypatch.setattr(ha.maintenance, "evacuate_suspect",
+                        lambda host, reason: seen["evacuate"].append((host.name, reason)))
+    monkeypatch.setattr(storage_health.vblade, "restore_exports",
+                        lambda target, timeout: seen["restore"].append(target.name) or [])
+    return seen
+
+
+@pytest.fixture
+def cluster() -> dict[str, object]:
+    cpus = {n: CpuServer.objects.create(name=n, address=f"192.0.2.{20 + i}", libvirt_uri="test:///default",
+                                        memory_mib=4096, vcpus=4) for i, n in enumerate(["cpu1", "cpu2"], 1)}
+    disks = {n: DiskServer.objects.create(name=n, address=f"192.0.2.{10 + i}", aoe_shelf=i, capacity_mib=10240)
+             for i, n in enumerate(["disk1", "disk2"], 1)}
+    vm = VirtualMachine.objects.create(name="web", vcpus=1, memory_mib=256, disk_mib=32, cpu_server=cpus["cpu1"],
+                                       state=VmState.RUNNING)
+    mirror = Mirror.objects.create(vm=vm, state=MirrorState.HEALTHY)
+    for leg, disk in enumerate(disks.values()):
+        AoEExport.objects.create(disk_server=disk, mirror=mirror, leg=leg, shelf=disk.aoe_shelf, slot=5,
+                                 backing_path=f"/srv/web-{leg}.img", size_mib=32, state=ExportState.EXPORTED)
+    return {**cpus, **disks, "vm": vm, "mirror": mirror}
+
+
+def _monitor(fake: FakeCluster, **kwargs) -> Monitor:
+    return Monitor(check=fake.check, san_probe=fake.san, interval=1, dead_after=DEAD_AFTER, timeout=0.5,
+                   san_listen=0.1, evacuate=True, **kwargs)
+
+
+def _cycles(monitor: Monitor, n: int) -> None:
+    for _ in range(n):
+        monitor.cycle()
+
+
+def _state(model, name: str) -> tuple[str, int]:
+    host = model.objects.get(name=name)
+    return host.state, host.missed_checks
+
+
+# --- pure transitions ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("state", "missed", "answered", "expected"), [
+    (HostState.UP, 0, False, Decision(HostState.SUSPECT, 1)),
+    (HostState.SUSPECT, 1, False, Decision(HostState.SUSPECT, 2)),
+    (HostState.SUSPECT, 2, False, Decision(HostState.DEAD, 3, DECLARE_DEAD)),
+    (HostState.SUSPECT, 2, True, Decision(HostState.UP, 0)),
+    (HostState.DEAD, 7, False, Decision(HostState.DEAD, 8)),
+    (HostState.DEAD, 7, True, Decision(HostState.MAINTENANCE, 0, RETURNED)),
+    (HostState.FENCED, 9, True, Decision(HostState.MAINTENANCE, 0, RETURNED)),
+    (HostState.MAINTENANCE, 99, False, Decision(HostState.MAINTENANCE, 100)),
+    (HostState.MAINTENANCE, 5, True, Decision(HostState.MAINTENANCE, 0)),
+])
+def test_decide(state, missed, answered, expected):
+    assert decide(state, missed, answered, DEAD_AFTER) == expected
+
+
+def test_decide_san_suspects_once_after_n_blind_checks_and_forgives_on_sight():
+    up = Decision(HostState.UP, 0)
+    assert decide_san(up, 0, False, DEAD_AFTER) == (up, 1)
+    assert decide_san(up, 2, False, DEAD_AFTER) == (Decision(HostState.SUSPECT, 0, SAN_SUSPECT), 3)
+    assert decide_san(up, 3, False, DEAD_AFTER) == (Decision(HostState.SUSPECT, 0), 4)  # no second evacuation
+    assert decide_san(up, 3, None, DEAD_AFTER) == (Decision(HostState.SUSPECT, 0), 3)
+    assert decide_san(up, 4, True, DEAD_AFTER) == (up, 0)
+    silent = Decision(HostState.SUSPECT, 1)
+    assert decide_san(silent, 2, False, DEAD_AFTER) == (silent, 2)  # management silent: its path decides
+
+
+# --- the cycle against the database --------------------------------------------------------------
+
+def test_one_miss_never_declares_a_host_dead(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.silent = {"cpu2"}
+    monitor.cycle()
+    fake.silent = set()
+    monitor.cycle()
+    fake.silent = {"cpu2"}
+    _cycles(monitor, DEAD_AFTER - 1)
+    assert _state(CpuServer, "cpu2") == (HostState.SUSPECT, DEAD_AFTER - 1)
+    assert not Incident.objects.exists() and calls["failover"] == []
+    assert CpuServer.objects.get(name="cpu2").last_check_error == "cpu2: SSH failed: no answer"
+
+
+def test_n_misses_declare_a_cpu_server_dead_and_start_the_failover_exactly_once(cluster, fake, calls):
+    monitor = _monitor(fake)
+    monitor.cycle()
+    fake.silent = {"cpu2"}
+    _cycles(monitor, DEAD_AFTER)
+    assert _state(CpuServer, "cpu2") == (HostState.DEAD, DEAD_AFTER)
+    incident = Incident.objects.get()
+    assert incident.kind == IncidentKind.CPU_SERVER_FAILED and incident.cpu_server == cluster["cpu2"]
+    assert incident.summary == "cpu2 missed 3 checks: cpu2: SSH failed: no answer"
+    assert calls["failover"] == [incident.pk]
+    _cycles(monitor, 3)
+    assert calls["failover"] == [incident.pk] and _state(CpuServer, "cpu2") == (HostState.DEAD, DEAD_AFTER + 3)
+    assert _state(CpuServer, "cpu1") == (HostState.UP, 0)
+
+
+def test_two_monitors_racing_on_the_same_transition_act_once(cluster, fake, calls):
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.SUSPECT, missed_checks=DEAD_AFTER - 1)
+    a, b = _monitor(fake), _monitor(fake)
+    stale_a, stale_b = CpuServer.objects.get(name="cpu2"), CpuServer.objects.get(name="cpu2")
+    decision = decide(stale_a.state, stale_a.missed_checks, False, DEAD_AFTER)
+    for monitor, host in ((a, stale_a), (b, stale_b)):
+        monitor._apply(host, decision, False, "no answer", monitor_module.CycleReport())
+    assert len(calls["failover"]) == 1 and Incident.objects.count() == 1
+
+
+def test_an_answer_resets_the_count(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.silent = {"cpu2"}
+    _cycles(monitor, DEAD_AFTER - 1)
+    fake.silent = set()
+    monitor.cycle()
+    host = CpuServer.objects.get(name="cpu2")
+    assert (host.state, host.missed_checks, host.last_check_error) == (HostState.UP, 0, "")
+    assert host.last_seen_at is not None
+
+
+def test_a_dead_host_that_answers_goes_to_maintenance_never_up(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.silent = {"cpu2"}
+    _cycles(monitor, DEAD_AFTER)
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.FENCED)  # what the fencing does
+    fake.silent = set()
+    _cycles(monitor, 3)
+    assert _state(CpuServer, "cpu2") == (HostState.MAINTENANCE, 0)
+    incident = Incident.objects.get()
+    assert incident.events.filter(kind=EventKind.RETURNED).count() == 1
+    assert calls["failover"] == [incident.pk]
+
+
+def test_a_host_in_maintenance_is_checked_but_never_declared_dead(cluster, fake, calls):
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.MAINTENANCE)
+    monitor = _monitor(fake)
+    fake.silent = {"cpu2"}
+    _cycles(monitor, DEAD_AFTER * 3)
+    assert _state(CpuServer, "cpu2") == (HostState.MAINTENANCE, DEAD_AFTER * 3)
+    assert not Incident.objects.exists() and calls["failover"] == []
+
+
+def test_a_cpu_server_blind_on_the_san_is_suspect_and_evacuated_once(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.san_blind = {"cpu1"}
+    _cycles(monitor, DEAD_AFTER - 1)
+    assert _state(CpuServer, "cpu1") == (HostState.UP, 0)
+    _cycles(monitor, 3)
+    assert _state(CpuServer, "cpu1") == (HostState.SUSPECT, 0)
+    assert [name for name, _reason in calls["evacuate"]] == ["cpu1"]
+    assert "not on the SAN" in calls["evacuate"][0][1]
+    assert CpuServer.objects.get(name="cpu1").last_check_error.startswith("SAN:")
+    assert _state(CpuServer, "cpu2") == (HostState.UP, 0) and not Incident.objects.exists()
+    fake.san_blind = set()
+    monitor.cycle()
+    assert _state(CpuServer, "cpu1") == (HostState.UP, 0)
+
+
+def test_a_dead_disk_server_degrades_mirrors_and_its_return_heals_them(cluster, fake, calls):
+    monitor = _monitor(fake)
+    monitor.cycle()
+    fake.silent = {"disk2"}
+    _cycles(monitor, DEAD_AFTER)
+    assert _state(DiskServer, "disk2") == (HostState.DEAD, DEAD_AFTER)
+    assert Mirror.objects.get().state == MirrorState.DEGRADED
+    assert VirtualMachine.objects.get().state == VmState.RUNNING  # nothing is stopped
+    incident = Incident.objects.get(kind=IncidentKind.DISK_SERVER_FAILED)
+    assert incident.state == IncidentState.DEGRADED and "Exposed: web" in incident.summary
+    assert incident.events.filter(data__exposed=["web"]).exists()
+    exposed = storage_health.exposed_guests()
+    assert [(g.vm, g.missing, g.left) for g in exposed] == [("web", ("e2.5 on disk2 (dead)",), ("e1.5 on disk1",))]
+    assert calls["failover"] == []
+
+    fake.silent = set()
+    monitor.cycle()  # answers SSH: maintenance, exports restored, mirror resyncing
+    assert _state(DiskServer, "disk2") == (HostState.MAINTENANCE, 0)
+    assert calls["restore"] == ["disk2"] and Mirror.objects.get().state == MirrorState.RESYNCING
+    monitor.cycle()  # both legs on the wire
+    assert Mirror.objects.get().state == MirrorState.HEALTHY
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.CLOSED
+    kinds = list(incident.events.values_list("kind", flat=True))
+    assert kinds[0] == EventKind.DETECTED and kinds[-1] == EventKind.CLOSED and EventKind.RETURNED in kinds
+    assert storage_health.exposed_guests() == []
+    storage_health.return_to_service(DiskServer.objects.get(name="disk2"))
+    assert _state(DiskServer, "disk2") == (HostState.UP, 0)
+
+
+def test_a_disk_server_whose_exports_are_silent_on_the_san_counts_as_missing(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.exports_down = {"disk2"}
+    _cycles(monitor, DEAD_AFTER)
+    host = DiskServer.objects.get(name="disk2")
+    assert host.state == HostState.DEAD and "exports answers on the SAN" in host.last_check_error
+    assert _state(DiskServer, "disk1") == (HostState.UP, 0)
+
+
+def test_a_disk_server_stays_degraded_until_its_legs_answer(cluster, fake, calls):
+    monitor = _monitor(fake)
+    fake.silent = {"disk2"}
+    _cycles(monitor, DEAD_AFTER)
+    fake.silent, fake.exports_down = set(), {"disk2"}
+    _cycles(monitor, 3)
+    assert Mirror.objects.get().state == MirrorState.RESYNCING
+    assert Incident.objects.get().is_open
+    fake.exports_down = set()
+    monitor.cycle()
+    assert Mirror.objects.get().state == MirrorState.HEALTHY and not Incident.objects.get().is_open
+
+
+def test_a_hung_check_is_a_miss_and_never_piles_up(cluster, calls):
+    import threading
+
+    release = threading.Event()
+    started: list[str] = []
+
+    def hanging(host, timeout):
+        if host.name == "cpu2":
+            started.append(host.name)
+            release.wait(5)
+        return CheckResult(True)
+
+    monitor = Monitor(check=hanging, san_probe=lambda h, listen: SanResult(), interval=1, dead_after=DEAD_AFTER,
+                      timeout=0.1, san_listen=0.1, evacuate=False)
+    try:
+        _cycles(monitor, DEAD_AFTER)
+        assert _state(CpuServer, "cpu2") == (HostState.DEAD, DEAD_AFTER) and started == ["cpu2"]
+    finally:
+        release.set()
+        monitor.close()
+
+
+# --- pages and websockets ------------------------------------------------------------------------
+
+@pytest.fixture
+def op_client(django_user_model):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(django_user_model.objects.create_user("op", is_staff=True))
+    return client
+
+
+def test_incident_pages_list_open_first_and_the_fence_button_confirms(cluster, op_client, monkeypatch):
+    import ha.failover
+    from ha.incidents import close, open_incident
+    from jobs.models import Job
+
+    old, _ = open_incident(cluster["disk1"], IncidentKind.DISK_SERVER_FAILED, "disk1 missed 3 checks")
+    close(old, "back")
+    incident, _ = open_incident(cluster["cpu2"], IncidentKind.CPU_SERVER_FAILED, "cpu2 missed 3 checks: gone")
+    page = op_client.get("/incidents/").content.decode()
+    assert page.index(f"#{incident.pk}<") < page.index(f"#{old.pk}<")
+    detail = op_client.get(f"/incidents/{incident.pk}/").content.decode()
+    assert "I confirm cpu2 is powered off" in detail and "cpu2 missed 3 checks: gone" in detail
+    assert "I confirm" not in op_client.get(f"/incidents/{old.pk}/").content.decode()
+
+    confirmed = []
+    job = Job.objects.create(kind="ha.failover")
+    monkeypatch.setattr(ha.failover, "confirm_fenced_manually",
+                        lambda inc, user: confirmed.append((inc.pk, user.username)) or job)
+    response = op_client.post(f"/incidents/{incident.pk}/confirm-fenced/")
+    assert response.status_code == 302 and confirmed == [(incident.pk, "op")]
+    op_client.post(f"/incidents/{old.pk}/confirm-fenced/")
+    assert confirmed == [(incident.pk, "op")]  # a closed incident waits for no fence
+
+
+def test_pages_are_for_operators_only(cluster, django_user_model):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(django_user_model.objects.create_user("tenant"))
+    assert client.get("/incidents/").status_code == 403
+    assert client.post(f"/incidents/hosts/cpu/{cluster['cpu1'].pk}/enter-maintenance/").status_code == 403
+
+
+def test_host_pages_show_checks_and_the_maintenance_buttons(cluster, op_client, monkeypatch):
+    import ha.maintenance
+    from jobs.models import Job
+
+    CpuServer.objects.filter(name="cpu2").update(missed_checks=2, state=HostState.SUSPECT,
+                                                 last_check_error="cpu2: SSH failed: no answer")
+    cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+    page = op_client.get(cpu2.get_absolute_url()).content.decode()
+    assert "cpu2: SSH failed: no answer" in page and 'data-host-state="cpu2"' in page
+    assert "Enter maintenance" not in page and "Return to service" not in page
+    assert "Enter maintenance" in op_client.get(cpu1.get_absolute_url()).content.decode()
+    job = Job.objects.create(kind="ha.evacuate")
+    monkeypatch.setattr(ha.maintenance, "enter_maintenance", lambda host, user: job)
+    response = op_client.post(f"/incidents/hosts/cpu/{cpu1.pk}/enter-maintenance/")
+    assert response.status_code == 302 and response.url == f"/jobs/{job.pk}/"
+
+    left = []
+    CpuServer.objects.filter(name="cpu1").update(state=HostState.MAINTENANCE)
+    monkeypatch.setattr(ha.maintenance, "leave_maintenance", lambda host, user: left.append(host.name))
+    assert "Return to service" in op_client.get(cpu1.get_absolute_url()).content.decode()
+    op_client.post(f"/incidents/hosts/cpu/{cpu1.pk}/return-to-service/")
+    assert left == ["cpu1"]
+
+    dashboard = op_client.get("/").content.decode()
+    assert 'data-host-state="disk2" data-host-kind="disk"' in dashboard and "Exposed guests" in dashboard
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_incident_websocket_sends_the_backlog_then_live_events(django_user_model):
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.test import Client
+
+    from ha.incidents import open_incident, record
+    from ha.monitor import publish_host
+    from xenaoe_panel.asgi import application
+
+    def setup():
+        cpu = CpuServer.objects.create(name="cpu9", address="192.0.2.9", libvirt_uri="test:///default",
+                                       memory_mib=1024, vcpus=1)
+        incident, _ = open_incident(cpu, IncidentKind.CPU_SERVER_FAILED, "cpu9 missed 3 checks")
+        client = Client()
+        client.force_login(django_user_model.objects.create_user("op", is_staff=True))
+        return cpu, incident, client.cookies["sessionid"].value
+
+    cpu, incident, session = await sync_to_async(setup)()
+    headers = [(b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"cookie", f"sessionid={session}".encode())]
+    timeline = WebsocketCommunicator(application, f"/ws/incidents/{incident.pk}/?after=0", headers=headers)
+    hosts = WebsocketCommunicator(application, "/ws/hosts/", headers=headers)
+    assert (await timeline.connect(timeout=5))[0] and (await hosts.connect(timeout=5))[0]
+    backlog = await timeline.receive_json_from(timeout=5)
+    assert backlog["event"]["kind"] == "detected" and backlog["incident"]["host"] == "cpu9"
+    await sync_to_async(record)(incident, EventKind.NOTE, "fencing cpu9 through IPMI")
+    live = await timeline.receive_json_from(timeout=5)
+    assert live["event"]["message"] == "fencing cpu9 through IPMI"
+    cpu.state = HostState.DEAD
+    await sync_to_async(publish_host)(cpu)
+    state = await hosts.receive_json_from(timeout=5)
+    assert (state["name"], state["kind"], state["state"], state["colour"]) == ("cpu9", "cpu", "dead", "danger")
+    await timeline.disconnect()
+    await hosts.disconnect()
+    anonymous = WebsocketCommunicator(application, "/ws/hosts/", headers=headers[:2])
+    assert (await anonymous.connect(timeout=5)) == (False, 4401)
