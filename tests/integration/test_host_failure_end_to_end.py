@@ -1,0 +1,101 @@
+"""Pulling the plug on a CPU server, with nothing but the real processes: the monitor (its own
+process) declares it dead, the failover job (in the worker) fences it through its BMC and restarts
+its guests on the survivor; when the host boots again it waits in maintenance, running none of them.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import libvirt
+import pytest
+
+from drivers import hypervisor
+from ha.choices import EventKind
+from ha.maintenance import leave_maintenance
+from ha.models import Incident
+from hosts.choices import HostState
+from hosts.models import CpuServer
+from jobs.follow import follow
+from lab import cluster
+from vms.models import VirtualMachine
+from vms.services import VmRequest, create_vm, delete_vm
+
+pytestmark = pytest.mark.lab
+NAMES = ("e2e-a", "e2e-b")
+
+
+def _running_on(uri: str) -> set[str]:
+    conn = libvirt.open(uri)
+    try:
+        return {d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def guests_on_cpu2(lab_hosts, celery_worker_process):
+    for name in NAMES:
+        job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=16, cpu_server="cpu2"))
+        assert follow(job.pk, lambda _line: None).state == "succeeded"
+    yield [VirtualMachine.objects.get(name=name) for name in NAMES]
+    cluster.up()
+    cpu2 = CpuServer.objects.get(name="cpu2")
+    for name in NAMES:  # the stale definitions the dead host kept
+        hypervisor.destroy(cpu2.libvirt_uri, f"xa-{name}")
+        hypervisor.undefine(cpu2.libvirt_uri, f"xa-{name}")
+    CpuServer.objects.update(state=HostState.UP, missed_checks=0)
+    for name in NAMES:
+        if VirtualMachine.objects.filter(name=name).exists():
+            follow(delete_vm(name).pk, lambda _line: None)
+
+
+@pytest.fixture
+def monitor_process(lab_hosts, tmp_path):
+    from django.conf import settings
+
+    from tests.conftest import REPO, _child_env
+
+    log = tmp_path / "monitor.log"
+    env = _child_env(settings.DATABASES["default"]["NAME"])
+    env["XENAOE_MONITOR_INTERVAL_S"] = "1"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    yield log
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_a_pulled_plug_brings_the_guests_back_on_the_survivor_after_a_fence(guests_on_cpu2, monitor_process):
+    cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+    time.sleep(3)  # the monitor has seen every host up
+    pulled = time.monotonic()
+    cluster.kill_host("cpu2")
+    deadline = pulled + 90
+    while not all(vm.cpu_server_id == cpu1.pk and vm.state == "running"
+                  for vm in VirtualMachine.objects.filter(name__in=NAMES)):
+        assert time.monotonic() < deadline, monitor_process.read_text()[-3000:]
+        time.sleep(0.5)
+    recovered = time.monotonic() - pulled
+    print(f"guests running on cpu1 {recovered:.1f} s after the plug was pulled")
+
+    assert {f"xa-{n}" for n in NAMES} <= _running_on(cpu1.libvirt_uri)
+    incident = Incident.objects.get(host_name="cpu2")
+    assert incident.fenced_by == "ipmi"
+    kinds = list(incident.events.order_by("time", "id").values_list("kind", flat=True))
+    assert kinds[0] == EventKind.DETECTED
+    assert kinds.index(EventKind.FENCED) < kinds.index(EventKind.RESTARTED)  # never before the fence
+    assert kinds.count(EventKind.RESTARTED) == len(NAMES)
+    assert kinds[-1] == EventKind.CLOSED
+
+    # The host boots again: it is not used, and runs none of its old guests.
+    cluster.up()
+    deadline = time.monotonic() + 30
+    while CpuServer.objects.get(pk=cpu2.pk).state != HostState.MAINTENANCE:
+        assert time.monotonic() < deadline, monitor_process.read_text()[-3000:]
+        time.sleep(0.5)
+    assert not ({f"xa-{n}" for n in NAMES} & _running_on(cpu2.libvirt_uri))
+    leave_maintenance(CpuServer.objects.get(pk=cpu2.pk))
+    assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.UP
