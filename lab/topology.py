@@ -48,12 +48,10 @@ PRIVATE_DIRS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class LabHost:
+class _OnTheManagementNetwork:
+    """A namespace of its own with a link to the management bridge, named after `name`."""
+
     name: str
-    role: Role
-    address: str
-    aoe_shelf: int | None = None
 
     @property
     def netns(self) -> str:
@@ -61,8 +59,16 @@ class LabHost:
 
     @property
     def mgmt_veth(self) -> str:
-        """Root-namespace end of the host's management link (<= 15 characters)."""
+        """Root-namespace end of the management link (<= 15 characters)."""
         return f"{NETNS_PREFIX}{self.name}-m"
+
+
+@dataclass(frozen=True)
+class LabHost(_OnTheManagementNetwork):
+    name: str
+    role: Role
+    address: str
+    aoe_shelf: int | None = None
 
     @property
     def san_veth(self) -> str:
@@ -102,7 +108,7 @@ class LabHost:
 
 
 @dataclass(frozen=True)
-class LabBmc:
+class LabBmc(_OnTheManagementNetwork):
     """The BMC of a lab host: ipmi_sim in its own network namespace on the management bridge, at
     the host's address + 100 (cpu1 10.213.0.21 -> 10.213.0.121)."""
 
@@ -115,14 +121,6 @@ class LabBmc:
     @property
     def address(self) -> str:
         return self.host.address.rsplit(".", 1)[0] + f".{self.host.last_octet + 100}"
-
-    @property
-    def netns(self) -> str:
-        return f"{NETNS_PREFIX}{self.name}"
-
-    @property
-    def mgmt_veth(self) -> str:
-        return f"{NETNS_PREFIX}{self.name}-m"
 
     @property
     def mac(self) -> str:
