@@ -38,7 +38,7 @@ from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.jobs import _legs, domain_spec
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates
+from vms.placement import cpu_candidates, n_plus_one_shortfalls
 
 JOB_KIND = "host.failover"
 # Guests the panel last saw running (UNKNOWN: the monitor lost sight of them with their host).
@@ -338,6 +338,7 @@ def close_step(ctx: JobContext) -> None:
         ctx.log(f"{host.name} is now fenced ({incident.fenced_by}): restarting the guests left")
         ctx.data.update(covered="all", fenced_by=incident.fenced_by)
         restart_guests(ctx)
+    _note_n_plus_one(ctx, incident)
     left = guests_to_restart(host)
     if not left:
         since = (timezone.now() - ctx.job.created_at).total_seconds()
@@ -351,6 +352,16 @@ def close_step(ctx: JobContext) -> None:
     message = f"{len(left)} guest(s) of {host.name} not restarted: {detail}"
     set_state(incident, IncidentState.OPEN if incident.fenced_by else IncidentState.UNFENCED, summary=message)
     raise JobFailed(message)
+
+
+def _note_n_plus_one(ctx: JobContext, incident: Incident) -> None:
+    """The survivors now carry the dead host's guests: say so if another failure would leave some
+    without room (the cluster has lost its N+1 until the host returns or capacity is added)."""
+    shortfalls = n_plus_one_shortfalls()
+    if shortfalls:
+        message = "N+1 lost: " + "; ".join(str(s) for s in shortfalls)
+        record(incident, EventKind.NOTE, message, job=ctx.job)
+        ctx.log(message, LogLevel.WARNING)
 
 
 @job_kind(JOB_KIND)

@@ -373,3 +373,54 @@ def test_a_confirmation_during_a_running_failover_waits_for_it_then_restarts_wha
     assert waited and job.state == "succeeded", job.message
     assert f"waiting for failover job #{earlier.pk} to finish first" in job.log.values_list("message", flat=True)
     assert fake.started() == ["xa-web"] and [c for c in fake.calls if c[0] == "power_off"] == []
+
+
+def test_the_incident_says_when_the_survivors_have_lost_n_plus_one(dead, fake):
+    CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)  # cpu1 is the only survivor
+    _guest(dead, "solo", 128)
+    incident = _incident()
+    job = _run_failover(incident)
+    assert job.state == "succeeded", job.message
+    notes = [m for _, m in _events(incident, EventKind.NOTE) if m.startswith("N+1 lost")]
+    assert notes == ["N+1 lost: if cpu1 fails, no surviving CPU server has room for solo (128 MiB)"]
+    assert any(m.startswith("N+1 lost") for m in job.log.values_list("message", flat=True))
+
+
+def test_no_n_plus_one_note_while_the_survivors_keep_it(dead, fake):
+    _guest(dead, "small", 64)
+    incident = _incident()
+    assert _run_failover(incident).state == "succeeded"
+    assert not [m for _, m in _events(incident, EventKind.NOTE) if m.startswith("N+1 lost")]
+
+
+def test_returning_a_fenced_host_gives_it_its_storage_back(monkeypatch):
+    """After a storage fence every export runs with a MAC list without the dead host; once no host
+    is locked out any more, restore_storage_access reopens them (and only those that differ)."""
+    from ha import fencing
+
+    CpuServer.objects.create(name="cpu1", address="192.0.2.21", libvirt_uri="test:///default",
+                             memory_mib=1024, vcpus=2, san_mac="02:00:00:00:00:01")
+    cpu2 = CpuServer.objects.create(name="cpu2", address="192.0.2.22", libvirt_uri="test:///default",
+                                    memory_mib=1024, vcpus=2, san_mac="02:00:00:00:00:02", state=HostState.FENCED)
+    DiskServer.objects.create(name="disk1", address="192.0.2.11", aoe_shelf=1, capacity_mib=100)
+    running = {(1, 0): ("02:00:00:00:00:01",), (1, 1): ()}
+    restarted = []
+
+    def list_exports(target, timeout):
+        return [vblade.RunningExport(shelf, slot, "san0", f"/v/{slot}", 100 + slot, macs)
+                for (shelf, slot), macs in running.items()]
+
+    def start_export(target, spec, allowed_macs, timeout):
+        restarted.append(((spec.shelf, spec.slot), allowed_macs))
+        running[(spec.shelf, spec.slot)] = tuple(allowed_macs or ())
+
+    monkeypatch.setattr(vblade, "list_exports", list_exports)
+    monkeypatch.setattr(vblade, "start_export", start_export)
+    assert fencing.storage_acl() == ["02:00:00:00:00:01"]
+    fencing.restore_storage_access()
+    assert restarted == [((1, 1), ["02:00:00:00:00:01"])]  # the open export gets the fence's list
+    restarted.clear()
+    CpuServer.objects.filter(pk=cpu2.pk).update(state=HostState.UP)
+    assert fencing.storage_acl() is None
+    fencing.restore_storage_access()
+    assert restarted == [((1, 0), None), ((1, 1), None)]  # both open again: cpu2 is back
