@@ -31,6 +31,7 @@ from hosts.verify_collect import (
 from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from jobs.services import start_job
+from storage.models import SECTORS_PER_MIB
 from vms.choices import VmState
 
 SEVERITIES = ("critical", "error", "warning")
@@ -75,14 +76,11 @@ def result_text(findings: list[Finding]) -> str:
     return f"{len(findings)} difference{'s' if len(findings) != 1 else ''} ({detail})"
 
 
-
-
 # --- the comparison (pure) --------------------------------------------------------------------
 
 CHECKED_VM_STATES = frozenset({VmState.RUNNING, VmState.STOPPED, VmState.UNKNOWN})
 RUNNING_STATES = frozenset({"running", "blocked"})  # blocked: running but idle (Xen says so)
 INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # anything else holds memory and may write
-SECTORS_PER_MIB = 2048
 # Within one severity, the order an operator should read them in.
 CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-on-wrong-host",
          "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",

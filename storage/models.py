@@ -9,6 +9,7 @@ from storage.choices import EXPORT_STATE_COLOURS, MIRROR_STATE_COLOURS, ExportSt
 from xenaoe_panel.colours import StateColourMixin
 
 LEGS = 2
+SECTORS_PER_MIB = 2048  # AoE (ATA) sectors are 512 bytes
 
 
 class Mirror(StateColourMixin, models.Model):

@@ -4,16 +4,15 @@ from __future__ import annotations
 import time
 
 from drivers import aoe, hypervisor, vblade
+from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
 from storage.choices import ExportState
-from storage.models import AoEExport
+from storage.models import SECTORS_PER_MIB, AoEExport
 from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.models import VirtualMachine
-
-SECTORS_PER_MIB = 2048
 
 
 def _vm(ctx: JobContext) -> VirtualMachine:
@@ -92,7 +91,11 @@ def stop_exports(ctx: JobContext) -> None:
 
 def verify_exports(ctx: JobContext) -> None:
     vm = _vm(ctx)
-    cpu = vm.cpu_server
+    probe_legs(ctx, vm, vm.cpu_server)
+
+
+def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
+    """Both legs answer on the wire from `cpu`, once each, with the right size."""
     legs = _legs(vm)
     # One Query Config for the slot on every shelf: both legs answer within one listening window,
     # and a second target answering to the same shelf.slot (a misconfigured SAN) shows up too.

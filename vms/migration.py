@@ -27,7 +27,7 @@ from jobs.models import Job
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, job_kind
 from jobs.services import active_job_for, start_job
 from vms.choices import VmState
-from vms.jobs import SECTORS_PER_MIB, _legs, _vm
+from vms.jobs import _legs, _vm, probe_legs
 from vms.models import VirtualMachine
 from vms.placement import cpu_candidates, n_plus_one_shortfalls
 
@@ -159,26 +159,7 @@ def precheck_target(ctx: JobContext) -> None:
         if found.returncode != 0:
             raise JobFailed(f"the guest's kernel {vm.kernel_path} is not readable on {target.name}")
         ctx.log(f"kernel {vm.kernel_path} is on {target.name}")
-    _probe_legs(ctx, vm, target)
-
-
-def _probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
-    """Both legs answer on the wire from `cpu`, once each, with the right size (as vm.create's
-    verify_exports does from the VM's own CPU server)."""
-    legs = _legs(vm)
-    answers = aoe.probe(ssh_target(cpu), cpu.san_interface, None, legs[0].slot, identify=True)
-    for leg in legs:
-        mine = [a for a in answers if (a.shelf, a.slot) == (leg.shelf, leg.slot)]
-        if not mine:
-            raise JobFailed(f"{leg.name} does not answer an AoE query from {cpu.name}:{cpu.san_interface}")
-        if len(mine) > 1:
-            raise JobFailed(f"{leg.name} is answered by {len(mine)} targets on the SAN "
-                            f"({', '.join(a.mac for a in mine)})")
-        expected = leg.size_mib * SECTORS_PER_MIB
-        if mine[0].sectors != expected:
-            raise JobFailed(f"{leg.name} reports {mine[0].sectors} sectors from {cpu.name}, expected {expected}")
-        ctx.log(f"{leg.name} answers from {cpu.name}: MAC {mine[0].mac}, {mine[0].sectors} sectors",
-                mac=mine[0].mac, sectors=mine[0].sectors)
+    probe_legs(ctx, vm, target)
 
 
 def attach_on_target(ctx: JobContext) -> None:
