@@ -15,7 +15,6 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from drivers import hypervisor
 from ha.maintenance import EVACUATE, active_evacuation, enter_maintenance, leave_maintenance
 from hosts.choices import HostState
 from hosts.models import CpuServer
@@ -23,6 +22,7 @@ from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import request_cancel
 from lab.guests import busy
+from tests.integration.on_the_hosts import busy_guest_ticks, clear_domain, domain_state
 from vms.models import VirtualMachine
 from vms.placement import PlacementError, choose_cpu_server, cpu_candidates
 from vms.services import VmRequest, create_vm, delete_vm
@@ -32,26 +32,6 @@ pytestmark = pytest.mark.lab
 MEMORY_MIB = 64
 DIRTY_MIB_PER_S = 8
 CAP_MIB_PER_S = 32  # as in test_migration.py: a few seconds of copying, with passes to show
-
-
-def _state(uri: str, name: str) -> int | None:
-    conn = libvirt.open(uri)
-    try:
-        return conn.lookupByName(name).state()[0]
-    except libvirt.libvirtError:
-        return None
-    finally:
-        conn.close()
-
-
-def _ticks(uri: str, name: str) -> int:
-    """The busy guest's timer-tick counter, read from its RAM: it grows only while the guest runs."""
-    conn = libvirt.open(uri)
-    try:
-        raw = conn.lookupByName(name).memoryPeek(busy.TICKS_ADDRESS, 4, libvirt.VIR_MEMORY_PHYSICAL)
-        return int.from_bytes(raw, "little")
-    finally:
-        conn.close()
 
 
 class Watch(threading.Thread):
@@ -89,14 +69,8 @@ class Watch(threading.Thread):
             return None
 
 
-def _clear_domain(name: str) -> None:
-    for cpu in CpuServer.objects.all():
-        hypervisor.destroy(cpu.libvirt_uri, name)
-        hypervisor.undefine(cpu.libvirt_uri, name)
-
-
 def _create(name: str, memory_mib: int, kernel: str = "") -> VirtualMachine:
-    _clear_domain(f"xa-{name}")  # left by an interrupted earlier run
+    clear_domain(f"xa-{name}")  # left by an interrupted earlier run
     job = follow(create_vm(VmRequest(name=name, vcpus=1, memory_mib=memory_mib, disk_mib=16, cpu_server="cpu2",
                                      kernel_path=kernel, allow_n_plus_one_break=True)).pk, print)
     assert job.state == "succeeded", job.message
@@ -118,7 +92,7 @@ def _cleanup(names: list[str]) -> None:
                 assert follow(delete_vm(name).pk, print).state == "succeeded"
     finally:
         for name in names:
-            _clear_domain(f"xa-{name}")
+            clear_domain(f"xa-{name}")
 
 
 @pytest.fixture
@@ -136,8 +110,8 @@ def test_maintenance_live_migrates_every_guest_away_and_stops_none(guests_on_cpu
     busy_vm, plain_vm = guests_on_cpu2
     cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
     domains = [busy_vm.domain_name, plain_vm.domain_name]
-    assert all(_state(cpu2.libvirt_uri, d) == libvirt.VIR_DOMAIN_RUNNING for d in domains)
-    ticks_before = _ticks(cpu2.libvirt_uri, busy_vm.domain_name)
+    assert all(domain_state(cpu2.libvirt_uri, d) == libvirt.VIR_DOMAIN_RUNNING for d in domains)
+    ticks_before = busy_guest_ticks(cpu2.libvirt_uri, busy_vm.domain_name)
 
     watch = Watch({"cpu1": cpu1.libvirt_uri, "cpu2": cpu2.libvirt_uri}, domains)
     watch.start()
@@ -175,9 +149,9 @@ def test_maintenance_live_migrates_every_guest_away_and_stops_none(guests_on_cpu
     # carried on (a restarted guest would start again from nought and lag behind).
     assert watch.samples > 20 and watch.gaps == [], watch.gaps[:5]
     for domain in domains:
-        assert _state(cpu1.libvirt_uri, domain) == libvirt.VIR_DOMAIN_RUNNING
-        assert _state(cpu2.libvirt_uri, domain) is None
-    ticks_after = _ticks(cpu1.libvirt_uri, busy_vm.domain_name)
+        assert domain_state(cpu1.libvirt_uri, domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert domain_state(cpu2.libvirt_uri, domain) is None
+    ticks_after = busy_guest_ticks(cpu1.libvirt_uri, busy_vm.domain_name)
     assert ticks_after > ticks_before
     assert set(VirtualMachine.objects.values_list("name", "cpu_server__name", "state")) == {
         ("evbusy", "cpu1", "running"), ("evplain", "cpu1", "running")}
@@ -208,9 +182,10 @@ def test_a_guest_too_big_for_the_others_is_listed_and_the_evacuation_fails(lab_h
         assert job.message == ("Summary failed: 1 of 2 guests moved; 1 could not: "
                                "evbig (no other CPU server has 96 MiB free (cpu1: 80 MiB))")
         assert [(c.target_name, c.state) for c in job.children.all()] == [("evsmall", "succeeded")]
-        assert _state(cpu1.libvirt_uri, small.domain_name) == libvirt.VIR_DOMAIN_RUNNING
-        assert _state(cpu2.libvirt_uri, small.domain_name) is None
-        assert _state(cpu2.libvirt_uri, big.domain_name) == libvirt.VIR_DOMAIN_RUNNING  # left running, not stopped
+        assert domain_state(cpu1.libvirt_uri, small.domain_name) == libvirt.VIR_DOMAIN_RUNNING
+        assert domain_state(cpu2.libvirt_uri, small.domain_name) is None
+        # The guest that could not move is left running, not stopped.
+        assert domain_state(cpu2.libvirt_uri, big.domain_name) == libvirt.VIR_DOMAIN_RUNNING
         assert VirtualMachine.objects.get(pk=big.pk).cpu_server == cpu2
         assert not Job.objects.filter(kind="vm.migrate", vm=big).exists()
     finally:

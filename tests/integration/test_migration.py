@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from drivers import hypervisor, ssh
+from drivers import ssh
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.follow import follow
@@ -21,6 +21,7 @@ from jobs.models import Job
 from jobs.services import request_cancel
 from lab.guests import busy
 from storage.models import AoEExport
+from tests.integration.on_the_hosts import busy_guest_ticks, clear_domain
 from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm
@@ -46,20 +47,10 @@ def _lookup(uri: str, name: str) -> tuple[int, bool] | None:
         conn.close()
 
 
-def _ticks(uri: str, name: str) -> int:
-    """The guest's own timer-tick counter, read from its RAM: it grows only while the guest runs."""
-    conn = libvirt.open(uri)
-    try:
-        raw = conn.lookupByName(name).memoryPeek(busy.TICKS_ADDRESS, 4, libvirt.VIR_MEMORY_PHYSICAL)
-        return int.from_bytes(raw, "little")
-    finally:
-        conn.close()
-
-
 def _guest_runs_on(uri: str, name: str) -> bool:
-    before = _ticks(uri, name)
+    before = busy_guest_ticks(uri, name)
     time.sleep(0.3)
-    return _ticks(uri, name) > before
+    return busy_guest_ticks(uri, name) > before
 
 
 def _has_device(cpu: CpuServer, path: str) -> bool:
@@ -74,17 +65,11 @@ def _samples(job: Job) -> list[dict]:
     return [e.data["migration"] for e in job.log.order_by("serial") if "migration" in e.data]
 
 
-def _clear_domain(name: str) -> None:
-    for cpu in CpuServer.objects.all():
-        hypervisor.destroy(cpu.libvirt_uri, name)
-        hypervisor.undefine(cpu.libvirt_uri, name)
-
-
 @pytest.fixture
 def busy_vm(lab_hosts, celery_worker_process) -> Iterator[VirtualMachine]:
     """A 64 MiB guest on cpu1 that writes 8 MiB/s of its RAM, removed again afterwards."""
     cpus = {c.name: c for c in lab_hosts["cpu"]}
-    _clear_domain(f"xa-{VM_NAME}")  # left by an interrupted earlier run
+    clear_domain(f"xa-{VM_NAME}")  # left by an interrupted earlier run
     kernel = busy.install_busy_kernel(Path(settings.LAB_DIR) / "guests", DIRTY_MIB_PER_S)
     job = create_vm(VmRequest(name=VM_NAME, vcpus=1, memory_mib=MEMORY_MIB, disk_mib=16, cpu_server="cpu1",
                               kernel_path=str(kernel), allow_n_plus_one_break=True))
@@ -95,7 +80,7 @@ def busy_vm(lab_hosts, celery_worker_process) -> Iterator[VirtualMachine]:
     try:
         assert follow(delete_vm(VM_NAME).pk, print).state == "succeeded"
     finally:
-        _clear_domain(vm.domain_name)
+        clear_domain(vm.domain_name)
 
 
 def test_live_migration_reports_progress_and_leaves_the_guest_only_on_the_target(busy_vm):

@@ -18,29 +18,14 @@ from ha.monitor import Monitor
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
-from jobs.follow import follow
 from lab import cluster
 from storage.choices import MirrorState
 from storage.models import Mirror
+from tests.integration.on_the_hosts import domain_state, succeeded
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm
 
 pytestmark = pytest.mark.lab
-
-
-def _succeeded(job) -> None:
-    job = follow(job.pk, lambda _line: None)
-    assert job.state == "succeeded", job.message
-
-
-def _domain_state(uri: str, name: str) -> int | None:
-    conn = libvirt.open(uri)
-    try:
-        return conn.lookupByName(name).state()[0]
-    except libvirt.libvirtError:
-        return None
-    finally:
-        conn.close()
 
 
 def _cycles_until(monitor: Monitor, done: Callable[[], bool], max_cycles: int, timings: list[float]) -> int:
@@ -59,14 +44,14 @@ def _cycles_until(monitor: Monitor, done: Callable[[], bool], max_cycles: int, t
 
 @pytest.fixture
 def watched_vm(lab_hosts, celery_worker_process):
-    _succeeded(create_vm(VmRequest(name="watched", vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1")))
+    succeeded(create_vm(VmRequest(name="watched", vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1")))
     yield VirtualMachine.objects.select_related("cpu_server").get(name="watched")
     cluster.up()
     # The test leaves hosts dead or in maintenance: the panel's rows back to up so the delete may run.
     for model in (CpuServer, DiskServer):
         model.objects.update(state=HostState.UP, missed_checks=0)
     if VirtualMachine.objects.filter(name="watched").exists():
-        _succeeded(delete_vm("watched"))
+        succeeded(delete_vm("watched"))
 
 
 @pytest.fixture
@@ -91,7 +76,7 @@ def test_a_dead_disk_server_degrades_mirrors_and_its_return_heals_them(watched_v
         detected = time.monotonic() - killed
         mirror.refresh_from_db()
         assert mirror.state == MirrorState.DEGRADED
-        assert _domain_state(uri, domain) == libvirt.VIR_DOMAIN_RUNNING  # the guest keeps running
+        assert domain_state(uri, domain) == libvirt.VIR_DOMAIN_RUNNING  # the guest keeps running
         incident = Incident.objects.get(kind=IncidentKind.DISK_SERVER_FAILED, host_name="disk2")
         assert incident.state == IncidentState.DEGRADED and "Exposed: watched" in incident.summary
         assert incident.events.filter(data__exposed=["watched"]).exists()
@@ -110,7 +95,7 @@ def test_a_dead_disk_server_degrades_mirrors_and_its_return_heals_them(watched_v
         assert legs & running  # disk2's leg is served again
         kinds = list(incident.events.values_list("kind", flat=True))
         assert kinds[0] == "detected" and "returned" in kinds and kinds[-1] == "closed"
-        assert _domain_state(uri, domain) == libvirt.VIR_DOMAIN_RUNNING
+        assert domain_state(uri, domain) == libvirt.VIR_DOMAIN_RUNNING
     finally:
         cluster.up()
     with capsys.disabled():

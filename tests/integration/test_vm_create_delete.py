@@ -20,21 +20,11 @@ from drivers import aoe, ssh, vblade
 from hosts.targets import ssh_target
 from jobs.models import Job
 from storage.models import AoEExport
+from tests.integration.on_the_hosts import domain_state
 from vms.models import VirtualMachine
 
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _domain_state(uri: str, name: str) -> int | None:
-    conn = libvirt.open(uri)
-    try:
-        try:
-            return conn.lookupByName(name).state()[0]
-        except libvirt.libvirtError:
-            return None
-    finally:
-        conn.close()
 
 
 def _file_exists(disk, path: str) -> bool:
@@ -58,7 +48,7 @@ def test_create_runs_the_guest_on_mirrored_aoe_exports_and_delete_removes_everyt
         ("disk1", 1, 0), ("disk2", 2, 0)]
 
     vm = VirtualMachine.objects.get(name="itest")
-    assert _domain_state(cpu2.libvirt_uri, vm.domain_name) == libvirt.VIR_DOMAIN_RUNNING
+    assert domain_state(cpu2.libvirt_uri, vm.domain_name) == libvirt.VIR_DOMAIN_RUNNING
     conn = libvirt.open(cpu2.libvirt_uri)
     xml = conn.lookupByName(vm.domain_name).XMLDesc()
     conn.close()
@@ -70,7 +60,7 @@ def test_create_runs_the_guest_on_mirrored_aoe_exports_and_delete_removes_everyt
     legs = [(leg.disk_server, leg.backing_path, leg.shelf, leg.slot) for leg in AoEExport.objects.filter(mirror__vm=vm)]
     call_command("vm", "delete", "itest", "--wait", stdout=StringIO())
     assert not VirtualMachine.objects.filter(name="itest").exists()
-    assert _domain_state(cpu2.libvirt_uri, vm.domain_name) is None
+    assert domain_state(cpu2.libvirt_uri, vm.domain_name) is None
     for disk, path, shelf, slot in legs:
         running = vblade.list_exports(ssh_target(disk))
         assert (shelf, slot) not in {(e.shelf, e.slot) for e in running}

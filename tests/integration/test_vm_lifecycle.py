@@ -19,31 +19,16 @@ from django.test import Client
 from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import request_cancel
+from tests.integration.on_the_hosts import domain_state, succeeded
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm, vm_action
 
 pytestmark = pytest.mark.lab
 
 
-def _state(uri: str, name: str) -> int | None:
-    conn = libvirt.open(uri)
-    try:
-        return conn.lookupByName(name).state()[0]
-    except libvirt.libvirtError:
-        return None
-    finally:
-        conn.close()
-
-
-def _run(job: Job) -> Job:
-    job = follow(job.pk, lambda _line: None)
-    assert job.state == "succeeded", job.message
-    return job
-
-
 @pytest.fixture
 def running_vm(lab_hosts, celery_worker_process):
-    _run(create_vm(VmRequest(name="life", vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1")))
+    succeeded(create_vm(VmRequest(name="life", vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1")))
     vm = VirtualMachine.objects.select_related("cpu_server").get(name="life")
     yield vm
     if VirtualMachine.objects.filter(name="life").exists():
@@ -51,7 +36,7 @@ def running_vm(lab_hosts, celery_worker_process):
         if busy:
             request_cancel(busy)
             follow(busy.pk, lambda _line: None)
-        _run(delete_vm("life"))
+        succeeded(delete_vm("life"))
 
 
 def test_the_whole_lifecycle_of_one_vm(running_vm):
@@ -60,14 +45,14 @@ def test_the_whole_lifecycle_of_one_vm(running_vm):
     # The lab's guests have no OS to answer ACPI: the panel must force them off after the timeout.
     call_command("vm", "stop", "life", "--timeout", "2", "--wait", stdout=out)
     assert "did not shut down within 2 s: forced off" in out.getvalue()
-    assert _state(uri, name) == libvirt.VIR_DOMAIN_SHUTOFF
+    assert domain_state(uri, name) == libvirt.VIR_DOMAIN_SHUTOFF
     assert VirtualMachine.objects.get(name="life").state == "stopped"
 
     with pytest.raises(ValidationError, match="life is stopped: cannot shut it down"):
         vm_action("life", "shutdown")
 
     call_command("vm", "start", "life", "--wait", stdout=StringIO())
-    assert _state(uri, name) == libvirt.VIR_DOMAIN_RUNNING
+    assert domain_state(uri, name) == libvirt.VIR_DOMAIN_RUNNING
     assert VirtualMachine.objects.get(name="life").state == "running"
 
     conn = libvirt.open(uri)
@@ -80,7 +65,7 @@ def test_the_whole_lifecycle_of_one_vm(running_vm):
     conn.close()
 
     call_command("vm", "force-off", "life", "--wait", stdout=StringIO())
-    assert _state(uri, name) == libvirt.VIR_DOMAIN_SHUTOFF
+    assert domain_state(uri, name) == libvirt.VIR_DOMAIN_SHUTOFF
     assert VirtualMachine.objects.get(name="life").state == "stopped"
     conn = libvirt.open(uri)
     assert conn.lookupByName(name).isPersistent()  # off, not gone
@@ -100,7 +85,7 @@ def test_a_second_operation_on_a_busy_vm_is_refused_and_a_cancelled_shutdown_lea
     assert request_cancel(job)
     job = follow(job.pk, lambda _line: None)
     assert job.state == "cancelled"
-    assert _state(running_vm.cpu_server.libvirt_uri, running_vm.domain_name) == libvirt.VIR_DOMAIN_RUNNING
+    assert domain_state(running_vm.cpu_server.libvirt_uri, running_vm.domain_name) == libvirt.VIR_DOMAIN_RUNNING
     assert VirtualMachine.objects.get(name="life").state == "running"
 
 

@@ -1,0 +1,45 @@
+"""What the hosts themselves say, asked directly (never through the panel's own view of them)."""
+from __future__ import annotations
+
+import libvirt
+
+from drivers import hypervisor
+from hosts.models import CpuServer
+from jobs.follow import follow
+from jobs.models import Job
+from lab.guests import busy
+
+
+def domain_state(uri: str, name: str) -> int | None:
+    """libvirt's state of the domain on that hypervisor, or None if it does not know it."""
+    conn = libvirt.open(uri)
+    try:
+        return conn.lookupByName(name).state()[0]
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def busy_guest_ticks(uri: str, name: str) -> int:
+    """The busy guest's timer-tick counter, read from its RAM: it grows only while the guest runs."""
+    conn = libvirt.open(uri)
+    try:
+        raw = conn.lookupByName(name).memoryPeek(busy.TICKS_ADDRESS, 4, libvirt.VIR_MEMORY_PHYSICAL)
+        return int.from_bytes(raw, "little")
+    finally:
+        conn.close()
+
+
+def clear_domain(name: str) -> None:
+    """Destroy and undefine a domain on every CPU server (left by an interrupted earlier run)."""
+    for cpu in CpuServer.objects.all():
+        hypervisor.destroy(cpu.libvirt_uri, name)
+        hypervisor.undefine(cpu.libvirt_uri, name)
+
+
+def succeeded(job: Job) -> Job:
+    """Wait for the job; it must succeed."""
+    job = follow(job.pk, lambda _line: None)
+    assert job.state == "succeeded", job.message
+    return job
