@@ -115,17 +115,23 @@ def _submit(request, vm_name: str, submit) -> HttpResponse:
     return redirect(job)
 
 
+def _optional_int(request, field: str, what: str) -> int | None:
+    """A whole number from the form, or None when left empty; a clear error otherwise."""
+    raw = request.POST.get(field) or None
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError as exc:
+        raise ValidationError(f"{what}, not {raw!r}.") from exc
+
+
 class VmActionView(OperatorRequiredMixin, View):
     def post(self, request, name: str):
         vm = get_object_or_404(VirtualMachine, name=name)
-        timeout = request.POST.get("timeout") or None
-        try:
-            timeout_s = int(timeout) if timeout is not None else None
-        except ValueError:
-            messages.error(request, f"The shutdown timeout must be a whole number of seconds, not {timeout!r}.")
-            return redirect(vm)
         return _submit(request, vm.name, lambda: vm_action(
-            vm.name, request.POST.get("action", ""), request.user, shutdown_timeout_s=timeout_s))
+            vm.name, request.POST.get("action", ""), request.user,
+            shutdown_timeout_s=_optional_int(
+                request, "timeout", "The shutdown timeout must be a whole number of seconds"),
+        ))
 
 
 class VmMigrateView(OperatorRequiredMixin, View):
@@ -133,11 +139,7 @@ class VmMigrateView(OperatorRequiredMixin, View):
         from vms.migration import migrate_vm
 
         vm = get_object_or_404(VirtualMachine, name=name)
-        cap = request.POST.get("max_mib_per_s") or None
-        try:
-            max_mib_per_s = int(cap) if cap is not None else None
-        except ValueError:
-            messages.error(request, f"The bandwidth cap must be a whole number of MiB/s, not {cap!r}.")
-            return redirect(vm)
-        target = request.POST.get("target") or None
-        return _submit(request, vm.name, lambda: migrate_vm(vm.name, target, request.user, max_mib_per_s=max_mib_per_s))
+        return _submit(request, vm.name, lambda: migrate_vm(
+            vm.name, request.POST.get("target") or None, request.user,
+            max_mib_per_s=_optional_int(request, "max_mib_per_s", "The bandwidth cap must be a whole number of MiB/s"),
+        ))
