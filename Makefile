@@ -30,6 +30,7 @@ bench: install
 	scripts/services.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.job_history
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.vm_list
 
 clean: stop
 	rm -rf .run staticfiles

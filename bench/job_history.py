@@ -19,10 +19,11 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench import database
 
 DB_NAME = "xenaoe_bench_jobs"
 JOBS = int(os.environ.get("BENCH_JOBS", "100000"))
@@ -30,7 +31,6 @@ LOG_PER_JOB = 10
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 KEEP_DB = os.environ.get("BENCH_KEEP_DB") == "1"
 RESTORE = os.environ.get("BENCH_RESTORE") == "1"
-SERVER_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
 RARE_KIND, RARE_COUNT = "cluster.fix", 40
 KINDS = {"vm.create": 30, "vm.delete": 25, "vm.start": 15, "vm.stop": 15, "vm.reboot": 8, "vm.force-off": 4,
          "vm.migrate": 3}
@@ -41,14 +41,6 @@ DISKS = [f"disk{n}" for n in range(1, 5)]
 SPAN = datetime.timedelta(days=730)
 
 
-def _server(sql: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
-        if sql == "exists":
-            return bool(conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DB_NAME]).fetchone())
-        conn.execute(sql)
-    return True
 
 
 def _jobs(now: datetime.datetime, user_ids: list[int]) -> Iterator[dict[str, Any]]:
@@ -210,23 +202,11 @@ def time_archive() -> None:
 
 
 def main() -> int:
-    os.environ["DATABASE_URL"] = f"{SERVER_URL}/{DB_NAME}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings")
-    reuse = KEEP_DB and _server("exists")
-    if not reuse:
-        _server(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        _server(f'CREATE DATABASE "{DB_NAME}"')
-    import django
-
-    # WhiteNoise looks for collected static files that a bench does not need.
-    warnings.filterwarnings("ignore", "No directory at", UserWarning)
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
+    reuse = KEEP_DB and database.exists(DB_NAME)
+    database.set_up(DB_NAME, reuse=reuse)
     from django.utils import timezone
 
     try:
-        call_command("migrate", verbosity=0)
         if not reuse:
             fill()
         medians = time_pages(timezone.now())
@@ -234,9 +214,8 @@ def main() -> int:
         if not KEEP_DB:
             time_archive()
     finally:
-        connection.close()
         if not KEEP_DB:
-            _server(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+            database.drop(DB_NAME)
     return 0
 
 

@@ -1,69 +1,83 @@
 """Websockets of host states and incidents. Authenticate, authorise, join, forward: no driver
-calls and no writes here."""
+calls and no writes here. Operators join the whole cluster's groups; a tenant's users join their
+tenant's groups, which carry only what they may see (ha.incidents._publish)."""
 from __future__ import annotations
+
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from ha.incidents import INCIDENTS_GROUP, incident_group
-from ha.models import Incident
+from ha.incidents import INCIDENTS_GROUP, incident_group, tenant_incident_group, tenant_incidents_group
 from ha.monitor import HOSTS_GROUP
+from ha.tenant_view import event_for_tenant, incident_summary, tenant_vm_names
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, _after_serial
-from jobs.permissions import is_operator
+from tenants.access import is_operator, tenant_of, visible_incidents
 
 
-class _OperatorGroupConsumer(AsyncJsonWebsocketConsumer):
-    group = ""
-
+class _GroupConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        if not is_operator(user) or not await self.allowed():
+        self.operator = is_operator(user)
+        self.tenant = await database_sync_to_async(tenant_of)(user)
+        group = await self.group_for(user)
+        if group is None:
             await self.close(code=CLOSE_NOT_FOUND)
             return
         # Join before reading any backlog: an event written in between arrives twice at worst,
         # and the page drops what it has already shown by event id.
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        self.joined = True
+        self.group = group
+        await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
         await self.send_backlog()
 
-    async def allowed(self) -> bool:
-        return True
+    async def group_for(self, user: Any) -> str | None:
+        raise NotImplementedError
 
     async def send_backlog(self) -> None:
         pass
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "joined", False):
+        if getattr(self, "group", None):
             await self.channel_layer.group_discard(self.group, self.channel_name)
-
-
-class HostStateConsumer(_OperatorGroupConsumer):
-    """ws/hosts/: every host's state, missed checks and last error as the monitor sees them."""
-    group = HOSTS_GROUP
-
-    async def host_state(self, event: dict) -> None:
-        await self.send_json(event["host"])
-
-
-class IncidentListConsumer(_OperatorGroupConsumer):
-    """ws/incidents/: every incident's state and new events (the list page and the dashboard)."""
-    group = INCIDENTS_GROUP
 
     async def incident_event(self, event: dict) -> None:
         await self.send_json({"incident": event["incident"], "event": event["event"]})
 
 
-class IncidentConsumer(_OperatorGroupConsumer):
+class HostStateConsumer(_GroupConsumer):
+    """ws/hosts/: every host's state, missed checks and last error as the monitor sees them (operators)."""
+
+    async def group_for(self, user: Any) -> str | None:
+        return HOSTS_GROUP if self.operator else None
+
+    async def host_state(self, event: dict) -> None:
+        await self.send_json(event["host"])
+
+
+class IncidentListConsumer(_GroupConsumer):
+    """ws/incidents/: incidents' states and new events (the list page and the dashboard)."""
+
+    async def group_for(self, user: Any) -> str | None:
+        if self.operator:
+            return INCIDENTS_GROUP
+        return tenant_incidents_group(self.tenant.pk) if self.tenant else None
+
+
+class IncidentConsumer(_GroupConsumer):
     """ws/incidents/<id>/?after=N: the timeline's events after id N, then live events."""
 
-    async def allowed(self) -> bool:
+    async def group_for(self, user: Any) -> str | None:
         self.incident_id = int(self.scope["url_route"]["kwargs"]["incident_id"])
-        self.group = incident_group(self.incident_id)
-        return await database_sync_to_async(Incident.objects.filter(pk=self.incident_id).exists)()
+        visible = await database_sync_to_async(visible_incidents(user).filter(pk=self.incident_id).exists)()
+        if not visible:
+            return None
+        if self.operator:
+            return incident_group(self.incident_id)
+        return tenant_incident_group(self.incident_id, self.tenant.pk)
 
     async def send_backlog(self) -> None:
         after = _after_serial(self.scope.get("query_string", b""))
@@ -71,16 +85,13 @@ class IncidentConsumer(_OperatorGroupConsumer):
             await self.send_json(message)
 
     def _backlog(self, after: int) -> list[dict]:
+        from ha.models import Incident
+
         incident = Incident.objects.get(pk=self.incident_id)
-        summary = _summary(incident)
-        events = [{"incident": summary, "event": e.as_event()} for e in incident.events.filter(pk__gt=after)]
-        return events or [{"incident": summary, "event": None}]
-
-    async def incident_event(self, event: dict) -> None:
-        await self.send_json({"incident": event["incident"], "event": event["event"]})
-
-
-def _summary(incident: Incident) -> dict:
-    return {"id": incident.pk, "kind": incident.kind, "state": incident.state,
-            "state_display": incident.get_state_display(), "colour": incident.state_colour,
-            "host": incident.host_name, "summary": incident.summary}
+        tenant = None if self.operator else self.tenant
+        summary = incident_summary(incident, tenant)
+        events = [e.as_event() for e in incident.events.filter(pk__gt=after)]
+        if tenant is not None:
+            names = tenant_vm_names(tenant)
+            events = [seen for e in events if (seen := event_for_tenant(e, tenant, names)) is not None]
+        return [{"incident": summary, "event": e} for e in events] or [{"incident": summary, "event": None}]

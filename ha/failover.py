@@ -261,7 +261,7 @@ def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
         raise
     with transaction.atomic():
         VirtualMachine.objects.filter(pk=vm.pk).update(cpu_server=target)
-        set_vm_state(vm.pk, VmState.RUNNING)
+        set_vm_state(vm.pk, VmState.RUNNING, booted=True)
 
 
 _NOT_RUNNING = hypervisor.DomainInfo("", "", "shutoff", False)

@@ -20,6 +20,8 @@ class Incident(StateColourMixin, models.Model):
     disk_server = models.ForeignKey("hosts.DiskServer", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="incidents")
     summary = models.TextField(blank=True)
+    # The tenants whose VMs it touched (their users see it, with only their VMs' part of the timeline).
+    tenants = models.ManyToManyField("tenants.Tenant", blank=True, related_name="incidents")
     fenced_by = models.CharField(max_length=16, blank=True, help_text="The fence method that confirmed.")
     opened_at = models.DateTimeField(auto_now_add=True, db_index=True)
     closed_at = models.DateTimeField(null=True, blank=True)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import ValidationError
 from django.db.models import Case, IntegerField, Value, When
 from django.http import Http404, HttpRequest, HttpResponse
@@ -16,8 +17,10 @@ from django.views.generic import DetailView, ListView
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident
 from ha.storage_health import exposed_guests
+from ha.tenant_view import event_for_tenant, tenant_vm_names
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_incidents
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
 # An operator may confirm a fence while the failover waits for one (or gave up on finding one).
@@ -37,26 +40,45 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(exc.messages)
 
 
-class IncidentListView(OperatorRequiredMixin, ListView):
+class IncidentListView(LoginRequiredMixin, ListView):
+    """Every incident for operators; a tenant's users see those that touched their VMs."""
+
     template_name = "ha/incident_list.html"
     context_object_name = "incidents"
     paginate_by = 50
 
     def get_queryset(self):
-        return open_first(Incident.objects.all())
+        return open_first(visible_incidents(self.request.user))
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_context_data(**kwargs) | {"hide_hosts": not shows_cpu_server(self.request.user)}
 
 
-class IncidentDetailView(OperatorRequiredMixin, DetailView):
-    model = Incident
-    template_name = "ha/incident_detail.html"
+class IncidentDetailView(LoginRequiredMixin, DetailView):
     context_object_name = "incident"
+
+    def get_queryset(self):
+        return visible_incidents(self.request.user)
+
+    def get_template_names(self) -> list[str]:
+        return ["ha/incident_detail.html" if is_operator(self.request.user) else "ha/incident_tenant.html"]
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         incident = self.object
+        context["event_kinds_json"] = json.dumps(dict(EventKind.choices))
+        if not is_operator(self.request.user):
+            tenant = tenant_of(self.request.user)
+            names = tenant_vm_names(tenant)
+            kinds = dict(EventKind.choices)
+            context["events"] = [
+                seen | {"kind_display": kinds.get(seen["kind"], seen["kind"])}
+                for e in incident.events.all() if (seen := event_for_tenant(e.as_event(), tenant, names))
+            ]
+            context["show_host"] = tenant.shows_cpu_server
+            return context
         context["events"] = incident.events.select_related("job", "user")
         context["can_confirm_fence"] = can_confirm_fence(incident)
-        context["event_kinds_json"] = json.dumps(dict(EventKind.choices))
         if incident.kind == IncidentKind.DISK_SERVER_FAILED and incident.is_open:
             context["exposed"] = exposed_guests()
         return context

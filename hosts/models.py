@@ -107,3 +107,22 @@ class CpuServer(Host):
     @property
     def fence_method_list(self) -> list[str]:
         return [m for m in self.fence_methods.split(",") if m]
+
+
+class HostSample(models.Model):
+    """What a CPU server carried at one moment, from the panel's own records (the VMs placed on it,
+    counted as placement counts them): the history plot on its page. Written by the monitor at most
+    once per XENAOE_HISTORY_INTERVAL_S, deleted after XENAOE_HISTORY_RETENTION_DAYS (hosts/history.py)."""
+
+    cpu_server = models.ForeignKey(CpuServer, on_delete=models.CASCADE, related_name="samples")
+    time = models.DateTimeField(db_index=True)
+    memory_used_mib = models.PositiveBigIntegerField()
+    memory_mib = models.PositiveBigIntegerField(help_text="The server's memory for guests when sampled.")
+    guests = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["cpu_server", "time"]
+        indexes = [models.Index(fields=["cpu_server", "time"], name="hostsample_server_time")]
+
+    def __str__(self) -> str:
+        return f"{self.time:%Y-%m-%d %H:%M}: {self.memory_used_mib} MiB, {self.guests} guests"

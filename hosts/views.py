@@ -1,50 +1,80 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.views.generic import DetailView, TemplateView
 
 from ha.choices import IncidentState
 from ha.models import Incident
 from ha.storage_health import exposed_guests
+from hosts import history
+from hosts.capacity import cluster_capacity, cpu_capacity, disk_capacity
 from hosts.models import CpuServer, DiskServer
+from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from storage.models import AoEExport
-from vms.models import VirtualMachine
-from vms.placement import cpu_candidates
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
+RUNNING_JOBS_SHOWN = 20
+RECENT_JOBS_SHOWN = 5
+OPEN_INCIDENTS_SHOWN = 20
 
-def disk_usage() -> list[dict]:
-    return [
-        {"server": s, "used_mib": s.used_mib, "free_mib": s.capacity_mib - s.used_mib,
-         "percent": int(100 * s.used_mib / s.capacity_mib) if s.capacity_mib else 0}
-        for s in DiskServer.objects.all()
-    ]
+
+def _capacity_context() -> dict[str, Any]:
+    capacity = cluster_capacity()
+    return {"cpu_servers": capacity.cpu, "disk_servers": capacity.disk, "shortfalls": capacity.shortfalls}
+
+
+def _jobs_context() -> dict[str, Any]:
+    active = Job.objects.filter(state__in=ACTIVE_STATES)
+    return {"jobs": list(active.order_by("created_at", "id")[:RUNNING_JOBS_SHOWN]), "jobs_total": active.count(),
+            "recent_jobs": list(Job.objects.exclude(state__in=ACTIVE_STATES)[:RECENT_JOBS_SHOWN])}
+
+
+def _incidents_context() -> dict[str, Any]:
+    return {"open_incidents": Incident.objects.exclude(state=IncidentState.CLOSED)[:OPEN_INCIDENTS_SHOWN],
+            "exposed": exposed_guests()}
 
 
 class DashboardView(OperatorRequiredMixin, TemplateView):
-    template_name = "hosts/dashboard.html"
+    """The cluster at a glance. Each live part is also served alone (`?fragment=capacity|jobs|incidents`):
+    static/js/dashboard.js fetches it again when an event says it changed, so the page and its
+    updates come from the same template."""
 
-    def get_context_data(self, **kwargs):
+    template_name = "hosts/dashboard.html"
+    fragments = {"capacity": _capacity_context, "jobs": _jobs_context, "incidents": _incidents_context}
+
+    def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        name = request.GET.get("fragment")
+        if name is None:
+            return super().get(request, *args, **kwargs)
+        if name not in self.fragments:
+            raise Http404("No such fragment.")
+        response = TemplateResponse(request, f"hosts/dashboard_{name}.html", self.fragments[name]())
+        response["Cache-Control"] = "no-store"
+        return response
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        context["cpu_servers"] = [
-            {"server": c.server, "used_mib": c.used_mib, "free_mib": c.free_mib,
-             "percent": int(100 * c.used_mib / c.server.memory_mib) if c.server.memory_mib else 0}
-            for c in cpu_candidates()
-        ]
-        context["all_cpu_servers"] = CpuServer.objects.all()
-        context["disk_servers"] = disk_usage()
-        context["vms"] = VirtualMachine.objects.select_related("cpu_server")[:20]
-        context["jobs"] = Job.objects.all()[:10]
-        context["open_incidents"] = Incident.objects.exclude(state=IncidentState.CLOSED)[:20]
-        context["exposed"] = exposed_guests()
+        for make in self.fragments.values():
+            context.update(make())
         return context
 
 
 class CpuServerDetailView(OperatorRequiredMixin, DetailView):
+    """A CPU server: its state, what it carries (with the N+1 reserve) and its history (`?range=1h|24h|7d`)."""
+
     model = CpuServer
     template_name = "hosts/cpuserver_detail.html"
 
-    def get_context_data(self, **kwargs):
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["open_incidents"] = self.object.incidents.exclude(state=IncidentState.CLOSED)
+        context["capacity"] = cpu_capacity(self.object.pk)[0][0]
+        context["chart"] = history.chart(self.object, self.request.GET.get("range", history.DEFAULT_RANGE))
+        context["ranges"] = list(history.RANGES)
         return context
 
 
@@ -52,8 +82,9 @@ class DiskServerDetailView(OperatorRequiredMixin, DetailView):
     model = DiskServer
     template_name = "hosts/diskserver_detail.html"
 
-    def get_context_data(self, **kwargs):
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
+        context["capacity"] = disk_capacity(self.object.pk)[0]
         context["exports"] = AoEExport.objects.filter(disk_server=self.object).select_related("mirror__vm")
         context["open_incidents"] = self.object.incidents.exclude(state=IncidentState.CLOSED)
         return context
@@ -62,7 +93,7 @@ class DiskServerDetailView(OperatorRequiredMixin, DetailView):
 class HostListView(OperatorRequiredMixin, TemplateView):
     template_name = "hosts/host_list.html"
 
-    def get_context_data(self, **kwargs):
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["cpu_servers"] = CpuServer.objects.all()
         context["disk_servers"] = DiskServer.objects.all()

@@ -9,7 +9,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from jobs.events import entry_event, job_group
 from jobs.models import Job
-from jobs.permissions import can_view_job
+from jobs.redaction import redactor_for
+from tenants.access import visible_jobs
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -25,17 +26,17 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         if not await database_sync_to_async(self._visible)(user):
             await self.close(code=CLOSE_NOT_FOUND)
             return
+        self.redact = await database_sync_to_async(redactor_for)(user)
         # Join before reading the backlog: an entry written in between arrives twice at worst,
         # and the browser drops what it has already seen by serial.
         await self.channel_layer.group_add(job_group(self.job_id), self.channel_name)
         await self.accept()
         after = _after_serial(self.scope.get("query_string", b""))
         for event in await database_sync_to_async(self._backlog)(after):
-            await self.send_json(event)
+            await self.send_json(self.redact(event))
 
     def _visible(self, user) -> bool:
-        job = Job.objects.filter(pk=self.job_id).first()
-        return job is not None and can_view_job(user, job)
+        return visible_jobs(user).filter(pk=self.job_id).exists()
 
     def _backlog(self, after: int) -> list[dict]:
         job = Job.objects.get(pk=self.job_id)
@@ -50,7 +51,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(job_group(self.job_id), self.channel_name)
 
     async def job_event(self, event: dict) -> None:
-        await self.send_json({"job": event["job"], "entry": event["entry"]})
+        await self.send_json(self.redact({"job": event["job"], "entry": event["entry"]}))
 
 
 def _after_serial(query_string: bytes) -> int:

@@ -60,6 +60,9 @@ class Job(StateColourMixin, models.Model):
     # A job made of other jobs (an evacuation and its migrations) is their parent.
     parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    # The VM's tenant when the job was written: its users keep seeing the job after the VM is gone.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.SET_NULL, null=True, blank=True,
+                               related_name="jobs")
     step = models.PositiveSmallIntegerField(default=0)
     total_steps = models.PositiveSmallIntegerField(default=0)
     message = models.TextField(blank=True)
@@ -88,6 +91,7 @@ class Job(StateColourMixin, models.Model):
             models.Index(fields=["kind", "created_at", "id"], name="job_kind_created_id"),
             models.Index(fields=["target_name", "created_at", "id"], name="job_target_created_id"),
             models.Index(fields=["user", "created_at", "id"], name="job_user_created_id"),
+            models.Index(fields=["tenant", "created_at", "id"], name="job_tenant_created_id"),
         ]
         constraints = [
             # One operation per VM at a time, kept by the database itself: two requests racing
@@ -137,6 +141,8 @@ class Job(StateColourMixin, models.Model):
             "id": self.pk,
             "kind": self.kind,
             "state": self.state,
+            "state_display": self.get_state_display(),
+            "colour": self.state_colour,
             "step": self.step,
             "total_steps": self.total_steps,
             "percent": self.percent,

@@ -28,7 +28,7 @@ def start_job(
             job = Job.objects.create(
                 kind=kind, vm=vm, target_name=target_name or (vm.name if vm else ""),
                 params=params or {}, user=user if user is not None and user.is_authenticated else None,
-                parent=parent,
+                parent=parent, tenant_id=vm.tenant_id if vm is not None else (parent.tenant_id if parent else None),
             )
     except IntegrityError as exc:
         busy = active_job_for(vm)

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -14,8 +15,9 @@ from django.views.generic import DetailView, ListView
 from hosts.models import CpuServer, DiskServer
 from jobs.filters import JobFilterForm, kinds_present
 from jobs.models import Job
+from jobs.redaction import redactor_for
 from jobs.services import request_cancel
-from xenaoe_panel.mixins import OperatorRequiredMixin
+from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_jobs
 
 LOG_PAGE = 500
 # Suggestions offered under the user filter; operators are a handful, this only bounds a mistake.
@@ -45,7 +47,7 @@ class JobPaginator(Paginator):
         return self._get_page(list(jobs.filter(pk__in=ids)) if ids else [], number, self)
 
 
-class JobListView(OperatorRequiredMixin, ListView):
+class JobListView(LoginRequiredMixin, ListView):
     """The job history of the whole cluster, filtered by the query string (jobs.filters).
 
     /jobs/?vm=NAME is one VM's history. Bad filter values show the form's messages, with status
@@ -58,14 +60,19 @@ class JobListView(OperatorRequiredMixin, ListView):
     form: JobFilterForm
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        self.form = JobFilterForm(request.GET, kinds=kinds_present())
+        operator = is_operator(request.user)
+        tenant = tenant_of(request.user)
+        users = get_user_model().objects.all() if operator else get_user_model().objects.filter(
+            membership__tenant=tenant)
+        self.form = JobFilterForm(request.GET, kinds=kinds_present(), users=users,
+                                  with_hosts=shows_cpu_server(request.user))
         response = super().get(request, *args, **kwargs)
         if self.form.errors:
             response.status_code = 400
         return response
 
     def get_queryset(self) -> QuerySet[Job]:
-        jobs = Job.objects.select_related("user")
+        jobs = visible_jobs(self.request.user).select_related("user")
         if not self.form.is_valid():
             self.form.mark_errors()
             return jobs.none()
@@ -82,47 +89,59 @@ class JobListView(OperatorRequiredMixin, ListView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         count = context["paginator"].count
+        operator = is_operator(self.request.user)
         context.update(
+            hide_hosts=not shows_cpu_server(self.request.user),
             form=self.form,
             job_count=count,
             count_text=f"{count:,} job{'' if count == 1 else 's'}",
             host_names=sorted(
                 [*CpuServer.objects.values_list("name", flat=True), *DiskServer.objects.values_list("name", flat=True)]
-            ),
-            user_names=get_user_model().objects.order_by("username").values_list("username", flat=True)[
+            ) if operator else [],
+            user_names=self.form.users.order_by("username").values_list("username", flat=True)[
                 :MAX_USER_SUGGESTIONS
             ],
         )
         return context
 
 
-class JobDetailView(OperatorRequiredMixin, DetailView):
-    model = Job
+class JobDetailView(LoginRequiredMixin, DetailView):
     template_name = "jobs/job_detail.html"
+
+    def get_queryset(self) -> QuerySet[Job]:
+        return visible_jobs(self.request.user)
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["entries"] = self.object.log.order_by("serial")
-        context["summary"] = self.object.summary()
+        redact = redactor_for(self.request.user)
+        context["entries"] = [redact(e.as_event()) | {"time": e.time} for e in self.object.log.order_by("serial")]
+        context["summary"] = redact(self.object.summary())
+        context["message"] = redact(self.object.message)
         return context
 
 
-class JobLogView(OperatorRequiredMixin, View):
+class JobLogView(LoginRequiredMixin, View):
     """The log after a serial, as JSON: for clients without websockets and for scripts."""
 
     def get(self, request, pk: int):
-        job = get_object_or_404(Job, pk=pk)
+        job = get_object_or_404(visible_jobs(request.user), pk=pk)
         try:
             after = max(int(request.GET.get("after", 0)), 0)
         except ValueError:
             after = 0
         entries = job.log.filter(serial__gt=after).order_by("serial")[:LOG_PAGE]
-        return JsonResponse({"job": job.summary(), "entries": [e.as_event() for e in entries]})
+        redact = redactor_for(request.user)
+        return JsonResponse(redact({"job": job.summary(), "entries": [e.as_event() for e in entries]}))
 
 
-class JobCancelView(OperatorRequiredMixin, View):
+class JobCancelView(LoginRequiredMixin, View):
+    """Operators cancel any job; a tenant's user the jobs they started themselves."""
+
     def post(self, request, pk: int):
-        job = get_object_or_404(Job, pk=pk)
+        job = get_object_or_404(visible_jobs(request.user), pk=pk)
+        if not (is_operator(request.user) or job.user_id == request.user.pk):
+            messages.error(request, "Only an operator or whoever started this job can cancel it.")
+            return redirect(job)
         if request_cancel(job):
             messages.warning(request, f"Cancelling job #{job.pk}: it stops at its next safe point and undoes its work.")
         else:

@@ -30,6 +30,11 @@ start)
   password_file="$RUN/operator-password"
   [ -s "$password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$password_file")
   $PY manage.py ensure_operator operator --password-file "$password_file"
+  # A tenant with a user, to see the panel as a tenant sees it (created once; kept across runs).
+  tenant_password_file="$RUN/tenant-password"
+  [ -s "$tenant_password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$tenant_password_file")
+  $PY manage.py tenant show demo >/dev/null 2>&1 || $PY manage.py tenant create demo --name "Demo tenant" >/dev/null
+  $PY manage.py tenant adduser demo tenant --password-file "$tenant_password_file" >/dev/null 2>&1 || true
   stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"; stop_pid "$RUN/beat.pid"
   stop_pid "$RUN/monitor.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
@@ -49,6 +54,7 @@ XenAoE Panel is running.
   URL:      http://127.0.0.1:$PORT/
   login:    operator
   password: $(cat "$password_file")
+  tenant:   tenant / $(cat "$tenant_password_file")   (a user of the tenant "demo": sees only its VMs)
 Logs in $RUN/ (web.log, worker.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;

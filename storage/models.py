@@ -5,7 +5,14 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
 
-from storage.choices import EXPORT_STATE_COLOURS, MIRROR_STATE_COLOURS, ExportState, MirrorState
+from storage.choices import (
+    EXPORT_STATE_COLOURS,
+    MIRROR_HEALTH_COLOURS,
+    MIRROR_STATE_COLOURS,
+    ExportState,
+    MirrorHealth,
+    MirrorState,
+)
 from xenaoe_panel.colours import StateColourMixin
 
 LEGS = 2
@@ -13,11 +20,35 @@ SECTORS_PER_MIB = 2048  # AoE (ATA) sectors are 512 bytes
 
 
 class Mirror(StateColourMixin, models.Model):
-    """One guest disk: a RAID1 of two legs (exports) on two different disk servers."""
+    """One guest disk: a RAID1 of two legs (exports) on two different disk servers.
+
+    Two views of it: `state` is the legs on the wire (do the exports answer the CPU servers;
+    ha/storage_health.py), `health` and the fields after it the array as the guest's own md sees
+    it (/proc/mdstat through the guest agent; storage/guest_health.py). The guest's view is the
+    mirror's health shown; without a guest agent it is unknown, and `health_detail` says why.
+    """
 
     STATE_COLOURS = MIRROR_STATE_COLOURS
     vm = models.OneToOneField("vms.VirtualMachine", on_delete=models.CASCADE, related_name="mirror")
     state = models.CharField(max_length=16, choices=MirrorState.choices, default=MirrorState.UNKNOWN)
+    health = models.CharField(max_length=16, choices=MirrorHealth.choices, default=MirrorHealth.UNKNOWN)
+    # Why it is unknown ("no guest agent", "guest not running"), or what md says ("[U_]").
+    health_detail = models.CharField(max_length=200, blank=True)
+    resync_percent = models.FloatField(null=True, blank=True)
+    resync_eta_s = models.PositiveIntegerField(null=True, blank=True)
+    # Legs (0, 1) that hold no in-sync copy in the guest's array: lost, or being rebuilt.
+    missing_legs = models.JSONField(default=list, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)  # when the guest was last asked
+
+    @property
+    def health_colour(self) -> str:
+        return MIRROR_HEALTH_COLOURS.get(self.health, "secondary")
+
+    @property
+    def missing_leg_names(self) -> str:
+        """"leg 1" / "legs 0, 1": for pages."""
+        legs = ", ".join(str(leg) for leg in self.missing_legs)
+        return f"leg{'s' if len(self.missing_legs) > 1 else ''} {legs}" if legs else ""
 
     def __str__(self) -> str:
         return f"mirror of {self.vm.name}"

@@ -181,9 +181,12 @@ def test_anonymous_visitors_are_sent_to_the_login_page(client):
     assert response.url.startswith("/login/")
 
 
-def test_users_who_are_not_operators_are_refused(client):
-    client.force_login(User.objects.create_user("tenant"))
-    assert client.get("/jobs/").status_code == 403
+def test_users_of_no_tenant_see_no_jobs(client, history):
+    client.force_login(User.objects.create_user("nobody"))
+    response = client.get("/jobs/")
+    assert response.status_code == 200
+    assert "No jobs yet" in response.content.decode()
+    assert client.get(f"/jobs/{history['create_web1'].pk}/").status_code == 404
 
 
 def test_the_job_table_still_renders_on_the_dashboard_and_links_a_target_to_its_history(staff_client, history):

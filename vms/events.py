@@ -1,13 +1,20 @@
-"""VM state on the channel layer: group "vms" for pages showing many VMs (operators)."""
+"""VM state on the channel layer: group "vms" for operators' pages, "vms.tenant.<id>" for a tenant's."""
 from __future__ import annotations
 
+from django.utils import timezone
+
+from vms.choices import VmState
 from vms.models import VirtualMachine
 from xenaoe_panel.broadcast import send_on_commit
 
 VMS_GROUP = "vms"
 
 
-def vm_event(vm: VirtualMachine) -> dict:
+def tenant_vms_group(tenant_id: int) -> str:
+    return f"vms.tenant.{tenant_id}"
+
+
+def vm_event(vm: VirtualMachine, *, with_cpu_server: bool = True) -> dict:
     return {
         "type": "vm.state",
         "vm": {
@@ -15,19 +22,38 @@ def vm_event(vm: VirtualMachine) -> dict:
             "state": vm.state,
             "state_display": vm.get_state_display(),
             "colour": vm.state_colour,
-            "cpu_server": vm.cpu_server.name if vm.cpu_server else None,
+            "cpu_server": (vm.cpu_server.name if vm.cpu_server else None) if with_cpu_server else None,
+            "running_since": vm.running_since.isoformat() if vm.running_since else None,
         },
     }
 
 
 def publish_vm(vm: VirtualMachine) -> None:
-    """Tell open pages about the VM's state, after the transaction that changed it commits."""
+    """Tell open pages about the VM's state, after the transaction that changed it commits:
+    operators' pages, and its tenant's (which learn the CPU server only if the tenant may)."""
     send_on_commit([VMS_GROUP], vm_event(vm), f"the state of {vm.name}")
+    if vm.tenant_id is not None:
+        send_on_commit([tenant_vms_group(vm.tenant_id)], vm_event(vm, with_cpu_server=vm.tenant.shows_cpu_server),
+                       f"the state of {vm.name} (tenant)")
 
 
-def set_vm_state(vm_id: int, state: str) -> None:
-    """Record a VM's state and push it to the pages."""
-    VirtualMachine.objects.filter(pk=vm_id).update(state=state)
-    vm = VirtualMachine.objects.select_related("cpu_server").filter(pk=vm_id).first()
+def set_vm_state(vm_id: int, state: str, *, booted: bool = False) -> None:
+    """Record a VM's state and push it to the pages.
+
+    Uptime (`running_since`) starts when the guest boots (`booted`: a start or a failover restart)
+    or is first seen running, survives a live migration and a spell of "unknown", and ends when
+    the VM stops."""
+    vms = VirtualMachine.objects.filter(pk=vm_id)
+    if state == VmState.RUNNING:
+        if booted:
+            vms.update(state=state, running_since=timezone.now())
+        else:
+            vms.update(state=state)
+            vms.filter(running_since__isnull=True).update(running_since=timezone.now())
+    elif state == VmState.UNKNOWN:
+        vms.update(state=state)
+    else:
+        vms.update(state=state, running_since=None)
+    vm = VirtualMachine.objects.select_related("cpu_server", "tenant").filter(pk=vm_id).first()
     if vm is not None:
         publish_vm(vm)

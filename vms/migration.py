@@ -26,6 +26,7 @@ from jobs.choices import LogLevel
 from jobs.models import Job
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, job_kind
 from jobs.services import active_job_for, start_job
+from tenants.access import is_operator
 from vms.choices import VmState
 from vms.jobs import _legs, _vm, probe_legs
 from vms.models import VirtualMachine
@@ -64,6 +65,8 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
     bandwidth cap in MiB/s; `parent` is the job it is part of (a host's evacuation). Raises
     ValidationError (nothing changed) for bad input, a busy VM (naming its job) or a target
     without room."""
+    if user is not None and not is_operator(user):
+        raise ValidationError({"__all__": "only operators migrate VMs"})
     if max_mib_per_s is not None and (
             not isinstance(max_mib_per_s, int) or not 1 <= max_mib_per_s <= MAX_BANDWIDTH_MIB):
         raise ValidationError({"max_mib_per_s": f"the bandwidth cap must be between 1 and {MAX_BANDWIDTH_MIB} "
@@ -154,11 +157,13 @@ def precheck_target(ctx: JobContext) -> None:
     ctx.log(f"{target.name}: libvirt answers ({info.hypervisor}, host {info.hostname}), "
             f"{target.free_memory_mib} MiB of {target.memory_mib} MiB unreserved, {vm.memory_mib} MiB needed",
             free_memory_mib=target.free_memory_mib, host_free_bytes=info.free_memory_bytes)
-    if vm.kernel_path:
-        found = ssh.run(ssh_target(target), ["test", "-r", vm.kernel_path], timeout=15, check=False)
+    for what, path in (("kernel", vm.kernel_path), ("initramfs", vm.initrd_path)):
+        if not path:
+            continue
+        found = ssh.run(ssh_target(target), ["test", "-r", path], timeout=15, check=False)
         if found.returncode != 0:
-            raise JobFailed(f"the guest's kernel {vm.kernel_path} is not readable on {target.name}")
-        ctx.log(f"kernel {vm.kernel_path} is on {target.name}")
+            raise JobFailed(f"the guest's {what} {path} is not readable on {target.name}")
+        ctx.log(f"{what} {path} is on {target.name}")
     probe_legs(ctx, vm, target)
 
 

@@ -23,12 +23,21 @@ class VirtualMachine(StateColourMixin, models.Model):
     cpu_server = models.ForeignKey(
         "hosts.CpuServer", on_delete=models.PROTECT, related_name="vms", null=True, blank=True
     )
+    # The organisation that owns it (tenants/). None: the operators' own, seen by operators only.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.PROTECT, related_name="vms", null=True, blank=True)
     state = models.CharField(max_length=16, choices=VmState.choices, default=VmState.CREATING)
+    # Since when it has been running without a stop (a live migration or failover restart of a
+    # running guest keeps it: uptime is the guest's, not the host's).
+    running_since = models.DateTimeField(null=True, blank=True)
     domain_uuid = models.UUIDField(null=True, blank=True)
     kernel_path = models.CharField(
         max_length=255, blank=True,
         help_text="Direct kernel boot: a kernel image at this path on every CPU server (empty: boot the disk).",
     )
+    # With a kernel: its initramfs (same rule as the kernel) and command line; empty: none.
+    initrd_path = models.CharField(max_length=255, blank=True,
+                                   help_text="Direct kernel boot: an initramfs at this path on every CPU server.")
+    kernel_cmdline = models.CharField(max_length=255, blank=True, help_text="Direct kernel boot: the command line.")
     # When its CPU server fails: restart it elsewhere (after the fence), highest priority first.
     auto_restart = models.BooleanField(default=True)
     restart_priority = models.PositiveSmallIntegerField(default=100, help_text="Higher restarts first.")
@@ -37,6 +46,12 @@ class VirtualMachine(StateColourMixin, models.Model):
 
     class Meta:
         ordering = ["name"]
+        indexes = [
+            # The VM list filters by tenant, state or host and pages by name, also with 10,000 VMs.
+            models.Index(fields=["tenant", "name"], name="vm_tenant_name"),
+            models.Index(fields=["state", "name"], name="vm_state_name"),
+            models.Index(fields=["cpu_server", "name"], name="vm_cpu_server_name"),
+        ]
 
     def __str__(self) -> str:
         return self.name

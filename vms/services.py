@@ -13,6 +13,10 @@ from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from jobs.services import start_job
 from storage.models import AoEExport, Mirror
+from tenants.access import is_operator, may_run, tenant_of, visible_vms
+from tenants.models import Tenant
+from tenants.quotas import lock as quota_lock
+from tenants.quotas import shortfalls as quota_shortfalls
 from vms.choices import VmState
 from vms.events import publish_vm
 from vms.models import VirtualMachine, vm_name_validator
@@ -27,8 +31,11 @@ class VmRequest:
     disk_mib: int
     cpu_server: str | None = None  # None: the panel chooses
     kernel_path: str = ""  # direct kernel boot from this path on the CPU servers
+    initrd_path: str = ""  # with kernel_path: its initramfs, same rule
+    kernel_cmdline: str = ""  # with kernel_path: its command line
     # Place it even if a CPU server's failure would then leave guests without room (recorded).
     allow_n_plus_one_break: bool = False
+    tenant: str | None = None  # the owning tenant's short name; a tenant's user always creates for their own
 
 
 def _check_range(errors: dict[str, str], field: str, what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
@@ -51,20 +58,57 @@ def validate_request(req: VmRequest) -> None:
         errors["name"] = f"a VM named {req.name!r} already exists"
     if req.kernel_path and (not req.kernel_path.startswith("/") or not req.kernel_path.isprintable()):
         errors["kernel_path"] = f"the kernel must be an absolute path, not {req.kernel_path!r}"
+    if req.initrd_path and (not req.initrd_path.startswith("/") or not req.initrd_path.isprintable()):
+        errors["initrd_path"] = f"the initramfs must be an absolute path, not {req.initrd_path!r}"
+    if req.kernel_cmdline and not req.kernel_cmdline.isprintable():
+        errors["kernel_cmdline"] = f"bad kernel command line {req.kernel_cmdline!r}"
+    if (req.initrd_path or req.kernel_cmdline) and not req.kernel_path:
+        errors["kernel_path"] = "an initramfs or a kernel command line needs a kernel"
     if req.cpu_server and not CpuServer.objects.filter(name=req.cpu_server).exists():
         errors["cpu_server"] = f"no CPU server named {req.cpu_server!r}"
     if errors:
         raise ValidationError(errors)
 
 
+def _owner(req: VmRequest, user: AbstractBaseUser | None) -> Tenant | None:
+    """The tenant the new VM will belong to, after checking the user may create it there.
+
+    Operators (and the CLI, with no user) create for any tenant or none; a tenant's user creates
+    only for their own tenant, if it may create VMs, and leaves placement to the panel."""
+    if user is None or is_operator(user):
+        if not req.tenant:
+            return None
+        tenant = Tenant.objects.filter(slug=req.tenant).first()
+        if tenant is None:
+            raise ValidationError({"tenant": f"no tenant named {req.tenant!r}"})
+        return tenant
+    tenant = tenant_of(user)
+    if tenant is None or not tenant.may_create_vms:
+        raise ValidationError({"__all__": "you may not create VMs; ask an operator"})
+    if req.tenant and req.tenant != tenant.slug:
+        raise ValidationError({"tenant": f"no tenant named {req.tenant!r}"})
+    if req.cpu_server or req.allow_n_plus_one_break or req.kernel_path or req.initrd_path or req.kernel_cmdline:
+        raise ValidationError({"__all__": "only operators choose the CPU server, the kernel or to break N+1"})
+    return tenant
+
+
 def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
     """Reserve the VM's memory, slot and volumes, and queue the job that builds it.
 
-    Raises ValidationError (nothing changed) for bad input or when the cluster has no room.
+    Raises ValidationError (nothing changed) for bad input, a quota it would exceed, or when the
+    cluster has no room.
     """
     validate_request(req)
+    owner = _owner(req, user)
     try:
         with transaction.atomic():
+            if owner is not None:
+                # The tenant's row first (quota checks of one tenant are serialised), then the
+                # servers': every create takes its locks in this order.
+                over = quota_shortfalls(quota_lock(owner.pk), vcpus=req.vcpus, memory_mib=req.memory_mib,
+                                        disk_mib=req.disk_mib)
+                if over:
+                    raise ValidationError({"__all__": over})
             # Lock every server row: placements are serialised, so two requests cannot both
             # take the last free memory or the same slot.
             list(CpuServer.objects.select_for_update().order_by("pk"))
@@ -78,6 +122,8 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
             vm = VirtualMachine.objects.create(
                 name=req.name, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
                 cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(), kernel_path=req.kernel_path,
+                initrd_path=req.initrd_path, kernel_cmdline=req.kernel_cmdline,
+                tenant=owner,
             )
             mirror = Mirror.objects.create(vm=vm)
             for leg, disk in enumerate(disks):
@@ -90,6 +136,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 "vm.create", vm=vm, user=user,
                 params={"vcpus": req.vcpus, "memory_mib": req.memory_mib, "disk_mib": req.disk_mib,
                         "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic",
+                        "tenant": owner.slug if owner else None,
                         "n_plus_one_override": [str(s) for s in shortfalls]},
             )
     except PlacementError as exc:
@@ -99,12 +146,23 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
         raise ValidationError({"name": f"a VM named {req.name!r} already exists"}) from exc
 
 
+def locked_vm(name: str, user: AbstractBaseUser | None, action: str) -> VirtualMachine:
+    """The VM row, locked, if `user` may see it and run `action` on it (no user: the CLI, which
+    operators run). A VM the user may not see does not exist for them."""
+    vms = VirtualMachine.objects.all() if user is None else visible_vms(user)
+    vm = vms.select_for_update().filter(name=name).first()
+    if vm is None:
+        raise ValidationError({"name": f"no VM named {name!r}"})
+    if user is not None and not may_run(user, action):
+        verb = action.replace("_", " ")
+        raise ValidationError({"action": f"your tenant's users may not {verb} VMs; ask an operator"})
+    return vm
+
+
 def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
     """Queue the job that removes the domain, both exports and both volumes."""
     with transaction.atomic():
-        vm = VirtualMachine.objects.select_for_update().filter(name=name).first()
-        if vm is None:
-            raise ValidationError({"name": f"no VM named {name!r}"})
+        vm = locked_vm(name, user, "delete")
         job = start_job("vm.delete", vm=vm, user=user)
         vm.state = VmState.DELETING
         vm.save(update_fields=["state", "updated_at"])
@@ -141,9 +199,7 @@ def vm_action(name: str, action: str, user: AbstractBaseUser | None = None, *,
     if not 0 <= timeout <= 3600:
         raise ValidationError({"timeout": f"the shutdown timeout must be 0 to 3600 s, not {timeout}"})
     with transaction.atomic():
-        vm = VirtualMachine.objects.select_for_update().filter(name=name).first()
-        if vm is None:
-            raise ValidationError({"name": f"no VM named {name!r}"})
+        vm = locked_vm(name, user, action)
         if vm.cpu_server_id is None:
             raise ValidationError({"name": f"{name} has no CPU server"})
         if vm.state not in spec.allowed_states:

@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.VmListView.as_view(), name="vm-list"),
     path("new/", views.VmCreateView.as_view(), name="vm-create"),
     path("placement.json", views.PlacementView.as_view(), name="vm-placement"),
+    path("quota.json", views.QuotaView.as_view(), name="vm-quota"),
     path("<str:name>/", views.VmDetailView.as_view(), name="vm-detail"),
     path("<str:name>/action/", views.VmActionView.as_view(), name="vm-action"),
     path("<str:name>/migrate/", views.VmMigrateView.as_view(), name="vm-migrate"),

@@ -1,60 +1,109 @@
 from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
 
 from hosts.choices import HostState
 from hosts.models import CpuServer
+from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of, visible_jobs, visible_vms
+from tenants.models import Tenant
+from tenants.quotas import usage
+from vms.filters import VmFilterForm
 from vms.forms import VmCreateForm
 from vms.models import VirtualMachine
 from vms.placement import cpu_candidates, headroom
 from vms.serializers import vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, vm_action
-from xenaoe_panel.mixins import OperatorRequiredMixin
+from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
 
 
-class VmListView(OperatorRequiredMixin, ListView):
-    queryset = VirtualMachine.objects.select_related("cpu_server")
+class VmListView(LoginRequiredMixin, ListView):
+    """The VMs the user may see, searched and filtered by the query string (vms.filters)."""
+
     template_name = "vms/vm_list.html"
     paginate_by = 50
+    form: VmFilterForm
 
+    def get(self, request, *args, **kwargs):
+        self.form = VmFilterForm(request.GET, user=request.user)
+        response = super().get(request, *args, **kwargs)
+        if self.form.errors:
+            response.status_code = 400
+        return response
 
-class VmDetailView(OperatorRequiredMixin, DetailView):
-    model = VirtualMachine
-    slug_field = slug_url_kwarg = "name"
-    template_name = "vms/vm_detail.html"
+    def get_queryset(self):
+        vms = visible_vms(self.request.user).select_related("cpu_server", "tenant").order_by("name")
+        return self.form.filter(vms) if self.form.is_valid() else vms.none()
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["summary"] = vm_summary(self.object)
-        context["jobs"] = self.object.jobs.all()[:20]
-        context["actions"] = [
-            (name, action.label) for name, action in ACTIONS.items()
-            if self.object.state in action.allowed_states
-        ]
-        context["migration_targets"] = CpuServer.objects.filter(state=HostState.UP).exclude(
-            pk=self.object.cpu_server_id
-        )
+        user = self.request.user
+        tenant = tenant_of(user)
+        context.update(form=self.form, hide_cpu_server=not shows_cpu_server(user), show_tenant=is_operator(user),
+                       may_create=may_create_vms(user), tenant=tenant,
+                       quota=usage(tenant) if tenant and not is_operator(user) else None)
         return context
 
 
-class VmCreateView(OperatorRequiredMixin, FormView):
-    form_class = VmCreateForm
-    template_name = "vms/vm_create.html"
+def _visible_vm(request, name: str) -> VirtualMachine:
+    """The VM if this user may see it; a 404 otherwise, whether it exists or not."""
+    return get_object_or_404(visible_vms(request.user).select_related("cpu_server", "tenant"), name=name)
+
+
+class VmDetailView(LoginRequiredMixin, DetailView):
+    slug_field = slug_url_kwarg = "name"
+    template_name = "vms/vm_detail.html"
+
+    def get_queryset(self):
+        return visible_vms(self.request.user).select_related("cpu_server", "tenant")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        context["candidates"] = cpu_candidates()
+        user, vm = self.request.user, self.object
+        operator = is_operator(user)
+        context["summary"] = vm_summary(vm)
+        context["jobs"] = visible_jobs(user).filter(vm=vm)[:20]
+        context["actions"] = [
+            (name, action.label) for name, action in ACTIONS.items()
+            if vm.state in action.allowed_states and may_run(user, name)
+        ]
+        context.update(operator=operator, show_cpu_server=shows_cpu_server(user), may_delete=may_run(user, "delete"))
+        context["migration_targets"] = CpuServer.objects.filter(state=HostState.UP).exclude(
+            pk=vm.cpu_server_id) if operator else []
+        return context
+
+
+class VmCreateView(HiddenUnlessAllowedMixin, FormView):
+    """The wizard. Operators create for any tenant and may choose the CPU server; a tenant's
+    user creates for their own tenant, within its quota, and the panel places the VM."""
+
+    form_class = VmCreateForm
+    template_name = "vms/vm_create.html"
+
+    def test_func(self) -> bool:
+        return may_create_vms(self.request.user)
+
+    def get_form_kwargs(self):
+        return super().get_form_kwargs() | {"user": self.request.user}
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        operator = is_operator(self.request.user)
+        context["operator"] = operator
+        context["candidates"] = cpu_candidates() if operator else []
+        tenant = tenant_of(self.request.user)
+        context["quota"] = usage(tenant) if tenant and not operator else None
         return context
 
     def form_valid(self, form):
         data = form.cleaned_data
         request = VmRequest(
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"],
-            disk_mib=data["disk_mib"], cpu_server=data["cpu_server"] or None,
-            allow_n_plus_one_break=data["allow_n_plus_one_break"],
+            disk_mib=data["disk_mib"], cpu_server=data.get("cpu_server") or None,
+            allow_n_plus_one_break=data.get("allow_n_plus_one_break", False), tenant=data.get("tenant") or None,
         )
         try:
             job = create_vm(request, user=self.request.user)
@@ -63,6 +112,20 @@ class VmCreateView(OperatorRequiredMixin, FormView):
                 form.add_error(None if field == "__all__" or field not in form.fields else field, errors)
             return self.form_invalid(form)
         return redirect(job)
+
+
+class QuotaView(LoginRequiredMixin, View):
+    """A tenant's quota and usage as JSON, for the wizard to show what would remain as one types.
+    A tenant's user gets their own tenant's; operators any tenant's (?tenant=SLUG)."""
+
+    def get(self, request):
+        if is_operator(request.user):
+            tenant = Tenant.objects.filter(slug=request.GET.get("tenant", "")).first()
+        else:
+            tenant = tenant_of(request.user)
+        if tenant is None:
+            raise Http404("No such tenant.")
+        return JsonResponse({"tenant": tenant.slug, "usage": [u.as_dict() for u in usage(tenant)]})
 
 
 class PlacementView(OperatorRequiredMixin, View):
@@ -82,18 +145,19 @@ class PlacementView(OperatorRequiredMixin, View):
         ]})
 
 
-class VmDeleteView(OperatorRequiredMixin, TemplateView):
+class VmDeleteView(LoginRequiredMixin, TemplateView):
     template_name = "vms/vm_delete.html"
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
-        vm = get_object_or_404(VirtualMachine, name=self.kwargs["name"])
+        vm = _visible_vm(self.request, self.kwargs["name"])
         context["object"] = vm
         context["summary"] = vm_summary(vm)
+        context["may_delete"] = may_run(self.request.user, "delete")
         return context
 
     def post(self, request, name: str):
-        vm = get_object_or_404(VirtualMachine, name=name)
+        vm = _visible_vm(request, name)
         if request.POST.get("confirm_name") != vm.name:
             messages.error(request, f"Type the VM's name, {vm.name}, to confirm.")
             return redirect("vm-delete", name=vm.name)
@@ -124,9 +188,9 @@ def _optional_int(request, field: str, what: str) -> int | None:
         raise ValidationError(f"{what}, not {raw!r}.") from exc
 
 
-class VmActionView(OperatorRequiredMixin, View):
+class VmActionView(LoginRequiredMixin, View):
     def post(self, request, name: str):
-        vm = get_object_or_404(VirtualMachine, name=name)
+        vm = _visible_vm(request, name)
         return _submit(request, vm.name, lambda: vm_action(
             vm.name, request.POST.get("action", ""), request.user,
             shutdown_timeout_s=_optional_int(

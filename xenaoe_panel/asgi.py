@@ -10,6 +10,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from api.ws_auth import TokenAuthMiddleware  # noqa: E402
 from xenaoe_panel.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -17,6 +18,9 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # The origin check is the websocket's CSRF protection: a page on another site cannot
         # open a stream with the operator's cookies.
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # A script may sign in with an API token header instead of a session (api/ws_auth.py).
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )

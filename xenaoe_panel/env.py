@@ -47,3 +47,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
 def env_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw) if raw else default
+
+
+def read_secret_file(name: str, path: str, min_length: int = 1) -> str:
+    """A secret read from the file a variable names (never from the variable itself, which `ps e`
+    and /proc show); the file must not be readable by every user."""
+    file = Path(path)
+    try:
+        mode = file.stat().st_mode
+        value = file.read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}={path!r}: {exc.strerror}") from exc
+    if mode & 0o004:
+        raise ImproperlyConfigured(f"{name}={path!r} is readable by every user (chmod o-r)")
+    if len(value) < min_length:
+        raise ImproperlyConfigured(f"{name}={path!r} holds {len(value)} characters; at least {min_length} needed")
+    return value

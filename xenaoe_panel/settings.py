@@ -4,13 +4,20 @@ from pathlib import Path
 
 import dj_database_url
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
-from xenaoe_panel.env import env_bool, env_int, env_list, env_path, env_str
+from xenaoe_panel.env import env_bool, env_int, env_list, env_path, env_str, read_secret_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", "")
+SECRET_KEY_FILE = env_str("SECRET_KEY_FILE", "")
+if SECRET_KEY_FILE:
+    # Production: the key lives in a file only the panel's user reads (docs/security.md).
+    if SECRET_KEY:
+        raise ImproperlyConfigured("SECRET_KEY and SECRET_KEY_FILE are both set; keep the file")
+    SECRET_KEY = read_secret_file("SECRET_KEY_FILE", SECRET_KEY_FILE, min_length=50)
 if not SECRET_KEY:
     # A fixed key in git would let anyone forge sessions; an unset key is only tolerable for a
     # throw-away demo, so derive a per-checkout one and keep it out of git.
@@ -39,7 +46,14 @@ INSTALLED_APPS = [
     "vms",
     "jobs",
     "ha",
+    "tenants",
     "lab",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -51,6 +65,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "xenaoe_panel.security_headers.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "xenaoe_panel.urls"
@@ -64,12 +79,46 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "tenants.context_processors.access",
             ],
         },
     },
 ]
 WSGI_APPLICATION = None
 ASGI_APPLICATION = "xenaoe_panel.asgi.application"
+
+# The REST API (api/, docs/api.md): a token (`manage.py api token USER`) or the browser's session,
+# with CSRF checked for sessions; the permissions are the pages' (tenants.access).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.PagePagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "api.schema.PanelAutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "XenAoE Panel API",
+    "DESCRIPTION": "VMs, jobs, incidents, hosts, tenants and users of the cluster. See docs/api.md.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Offline: Swagger UI and Redoc come from drf-spectacular-sidecar's static files, never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "VmStateEnum": "vms.choices.VmState", "JobStateEnum": "jobs.choices.JobState",
+        "LogLevelEnum": "jobs.choices.LogLevel", "HostStateEnum": "hosts.choices.HostState",
+        "IncidentStateEnum": "ha.choices.IncidentState", "IncidentKindEnum": "ha.choices.IncidentKind",
+        "IncidentEventKindEnum": "ha.choices.EventKind",
+    },
+}
 
 DATABASES = {
     "default": dj_database_url.parse(
@@ -90,6 +139,15 @@ CHANNEL_LAYERS = {
         "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
     }
 }
+# The cache holds the failed-login counts (xenaoe_panel/login_limit.py), shared by every web process.
+# Never cache.clear() it: that empties the whole Redis database, broker queues included.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("CACHE_URL", REDIS_URL),
+        "KEY_PREFIX": env_str("CACHE_PREFIX", "xenaoe"),
+    }
+}
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -99,6 +157,74 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Failed logins (docs/security.md): N wrong passwords for one account from one address, or M from one
+# address whatever the account, within the window lock that pair (or address) for LOCKOUT_S.
+LOGIN_FAILURES_PER_ACCOUNT = env_int("XENAOE_LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = env_int("XENAOE_LOGIN_FAILURES_PER_ADDRESS", 50, minimum=1)
+LOGIN_FAILURE_WINDOW_S = env_int("XENAOE_LOGIN_FAILURE_WINDOW_S", 900, minimum=1)
+LOGIN_LOCKOUT_S = env_int("XENAOE_LOGIN_LOCKOUT_S", 900, minimum=1)
+PASSWORD_RESET_EMAILS_PER_HOUR = env_int("XENAOE_PASSWORD_RESET_EMAILS_PER_HOUR", 5, minimum=1)
+# How many reverse proxies of ours stand in front of the panel: their X-Forwarded-For entries (and,
+# with HTTPS, X-Forwarded-Proto) are believed. 0: the client connects directly; both headers ignored.
+TRUSTED_PROXIES = env_int("XENAOE_TRUSTED_PROXIES", 0, minimum=0)
+
+# Served over HTTPS (production): HTTP redirects to HTTPS, cookies only over TLS, HSTS.
+HTTPS = env_bool("XENAOE_HTTPS", False)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("XENAOE_HSTS_SECONDS", 31536000, minimum=0) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("XENAOE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("XENAOE_HSTS_PRELOAD", False)
+if HTTPS and TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SILENCED_SYSTEM_CHECKS: list[str] = []
+if not SECURE_HSTS_PRELOAD:
+    # The preload token lets anyone submit the domain to browsers' built-in HTTPS lists, which takes
+    # months to undo: the domain owner's decision, off unless XENAOE_HSTS_PRELOAD says so.
+    SILENCED_SYSTEM_CHECKS.append("security.W021")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: forms carry the token
+CSRF_COOKIE_SAMESITE = "Lax"
+
+# Mail (password reset links). console: printed to the web process's log (the demo); file: one file per
+# message in EMAIL_FILE_PATH; smtp: EMAIL_HOST etc., the password read from EMAIL_HOST_PASSWORD_FILE.
+EMAIL_BACKENDS = {
+    "console": "django.core.mail.backends.console.EmailBackend",
+    "file": "django.core.mail.backends.filebased.EmailBackend",
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "locmem": "django.core.mail.backends.locmem.EmailBackend",
+}
+_email_backend = env_str("EMAIL_BACKEND", "console")
+if _email_backend not in EMAIL_BACKENDS:
+    raise ImproperlyConfigured(f"EMAIL_BACKEND={_email_backend!r} is not one of {', '.join(EMAIL_BACKENDS)}")
+EMAIL_BACKEND = EMAIL_BACKENDS[_email_backend]
+EMAIL_FILE_PATH = env_path("EMAIL_FILE_PATH", BASE_DIR / ".run" / "mail")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = (
+    read_secret_file("EMAIL_HOST_PASSWORD_FILE", os.environ["EMAIL_HOST_PASSWORD_FILE"])
+    if os.environ.get("EMAIL_HOST_PASSWORD_FILE") else ""
+)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive (STARTTLS on 587, or TLS on 465)")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "xenaoe-panel@localhost")
+PASSWORD_RESET_TIMEOUT = env_int("XENAOE_PASSWORD_RESET_TIMEOUT_S", 3600, minimum=60)
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
@@ -175,9 +301,23 @@ if MONITOR_CHECK_TIMEOUT_MS >= MONITOR_INTERVAL_S * 1000:
     raise ImproperlyConfigured("XENAOE_MONITOR_CHECK_TIMEOUT_MS must be shorter than XENAOE_MONITOR_INTERVAL_S")
 # How long each CPU server's AoE probe listens for Query Config answers (its SAN check).
 MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
+# CPU servers' history (hosts/history.py): the monitor records memory used and guests at most this
+# often, and deletes samples older than RETENTION_DAYS (0: keep them for ever).
+HOST_HISTORY_INTERVAL_S = env_int("XENAOE_HISTORY_INTERVAL_S", 60, minimum=1)
+HOST_HISTORY_RETENTION_DAYS = env_int("XENAOE_HISTORY_RETENTION_DAYS", 30, minimum=0)
 # A CPU server whose management link answers but whose SAN check fails DEAD_AFTER times in a row is
 # marked suspect; with this on, its guests are also moved away (ha.maintenance.evacuate_suspect).
 EVACUATE_ON_SAN_LOSS = env_bool("XENAOE_EVACUATE_ON_SAN_LOSS", True)
+# CPU servers' BMC sensors (power supplies, fans) are read every this many seconds (0: never), each
+# ipmitool call within the timeout; a failing one marks the host suspect, and with this on its
+# guests are moved away too (docs/ha.md).
+MONITOR_BMC_INTERVAL_S = env_int("XENAOE_MONITOR_BMC_INTERVAL_S", 10, minimum=0)
+MONITOR_BMC_TIMEOUT_S = env_int("XENAOE_MONITOR_BMC_TIMEOUT_S", 10, minimum=1)
+EVACUATE_ON_BMC_FAILURE = env_bool("XENAOE_EVACUATE_ON_BMC_FAILURE", True)
+# Mirror health from inside each running guest (/proc/mdstat through the QEMU guest agent), read by
+# the monitor in the background every this many seconds (0: never), each read within the timeout.
+MIRROR_CHECK_INTERVAL_S = env_int("XENAOE_MIRROR_CHECK_INTERVAL_S", 10, minimum=0)
+MIRROR_CHECK_TIMEOUT_S = env_int("XENAOE_MIRROR_CHECK_TIMEOUT_S", 8, minimum=1)
 # How many guests an evacuation migrates at once (they share the migration link).
 EVACUATE_PARALLEL = env_int("XENAOE_EVACUATE_PARALLEL", 2, minimum=1)
 # Fencing (docs/fencing.md): how long one ipmitool call may take, and how long a power off has to

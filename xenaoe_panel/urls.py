@@ -1,16 +1,19 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from hosts.views import DashboardView
+from xenaoe_panel.accounts import AdminLoginForm
+from xenaoe_panel.home import home
+
+# The admin's login page counts failed logins against the same limits as the panel's.
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
-    path("", DashboardView.as_view(), name="dashboard"),
+    path("", home, name="dashboard"),
     path("hosts/", include("hosts.urls")),
     path("vms/", include("vms.urls")),
     path("jobs/", include("jobs.urls")),
     path("incidents/", include("ha.urls")),
+    path("api/", include("api.urls")),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("xenaoe_panel.accounts")),  # login, logout, password reset and change
 ]

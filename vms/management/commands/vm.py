@@ -29,6 +29,7 @@ class Command(BaseCommand):
         create.add_argument("--on", metavar="HOST", help="CPU server (default: the panel chooses)")
         create.add_argument("--kernel", default="", metavar="PATH",
                             help="direct kernel boot from PATH on the CPU servers")
+        create.add_argument("--tenant", default=None, metavar="SLUG", help="the tenant that owns it")
         create.add_argument("--wait", action="store_true", help="follow the job until it ends")
         delete = sub.add_parser("delete", help="remove the domain, both exports and both volumes")
         delete.add_argument("name")
@@ -79,6 +80,7 @@ class Command(BaseCommand):
         request = VmRequest(
             name=options["name"], vcpus=options["vcpus"], memory_mib=options["memory_mib"],
             disk_mib=options["disk_mib"], cpu_server=options["on"], kernel_path=options["kernel"],
+            tenant=options["tenant"],
         )
         self._submit(options, lambda: create_vm(request))
 

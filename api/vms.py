@@ -1,0 +1,225 @@
+"""VMs over the API: list, read, create, delete and the lifecycle actions, each a job (202).
+
+The queryset is always tenants.access.visible_vms(user): another tenant's VM is a 404. A VM the
+user sees but may not act on is a 403; the services check everything again themselves.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import django_filters
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+
+from api.common import accepted, service_call, viewer
+from api.jobs import JobAcceptedSerializer
+from storage.models import AoEExport
+from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, visible_vms
+from tenants.models import TENANT_ACTIONS
+from vms.choices import VmState
+from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
+from vms.models import VirtualMachine
+from vms.services import VmRequest, create_vm, delete_vm, vm_action
+
+NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
+OPERATOR_ACTIONS = [*TENANT_ACTIONS, "migrate"]
+
+
+class LegSerializer(serializers.Serializer):
+    disk_server = serializers.CharField(source="disk_server.name")
+    shelf = serializers.IntegerField()
+    slot = serializers.IntegerField()
+    state = serializers.CharField()
+    backing_path = serializers.CharField()
+
+
+@extend_schema_field(LegSerializer(many=True))
+class LegsField(serializers.Field):
+    """The mirror's two legs (operators only): read from the prefetched rows."""
+
+    def get_attribute(self, vm: VirtualMachine) -> VirtualMachine:
+        return vm
+
+    def to_representation(self, vm: VirtualMachine) -> list[dict[str, Any]]:
+        mirror = getattr(vm, "mirror", None)
+        legs: list[AoEExport] = sorted(mirror.legs.all(), key=lambda leg: leg.leg) if mirror else []
+        return LegSerializer(legs, many=True).data
+
+
+class VmSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    state = serializers.ChoiceField(choices=VmState.choices)
+    tenant = serializers.CharField(source="tenant.slug", allow_null=True)
+    vcpus = serializers.IntegerField()
+    memory_mib = serializers.IntegerField()
+    disk_mib = serializers.IntegerField()
+    cpu_server = serializers.CharField(source="cpu_server.name", allow_null=True, required=False,
+                                       help_text="Only for users shown CPU servers.")
+    running_since = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    legs = LegsField(required=False, help_text="Operators only: the mirror's legs.")
+    actions = serializers.SerializerMethodField(help_text="What this user may do to it.")
+    url = serializers.SerializerMethodField()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        user = viewer(self)
+        if user is not None:
+            if not shows_cpu_server(user):
+                del fields["cpu_server"]
+            if not is_operator(user):
+                del fields["legs"]
+        return fields
+
+    def get_actions(self, vm: VirtualMachine) -> list[str]:
+        user = self.context["request"].user
+        if is_operator(user):
+            return list(OPERATOR_ACTIONS)
+        return [name for name in TENANT_ACTIONS if may_run(user, name)]
+
+    def get_url(self, vm: VirtualMachine) -> str:
+        return reverse("api:vm-detail", args=[vm.name], request=self.context["request"])
+
+
+class VmCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    vcpus = serializers.IntegerField()
+    memory_mib = serializers.IntegerField()
+    disk_mib = serializers.IntegerField()
+    tenant = serializers.CharField(required=False, allow_blank=True, max_length=63,
+                                   help_text="The owning tenant's short name (operators; a tenant's users "
+                                             "always create for their own).")
+    cpu_server = serializers.CharField(required=False, allow_blank=True, max_length=63,
+                                       help_text="Operators only; empty: the panel chooses.")
+    allow_n_plus_one_break = serializers.BooleanField(required=False, default=False,
+                                                      help_text="Operators only.")
+    kernel_path = serializers.CharField(required=False, allow_blank=True, max_length=255,
+                                        help_text="Operators only: direct kernel boot from this path.")
+
+    def request(self) -> VmRequest:
+        data = self.validated_data
+        return VmRequest(
+            name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"], disk_mib=data["disk_mib"],
+            cpu_server=data.get("cpu_server") or None, kernel_path=data.get("kernel_path", ""),
+            allow_n_plus_one_break=data["allow_n_plus_one_break"], tenant=data.get("tenant") or None,
+        )
+
+
+class ShutdownSerializer(serializers.Serializer):
+    timeout_s = serializers.IntegerField(required=False, min_value=0, max_value=3600,
+                                         help_text="Forced off after this long (default: the site's).")
+
+
+class MigrateSerializer(serializers.Serializer):
+    target = serializers.CharField(required=False, allow_blank=True, max_length=63,
+                                   help_text="A CPU server; empty: the one with most free memory.")
+    max_mib_per_s = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                             max_value=MAX_BANDWIDTH_MIB, help_text="Bandwidth cap.")
+
+
+class VmFilter(django_filters.FilterSet):
+    state = django_filters.ChoiceFilter(choices=VmState.choices)
+    tenant = django_filters.CharFilter(field_name="tenant__slug", max_length=63, help_text="A tenant's short name.")
+    cpu_server = django_filters.CharFilter(method="filter_cpu_server", max_length=63,
+                                           help_text="Only for users shown CPU servers.")
+    q = django_filters.CharFilter(field_name="name", lookup_expr="icontains", max_length=63,
+                                  help_text="Part of the name.")
+
+    class Meta:
+        model = VirtualMachine
+        fields = ["state", "tenant", "cpu_server", "q"]
+
+    def filter_cpu_server(self, vms: QuerySet[VirtualMachine], name: str, value: str) -> QuerySet[VirtualMachine]:
+        if not shows_cpu_server(self.request.user):
+            raise serializers.ValidationError({"cpu_server": ["you are not shown which CPU server runs a VM"]})
+        return vms.filter(cpu_server__name=value)
+
+
+def _refuse_unless_may(user: Any, action_name: str) -> None:
+    if action_name == "migrate" and not is_operator(user):
+        raise PermissionDenied("only operators migrate VMs")
+    if not may_run(user, action_name):
+        raise PermissionDenied(f"your tenant's users may not {action_name.replace('_', ' ')} VMs; ask an operator")
+
+
+_ACCEPTED = {202: JobAcceptedSerializer}
+
+
+class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = VmSerializer
+    filterset_class = VmFilter
+    lookup_field = "name"
+    lookup_value_regex = NAME_REGEX
+
+    def get_queryset(self) -> QuerySet[VirtualMachine]:
+        vms = visible_vms(self.request.user).select_related("tenant", "cpu_server")
+        if is_operator(self.request.user):
+            vms = vms.prefetch_related("mirror__legs__disk_server")
+        return vms
+
+    @extend_schema(request=VmCreateSerializer, responses=_ACCEPTED, summary="Create a VM (a vm.create job)")
+    def create(self, request: Request) -> Response:
+        if not may_create_vms(request.user):
+            raise PermissionDenied("you may not create VMs; ask an operator")
+        body = VmCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        with service_call():
+            job = create_vm(body.request(), user=request.user)
+        return accepted(job, request)
+
+    @extend_schema(request=None, responses=_ACCEPTED, summary="Delete a VM (a vm.delete job)")
+    def destroy(self, request: Request, name: str | None = None) -> Response:
+        vm = self.get_object()
+        _refuse_unless_may(request.user, "delete")
+        with service_call():
+            job = delete_vm(vm.name, user=request.user)
+        return accepted(job, request)
+
+    def _lifecycle(self, request: Request, action_name: str, **options: Any) -> Response:
+        vm = self.get_object()
+        _refuse_unless_may(request.user, action_name)
+        with service_call():
+            job = vm_action(vm.name, action_name, user=request.user, **options)
+        return accepted(job, request)
+
+    @extend_schema(request=None, responses=_ACCEPTED, summary="Start a stopped VM")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def start(self, request: Request, name: str | None = None) -> Response:
+        return self._lifecycle(request, "start")
+
+    @extend_schema(request=ShutdownSerializer, responses=_ACCEPTED,
+                   summary="Shut a running VM down (ACPI; forced off after the timeout)")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def shutdown(self, request: Request, name: str | None = None) -> Response:
+        body = ShutdownSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._lifecycle(request, "shutdown", shutdown_timeout_s=body.validated_data.get("timeout_s"))
+
+    @extend_schema(request=None, responses=_ACCEPTED, summary="Reboot a running VM")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def reboot(self, request: Request, name: str | None = None) -> Response:
+        return self._lifecycle(request, "reboot")
+
+    @extend_schema(request=None, responses=_ACCEPTED, summary="Power a VM off at once")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def force_off(self, request: Request, name: str | None = None) -> Response:
+        return self._lifecycle(request, "force_off")
+
+    @extend_schema(request=MigrateSerializer, responses=_ACCEPTED,
+                   summary="Live-migrate a running VM to another CPU server (operators)")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def migrate(self, request: Request, name: str | None = None) -> Response:
+        vm = self.get_object()
+        _refuse_unless_may(request.user, "migrate")
+        body = MigrateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        with service_call():
+            job = migrate_vm(vm.name, body.validated_data.get("target") or None, user=request.user,
+                             max_mib_per_s=body.validated_data.get("max_mib_per_s"))
+        return accepted(job, request)

@@ -1,0 +1,214 @@
+"""What the cluster carries and what it has left, as the dashboard and the host pages draw it.
+
+Every number comes from the panel's records, counted as placement counts them (vms/placement.py):
+a CPU server's memory used is the memory of every VM placed on it, whatever the VM's state; a disk
+server's space used is the size of every export on it. The N+1 reserve is placement's own verdict,
+asked for sizes of new VM: the largest VM that could go on a server without `n_plus_one_shortfalls`
+finding a guest that a single failure would leave homeless; the rest of its free memory is reserve.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db.models import Count, Sum
+
+from hosts.models import CpuServer, DiskServer
+from vms.placement import Shortfall, cpu_candidates, n_plus_one_shortfalls
+
+MIB_PER_GIB = 1024
+MIB_PER_TIB = 1024 * 1024
+
+
+def _unit(total_mib: int) -> tuple[int, str]:
+    if total_mib >= MIB_PER_TIB:
+        return MIB_PER_TIB, "TiB"
+    if total_mib >= MIB_PER_GIB:
+        return MIB_PER_GIB, "GiB"
+    return 1, "MiB"
+
+
+def mib_text(mib: int) -> str:
+    """512 MiB, 3.0 GiB, 1.5 TiB."""
+    size, unit = _unit(abs(mib))
+    return f"{mib} MiB" if size == 1 else f"{mib / size:.1f} {unit}"
+
+
+def part_text(part_mib: int, total_mib: int) -> str:
+    """"3.0 of 8.0 GiB": both in the total's unit, so the two numbers compare at a glance."""
+    size, unit = _unit(total_mib)
+    if size == 1:
+        return f"{part_mib} of {total_mib} MiB"
+    return f"{part_mib / size:.1f} of {total_mib / size:.1f} {unit}"
+
+
+def _percent(part: int, total: int) -> float:
+    if total <= 0:
+        return 0.0
+    return max(0.0, min(100.0, 100.0 * part / total))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One coloured part of a bar; what is left of the track after the segments is free."""
+    name: str  # "used", "reserve"
+    amount: int
+    percent: float
+    css: str
+
+    @property
+    def width(self) -> str:
+        # Formatted here: a template would localise the float.
+        return f"{self.percent:.2f}"
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str  # the text equivalent, read out instead of the drawing
+    segments: tuple[Segment, ...]
+
+
+def _used_css(percent: float) -> str:
+    return "bg-danger" if percent >= 90 else "bg-warning" if percent >= 70 else "bg-primary"
+
+
+@dataclass(frozen=True)
+class CpuCapacity:
+    server: CpuServer
+    used_mib: int
+    guests: int
+    vcpus_used: int
+    # None: the server is not up, placement puts nothing there and N+1 does not count it.
+    largest_new_vm_mib: int | None
+
+    @property
+    def takes_guests(self) -> bool:
+        return self.largest_new_vm_mib is not None
+
+    @property
+    def free_mib(self) -> int:
+        return self.server.memory_mib - self.used_mib
+
+    @property
+    def reserve_mib(self) -> int:
+        """Free memory that must stay free so that one server's failure leaves no guest homeless."""
+        if self.largest_new_vm_mib is None:
+            return 0
+        return max(0, self.free_mib - self.largest_new_vm_mib)
+
+    @property
+    def usable_mib(self) -> int:
+        return max(0, self.free_mib - self.reserve_mib)
+
+    @property
+    def memory_text(self) -> str:
+        text = f"{part_text(self.used_mib, self.server.memory_mib)} used"
+        if not self.takes_guests:
+            return f"{text}; {mib_text(max(self.free_mib, 0))} free, not taking guests ({self.server.state})"
+        if self.reserve_mib:
+            text += f"; {mib_text(self.reserve_mib)} kept free for N+1"
+        return f"{text}; {mib_text(self.usable_mib)} free for new guests"
+
+    @property
+    def memory_bar(self) -> Bar:
+        total = self.server.memory_mib
+        used = _percent(self.used_mib, total)
+        segments = [Segment("used", self.used_mib, used, _used_css(used))]
+        if self.reserve_mib:
+            reserve = min(_percent(self.reserve_mib, total), 100.0 - used)
+            segments.append(Segment("reserve", self.reserve_mib, reserve, "bg-secondary progress-bar-striped"))
+        return Bar(f"Memory: {self.memory_text}", tuple(segments))
+
+    @property
+    def vcpu_text(self) -> str:
+        cores = self.server.vcpus
+        text = f"{self.vcpus_used} of {cores} vCPUs allocated to guests"
+        if self.vcpus_used > cores:
+            return f"{text}, overcommitted {round(100 * self.vcpus_used / cores) if cores else 0} %"
+        return f"{text}, {cores - self.vcpus_used} unallocated"
+
+    @property
+    def vcpu_bar(self) -> Bar:
+        percent = _percent(self.vcpus_used, self.server.vcpus)
+        css = "bg-warning" if self.vcpus_used > self.server.vcpus else "bg-info"
+        return Bar(f"vCPUs: {self.vcpu_text}", (Segment("used", self.vcpus_used, percent, css),))
+
+
+@dataclass(frozen=True)
+class DiskCapacity:
+    server: DiskServer
+    used_mib: int
+    exports: int
+
+    @property
+    def free_mib(self) -> int:
+        return self.server.capacity_mib - self.used_mib
+
+    @property
+    def space_text(self) -> str:
+        return (f"{part_text(self.used_mib, self.server.capacity_mib)} allocated to volumes; "
+                f"{mib_text(max(self.free_mib, 0))} free")
+
+    @property
+    def space_bar(self) -> Bar:
+        used = _percent(self.used_mib, self.server.capacity_mib)
+        return Bar(f"Space: {self.space_text}", (Segment("used", self.used_mib, used, _used_css(used)),))
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    cpu: list[CpuCapacity]
+    disk: list[DiskCapacity]
+    shortfalls: list[Shortfall]  # N+1 as it stands: empty when every server's guests fit elsewhere
+
+
+def largest_vm_keeping_n_plus_one(server_pk: int, free_mib: int) -> int:
+    """The largest new VM (MiB) that placement could put on this server without breaking N+1: a binary
+    search over placement's own check. What it verifies holds; first-fit packing is not strictly
+    monotonic, so a larger size may in rare cases also fit, never the reverse of what is shown."""
+    if free_mib <= 0 or not n_plus_one_shortfalls((server_pk, free_mib)):
+        return max(free_mib, 0)  # the whole free memory keeps N+1: one question, no search
+    low, high = 0, free_mib - 1  # invariant: `low` keeps N+1 (0: no new VM at all), above `high` does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if n_plus_one_shortfalls((server_pk, middle)):
+            high = middle - 1
+        else:
+            low = middle
+    return low
+
+
+def cpu_capacity(server_pk: int | None = None) -> tuple[list[CpuCapacity], list[Shortfall]]:
+    """Every CPU server (by name), or only the one given, and the N+1 shortfalls as they stand."""
+    totals = {
+        row["pk"]: row
+        for row in CpuServer.objects.values("pk").annotate(
+            used=Sum("vms__memory_mib"), vcpus_used=Sum("vms__vcpus"), guests=Count("vms")
+        )
+    }
+    # Placement's view of the servers that take guests: the same used memory, the same set.
+    candidates = {c.server.pk: c for c in cpu_candidates()}
+    shortfalls = n_plus_one_shortfalls() if candidates else []
+    result = []
+    servers = CpuServer.objects.order_by("name")
+    for server in servers if server_pk is None else servers.filter(pk=server_pk):
+        row = totals.get(server.pk, {})
+        candidate = candidates.get(server.pk)
+        largest = None
+        if candidate is not None:
+            # N+1 already broken: nothing new keeps it, the whole free memory is reserve.
+            largest = 0 if shortfalls else largest_vm_keeping_n_plus_one(server.pk, max(candidate.free_mib, 0))
+        used = candidate.used_mib if candidate is not None else row.get("used") or 0
+        result.append(CpuCapacity(server, used, row.get("guests") or 0, row.get("vcpus_used") or 0, largest))
+    return result, shortfalls
+
+
+def disk_capacity(server_pk: int | None = None) -> list[DiskCapacity]:
+    rows = DiskServer.objects.annotate(used=Sum("exports__size_mib"), export_count=Count("exports")).order_by("name")
+    if server_pk is not None:
+        rows = rows.filter(pk=server_pk)
+    return [DiskCapacity(server, server.used or 0, server.export_count) for server in rows]
+
+
+def cluster_capacity() -> ClusterCapacity:
+    cpu, shortfalls = cpu_capacity()
+    return ClusterCapacity(cpu, disk_capacity(), shortfalls)

@@ -1,0 +1,135 @@
+"""Verbs on tenants, their users and quotas: one place for the CLI, the API and the admin's forms.
+
+Each validates everything first and raises ValidationError with nothing changed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+
+from tenants.models import TENANT_ACTIONS, Membership, Tenant, tenant_slug_validator
+from tenants.quotas import RESOURCES, usage
+
+QUOTA_FIELDS = tuple(f"quota_{r.field}" for r in RESOURCES)
+# Upper bounds that catch a slip of the keyboard (an extra zero or three), not policy.
+QUOTA_MAX = {"quota_vms": 100_000, "quota_vcpus": 1_000_000, "quota_memory_mib": 1 << 31,
+             "quota_disk_mib": 1 << 40}
+
+
+def check_actions(actions: Any) -> list[str]:
+    if not isinstance(actions, list | tuple) or not all(isinstance(a, str) for a in actions):
+        raise ValidationError({"allowed_actions": "a list of action names"})
+    unknown = sorted(set(actions) - set(TENANT_ACTIONS))
+    if unknown:
+        raise ValidationError({"allowed_actions": f"unknown action(s) {', '.join(unknown)}; "
+                                                  f"choose from {', '.join(TENANT_ACTIONS)}"})
+    return [a for a in TENANT_ACTIONS if a in actions]  # a stable order
+
+
+def check_quotas(quotas: dict[str, Any]) -> dict[str, int]:
+    errors, clean = {}, {}
+    for field, value in quotas.items():
+        if field not in QUOTA_FIELDS:
+            errors[field] = f"unknown quota; one of {', '.join(QUOTA_FIELDS)}"
+        elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= QUOTA_MAX[field]:
+            errors[field] = f"a whole number from 0 to {QUOTA_MAX[field]}, not {value!r}"
+        else:
+            clean[field] = value
+    if errors:
+        raise ValidationError(errors)
+    return clean
+
+
+def create_tenant(slug: str, name: str = "", *, may_create_vms: bool = True, allowed_actions: list[str] | None = None,
+                  shows_cpu_server: bool = False, **quotas: int) -> Tenant:
+    try:
+        tenant_slug_validator(slug)
+    except ValidationError as exc:
+        raise ValidationError({"slug": exc.messages[0]}) from exc
+    fields: dict[str, Any] = {"may_create_vms": bool(may_create_vms), "shows_cpu_server": bool(shows_cpu_server)}
+    if allowed_actions is not None:
+        fields["allowed_actions"] = check_actions(allowed_actions)
+    fields |= check_quotas(quotas)
+    try:
+        with transaction.atomic():
+            return Tenant.objects.create(slug=slug, name=name or slug, **fields)
+    except IntegrityError as exc:
+        raise ValidationError({"slug": f"a tenant named {slug!r} already exists"}) from exc
+
+
+def set_quotas(tenant: Tenant, **quotas: int) -> Tenant:
+    """Change quotas. Lowering one below what is in use is allowed (nothing is taken away) and
+    blocks new VMs until usage is under it again."""
+    clean = check_quotas(quotas)
+    with transaction.atomic():
+        locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        for field, value in clean.items():
+            setattr(locked, field, value)
+        locked.save(update_fields=list(clean) or None)
+    return locked
+
+
+def set_permissions(tenant: Tenant, *, may_create_vms: bool | None = None, allowed_actions: list[str] | None = None,
+                    shows_cpu_server: bool | None = None) -> Tenant:
+    changes: dict[str, Any] = {}
+    if may_create_vms is not None:
+        changes["may_create_vms"] = bool(may_create_vms)
+    if shows_cpu_server is not None:
+        changes["shows_cpu_server"] = bool(shows_cpu_server)
+    if allowed_actions is not None:
+        changes["allowed_actions"] = check_actions(allowed_actions)
+    if changes:
+        Tenant.objects.filter(pk=tenant.pk).update(**changes)
+        tenant.refresh_from_db()
+    return tenant
+
+
+def add_user(tenant: Tenant, username: str, *, email: str = "", password: str | None = None):
+    """A new user of this tenant (not staff). Without a password the user sets one through the
+    password reset flow."""
+    user_model = get_user_model()
+    errors = {}
+    if not username or len(username) > 150:
+        errors["username"] = "a user name of 1 to 150 characters"
+    elif user_model.objects.filter(username=username).exists():
+        errors["username"] = f"a user named {username!r} already exists"
+    if password is not None:
+        try:
+            validate_password(password, user_model(username=username, email=email))
+        except ValidationError as exc:
+            errors["password"] = " ".join(exc.messages)
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        user = user_model.objects.create_user(username=username, email=email, password=password)
+        Membership.objects.create(user=user, tenant=tenant)
+    return user
+
+
+def move_user(user, tenant: Tenant | None) -> None:
+    """Put a user in a tenant, or take them out (None). Operators belong to none."""
+    if user.is_staff and tenant is not None:
+        raise ValidationError({"tenant": f"{user.username} is an operator: operators belong to no tenant"})
+    if tenant is None:
+        Membership.objects.filter(user=user).delete()
+    else:
+        Membership.objects.update_or_create(user=user, defaults={"tenant": tenant})
+
+
+def delete_tenant(tenant: Tenant) -> None:
+    if tenant.vms.exists():
+        raise ValidationError({"slug": f"{tenant.slug} still has {tenant.vms.count()} VM(s); delete them first"})
+    tenant.delete()
+
+
+def tenant_summary(tenant: Tenant) -> dict[str, Any]:
+    return {
+        "slug": tenant.slug, "name": tenant.name, "may_create_vms": tenant.may_create_vms,
+        "allowed_actions": list(tenant.allowed_actions), "shows_cpu_server": tenant.shows_cpu_server,
+        "quotas": {u.resource.field: u.as_dict() for u in usage(tenant)},
+        "users": list(tenant.memberships.order_by("user__username").values_list("user__username", flat=True)),
+    }
