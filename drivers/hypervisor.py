@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 HYPERVISORS = ("kvm", "qemu", "xen")
 MAX_DISKS = 26  # vda..vdz / xvda..xvdz
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -89,8 +90,10 @@ class DomainSpec:
     disks: tuple[str, ...]  # block devices, e.g. /dev/etherd/e1.0; the first one boots
     hypervisor: str  # "kvm" | "qemu" | "xen"
     # Direct kernel boot: a kernel image at this path on every CPU server (else the BIOS boots
-    # the first disk).
+    # the first disk), with an optional initramfs (same rule) and kernel command line.
     kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ class DomainInfo:
 def domain_xml(spec: DomainSpec) -> str:
     """Domain XML for `spec`: an HVM guest whose disks are raw block devices (AoE exports) with no
     host cache, so that libvirt treats them as shared storage and live migration is safe; a
-    serial console on a pty; no network yet. Built with ElementTree, so names are escaped."""
+    serial console on a pty; no network yet; on KVM/QEMU a virtio-serial channel for the QEMU
+    guest agent (`org.qemu.guest_agent.0`: how the panel reads the guest's RAID1, drivers/guest_agent.py;
+    Xen has no such agent channel, so a Xen guest's mirror health stays unknown). Built with
+    ElementTree, so names are escaped."""
     _check_spec(spec)
     xen = spec.hypervisor == "xen"
     domain = ET.Element("domain", type=spec.hypervisor)
@@ -117,6 +123,10 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(os_element, "type", arch="x86_64").text = "hvm"
     if spec.kernel:
         ET.SubElement(os_element, "kernel").text = spec.kernel
+        if spec.initrd:
+            ET.SubElement(os_element, "initrd").text = spec.initrd
+        if spec.cmdline:
+            ET.SubElement(os_element, "cmdline").text = spec.cmdline
     else:
         ET.SubElement(os_element, "boot", dev="hd")
     features = ET.SubElement(domain, "features")
@@ -140,6 +150,11 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
     ET.SubElement(console, "target", type="serial", port="0")
+    if not xen:
+        # libvirt picks the socket path itself (per domain, under /var/lib/libvirt/qemu/channel)
+        # and connects its agent client to it; it survives live migration.
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
 
@@ -352,6 +367,12 @@ def _check_spec(spec: DomainSpec) -> None:
         problems.append(f"bad UUID {spec.uuid!r}")
     if spec.kernel and (not spec.kernel.startswith("/") or any(ord(c) < 32 for c in spec.kernel)):
         problems.append(f"kernel must be an absolute path, not {spec.kernel!r}")
+    if spec.initrd and (not spec.initrd.startswith("/") or any(ord(c) < 32 for c in spec.initrd)):
+        problems.append(f"initrd must be an absolute path, not {spec.initrd!r}")
+    if spec.cmdline and any(ord(c) < 32 or ord(c) == 127 for c in spec.cmdline):
+        problems.append(f"bad kernel command line {spec.cmdline!r}")
+    if (spec.initrd or spec.cmdline) and not spec.kernel:
+        problems.append("an initrd or a kernel command line needs a kernel (direct kernel boot)")
     if not isinstance(spec.vcpus, int) or spec.vcpus < 1:
         problems.append(f"vcpus must be >= 1, not {spec.vcpus!r}")
     if not isinstance(spec.memory_mib, int) or spec.memory_mib < 1:

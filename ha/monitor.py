@@ -1,7 +1,8 @@
 """The host monitor: every host checked each cycle, in parallel, and what it saw turned into host states.
 
-The checks are I/O (SSH, libvirt, an AoE probe on the SAN) and sit behind two injectable functions;
-the transitions are pure (`decide`, `decide_san`), so they are tested without a cluster. Every write
+The checks are I/O (SSH, libvirt, an AoE probe on the SAN, the BMC's sensors) and sit behind
+injectable functions; the transitions are pure (`decide`, `decide_san`, `decide_bmc`,
+`decide_well_again`), so they are tested without a cluster. Every write
 to a host row is a compare-and-set on the state the cycle read (`filter(pk=..., state=old).update()`):
 two monitors running at once never both act on a transition, and a state set meanwhile by someone
 else (fencing, maintenance) is never overwritten — the next cycle reads it.
@@ -20,15 +21,18 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from drivers import aoe, hypervisor, ssh
+from drivers import aoe, hypervisor, ipmi, ssh
 from drivers.errors import DriverError
 from ha import storage_health
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident, record
 from ha.models import Incident
+from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
+from jobs.models import Job
+from storage.guest_health import GuestHealthWatch
 from xenaoe_panel.broadcast import send_on_commit
 
 logger = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ Host = CpuServer | DiskServer
 # Hosts that are not expected to answer: they are still checked, an answer is news.
 DOWN = frozenset({HostState.DEAD, HostState.FENCED})
 DECLARE_DEAD, RETURNED, SAN_SUSPECT = "declare-dead", "returned", "san-suspect"
+BMC_SUSPECT, WELL_AFTER_EVACUATION = "bmc-suspect", "well-after-evacuation"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class SanResult:
     """What one CPU server's AoE probe saw on the SAN (or why the probe itself failed)."""
     seen: frozenset[Address] = frozenset()
     error: str = ""
+
+
+@dataclass(frozen=True)
+class BmcResult:
+    """What one CPU server's BMC said of its power supplies and fans, or why it said nothing."""
+    failing: tuple[str, ...] = ()  # "power supply PS1 Status failed (Presence detected, Failure detected)"
+    error: str = ""  # the BMC did not answer: nothing is known of the sensors (not a failure)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,26 @@ def decide_san(decision: Decision, san_missed: int, san_ok: bool | None, dead_af
     return decision, san_missed
 
 
+def decide_bmc(decision: Decision, failing: bool, was_failing: bool) -> Decision:
+    """A CPU server whose management link answers but whose BMC reports a failing power supply or
+    fan is suspect for as long as it does; BMC_SUSPECT (evacuate) comes once, on the reading that
+    first shows the failure. `failing` is the latest reading's verdict (a BMC that does not answer
+    leaves the verdict it had: silence is not a failure, nor a repair)."""
+    if decision.state not in (HostState.UP, HostState.SUSPECT) or decision.missed or not failing:
+        return decision  # management silent: that path decides
+    # Both policies at once (SAN and BMC): one evacuation, started by the SAN's action.
+    return Decision(HostState.SUSPECT, 0, decision.action or ("" if was_failing else BMC_SUSPECT))
+
+
+def decide_well_again(old_state: str, decision: Decision, evacuated: bool) -> Decision:
+    """A suspect host well again (management, SAN and BMC fine) goes back to up, unless the policy
+    evacuated it meanwhile: then it is empty on purpose, and like a host that returns from dead it
+    goes to maintenance, for an operator to return to service (after looking at what failed)."""
+    if old_state == HostState.SUSPECT and decision.state == HostState.UP and evacuated:
+        return Decision(HostState.MAINTENANCE, 0, WELL_AFTER_EVACUATION)
+    return decision
+
+
 # --- the checks (I/O) --------------------------------------------------------------------------
 
 def check_host(host: Host, timeout: float) -> CheckResult:
@@ -120,6 +152,17 @@ def probe_san(host: CpuServer, listen: float) -> SanResult:
     except DriverError as exc:
         return SanResult(error=str(exc))
     return SanResult(frozenset((a.shelf, a.slot) for a in answers))
+
+
+def read_bmc(host: CpuServer, timeout: float) -> BmcResult:
+    """The BMC's power supply and fan sensors, through ipmitool lanplus as for fencing (each call
+    within `timeout`). It runs beside the cycle, at most one per CPU server in flight."""
+    target = ipmi.BmcTarget(host.bmc_address, host.bmc_port, host.bmc_user, host.bmc_password_file, timeout)
+    try:
+        sensors = ipmi.read_sensors(target)
+    except DriverError as exc:
+        return BmcResult(error=str(exc))
+    return BmcResult(tuple(sensor.describe() for sensor in sensors if sensor.failing))
 
 
 # --- publishing ----------------------------------------------------------------------------------
@@ -150,18 +193,32 @@ class CycleReport:
 
 CheckFn = Callable[[Host, float], CheckResult]
 SanFn = Callable[[CpuServer, float], SanResult]
+BmcFn = Callable[[CpuServer, float], BmcResult]
 
 
 class Monitor:
     def __init__(self, *, check: CheckFn = check_host, san_probe: SanFn = probe_san,
                  interval: float | None = None, dead_after: int | None = None, timeout: float | None = None,
-                 san_listen: float | None = None, evacuate: bool | None = None) -> None:
+                 san_listen: float | None = None, evacuate: bool | None = None,
+                 guest_health: GuestHealthWatch | None = None, bmc_read: BmcFn = read_bmc,
+                 bmc_interval: float | None = None, evacuate_on_bmc: bool | None = None) -> None:
         self.check, self.san_probe = check, san_probe
         self.interval = interval if interval is not None else float(settings.MONITOR_INTERVAL_S)
         self.dead_after = dead_after if dead_after is not None else settings.MONITOR_DEAD_AFTER
         self.timeout = timeout if timeout is not None else settings.MONITOR_CHECK_TIMEOUT_MS / 1000
         self.san_listen = san_listen if san_listen is not None else settings.MONITOR_SAN_LISTEN_MS / 1000
         self.evacuate = evacuate if evacuate is not None else settings.EVACUATE_ON_SAN_LOSS
+        # BMC sensors (power supplies, fans) of CPU servers that have a BMC: every bmc_interval
+        # seconds (0: never), in the background, each ipmitool call within bmc_timeout.
+        self.bmc_read = bmc_read
+        self.bmc_interval = bmc_interval if bmc_interval is not None else float(settings.MONITOR_BMC_INTERVAL_S)
+        self.bmc_timeout = float(settings.MONITOR_BMC_TIMEOUT_S)
+        self.evacuate_on_bmc = evacuate_on_bmc if evacuate_on_bmc is not None else settings.EVACUATE_ON_BMC_FAILURE
+        self._bmc_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="monitor-bmc")
+        self._bmc_reads: dict[int, Future[BmcResult]] = {}
+        self._bmc_read_at: dict[int, float] = {}  # monotonic time of each CPU server's last read
+        self._bmc_failing: dict[int, tuple[str, ...]] = {}  # the latest verdict; in memory, like _san_missed
+        self._bmc_errors: dict[int, str] = {}  # why the latest read got no answer ("" when it did)
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="monitor-check")
         self._san_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="monitor-san")
         # At most one check and one probe in flight per host: a hung one is a miss, never a pile-up.
@@ -170,10 +227,15 @@ class Monitor:
         self._san_missed: dict[int, int] = {}  # per CPU server; in memory: a restart only delays
         self._published: dict[tuple[str, int], tuple[str, int, str]] = {}
         self.recovery = storage_health.DiskRecovery()
+        # Mirror health read inside the guests, in the background (None: not here, e.g. unit tests).
+        self.guest_health = guest_health
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._san_pool.shutdown(wait=False, cancel_futures=True)
+        self._bmc_pool.shutdown(wait=False, cancel_futures=True)
+        if self.guest_health is not None:
+            self.guest_health.close()
 
     def run(self, stop: threading.Event, out: Callable[[str], None] = print) -> None:
         while not stop.is_set():
@@ -195,15 +257,19 @@ class Monitor:
         for cpu in cpus:
             if cpu.pk not in self._probes and cpu.state not in DOWN:
                 self._probes[cpu.pk] = self._san_pool.submit(self.san_probe, cpu, self.san_listen)
+            if self._bmc_due(cpu):
+                self._bmc_read_at[cpu.pk] = time.monotonic()
+                self._bmc_reads[cpu.pk] = self._bmc_pool.submit(self.bmc_read, cpu, self.bmc_timeout)
         hosts: list[tuple[str, Host]] = [("cpu", h) for h in cpus] + [("disk", h) for h in disks]
         for kind, host in hosts:
             if (kind, host.pk) not in self._checks:
                 self._checks[(kind, host.pk)] = self._pool.submit(self.check, host, self.timeout)
         # Checks time out by themselves; the margin covers thread and process start-up.
-        wait([*self._checks.values(), *self._probes.values()],
+        wait([*self._checks.values(), *self._probes.values(), *self._bmc_reads.values()],
              timeout=max(0.0, started + self.timeout + 0.2 - time.monotonic()))
         results = {key: self._harvest_check(key) for key in [(kind, h.pk) for kind, h in hosts]}
         sans = self._harvest_probes()
+        bmcs = self._harvest_bmc_reads()
         expected = storage_health.expected_exports()
         up_disks = {d.pk for d in disks if d.state == HostState.UP}
         cpu_expected = frozenset().union(*(expected.get(pk, frozenset()) for pk in up_disks))
@@ -216,9 +282,20 @@ class Monitor:
             decision = decide(cpu.state, cpu.missed_checks, result.ok, self.dead_after)
             decision, self._san_missed[cpu.pk] = decide_san(
                 decision, self._san_missed.get(cpu.pk, 0), san_ok.get(cpu.pk), self.dead_after)
+            failing, was_failing = self._bmc_verdict(cpu, bmcs.get(cpu.pk), report)
+            decision = decide_bmc(decision, bool(failing), bool(was_failing))
+            evacuated = (cpu.state == HostState.SUSPECT and decision.state == HostState.UP
+                         and self._evacuation_since_suspect(cpu) is not None)
+            decision = decide_well_again(cpu.state, decision, evacuated)
             error = result.error
-            if result.ok and san_ok.get(cpu.pk) is False:
-                error = f"SAN: {sans[cpu.pk].error or 'none of the expected exports answers'}"
+            if result.ok:
+                problems = []
+                if san_ok.get(cpu.pk) is False:
+                    problems.append(f"SAN: {sans[cpu.pk].error or 'none of the expected exports answers'}")
+                problems += [f"BMC: {failure}" for failure in failing]
+                if self._bmc_errors.get(cpu.pk):
+                    problems.append(f"BMC sensors not read: {self._bmc_errors[cpu.pk]}")
+                error = "; ".join(problems)
             self._apply(cpu, decision, result.ok, error, report)
         for disk in disks:
             result = results[("disk", disk.pk)]
@@ -231,6 +308,9 @@ class Monitor:
                         result.ok, error, report)
             if result.ok:
                 self.recovery.recover(disk, wire, report.changes)
+        if self.guest_health is not None:
+            self.guest_health.tick(report.changes)
+        history.record_cycle()  # the CPU servers' history plot: at most once per interval
         report.duration_s = time.monotonic() - started
         return report
 
@@ -256,6 +336,55 @@ class Monitor:
                     logger.exception("SAN probe of CPU server %s raised", pk)
                     done[pk] = SanResult(error=f"probe raised {type(exc).__name__}: {exc}")
         return done
+
+    def _bmc_due(self, cpu: CpuServer) -> bool:
+        if cpu.state not in (HostState.UP, HostState.SUSPECT) or not cpu.bmc_address:
+            # Not watched (dead, fenced, in maintenance, no BMC): a later episode starts afresh.
+            self._bmc_failing.pop(cpu.pk, None)
+            self._bmc_errors.pop(cpu.pk, None)
+            return False
+        if self.bmc_interval <= 0 or cpu.pk in self._bmc_reads:
+            return False
+        return time.monotonic() - self._bmc_read_at.get(cpu.pk, float("-inf")) >= self.bmc_interval
+
+    def _harvest_bmc_reads(self) -> dict[int, BmcResult]:
+        done = {}
+        for pk, future in list(self._bmc_reads.items()):
+            if future.done():
+                del self._bmc_reads[pk]
+                try:
+                    done[pk] = future.result()
+                except Exception as exc:
+                    logger.exception("BMC sensor read of CPU server %s raised", pk)
+                    done[pk] = BmcResult(error=f"read raised {type(exc).__name__}: {exc}")
+        return done
+
+    def _bmc_verdict(self, cpu: CpuServer, fresh: BmcResult | None,
+                     report: CycleReport) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(failing now, failing before) from the newest reading; no reading, or a BMC that did not
+        answer, keeps the last verdict. A BMC falling silent or answering again is logged once."""
+        before = self._bmc_failing.get(cpu.pk, ())
+        if fresh is None:
+            return before, before
+        if fresh.error != self._bmc_errors.get(cpu.pk, ""):
+            report.changes.append(f"{cpu.name}: BMC sensors not read: {fresh.error}" if fresh.error
+                                  else f"{cpu.name}: BMC answers again")
+        self._bmc_errors[cpu.pk] = fresh.error
+        if fresh.error:
+            return before, before
+        self._bmc_failing[cpu.pk] = fresh.failing
+        if before and not fresh.failing:
+            report.changes.append(f"{cpu.name}: BMC reports every power supply and fan well again")
+        return fresh.failing, before
+
+    def _evacuation_since_suspect(self, host: CpuServer) -> Job | None:
+        """The host.evacuate job started since the host turned suspect, if any (the policy's)."""
+        from ha.maintenance import EVACUATE
+
+        jobs = Job.objects.filter(kind=EVACUATE, params__host=host.name)
+        if host.state_changed_at is not None:
+            jobs = jobs.filter(created_at__gte=host.state_changed_at)
+        return jobs.order_by("-pk").first()
 
     def _apply(self, host: Host, decision: Decision, answered: bool, error: str, report: CycleReport) -> None:
         now = timezone.now()
@@ -286,6 +415,12 @@ class Monitor:
         elif decision.action == SAN_SUSPECT:
             self._san_suspect(host, f"{host.name} answers on its management link but not on the SAN "
                                     f"({self._san_missed.get(host.pk, 0)} checks): {error}", report)
+        elif decision.action == BMC_SUSPECT:
+            failures = "; ".join(f"BMC: {failure}" for failure in self._bmc_failing.get(host.pk, ()))
+            self._san_suspect(host, f"{host.name}: {failures}", report, evacuate=self.evacuate_on_bmc)
+        elif decision.action == WELL_AFTER_EVACUATION:
+            report.changes.append(f"{host.name} is well again, but its guests were evacuated: in maintenance "
+                                  "until an operator returns it to service")
 
     def _declare_dead(self, host: Host, message: str, report: CycleReport) -> None:
         if isinstance(host, DiskServer):
@@ -317,9 +452,10 @@ class Monitor:
             record(incident, EventKind.RETURNED, message)
         report.changes.append(message)
 
-    def _san_suspect(self, host: Host, reason: str, report: CycleReport) -> None:
+    def _san_suspect(self, host: Host, reason: str, report: CycleReport, *, evacuate: bool | None = None) -> None:
+        """A suspect CPU server under a policy (SAN loss, BMC failure): evacuate it if that policy says so."""
         report.changes.append(reason)
-        if not self.evacuate or not isinstance(host, CpuServer):
+        if not (self.evacuate if evacuate is None else evacuate) or not isinstance(host, CpuServer):
             return
         try:
             from ha.maintenance import evacuate_suspect

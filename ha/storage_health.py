@@ -1,9 +1,11 @@
 """A disk server's failure and return, end to end: degraded mirrors, exposed guests, restored exports.
 
 The RAID1 of every guest disk lives inside the guest (docs/storage.md), so nothing is stopped or
-re-assembled here: guests keep running on their other leg. What the panel tracks is per leg, on the
-wire: which exports answer an AoE probe from the CPU servers. On real hosts the guest's own view
-(`/proc/mdstat` through the QEMU guest agent) is what says a resync has finished; see docs/ha.md.
+re-assembled here: guests keep running on their other leg. What this module tracks is per leg, on
+the wire (`Mirror.state`): which exports answer an AoE probe from the CPU servers. The guest's own
+view (`Mirror.health`, /proc/mdstat through the QEMU guest agent, storage/guest_health.py) says
+whether the array is whole: a returned disk server's mirror is healthy once both legs answer on
+the wire *and* the guest, when its agent answers, no longer reports it degraded or resyncing.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db.models import Prefetch
+from django.db.models import Prefetch, Q
 
 from drivers import vblade
 from drivers.errors import DriverError
@@ -21,13 +23,14 @@ from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import DiskServer
 from hosts.targets import ssh_target
-from storage.choices import ExportState, MirrorState
+from storage.choices import ExportState, MirrorHealth, MirrorState
 from storage.models import AoEExport, Mirror
 
 logger = logging.getLogger(__name__)
 Address = tuple[int, int]
 DOWN = (HostState.DEAD, HostState.FENCED)
 NOT_HEALTHY = (MirrorState.DEGRADED, MirrorState.RESYNCING)
+GUEST_NOT_WHOLE = (MirrorHealth.DEGRADED, MirrorHealth.RESYNCING)
 RESTORE_TIMEOUT = 30.0
 
 
@@ -48,24 +51,34 @@ def _mirrors_on(server: DiskServer):
 @dataclass(frozen=True)
 class ExposedGuest:
     vm: str
-    mirror_state: str
-    missing: tuple[str, ...]  # "e2.3 on disk2 (dead)"
+    mirror_state: str  # on the wire
+    missing: tuple[str, ...]  # "e2.3 on disk2 (dead)", or "e2.3 (leg 1, not in the guest's array)"
     left: tuple[str, ...]  # the legs still answering
+    # The guest's own view (Mirror.health): what the page shows as the mirror's health.
+    health: str = MirrorHealth.UNKNOWN
+    health_detail: str = ""
+    resync_percent: float | None = None
+    resync_eta_s: int | None = None
 
 
 def exposed_guests() -> list[ExposedGuest]:
-    """Guests whose mirror is degraded or resyncing: one leg left (or none), for the dashboard."""
+    """Guests whose mirror is degraded or resyncing, on the wire or in the guest: one leg left
+    (or none), for the dashboard and the incident page."""
     legs = Prefetch("legs", queryset=AoEExport.objects.select_related("disk_server"))
+    mirrors = Mirror.objects.filter(Q(state__in=NOT_HEALTHY) | Q(health__in=GUEST_NOT_WHOLE))
     guests = []
-    for mirror in Mirror.objects.filter(state__in=NOT_HEALTHY).select_related("vm").prefetch_related(legs):
+    for mirror in mirrors.select_related("vm").prefetch_related(legs):
         missing, left = [], []
         for leg in mirror.legs.all():
             server = leg.disk_server
             if server.state in DOWN:
                 missing.append(f"{leg.name} on {server.name} ({server.get_state_display().lower()})")
+            elif mirror.health in GUEST_NOT_WHOLE and leg.leg in mirror.missing_legs:
+                missing.append(f"{leg.name} on {server.name} (leg {leg.leg}, not in sync in the guest)")
             else:
                 left.append(f"{leg.name} on {server.name}")
-        guests.append(ExposedGuest(mirror.vm.name, mirror.state, tuple(missing), tuple(left)))
+        guests.append(ExposedGuest(mirror.vm.name, mirror.state, tuple(missing), tuple(left), mirror.health,
+                                   mirror.health_detail, mirror.resync_percent, mirror.resync_eta_s))
     return sorted(guests, key=lambda g: g.vm)
 
 
@@ -93,7 +106,8 @@ def disk_server_failed(server: DiskServer, message: str) -> Incident:
 class DiskRecovery:
     """Brings a returned disk server's legs back, across monitor cycles: restore its exports once
     (idempotent: a real disk server's boot unit, or the lab, may have done it already), mark its
-    mirrors resyncing, then healthy as soon as both legs answer on the wire, then close."""
+    mirrors resyncing, then healthy as soon as both legs answer on the wire and the guest (when its
+    agent answers) says the array is whole, then close."""
     restored: set[int] = field(default_factory=set)  # incident ids whose exports were restored
     failed: set[int] = field(default_factory=set)  # incident ids whose restore failure was reported
 
@@ -109,12 +123,15 @@ class DiskRecovery:
             return
         healed = []
         for mirror in _mirrors_on(server).filter(state__in=NOT_HEALTHY):
+            # The guest's md decides when its resync is done; without an agent, the wire alone.
+            if mirror.health in GUEST_NOT_WHOLE:
+                continue
             if {(leg.shelf, leg.slot) for leg in mirror.legs.all()} <= wire:
                 if Mirror.objects.filter(pk=mirror.pk, state=mirror.state).update(state=MirrorState.HEALTHY):
                     healed.append(mirror.vm.name)
         if healed:
-            record(incident, EventKind.NOTE, f"Both legs answer on the SAN again: {', '.join(healed)} healthy.",
-                   healthy=healed)
+            record(incident, EventKind.NOTE, f"Both legs answer on the SAN again and no guest reports its array "
+                                             f"incomplete: {', '.join(healed)} healthy.", healthy=healed)
             changes.append(f"{server.name}: mirrors healthy: {', '.join(healed)}")
         pending = _mirrors_on(server).filter(state__in=NOT_HEALTHY).count()
         if not pending:
@@ -139,7 +156,7 @@ class DiskRecovery:
         names = ", ".join(e.name for e in started) or "none needed starting: all were running"
         record(incident, EventKind.NOTE,
                f"Exports of {server.name} restored ({names}); resyncing: {', '.join(resyncing) or 'none'}. "
-               "Each mirror is healthy once both its legs answer on the SAN.",
+               "Each mirror is healthy once both its legs answer on the SAN and its guest's array is whole.",
                started=[e.name for e in started], resyncing=resyncing)
         changes.append(f"{server.name}: exports restored, {len(resyncing)} mirror(s) resyncing")
 

@@ -3,6 +3,8 @@
     python -m lab.bmc_hook HOST get power|boot ...      prints "power:1" / "power:0", "boot:default"
     python -m lab.bmc_hook HOST set power 0|1 ...       prints nothing on success
     python -m lab.bmc_hook HOST boot                    (internal) boot the host, in the root netns
+    python -m lab.bmc_hook HOST console PORT CMD ...    emulation commands to ipmi_sim's console on
+                                                        127.0.0.1:PORT (run in the BMC's netns)
 
 ipmi_sim runs it in the BMC's network namespace and waits for it, so everything here is quick:
 power off kills synchronously (milliseconds, like a real power cut); power on only starts a
@@ -13,8 +15,10 @@ failed command.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 from lab.topology import REPO_DIR, ROOT_NETNS, LabHost, host
 
@@ -51,6 +55,37 @@ def _boot(lab_host: LabHost) -> None:
     cluster.boot_host(lab_host.name, out=lambda line: print(line, flush=True))
 
 
+CONSOLE_PROMPT = b"> "
+
+
+def send_console(address: str, port: int, commands: list[str], timeout: float = 5.0) -> None:
+    """Each command to ipmi_sim's console (a telnet-style line interface): it echoes the command,
+    prints "**message" for a command it refuses, then its prompt. Raises RuntimeError on a refusal
+    or a timeout; never sends `quit` (which would stop the simulator)."""
+    deadline = time.monotonic() + timeout
+
+    def until_prompt(sock: socket.socket) -> bytes:
+        seen = b""
+        while not seen.endswith(CONSOLE_PROMPT):
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"the console closed the connection after {seen!r}")
+            seen += chunk
+        return seen
+
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        until_prompt(sock)  # telnet option negotiation, then the first prompt
+        for command in commands:
+            if command.split()[:1] == ["quit"]:
+                raise RuntimeError("`quit` would stop the simulator")
+            sock.sendall(command.encode() + b"\n")
+            answer = until_prompt(sock).decode(errors="replace")
+            if "**" in answer:
+                refusal = answer.split("**", 1)[1].splitlines()[0].strip()
+                raise RuntimeError(f"ipmi_sim refused {command!r}: {refusal}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m lab.bmc_hook HOST get|set|boot ...", file=sys.stderr)
@@ -81,6 +116,13 @@ def main(argv: list[str]) -> int:
         return 0
     if op == "boot":
         _boot(lab_host)
+        return 0
+    if op == "console" and args:
+        try:
+            send_console("127.0.0.1", int(args[0]), args[1:])
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"{lab_host.name}'s BMC console: {exc}", file=sys.stderr)
+            return 1
         return 0
     print(f"unknown operation {op!r}", file=sys.stderr)
     return 1

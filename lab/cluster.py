@@ -200,7 +200,7 @@ def _up_bmcs(out: Output) -> None:
     bmc.ensure_root_netns()
     for board in bmcs():
         state = "already up"
-        if not bmc.running(board):
+        if not bmc.running(board) or bmc.outdated(board):
             bmc.start(board)
             state = "started"
         t0 = time.monotonic()

@@ -10,9 +10,11 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
+from lab.standin.aoe_standin import LAB_SETTING, WRAPPER_SETTING, data_path_of
 from lab.system import SYSTEM_PATH, LabError
 from lab.topology import (
     HOSTS,
@@ -182,14 +184,16 @@ def _write_standin_wrappers(directory: Path) -> None:
     path comes from where this code lives."""
     script = LAB_CODE_DIR / "standin" / "aoe_standin.py"
     probe = str(REPO_DIR / "drivers" / "aoe_probe.py")
+    # The lab's Python (the project's venv): the stand-in's FUSE daemons need mfusepy.
+    data = data_path_of(os.environ.get(LAB_SETTING))  # read back by lab.standin.data_path()
     for command in STANDIN_COMMANDS:
         action = command.removeprefix("aoe-")
         path = directory / command
         path.write_text(
             "#!/bin/sh\n"
-            "# XenAoE lab stand-in for aoetools' " + command + " (see lab/README.md).\n"
-            f"AOE_PROBE={shlex.quote(probe)} exec /usr/bin/python3 {shlex.quote(str(script))}"
-            f" {action} \"$@\"\n"
+            "# XenAoE lab stand-in for aoetools' " + command + " (see docs/lab.md).\n"
+            f"AOE_PROBE={shlex.quote(probe)} {WRAPPER_SETTING}={data}"
+            f" exec {shlex.quote(sys.executable)} {shlex.quote(str(script))} {action} \"$@\"\n"
         )
         path.chmod(0o755)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 
 from drivers.ssh import SSHTarget, ssh_options
+from lab.standin.aoe_standin import FUSE_FILE_PREFIX
 from lab.system import LabError, kill_and_wait, sh
 from lab.topology import LabHost, lab_dir, panel_identity, panel_known_hosts
 
@@ -94,8 +95,14 @@ def close_control_masters(hosts: list[LabHost]) -> None:
 
 
 def detach_lab_loops() -> None:
-    """Detach every loop device whose backing file is one of the lab hosts' files (the stand-in
-    attaches vblade backing files; a host killed without `aoe-flush` leaves them behind)."""
+    """Detach every loop device the AoE stand-in attached: over one of its FUSE files (by name), or
+    over one of the lab hosts' files (its file data path). A host killed without `aoe-flush`
+    leaves them behind."""
+    listing = sh(["losetup", "--list", "--json", "-O", "NAME,BACK-FILE"], check=False).stdout
+    for loop in json.loads(listing or '{"loopdevices": []}')["loopdevices"]:
+        back_file = (loop.get("back-file") or "").removesuffix(" (deleted)")
+        if os.path.basename(back_file).startswith(FUSE_FILE_PREFIX):
+            sh(["losetup", "--detach", loop["name"]], check=False)
     lab_files = set()
     for root, _dirs, files in os.walk(lab_dir() / "hosts"):
         for name in files:

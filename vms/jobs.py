@@ -8,8 +8,8 @@ from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
-from storage.choices import ExportState
-from storage.models import SECTORS_PER_MIB, AoEExport
+from storage.choices import ExportState, MirrorState
+from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
 from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.models import VirtualMachine
@@ -29,7 +29,7 @@ def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainS
     return hypervisor.DomainSpec(
         name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
-        kernel=vm.kernel_path,
+        kernel=vm.kernel_path, initrd=vm.initrd_path, cmdline=vm.kernel_cmdline,
     )
 
 
@@ -113,6 +113,9 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
             raise JobFailed(f"{leg.name} reports {answer.sectors} sectors from {cpu.name}, expected {expected}")
         ctx.log(f"{leg.name} answers from {cpu.name}: MAC {answer.mac}, {answer.sectors} sectors",
                 mac=answer.mac, sectors=answer.sectors)
+    # Both legs answer on the wire: that is the wire's view of a new mirror. A mirror already judged
+    # (degraded or resyncing after a disk server's failure) is left to ha.storage_health.
+    Mirror.objects.filter(vm=vm, state=MirrorState.UNKNOWN).update(state=MirrorState.HEALTHY)
 
 
 def attach_exports(ctx: JobContext) -> None:
@@ -158,7 +161,7 @@ def confirm_running(ctx: JobContext) -> None:
     info = hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name)
     if info is None or info.state != "running":
         raise JobFailed(f"{vm.domain_name} is {info.state if info else 'not defined'} on {vm.cpu_server.name}")
-    set_vm_state(vm.pk, VmState.RUNNING)
+    set_vm_state(vm.pk, VmState.RUNNING, booted=True)
     ctx.data["result"] = f"{vm.name} runs on {vm.cpu_server.name}"
     ctx.log(ctx.data["result"])
 

@@ -1,6 +1,7 @@
-"""drivers.ipmi: parsing of real ipmitool output, timeouts, the password file, and a real IPMI 2.0
-session against Debian's ipmi_sim on loopback (no root, no lab: its chassis_control hook only
-flips a state file; the lab's BMCs, whose hook really kills and boots a host, are tested in
+"""drivers.ipmi: parsing of real ipmitool output (power and sensors), timeouts, the password file,
+and a real IPMI 2.0 session against Debian's ipmi_sim on loopback (no root, no lab: its
+chassis_control hook only flips a state file; the sensors are the lab's emulation, failed and
+restored on its console; the lab's BMCs, whose hook really kills and boots a host, are tested in
 tests/lab/test_lab_bmc.py)."""
 from __future__ import annotations
 
@@ -15,7 +16,21 @@ import pytest
 
 from drivers import ipmi
 from drivers.errors import DriverError
-from drivers.ipmi import BmcTarget, parse_power_status, power_off, power_on, power_status
+from drivers.ipmi import (
+    ABSENT,
+    FAILED,
+    FAN,
+    OK,
+    POWER_SUPPLY,
+    BmcTarget,
+    Sensor,
+    parse_power_status,
+    parse_sdr_type,
+    power_off,
+    power_on,
+    power_status,
+    read_sensors,
+)
 
 # Captured from `ipmitool -I lanplus -C 3 ... chassis power ...` (ipmitool 1.8.19 against ipmi_sim,
 # openipmi 2.0.33): stdout, exactly.
@@ -24,6 +39,39 @@ REAL_STATUS_OFF = "Chassis Power is off\n"
 REAL_OFF = "Chassis Power Control: Down/Off\n"
 REAL_ON = "Chassis Power Control: Up/On\n"
 REAL_BAD_PASSWORD_STDERR = "Error: Unable to establish IPMI v2 / RMCP+ session\n"
+# `ipmitool -I lanplus -C 3 ... sdr type "Power Supply"` / `sdr type Fan`, captured from the lab's
+# BMC emulation (lab/bmc.py: two supplies, two fans) well, after `psu-fail` and after `fan-fail`,
+# and after setting the other power supply states by hand on ipmi_sim's console.
+REAL_PSU_WELL = ("PS1 Status       | 60h | ok  | 10.1 | Presence detected\n"
+                 "PS2 Status       | 61h | ok  | 10.2 | Presence detected\n")
+REAL_PSU_FAILED = ("PS1 Status       | 60h | ok  | 10.1 | Presence detected, Failure detected\n"
+                   "PS2 Status       | 61h | ok  | 10.2 | Presence detected\n")
+REAL_FANS_WELL = "Fan1             | 70h | ok  | 29.1 | 5400 RPM\nFan2             | 71h | ok  | 29.2 | 5400 RPM\n"
+REAL_FAN_FAILED = "Fan1             | 70h | lnr | 29.1 | 0 RPM\nFan2             | 71h | ok  | 29.2 | 5400 RPM\n"
+REAL_PSU_STATES = {
+    "PS1 Status       | 30h | ok  | 10.1 | Presence detected, Power Supply AC lost\n": FAILED,
+    "PS1 Status       | 30h | ok  | 10.1 | Presence detected, Predictive failure\n": FAILED,
+    "PS1 Status       | 30h | ok  | 10.1 | Failure detected\n": FAILED,  # presence bit cleared, failure set
+    "PS1 Status       | 30h | ok  | 10.1 | Presence detected, AC lost or out-of-range, AC out-of-range, but present, "
+    "Config Error\n": FAILED,
+    "PS1 Status       | 30h | ok  | 10.1 | \n": ABSENT,  # no state asserted: an empty bay
+    "PS1 Status       | 30h | ns  | 10.1 | Disabled\n": ABSENT,  # sensor not scanning
+}
+REAL_FAN_STATES = {"Fan1             | 40h | lcr | 29.1 | 800 RPM\n": FAILED,
+                   "Fan1             | 40h | lnr | 29.1 | 300 RPM\n": FAILED,
+                   "Fan1             | 40h | lnc | 29.1 | 1200 RPM\n": OK}  # non-critical: a warning
+# Written in ipmitool's format as real servers print it (a Dell-style board with a redundancy
+# sensor, a Supermicro-style one with unpopulated fan headers and an upper-critical fan).
+DELL_PSU = """PS1 Status       | 63h | ok  | 10.1 | Presence detected
+PS2 Status       | 64h | ok  | 10.2 | Presence detected, Power Supply AC lost
+PS Redundancy    | 65h | ok  |  7.1 | Redundancy Lost
+"""
+SUPERMICRO_FANS = """FAN1             | 41h | ok  | 29.1 | 4200 RPM
+FAN2             | 42h | ucr | 29.2 | 25800 RPM
+FAN3             | 43h | ns  | 29.3 | No Reading
+FAN4             | 44h | cr  | 29.4 | 0 RPM
+Fan Redundancy   | 0Ch | ok  |  7.1 | Fully Redundant
+"""
 
 PASSWORD = "pw-" + "x7Kq2mZ9"
 HOOK = """#!/bin/sh
@@ -56,6 +104,51 @@ def test_parses_the_real_status_output():
 def test_anything_else_is_not_a_power_state(output):
     with pytest.raises(DriverError) as info:
         parse_power_status(output)
+    assert info.value.permanent
+
+
+def test_parses_the_lab_bmcs_sensors_well_and_failed():
+    assert parse_sdr_type(REAL_PSU_WELL, POWER_SUPPLY) == [
+        Sensor("PS1 Status", POWER_SUPPLY, OK, "Presence detected", "ok"),
+        Sensor("PS2 Status", POWER_SUPPLY, OK, "Presence detected", "ok")]
+    assert [s.status for s in parse_sdr_type(REAL_FANS_WELL, FAN)] == [OK, OK]
+    failed = parse_sdr_type(REAL_PSU_FAILED, POWER_SUPPLY)
+    assert [(s.name, s.failing) for s in failed] == [("PS1 Status", True), ("PS2 Status", False)]
+    assert failed[0].describe() == "power supply PS1 Status failed (Presence detected, Failure detected)"
+    fan = parse_sdr_type(REAL_FAN_FAILED, FAN)[0]
+    assert (fan.name, fan.status, fan.code, fan.reading) == ("Fan1", FAILED, "lnr", "0 RPM")
+    assert fan.describe() == "fan Fan1 failed (lnr, 0 RPM)"
+
+
+@pytest.mark.parametrize(("output", "status"), [*REAL_PSU_STATES.items()])
+def test_power_supply_states(output, status):
+    assert [s.status for s in parse_sdr_type(output, POWER_SUPPLY)] == [status]
+
+
+@pytest.mark.parametrize(("output", "status"), [*REAL_FAN_STATES.items()])
+def test_fan_states(output, status):
+    assert [s.status for s in parse_sdr_type(output, FAN)] == [status]
+
+
+def test_parses_real_servers_output():
+    psus = parse_sdr_type(DELL_PSU, POWER_SUPPLY)
+    assert [(s.name, s.status) for s in psus] == [("PS1 Status", OK), ("PS2 Status", FAILED), ("PS Redundancy", OK)]
+    assert psus[1].reading == "Presence detected, Power Supply AC lost"
+    fans = parse_sdr_type(SUPERMICRO_FANS, FAN)
+    assert [(s.name, s.status, s.code) for s in fans] == [
+        ("FAN1", OK, "ok"), ("FAN2", FAILED, "ucr"), ("FAN3", ABSENT, "ns"), ("FAN4", FAILED, "cr"),
+        ("Fan Redundancy", OK, "ok")]
+    assert parse_sdr_type("", FAN) == []  # a board without fan sensors
+
+
+@pytest.mark.parametrize("output", [
+    "PS1 Status       | 0x01              | ok\n",  # `sdr list`, not the extended format asked for
+    "Error: Unable to establish IPMI v2 / RMCP+ session\n",
+    "Fan1 | 70h | ok | 29.1\n",
+])
+def test_anything_else_is_not_a_sensor_line(output):
+    with pytest.raises(DriverError, match="unexpected `sdr type") as info:
+        parse_sdr_type(output, POWER_SUPPLY)
     assert info.value.permanent
 
 
@@ -111,16 +204,10 @@ def _free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[tuple[BmcTarget, Path, Path]]:
-    """ipmi_sim on 127.0.0.1 with one admin user; yields (target, power state file, "ignore" flag)."""
+def _run_sim(tmp_path: Path, emulation: str, extra_conf: str = "") -> Iterator[tuple[BmcTarget, int]]:
+    """ipmi_sim on 127.0.0.1 with one admin user and the given emulation; yields (target, port)."""
     if shutil.which("ipmi_sim") is None or shutil.which("ipmitool") is None:
         pytest.skip("needs Debian's openipmi (ipmi_sim) and ipmitool")
-    state, ignore = tmp_path / "power", tmp_path / "ignore-power-off"
-    state.write_text("1\n")
-    hook = tmp_path / "chassis-control"
-    hook.write_text(HOOK.format(state=state, ignore=ignore))
-    hook.chmod(0o755)
     port = _free_udp_port()
     (tmp_path / "sim-state").mkdir()
     (tmp_path / "lan.conf").write_text(f"""name "xat-bmc"
@@ -131,11 +218,9 @@ set_working_mc 0x20
     allowed_auths_admin md5
     guid 0123456789abcdef0123456789abcdef
   endlan
-  chassis_control "{hook}"
-  user 2 true "admin" "{PASSWORD}" admin 10 md5
+{extra_conf}  user 2 true "admin" "{PASSWORD}" admin 10 md5
 """)
-    (tmp_path / "sim.emu").write_text("mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 0x09 0x08 0x9f 0x1291 0xf02\n"
-                                      "mc_enable 0x20\n")
+    (tmp_path / "sim.emu").write_text(emulation)
     secret = tmp_path / "pw"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(0o600)
@@ -154,10 +239,23 @@ set_working_mc 0x20
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.1)
-        yield target, state, ignore
+        yield target, port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[tuple[BmcTarget, Path, Path]]:
+    """ipmi_sim with chassis power only; yields (target, power state file, "ignore" flag)."""
+    state, ignore = tmp_path / "power", tmp_path / "ignore-power-off"
+    state.write_text("1\n")
+    hook = tmp_path / "chassis-control"
+    hook.write_text(HOOK.format(state=state, ignore=ignore))
+    hook.chmod(0o755)
+    emulation = "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 0x09 0x08 0x9f 0x1291 0xf02\nmc_enable 0x20\n"
+    for target, _port in _run_sim(tmp_path, emulation, f'  chassis_control "{hook}"\n'):
+        yield target, state, ignore
 
 
 def test_power_status_off_and_on_through_a_real_bmc(sim):
@@ -189,3 +287,59 @@ def test_a_wrong_password_is_refused(sim, tmp_path):
     wrong.write_text("not-the-password\n")
     with pytest.raises(DriverError, match="RMCP\\+ session"):
         power_status(BmcTarget(target.address, target.port, target.user, wrong, timeout=10))
+
+
+@pytest.fixture
+def sensor_sim(tmp_path: Path) -> Iterator[tuple[BmcTarget, int]]:
+    """ipmi_sim with the lab's BMC emulation (power supplies and fans, lab/bmc.py) and its console
+    on loopback; yields (target, console port)."""
+    from lab import bmc
+
+    if shutil.which("sdrcomp") is None:
+        pytest.skip("needs Debian's openipmi (sdrcomp)")
+    console = _free_tcp_port()
+    for target, _port in _run_sim(tmp_path, bmc.emulation(), f"  console 127.0.0.1 {console}\n"):
+        yield target, console
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_sensors_of_a_real_bmc_read_well_then_failed_then_well(sensor_sim):
+    from lab.bmc import DRILLS
+    from lab.bmc_hook import send_console
+
+    target, console = sensor_sim
+    assert ipmi._ipmitool(target, ["sdr", "type", "Power Supply"]) == REAL_PSU_WELL
+    assert ipmi._ipmitool(target, ["sdr", "type", "Fan"]) == REAL_FANS_WELL
+    started = time.monotonic()
+    sensors = read_sensors(target)
+    took = time.monotonic() - started
+    assert [(s.kind, s.name, s.status) for s in sensors] == [
+        (POWER_SUPPLY, "PS1 Status", OK), (POWER_SUPPLY, "PS2 Status", OK), (FAN, "Fan1", OK), (FAN, "Fan2", OK)]
+
+    send_console("127.0.0.1", console, DRILLS["psu-fail"])
+    assert ipmi._ipmitool(target, ["sdr", "type", "Power Supply"]) == REAL_PSU_FAILED
+    assert [s.describe() for s in read_sensors(target) if s.failing] == [
+        "power supply PS1 Status failed (Presence detected, Failure detected)"]
+    send_console("127.0.0.1", console, DRILLS["fan-fail"])
+    assert ipmi._ipmitool(target, ["sdr", "type", "Fan"]) == REAL_FAN_FAILED
+    assert [s.name for s in read_sensors(target) if s.failing] == ["PS1 Status", "Fan1"]
+    send_console("127.0.0.1", console, DRILLS["psu-ok"] + DRILLS["fan-ok"])
+    assert [s for s in read_sensors(target) if s.status != OK] == []
+    with pytest.raises(RuntimeError, match="refused 'no_such_command 1': Unknown command"):
+        send_console("127.0.0.1", console, ["no_such_command 1"])
+    print(f"\nread_sensors (two ipmitool calls) took {took * 1000:.0f} ms")
+
+
+def test_a_silent_bmcs_sensors_are_an_error_not_a_reading(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text(PASSWORD + "\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        with pytest.raises(DriverError, match="`ipmitool sdr type Power Supply` timed out after 1.5 s") as info:
+            read_sensors(BmcTarget("127.0.0.1", silent.getsockname()[1], "admin", secret, timeout=1.5))
+    assert not info.value.permanent

@@ -1,10 +1,13 @@
 """What the hosts themselves say, asked directly (never through the panel's own view of them)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import libvirt
 
-from drivers import hypervisor
-from hosts.models import CpuServer
+from drivers import hypervisor, vblade
+from hosts.models import CpuServer, DiskServer
+from hosts.targets import ssh_target
 from jobs.follow import follow
 from jobs.models import Job
 from lab.guests import busy
@@ -36,6 +39,17 @@ def clear_domain(name: str) -> None:
     for cpu in CpuServer.objects.all():
         hypervisor.destroy(cpu.libvirt_uri, name)
         hypervisor.undefine(cpu.libvirt_uri, name)
+
+
+def clear_exports(vm_name: str) -> None:
+    """Stop the exports of a VM's volumes and delete the volumes on every disk server (left by an
+    interrupted earlier run: the disk servers restore persisted exports at every boot)."""
+    for disk in DiskServer.objects.all():
+        target = ssh_target(disk)
+        for export in vblade.list_exports(target):
+            if Path(export.path).name.startswith(f"{vm_name}-e"):
+                vblade.stop_export(target, export.shelf, export.slot)
+                vblade.remove_volume(target, export.path)
 
 
 def succeeded(job: Job) -> Job:

@@ -1,12 +1,13 @@
 """Maintenance on the lab: a CPU server's guests live-migrated away by the host.evacuate job and
-its vm.migrate children, on a real worker. What counts is what the hosts say (libvirt on both CPU
+its vm.migrate children, on a real worker; and the same started by the monitor's policy when the
+host's BMC reports a failed power supply. What counts is what the hosts say (libvirt on both CPU
 servers, the busy guest's own tick counter read from its RAM), sampled while the job runs: at no
 moment may a guest run nowhere."""
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -16,12 +17,15 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from ha.maintenance import EVACUATE, active_evacuation, enter_maintenance, leave_maintenance
+from ha.monitor import Monitor
 from hosts.choices import HostState
 from hosts.models import CpuServer
 from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import request_cancel
+from lab import bmc
 from lab.guests import busy
+from lab.topology import host as lab_host
 from tests.integration.on_the_hosts import busy_guest_ticks, clear_domain, domain_state
 from vms.models import VirtualMachine
 from vms.placement import PlacementError, choose_cpu_server, cpu_candidates
@@ -191,3 +195,74 @@ def test_a_guest_too_big_for_the_others_is_listed_and_the_evacuation_fails(lab_h
     finally:
         CpuServer.objects.filter(name="cpu1").update(memory_mib=4096)
         _cleanup(names)
+
+
+def _cycles_until(monitor: Monitor, done: Callable[[], object], max_cycles: int) -> object:
+    """The monitor's cycles at its interval until `done()` says something; that."""
+    for n in range(1, max_cycles + 1):
+        started = time.monotonic()
+        for line in monitor.cycle().changes:
+            print(f"monitor cycle {n}: {line}")
+        result = done()
+        if result:
+            return result
+        time.sleep(max(0.0, monitor.interval - (time.monotonic() - started)))
+    raise AssertionError(f"not done after {max_cycles} cycles")
+
+
+def test_a_failed_power_supply_evacuates_the_host_live_and_stops_no_guest(guests_on_cpu2):
+    """`lab bmc cpu2 psu-fail`: the monitor reads it through ipmitool lanplus, marks cpu2 suspect and
+    starts its evacuation; every guest moves to cpu1 while running. psu-ok: cpu2 goes to
+    maintenance (its guests were moved away on purpose), not back to up."""
+    busy_vm, plain_vm = guests_on_cpu2
+    cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+    domains = [busy_vm.domain_name, plain_vm.domain_name]
+    ticks_before = busy_guest_ticks(cpu2.libvirt_uri, busy_vm.domain_name)
+    board = lab_host("cpu2").bmc
+    assert board is not None and cpu2.bmc_address == board.address
+    monitor = Monitor(interval=1, timeout=0.75, bmc_interval=0.001, evacuate_on_bmc=True)
+    watch = Watch({"cpu1": cpu1.libvirt_uri, "cpu2": cpu2.libvirt_uri}, domains)
+    try:
+        _cycles_until(monitor, lambda: CpuServer.objects.get(pk=cpu2.pk).last_seen_at, 3)
+        assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.UP
+        watch.start()
+        failed_at = time.monotonic()
+        try:
+            bmc.drill(board, "psu-fail")
+            job = _cycles_until(monitor, lambda: active_evacuation(cpu2), 5)
+            detected = time.monotonic() - failed_at
+            cpu2.refresh_from_db()
+            failure = "BMC: power supply PS1 Status failed (Presence detected, Failure detected)"
+            assert (cpu2.state, cpu2.last_check_error) == (HostState.SUSPECT, failure)
+            assert job.params["trigger"] == "suspect" and job.params["reason"] == f"cpu2: {failure}"
+            assert [c.server.name for c in cpu_candidates()] == ["cpu1"]  # placement no longer offers cpu2
+            job = follow(job.pk, print)
+        finally:
+            watch.done.set()
+            watch.join(10)
+        took = time.monotonic() - failed_at
+        assert job.state == "succeeded" and job.message == "2 of 2 guests moved", job.message
+        assert sorted((c.target_name, c.kind, c.state) for c in job.children.all()) == [
+            ("evbusy", "vm.migrate", "succeeded"), ("evplain", "vm.migrate", "succeeded")]
+        assert watch.samples > 20 and watch.gaps == [], watch.gaps[:5]
+        for domain in domains:
+            assert domain_state(cpu1.libvirt_uri, domain) == libvirt.VIR_DOMAIN_RUNNING
+            assert domain_state(cpu2.libvirt_uri, domain) is None
+        ticks_after = busy_guest_ticks(cpu1.libvirt_uri, busy_vm.domain_name)
+        assert ticks_after > ticks_before
+        # Still failing: the host stays suspect, and no second evacuation starts.
+        _cycles_until(monitor, lambda: True, 2)
+        assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.SUSPECT
+        assert Job.objects.filter(kind=EVACUATE).count() == 1
+        # The power supply replaced: well again, and empty on purpose: maintenance, not up.
+        bmc.drill(board, "psu-ok")
+        _cycles_until(monitor, lambda: CpuServer.objects.get(pk=cpu2.pk).state != HostState.SUSPECT, 3)
+        cpu2.refresh_from_db()
+        assert (cpu2.state, cpu2.last_check_error) == (HostState.MAINTENANCE, "")
+        print(f"\nPSU failure read and evacuation started {detected:.1f} s after the drill; both guests moved "
+              f"{took:.1f} s after it; ticks {ticks_before} -> {ticks_after}")
+    finally:
+        monitor.close()
+        bmc.drill(board, "psu-ok")
+        # The fixture's clean-up returns a host in maintenance to service.
+        CpuServer.objects.filter(pk=cpu2.pk, state=HostState.SUSPECT).update(state=HostState.MAINTENANCE)

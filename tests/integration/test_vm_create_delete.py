@@ -49,6 +49,7 @@ def test_create_runs_the_guest_on_mirrored_aoe_exports_and_delete_removes_everyt
 
     vm = VirtualMachine.objects.get(name="itest")
     assert domain_state(cpu2.libvirt_uri, vm.domain_name) == libvirt.VIR_DOMAIN_RUNNING
+    assert vm.mirror.state == "healthy"  # both legs answered the job's probe on the SAN
     conn = libvirt.open(cpu2.libvirt_uri)
     xml = conn.lookupByName(vm.domain_name).XMLDesc()
     conn.close()

@@ -1,10 +1,12 @@
-"""The lab's BMCs (ipmi_sim per CPU host, chassis power that really stops and boots the host) and
-network partitions. Needs root; each destructive test brings the lab back (`cluster.up()` boots
+"""The lab's BMCs (ipmi_sim per CPU host, chassis power that really stops and boots the host; power
+supply and fan sensors failed and restored by `lab bmc HOST DRILL`) and network partitions.
+Needs root; each destructive test brings the lab back (`cluster.up()` boots
 stopped hosts, restarts dead BMCs and heals partitions) in a finally."""
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.errors import DriverError
-from drivers.ipmi import power_off, power_on, power_status
+from drivers.ipmi import OK, power_off, power_on, power_status, read_sensors
 from drivers.ssh import SSHTarget, run, ssh_options
 from lab import bmc, cluster
 from lab.hostproc import host_pids, ssh_target
@@ -190,3 +192,43 @@ def test_registration_records_bmc_san_mac_and_fence_methods(lab_cluster, lab_hos
         assert password and password not in {str(v) for v in cpu.__dict__.values()}, "a path, never the secret"
     live_mac = run(ssh_target(host("cpu1")), ["cat", "/sys/class/net/san0/address"], timeout=15).stdout.strip()
     assert CpuServer.objects.get(name="cpu1").san_mac == live_mac == "02:0a:d5:01:00:15"
+
+
+@pytest.fixture
+def well_sensors(lab_cluster) -> Iterator[None]:
+    yield
+    for drill in ("psu-ok", "fan-ok"):
+        bmc.drill(_board("cpu1"), drill)
+
+
+def _lab_bmc(*args: str) -> str:
+    """`manage.py lab bmc ...` as an operator runs it."""
+    proc = subprocess.run([sys.executable, "manage.py", "lab", "bmc", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_bmc_drills_fail_and_restore_sensors_read_over_lanplus(lab_cluster, well_sensors):
+    target = bmc.target(_board("cpu1"))
+    started = time.monotonic()
+    sensors = read_sensors(target)
+    took = time.monotonic() - started
+    assert [(s.kind, s.name, s.status) for s in sensors] == [("power supply", "PS1 Status", OK),
+                                                             ("power supply", "PS2 Status", OK),
+                                                             ("fan", "Fan1", OK), ("fan", "Fan2", OK)]
+
+    assert _lab_bmc("cpu1", "psu-fail") == "cpu1: BMC psu-fail"
+    assert [s.describe() for s in read_sensors(target) if s.failing] == [
+        "power supply PS1 Status failed (Presence detected, Failure detected)"]
+    assert not any(s.failing for s in read_sensors(bmc.target(_board("cpu2")))), "the other host's BMC is its own"
+    _lab_bmc("cpu1", "fan-fail")
+    assert [s.describe() for s in read_sensors(target) if s.failing] == [
+        "power supply PS1 Status failed (Presence detected, Failure detected)", "fan Fan1 failed (lnr, 0 RPM)"]
+    _lab_bmc("cpu1", "psu-ok")
+    _lab_bmc("cpu1", "fan-ok")
+    assert [s for s in read_sensors(target) if s.status != OK] == []
+    # The console is on the BMC's own loopback: nothing on the management network answers it.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((_board("cpu1").address, bmc.CONSOLE_PORT), timeout=3).close()
+    print(f"\nsensors of cpu1's BMC read in {took * 1000:.0f} ms (two ipmitool calls)")

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from ha.monitor import Monitor
+from storage.guest_health import GuestHealthWatch
 
 
 class Command(BaseCommand):
@@ -28,7 +29,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         interval = options["interval"]
         timeout = min(settings.MONITOR_CHECK_TIMEOUT_MS / 1000, interval * 0.75)
-        monitor = Monitor(interval=interval, timeout=timeout)
+        monitor = Monitor(interval=interval, timeout=timeout,
+                          guest_health=None if options["once"] else GuestHealthWatch())
         try:
             if options["once"]:
                 report = monitor.cycle()

@@ -1,5 +1,5 @@
-"""`manage.py lab up|down|status [--json]`, `lab kill HOST [--with-bmc]`, `lab partition|heal HOST`:
-the lab cluster (see docs/lab.md)."""
+"""`manage.py lab up|down|status [--json]`, `lab kill HOST [--with-bmc]`, `lab partition|heal HOST`,
+`lab bmc HOST psu-fail|psu-ok|fan-fail|fan-ok`: the lab cluster (see docs/lab.md)."""
 import json
 from argparse import ArgumentParser
 from typing import Any
@@ -7,9 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from lab import cluster
+from lab import bmc, cluster
 from lab.system import LabError
-from lab.topology import HOSTS
+from lab.topology import HOSTS, host
 
 
 def register_or_explain(result: cluster.LabStatus) -> None:
@@ -26,9 +26,12 @@ class Command(BaseCommand):
     help = "Bring the lab cluster (2 disk servers, 2 CPU servers in network namespaces) up or down."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("action", choices=["up", "down", "status", "kill", "partition", "heal"])
+        parser.add_argument("action", choices=["up", "down", "status", "kill", "partition", "heal", "bmc"])
         parser.add_argument("host", nargs="?", help="kill: the host whose plug to pull (up restarts it); "
-                            "partition/heal: the host whose management link to cut/restore")
+                            "partition/heal: the host whose management link to cut/restore; bmc: the CPU host "
+                            "whose BMC reports a sensor failing or well again")
+        parser.add_argument("drill", nargs="?", choices=list(bmc.DRILLS),
+                            help="bmc: fail or restore its power supply PS1 or its fan Fan1")
         parser.add_argument("--with-bmc", action="store_true", help="kill: the host's BMC loses power too")
         parser.add_argument("--json", action="store_true", help="print the lab's hosts as JSON")
         parser.add_argument("--no-register", action="store_true", help="up: do not add the hosts to the database")
@@ -43,6 +46,13 @@ class Command(BaseCommand):
                 result = cluster.up(out=say)
                 if not options["no_register"]:
                     register_or_explain(result)
+            elif options["action"] == "bmc":
+                board = host(options["host"]).bmc if options["host"] else None
+                if board is None or not options["drill"]:
+                    raise CommandError(f"usage: lab bmc CPU-HOST {'|'.join(bmc.DRILLS)}")
+                bmc.drill(board, options["drill"])
+                self.stdout.write(f"{options['host']}: BMC {options['drill']}")
+                return
             elif options["action"] in ("kill", "partition", "heal"):
                 if not options["host"]:
                     raise CommandError(f"usage: lab {options['action']} HOST")
