@@ -141,7 +141,7 @@ def _clear_guests_left_behind(hosts: dict[str, list]) -> None:
     """Start every test from a lab without guests. The database is emptied after each test, so a
     domain, export or volume still on the hosts is what an interrupted test left behind, and it
     would take the shelf slots the next test's VMs are given."""
-    from drivers import aoe, hypervisor, vblade
+    from drivers import aoe, hypervisor, ssh, vblade
     from drivers.errors import DriverError
     from hosts.targets import ssh_target
 
@@ -151,8 +151,13 @@ def _clear_guests_left_behind(hosts: dict[str, list]) -> None:
             target = ssh_target(disk)
             for export in vblade.list_exports(target):
                 vblade.stop_export(target, export.shelf, export.slot)
-                vblade.remove_volume(target, export.path)
                 stopped.append((export.shelf, export.slot))
+            # Every volume, exported or not: a volume left behind makes the next create of that
+            # name refuse to overwrite it.
+            found = ssh.run(target, ["find", disk.volume_dir, "-maxdepth", "1", "-name", "*.img", "-type", "f"],
+                            timeout=30)
+            for path in found.stdout.split():
+                vblade.remove_volume(target, path)
         except DriverError:
             pass  # a host a test left down: the test that needs it brings the lab up
     for cpu in hosts["cpu"]:

@@ -6,15 +6,16 @@ import os
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-# Playwright's sync API runs an event loop in the test's thread; the tests' ORM calls happen while
-# no browser call is in flight.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture
-def page(web_server, tmp_path):
+def page(web_server, tmp_path, monkeypatch):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed")
+    # Playwright's sync API runs an event loop in the test's thread; the tests' ORM calls happen
+    # while no browser call is in flight. For this test only: the variable must not leak into the
+    # processes other tests start (`check --deploy` refuses it).
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
