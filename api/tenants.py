@@ -28,7 +28,8 @@ USERNAME_REGEX = r"[\w.@+-]{1,150}"
 
 class UsageSerializer(serializers.Serializer):
     resource = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField(help_text="In a sentence: 'memory'.")
+    title = serializers.CharField(help_text="As a heading: 'Memory'.")
     unit = serializers.CharField(allow_blank=True)
     used = serializers.IntegerField()
     limit = serializers.IntegerField()

@@ -375,8 +375,8 @@ def test_operators_manage_tenants_and_quotas(world, op):
                                         "quota_vms": 3}, format="json")
     assert created.status_code == 201
     body = created.json()
-    assert body["quotas"]["vms"] == {"resource": "vms", "label": "VMs", "unit": "", "used": 0, "limit": 3,
-                                     "remaining": 3}
+    assert body["quotas"]["vms"] == {"resource": "vms", "label": "VMs", "title": "VMs", "unit": "", "used": 0,
+                                     "limit": 3, "remaining": 3}
     assert body["allowed_actions"] == ["start"] and body["url"].endswith("/api/tenants/initech/")
     assert op.post("/api/tenants/", {"slug": "initech"}, format="json").json() == {
         "slug": ["a tenant named 'initech' already exists"]}
