@@ -81,6 +81,7 @@ def test_operator_creates_for_a_tenant_who_runs_it_and_sees_nothing_else(page, o
     # Back on the VM's page while the job runs: the badge turns Running by itself, no reload.
     page.goto("/vms/acme1/")
     expect(page.locator("[data-vm-state='acme1']")).to_have_text("Running", timeout=120_000)
+    expect(page.get_by_role("button", name="Shut down")).to_be_visible()  # the buttons follow the state
     if out:
         page.screenshot(path=os.path.join(out, "tenant-vm.png"), full_page=True)
 
