@@ -206,14 +206,11 @@ class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         body = UserUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        if data.get("is_active") is False and user.pk == request.user.pk:
-            raise serializers.ValidationError({"is_active": ["you cannot deactivate yourself"]})
-        if "tenant" in data:
-            with service_call():
+        with service_call():
+            if "is_active" in data:
+                services.set_active(user, data["is_active"], by=request.user)
+            if "tenant" in data:
                 services.move_user(user, _tenant_named(data["tenant"]) if data["tenant"] else None)
-        if "is_active" in data and data["is_active"] != user.is_active:
-            user.is_active = data["is_active"]
-            user.save(update_fields=["is_active"])
         return Response(self.get_serializer(self.get_queryset().get(pk=user.pk)).data)
 
 

@@ -120,6 +120,16 @@ def move_user(user, tenant: Tenant | None) -> None:
         Membership.objects.update_or_create(user=user, defaults={"tenant": tenant})
 
 
+def set_active(user, active: bool, *, by=None) -> None:
+    """Let a user sign in again, or no longer: their sessions and API tokens stop working at once
+    (Django and DRF refuse inactive users); an open websocket ends at its next reconnect."""
+    if not active and by is not None and user.pk == by.pk:
+        raise ValidationError({"is_active": "you cannot deactivate yourself"})
+    if user.is_active != active:
+        user.is_active = active
+        user.save(update_fields=["is_active"])
+
+
 def delete_tenant(tenant: Tenant) -> None:
     if tenant.vms.exists():
         raise ValidationError({"slug": f"{tenant.slug} still has {tenant.vms.count()} VM(s); delete them first"})
