@@ -19,7 +19,7 @@ from api.jobs import JobAcceptedSerializer
 from api.schema import DETAIL
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident
-from ha.tenant_view import event_for_tenant, incident_summary, tenant_vm_names
+from ha.tenant_view import incident_summary, timeline
 from tenants.access import is_operator, tenant_of, visible_incidents
 
 
@@ -62,12 +62,7 @@ class IncidentDetailSerializer(IncidentSerializer):
     events = IncidentEventSerializer(many=True)
 
     def seen(self, incident: Incident) -> dict[str, Any]:
-        tenant = self._tenant()
-        events = [event.as_event() for event in incident.events.order_by("time", "id")]
-        if tenant is not None:
-            names = tenant_vm_names(tenant)
-            events = [seen for seen in (event_for_tenant(e, tenant, names) for e in events) if seen is not None]
-        return super().seen(incident) | {"events": events}
+        return super().seen(incident) | {"events": timeline(incident, self._tenant())}
 
 
 class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -15,7 +15,6 @@ import logging
 import os
 import random
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import database
+from bench.pages import time_page
 
 DB_NAME = "xenaoe_bench_jobs"
 JOBS = int(os.environ.get("BENCH_JOBS", "100000"))
@@ -123,9 +123,7 @@ def _ms(seconds: float) -> str:
 
 def time_pages(now: datetime.datetime) -> list[float]:
     from django.contrib.auth import get_user_model
-    from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     operator = get_user_model().objects.filter(username="bench-operator").first() or \
         get_user_model().objects.create_user("bench-operator", is_staff=True)
@@ -157,19 +155,12 @@ def time_pages(now: datetime.datetime) -> list[float]:
     medians = []
     print(f"\n/jobs/ with {JOBS:,} jobs, median of {ROUNDS} requests\n")
     for title, query in pages:
-        client.get(f"/jobs/{query}")  # warm: plans, template cache
-        samples = []
-        for _ in range(ROUNDS):
-            started = time.perf_counter()
-            response = client.get(f"/jobs/{query}")
-            samples.append(time.perf_counter() - started)
-        with CaptureQueriesContext(connection) as queries:
-            response = client.get(f"/jobs/{query}")
-        assert response.status_code in (200, 400), (query, response.status_code)
-        shown = re.search(r'id="job-count"[^>]*>([^<]*)<', response.content.decode())
+        timing = time_page(client, f"/jobs/{query}", ROUNDS)
+        assert timing.response.status_code in (200, 400), (query, timing.response.status_code)
+        shown = re.search(r'id="job-count"[^>]*>([^<]*)<', timing.response.content.decode())
         count = shown.group(1) if shown else "?"
-        medians.append(statistics.median(samples))
-        print(f"{title:<34} median {_ms(medians[-1])}  max {_ms(max(samples))}  {len(queries):2d} queries  "
+        medians.append(timing.median)
+        print(f"{title:<34} median {_ms(timing.median)}  max {_ms(max(timing.samples))}  {timing.queries:2d} queries  "
               f"{count}")
     return medians
 

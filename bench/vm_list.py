@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import random
-import statistics
 import sys
 import time
 
 from bench import database
+from bench.pages import time_page
 
 DB_NAME = "xenaoe_bench_vms"
 VMS = int(os.environ.get("BENCH_VMS", "10000"))
@@ -61,9 +61,7 @@ def _ms(seconds: float) -> str:
 
 def time_pages() -> list[float]:
     from django.contrib.auth import get_user_model
-    from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
 
     logging.getLogger("django.request").setLevel(logging.ERROR)
     medians = []
@@ -81,17 +79,11 @@ def time_pages() -> list[float]:
         client.force_login(get_user_model().objects.get(username=who))
         print(f"\n/vms/ as {who}, {VMS:,} VMs, median of {ROUNDS} requests\n")
         for title, query in pages:
-            client.get(f"/vms/{query}")
-            samples = []
-            for _ in range(ROUNDS):
-                started = time.perf_counter()
-                response = client.get(f"/vms/{query}")
-                samples.append(time.perf_counter() - started)
-            with CaptureQueriesContext(connection) as queries:
-                response = client.get(f"/vms/{query}")
-            assert response.status_code == 200, (query, response.status_code)
-            medians.append(statistics.median(samples))
-            print(f"{title:<28} median {_ms(medians[-1])}  max {_ms(max(samples))}  {len(queries):2d} queries")
+            timing = time_page(client, f"/vms/{query}", ROUNDS)
+            assert timing.response.status_code == 200, (query, timing.response.status_code)
+            medians.append(timing.median)
+            print(f"{title:<28} median {_ms(timing.median)}  max {_ms(max(timing.samples))}  "
+                  f"{timing.queries:2d} queries")
     return medians
 
 

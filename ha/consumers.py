@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ha.incidents import INCIDENTS_GROUP, incident_group, tenant_incident_group, tenant_incidents_group
 from ha.monitor import HOSTS_GROUP
-from ha.tenant_view import event_for_tenant, incident_summary, tenant_vm_names
+from ha.tenant_view import incident_summary, timeline
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, _after_serial
 from tenants.access import is_operator, tenant_of, visible_incidents
 
@@ -90,8 +90,5 @@ class IncidentConsumer(_GroupConsumer):
         incident = Incident.objects.get(pk=self.incident_id)
         tenant = None if self.operator else self.tenant
         summary = incident_summary(incident, tenant)
-        events = [e.as_event() for e in incident.events.filter(pk__gt=after)]
-        if tenant is not None:
-            names = tenant_vm_names(tenant)
-            events = [seen for e in events if (seen := event_for_tenant(e, tenant, names)) is not None]
+        events = timeline(incident, tenant, after)
         return [{"incident": summary, "event": e} for e in events] or [{"incident": summary, "event": None}]

@@ -413,11 +413,11 @@ class Monitor:
         elif decision.action == RETURNED:
             self._returned(host, report)
         elif decision.action == SAN_SUSPECT:
-            self._san_suspect(host, f"{host.name} answers on its management link but not on the SAN "
+            self._suspect_by_policy(host, f"{host.name} answers on its management link but not on the SAN "
                                     f"({self._san_missed.get(host.pk, 0)} checks): {error}", report)
         elif decision.action == BMC_SUSPECT:
             failures = "; ".join(f"BMC: {failure}" for failure in self._bmc_failing.get(host.pk, ()))
-            self._san_suspect(host, f"{host.name}: {failures}", report, evacuate=self.evacuate_on_bmc)
+            self._suspect_by_policy(host, f"{host.name}: {failures}", report, evacuate=self.evacuate_on_bmc)
         elif decision.action == WELL_AFTER_EVACUATION:
             report.changes.append(f"{host.name} is well again, but its guests were evacuated: in maintenance "
                                   "until an operator returns it to service")
@@ -452,7 +452,8 @@ class Monitor:
             record(incident, EventKind.RETURNED, message)
         report.changes.append(message)
 
-    def _san_suspect(self, host: Host, reason: str, report: CycleReport, *, evacuate: bool | None = None) -> None:
+    def _suspect_by_policy(self, host: Host, reason: str, report: CycleReport, *,
+                           evacuate: bool | None = None) -> None:
         """A suspect CPU server under a policy (SAN loss, BMC failure): evacuate it if that policy says so."""
         report.changes.append(reason)
         if not (self.evacuate if evacuate is None else evacuate) or not isinstance(host, CpuServer):

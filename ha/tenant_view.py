@@ -48,3 +48,13 @@ def event_for_tenant(event: dict[str, Any], tenant: Tenant, vm_names: set[str]) 
 
 def tenant_vm_names(tenant: Tenant) -> set[str]:
     return set(tenant.vms.values_list("name", flat=True))
+
+
+def timeline(incident: Incident, tenant: Tenant | None, after: int = 0) -> list[dict[str, Any]]:
+    """The incident's events after event id `after`, oldest first, as `tenant` may see them (every
+    event, as it is, for operators: tenant None). The pages, the API and the websocket's backlog."""
+    events = [event.as_event() for event in incident.events.filter(pk__gt=after)]
+    if tenant is None:
+        return events
+    names = tenant_vm_names(tenant)
+    return [seen for event in events if (seen := event_for_tenant(event, tenant, names)) is not None]

@@ -17,7 +17,7 @@ from django.views.generic import DetailView, ListView
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident
 from ha.storage_health import exposed_guests
-from ha.tenant_view import event_for_tenant, tenant_vm_names
+from ha.tenant_view import timeline
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_incidents
@@ -69,12 +69,9 @@ class IncidentDetailView(LoginRequiredMixin, DetailView):
         context["event_kinds_json"] = json.dumps(dict(EventKind.choices))
         if not is_operator(self.request.user):
             tenant = tenant_of(self.request.user)
-            names = tenant_vm_names(tenant)
             kinds = dict(EventKind.choices)
-            context["events"] = [
-                seen | {"kind_display": kinds.get(seen["kind"], seen["kind"])}
-                for e in incident.events.all() if (seen := event_for_tenant(e.as_event(), tenant, names))
-            ]
+            context["events"] = [event | {"kind_display": kinds.get(event["kind"], event["kind"])}
+                                 for event in timeline(incident, tenant)]
             context["show_host"] = tenant.shows_cpu_server
             return context
         context["events"] = incident.events.select_related("job", "user")
