@@ -12,6 +12,7 @@ driver's wording: the test driver, for one, calls a second start an "internal er
 """
 from __future__ import annotations
 
+import re
 import threading
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
@@ -26,6 +27,9 @@ from drivers.errors import DriverError
 T = TypeVar("T")
 
 HYPERVISORS = ("kvm", "qemu", "xen")
+_SERIAL = re.compile(r"[A-Za-z0-9_.-]{1,20}")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_BRIDGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 MAX_DISKS = 26  # vda..vdz / xvda..xvdz
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
@@ -82,6 +86,14 @@ libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
 
 @dataclass(frozen=True)
+class NicSpec:
+    mac: str
+    bridge: str  # the bridge on the CPU server, the same name on every one
+    vlan: int | None = None  # tagged by libvirt on Open vSwitch bridges only
+    openvswitch: bool = False
+
+
+@dataclass(frozen=True)
 class DomainSpec:
     name: str
     uuid: str
@@ -94,6 +106,15 @@ class DomainSpec:
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
+    # Serial numbers the guest sees on its disks (in order): how a VM's initramfs tells its two
+    # legs apart from other disks (images/guest/init).
+    disk_serials: tuple[str, ...] = ()
+    # A read-only disk with the first-boot settings (a NoCloud seed, images/seed.py); empty: none.
+    seed: str = ""
+    nics: tuple[NicSpec, ...] = ()
+
+
+SEED_SERIAL = "xenaoe-seed"
 
 
 @dataclass(frozen=True)
@@ -107,10 +128,10 @@ class DomainInfo:
 def domain_xml(spec: DomainSpec) -> str:
     """Domain XML for `spec`: an HVM guest whose disks are raw block devices (AoE exports) with no
     host cache, so that libvirt treats them as shared storage and live migration is safe; a
-    serial console on a pty; no network yet; on KVM/QEMU a virtio-serial channel for the QEMU
-    guest agent (`org.qemu.guest_agent.0`: how the panel reads the guest's RAID1, drivers/guest_agent.py;
-    Xen has no such agent channel, so a Xen guest's mirror health stays unknown). Built with
-    ElementTree, so names are escaped."""
+    serial console on a pty; bridged NICs; an optional read-only seed disk; on KVM/QEMU a
+    virtio-serial channel for the QEMU guest agent (`org.qemu.guest_agent.0`: how the panel reads
+    the guest's RAID1, drivers/guest_agent.py; Xen has no such agent channel, so a Xen guest's
+    mirror health stays unknown). Built with ElementTree, so names are escaped."""
     _check_spec(spec)
     xen = spec.hypervisor == "xen"
     domain = ET.Element("domain", type=spec.hypervisor)
@@ -146,6 +167,27 @@ def domain_xml(spec: DomainSpec) -> str:
             ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
         ET.SubElement(disk, "source", dev=path)
         ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + index), bus=bus)
+        if index < len(spec.disk_serials):
+            ET.SubElement(disk, "serial").text = spec.disk_serials[index]
+    if spec.seed:
+        # A small file on the CPU server, read-only: libvirt skips it in the shared-storage check
+        # of a live migration, and the panel puts the same file on the target first.
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", **({"name": "file"} if xen else {"name": "qemu", "type": "raw"}))
+        ET.SubElement(disk, "source", file=spec.seed)
+        ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + len(spec.disks)), bus=bus)
+        ET.SubElement(disk, "readonly")
+        ET.SubElement(disk, "serial").text = SEED_SERIAL
+    for nic in spec.nics:
+        interface = ET.SubElement(devices, "interface", type="bridge")
+        ET.SubElement(interface, "mac", address=nic.mac)
+        ET.SubElement(interface, "source", bridge=nic.bridge)
+        if nic.openvswitch:
+            ET.SubElement(interface, "virtualport", type="openvswitch")
+            if nic.vlan is not None:
+                ET.SubElement(ET.SubElement(interface, "vlan"), "tag", id=str(nic.vlan))
+        if not xen:
+            ET.SubElement(interface, "model", type="virtio")
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
@@ -381,6 +423,18 @@ def _check_spec(spec: DomainSpec) -> None:
         problems.append(f"a domain needs 1 to {MAX_DISKS} disks, not {len(spec.disks)}")
     problems += [f"disk must be an absolute device path, not {d!r}" for d in spec.disks
                  if not d.startswith("/") or any(ord(c) < 32 for c in d)]
+    if len(spec.disks) + bool(spec.seed) > MAX_DISKS:
+        problems.append(f"a domain has at most {MAX_DISKS} disks")
+    problems += [f"bad disk serial {s!r}" for s in spec.disk_serials if not _SERIAL.fullmatch(s)]
+    if spec.seed and (not spec.seed.startswith("/") or any(ord(c) < 32 for c in spec.seed)):
+        problems.append(f"the seed must be an absolute path, not {spec.seed!r}")
+    for nic in spec.nics:
+        if not _MAC.fullmatch(nic.mac):
+            problems.append(f"bad MAC address {nic.mac!r}")
+        if not _BRIDGE.fullmatch(nic.bridge):
+            problems.append(f"bad bridge name {nic.bridge!r}")
+        if nic.vlan is not None and not (1 <= nic.vlan <= 4094):
+            problems.append(f"bad VLAN {nic.vlan!r}")
     if problems:
         raise DriverError("; ".join(problems), permanent=True)
 

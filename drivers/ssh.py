@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,3 +102,42 @@ def run_script(
 ) -> CommandResult:
     """Run a script shipped by the panel (sent on stdin, nothing installed on the host)."""
     return run(target, [*interpreter, *args], timeout=timeout, stdin=script)
+
+
+def send(
+    target: SSHTarget,
+    argv: list[str],
+    chunks: Iterable[bytes],
+    *,
+    timeout: float,
+) -> CommandResult:
+    """Run `argv` on the host with `chunks` streamed to its stdin (files too big to hold in
+    memory: an image). `timeout` bounds the whole transfer; stdout and stderr are kept (small)."""
+    remote = shlex.join(argv)
+    cmd = ["ssh", *ssh_options(target), target.host, "--", remote]
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        assert proc.stdin is not None
+        try:
+            try:
+                for chunk in chunks:
+                    if time.monotonic() > deadline:
+                        raise DriverError(f"{target.label}: `{remote}` timed out after {timeout:g} s")
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # the remote side gave up: its exit status and stderr say why
+            finally:
+                proc.stdin.close()
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        except (subprocess.TimeoutExpired, DriverError) as exc:
+            proc.kill()
+            proc.wait()
+            raise DriverError(f"{target.label}: `{remote}` timed out after {timeout:g} s") from exc
+        out.seek(0)
+        err.seek(0)
+        result = CommandResult(argv, proc.returncode, out.read().decode(errors="replace"),
+                               err.read().decode(errors="replace"))
+    if proc.returncode == SSH_CONNECTION_FAILED:
+        raise DriverError(f"{target.label}: SSH failed: {result.stderr.strip() or 'no answer'}")
+    return result

@@ -10,7 +10,6 @@ Backing stores are sparse files for now; production LVM volumes are not handled 
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from drivers import ssh
 from drivers.errors import DriverError
+from drivers.paths import check_path
 from drivers.ssh import SSHTarget
 
 REMOTE_DIR = Path(__file__).resolve().parent / "remote"
@@ -55,7 +55,7 @@ class RunningExport:
 def create_volume(target: SSHTarget, path: str, size_mib: int, *, timeout: float = 30) -> None:
     """Create a sparse backing file of `size_mib` MiB (and its directory). Refuses (permanent
     DriverError) if anything exists at `path`: an existing disk is never overwritten."""
-    _check_path(path)
+    check_path(path)
     if not isinstance(size_mib, int) or size_mib <= 0:
         raise DriverError(f"volume size must be a positive number of MiB, not {size_mib!r}", permanent=True)
     _run(target, "volume.sh", ["create", path, str(size_mib)], timeout)
@@ -64,7 +64,7 @@ def create_volume(target: SSHTarget, path: str, size_mib: int, *, timeout: float
 def remove_volume(target: SSHTarget, path: str, *, timeout: float = 30) -> None:
     """Delete a backing file; absent is fine. Refuses while an export serves or is configured to
     serve it, and for anything that is not a regular file."""
-    _check_path(path)
+    check_path(path)
     _run(target, "volume.sh", ["remove", path], timeout)
 
 
@@ -142,20 +142,11 @@ def check_address(shelf: int, slot: int) -> None:
         raise DriverError(f"AoE slot must be 0-{MAX_SLOT}, not {slot!r}", permanent=True)
 
 
-def _check_path(path: str) -> None:
-    # Paths travel in tab-separated lines and key=value files: no control characters; normalised
-    # so that two spellings of one file cannot pass for two volumes.
-    if (not path.startswith("/") or path == "/" or os.path.normpath(path) != path
-            or any(ord(c) < 32 or ord(c) == 127 for c in path)):
-        raise DriverError(f"backing path must be absolute, normalised, without control characters: {path!r}",
-                          permanent=True)
-
-
 def _check_spec(spec: ExportSpec) -> None:
     check_address(spec.shelf, spec.slot)
     if not _INTERFACE.fullmatch(spec.interface):
         raise DriverError(f"not an interface name: {spec.interface!r}", permanent=True)
-    _check_path(spec.path)
+    check_path(spec.path)
 
 
 def _normalise_macs(macs: list[str]) -> list[str]:

@@ -24,6 +24,9 @@ from lab import bmc, hostconfig, mountpoints, network
 from lab.hostproc import close_control_masters, detach_lab_loops, host_pids, kill_hosts, ssh_target
 from lab.system import SYSTEM_PATH, LabError, kill_and_wait, netns_names, pid_alive, read_pid, same_netns, sh, wait_for
 from lab.topology import (
+    CLIENT,
+    GUEST_CIDR,
+    GUEST_SEGMENT,
     HOSTS,
     LAB_CODE_DIR,
     MGMT_BRIDGE,
@@ -79,7 +82,7 @@ class LabStatus:
 
     @property
     def complete(self) -> bool:
-        return {h.name for h in self.hosts} == {h.name for h in HOSTS}
+        return {h.name for h in HOSTS} <= {h.name for h in self.hosts}
 
     def host(self, name: str) -> HostStatus:
         for candidate in self.hosts:
@@ -125,7 +128,10 @@ def _host_status(lab_host: LabHost) -> HostStatus:
 
 
 def status() -> LabStatus:
-    return LabStatus([_host_status(h) for h in HOSTS if host_running(h)])
+    hosts = [_host_status(h) for h in HOSTS if host_running(h)]
+    if network.client_network_ok():
+        hosts.append(HostStatus(CLIENT.name, CLIENT.role, CLIENT.address, CLIENT.netns))
+    return LabStatus(hosts)
 
 
 # --- up ---------------------------------------------------------------------------------------
@@ -158,6 +164,10 @@ def _up(out: Output) -> LabStatus:
         state = "already up" if lab_host in running else "started"
         out(f"{lab_host.name:<6} {lab_host.role:<4} {lab_host.address:<12} {lab_host.netns:<9} {state}: {detail}")
     _up_bmcs(out)
+    network.ensure_bridges()
+    network.create_client_network()
+    out(f"{CLIENT.name:<6} {CLIENT.role:<4} {CLIENT.address:<12} {CLIENT.netns:<9} on the guests' network "
+        f"({GUEST_CIDR})")
     result = status()
     if not result.complete:
         missing = sorted({h.name for h in HOSTS} - {h.name for h in result.hosts})
@@ -303,6 +313,7 @@ def down(*, out: Output = print) -> None:
         bmc.remove_root_netns()
         stop_hosts(list(HOSTS))
         detach_lab_loops()
+        network.delete_client_network()
         network.delete_bridges()
         mountpoints.remove_mountpoints(out)
     out(f"lab down in {time.monotonic() - started:.1f} s")
@@ -359,13 +370,14 @@ def stop_hosts(hosts: list[LabHost], *, grace: float = 3.0) -> None:
 
 def _remove_strays(out: Output) -> None:
     """Namespaces and links named like the lab's but not in its topology (an older layout)."""
-    known = {h.netns for h in HOSTS} | {b.netns for b in bmcs()} | {ROOT_NETNS}
+    known = {h.netns for h in HOSTS} | {b.netns for b in bmcs()} | {ROOT_NETNS, CLIENT.netns}
     for ns in netns_names():
         if ns.startswith(NETNS_PREFIX) and ns not in known:
             out(f"removing stray namespace {ns}")
             kill_and_wait(host_pids(ns))
             sh(["ip", "netns", "del", ns], check=False)
-    known_links = ({MGMT_BRIDGE, SAN_BRIDGE} | {link for h in HOSTS for link in (h.mgmt_veth, h.san_veth)}
+    known_links = ({MGMT_BRIDGE, SAN_BRIDGE, GUEST_SEGMENT, CLIENT.veth}
+                   | {link for h in HOSTS for link in (h.mgmt_veth, h.san_veth, h.guest_veth)}
                    | {b.mgmt_veth for b in bmcs()})
     for link in os.listdir("/sys/class/net"):
         if link.startswith(NETNS_PREFIX) and link not in known_links:

@@ -11,6 +11,11 @@ from pathlib import Path
 
 from lab.system import ip_batch, link_exists, sh
 from lab.topology import (
+    CLIENT,
+    GUEST_BRIDGE,
+    GUEST_CIDR,
+    GUEST_SEGMENT,
+    GUEST_UPLINK,
     MGMT_BRIDGE,
     MGMT_GATEWAY,
     MGMT_IFACE,
@@ -25,7 +30,7 @@ from lab.topology import (
 
 def mac_address(lab_host: LabHost, network: int) -> str:
     """02:0a:d5:NN:00:HH - locally administered; 0a:d5 is 10.213, NN the network (0 management,
-    1 SAN, 2 BMC), HH the host."""
+    1 SAN, 2 BMC, 3 the guests' segment), HH the host."""
     return f"02:0a:d5:{network:02x}:00:{lab_host.last_octet:02x}"
 
 
@@ -35,7 +40,11 @@ def ensure_bridges() -> None:
         commands.append(f"link add {MGMT_BRIDGE} type bridge forward_delay 0")
     if not link_exists(SAN_BRIDGE):
         commands.append(f"link add {SAN_BRIDGE} type bridge forward_delay 0")
+    if not link_exists(GUEST_SEGMENT):
+        commands.append(f"link add {GUEST_SEGMENT} type bridge forward_delay 0")
     commands += [
+        f"link set {GUEST_SEGMENT} addrgenmode none",
+        f"link set {GUEST_SEGMENT} up",
         f"addr replace {MGMT_GATEWAY}/{MGMT_PREFIX} dev {MGMT_BRIDGE}",
         f"link set {MGMT_BRIDGE} up",
         # Before `up`, so the SAN bridge never gets an IPv6 link-local address.
@@ -46,7 +55,7 @@ def ensure_bridges() -> None:
 
 
 def delete_bridges() -> None:
-    ip_batch([f"link del {name}" for name in (MGMT_BRIDGE, SAN_BRIDGE) if link_exists(name)])
+    ip_batch([f"link del {name}" for name in (MGMT_BRIDGE, SAN_BRIDGE, GUEST_SEGMENT) if link_exists(name)])
 
 
 def create_host_network(lab_host: LabHost) -> None:
@@ -68,12 +77,25 @@ def create_host_network(lab_host: LabHost) -> None:
         f"link set {SAN_IFACE} addrgenmode none",
         f"link set {SAN_IFACE} up",
     ]
+    if lab_host.role == "cpu":
+        # The guests' bridge, as a real CPU server has one per network, uplinked to the segment.
+        ip_batch([
+            f"link add {lab_host.guest_veth} type veth peer name {GUEST_UPLINK} netns {ns}"
+            f" address {mac_address(lab_host, 3)}",
+            f"link set {lab_host.guest_veth} addrgenmode none master {GUEST_SEGMENT} up",
+        ])
+        inside += [
+            f"link add {GUEST_BRIDGE} type bridge forward_delay 0",
+            f"link set {GUEST_BRIDGE} addrgenmode none",
+            f"link set {GUEST_UPLINK} addrgenmode none master {GUEST_BRIDGE} up",
+            f"link set {GUEST_BRIDGE} up",
+        ]
     ip_batch(inside, netns=ns)
 
 
 def delete_host_network(lab_host: LabHost) -> None:
     """Remove the host's veths and namespace (its processes must be gone already)."""
-    ip_batch([f"link del {name}" for name in (lab_host.mgmt_veth, lab_host.san_veth)
+    ip_batch([f"link del {name}" for name in (lab_host.mgmt_veth, lab_host.san_veth, lab_host.guest_veth)
               if link_exists(name)])
     if Path("/run/netns", lab_host.netns).exists():
         sh(["ip", "netns", "del", lab_host.netns], check=False)
@@ -145,3 +167,31 @@ def cut_bmc_link(bmc: LabBmc) -> None:
     """A BMC without power: its address stops answering at all (not even ICMP unreachable)."""
     if link_exists(bmc.mgmt_veth):
         sh(["ip", "link", "set", bmc.mgmt_veth, "down"])
+
+
+# --- the client on the guests' network ------------------------------------------------------------
+
+def create_client_network() -> None:
+    """The client's namespace and its link into the guests' segment (idempotent)."""
+    if client_network_ok():
+        return
+    delete_client_network()
+    prefix = GUEST_CIDR.split("/")[1]
+    sh(["ip", "netns", "add", CLIENT.netns])
+    ip_batch([
+        f"link add {CLIENT.veth} type veth peer name eth0 netns {CLIENT.netns} address 02:0a:d6:00:00:01",
+        f"link set {CLIENT.veth} addrgenmode none master {GUEST_SEGMENT} up",
+    ])
+    ip_batch(["link set lo up", f"addr add {CLIENT.address}/{prefix} dev eth0", "link set eth0 up"],
+             netns=CLIENT.netns)
+
+
+def delete_client_network() -> None:
+    if link_exists(CLIENT.veth):
+        sh(["ip", "link", "del", CLIENT.veth], check=False)
+    if Path("/run/netns", CLIENT.netns).exists():
+        sh(["ip", "netns", "del", CLIENT.netns], check=False)
+
+
+def client_network_ok() -> bool:
+    return Path("/run/netns", CLIENT.netns).exists() and _link_up(CLIENT.veth)

@@ -7,7 +7,18 @@ from django.db import transaction
 
 from hosts.choices import Hypervisor
 from hosts.models import CpuServer, DiskServer
-from lab.topology import BMC_PORT, BMC_USER, SAN_IFACE, VOLUME_DIR, host
+from lab.topology import (
+    BMC_PORT,
+    BMC_USER,
+    GUEST_BRIDGE,
+    GUEST_CIDR,
+    GUEST_GATEWAY,
+    GUEST_NETWORK,
+    GUEST_POOL,
+    SAN_IFACE,
+    VOLUME_DIR,
+    host,
+)
 
 if TYPE_CHECKING:
     from lab.cluster import LabStatus
@@ -22,6 +33,8 @@ def register_hosts(status: LabStatus) -> None:
     """Create or update one row per running lab host, by name; other rows (and the VMs, exports
     and mirrors pointing at these rows) are left alone, so running it again changes nothing."""
     for running in status.hosts:
+        if running.role == "client":
+            continue  # not a server: somebody on the guests' network
         lab_host = host(running.name)
         common = {"address": lab_host.address, "ssh_user": "root", "ssh_port": 22, "san_interface": SAN_IFACE}
         if lab_host.role == "disk":
@@ -42,3 +55,17 @@ def register_hosts(status: LabStatus) -> None:
                           "bmc_password_file": str(board.password_file),
                           "san_mac": lab_host.san_mac, "fence_methods": "ipmi,storage"},
             )
+
+
+def register_guest_network() -> None:
+    """The lab's guests' network as a panel network, the default one unless another is; left as
+    it is when it exists (an operator may have changed it)."""
+    from networks.models import Network
+    from networks.services import NetworkRequest, create_network
+
+    if Network.objects.filter(name=GUEST_NETWORK).exists():
+        return
+    create_network(NetworkRequest(
+        name=GUEST_NETWORK, bridge=GUEST_BRIDGE, cidr=GUEST_CIDR, gateway=GUEST_GATEWAY,
+        pool=f"{GUEST_POOL[0]}-{GUEST_POOL[1]}", dns=GUEST_GATEWAY,
+    ))

@@ -29,6 +29,17 @@ BMC_PORT = 623
 MGMT_IFACE = "mgmt0"
 SAN_IFACE = "san0"
 
+# The guests' network: one layer-2 segment (a bridge in the root namespace, no address: the panel's
+# machine does not join it) that every CPU host's bridge GUEST_BRIDGE is plugged into, and a client
+# namespace on it from which tests and the demo's user reach the guests by address.
+GUEST_SEGMENT = "xa-guest"
+GUEST_BRIDGE = "br-guest"  # what the panel's network "lab" names: the same on every CPU host
+GUEST_UPLINK = "guest0"  # a CPU host's port into the segment
+GUEST_CIDR = "10.214.0.0/24"
+GUEST_GATEWAY = "10.214.0.1"  # the client's address (it routes nowhere: the lab stays closed)
+GUEST_POOL = ("10.214.0.100", "10.214.0.199")
+GUEST_NETWORK = "lab"
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 LAB_CODE_DIR = Path(__file__).resolve().parent
 
@@ -73,6 +84,11 @@ class LabHost(_OnTheManagementNetwork):
     @property
     def san_veth(self) -> str:
         return f"{NETNS_PREFIX}{self.name}-s"
+
+    @property
+    def guest_veth(self) -> str:
+        """Root-namespace end of a CPU host's link into the guests' segment."""
+        return f"{NETNS_PREFIX}{self.name}-g"
 
     @property
     def libvirt_uri(self) -> str | None:
@@ -134,6 +150,25 @@ class LabBmc(_OnTheManagementNetwork):
     def password_file(self) -> Path:
         return lab_dir() / "bmc" / f"{self.host.name}.password"
 
+
+@dataclass(frozen=True)
+class LabClient:
+    """Somebody on the guests' network: a namespace with one link into the segment."""
+
+    name: str = "client"
+    address: str = GUEST_GATEWAY
+    role: str = "client"
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def veth(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}-g"
+
+
+CLIENT = LabClient()
 
 HOSTS: tuple[LabHost, ...] = (
     LabHost("disk1", "disk", "10.213.0.11", aoe_shelf=1),

@@ -13,10 +13,11 @@ from lab.topology import HOSTS, host
 
 
 def register_or_explain(result: cluster.LabStatus) -> None:
-    from lab.register import register_hosts
+    from lab.register import register_guest_network, register_hosts
 
     try:
         register_hosts(result)
+        register_guest_network()
     except DatabaseError as exc:
         raise CommandError(f"the lab is up, but recording its hosts in the database failed "
                            f"(has `manage.py migrate` run?): {exc}") from exc
