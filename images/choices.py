@@ -1,0 +1,17 @@
+from django.db import models
+
+
+class ImageState(models.TextChoices):
+    PENDING = "pending", "Being copied to the disk servers"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class CopyState(models.TextChoices):
+    COPYING = "copying", "Copying"
+    READY = "ready", "Ready (checksum verified)"
+    FAILED = "failed", "Failed"
+
+
+IMAGE_STATE_COLOURS = {ImageState.PENDING: "info", ImageState.READY: "success", ImageState.FAILED: "danger"}
+COPY_STATE_COLOURS = {CopyState.COPYING: "info", CopyState.READY: "success", CopyState.FAILED: "danger"}

@@ -1,0 +1,187 @@
+"""Verbs on images: register a built or imported one, copy it to the disk servers, publish it,
+make it the default, delete it. Each validates first: bad input changes nothing."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+
+from hosts.models import DiskServer
+from images.build import file_sha256
+from images.choices import CopyState, ImageState
+from images.models import Image, ImageCopy, image_name_validator, login_user_validator
+from jobs.models import Job
+from jobs.services import start_job
+from tenants.access import is_operator, tenant_of
+from tenants.models import Tenant
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """An image's three files, somewhere on the panel's machine, and what is known of them."""
+
+    disk: Path
+    kernel: Path
+    initrd: Path
+    size_mib: int
+    kernel_version: str
+    sha256: str = ""  # of the disk; computed when empty
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    name: str
+    os_name: str
+    os_version: str
+    login_user: str
+    source: str
+    source_format: str = "raw"
+    make_default: bool = False
+
+
+def visible_images(user: AbstractBaseUser | None) -> QuerySet[Image]:
+    """Operators (and the CLI) see every image; a tenant's users the public ones and those
+    published to their tenant."""
+    if user is None or is_operator(user):
+        return Image.objects.all()
+    tenant = tenant_of(user)
+    if tenant is None:
+        return Image.objects.none()
+    return Image.objects.filter(Q(public=True) | Q(tenants=tenant)).distinct()
+
+
+def default_image() -> Image | None:
+    return Image.objects.filter(is_default=True).first()
+
+
+def validate_request(req: ImageRequest) -> None:
+    errors: dict[str, str] = {}
+    try:
+        image_name_validator(req.name)
+    except ValidationError as exc:
+        errors["name"] = exc.messages[0]
+    else:
+        if Image.objects.filter(name=req.name).exists():
+            errors["name"] = f"an image named {req.name!r} already exists"
+    try:
+        login_user_validator(req.login_user)
+    except ValidationError as exc:
+        errors["login_user"] = exc.messages[0]
+    if not req.os_name.strip() or not req.os_name.isprintable():
+        errors["os_name"] = "say which operating system it is"
+    if errors:
+        raise ValidationError(errors)
+
+
+def register_image(req: ImageRequest, files: ImageFiles, user: AbstractBaseUser | None = None) -> Job:
+    """Put the image's files into the panel's store, record it, and queue the job that copies its
+    disk to every disk server. Raises ValidationError (nothing kept) for bad input."""
+    validate_request(req)
+    for what, path in (("disk", files.disk), ("kernel", files.kernel), ("initramfs", files.initrd)):
+        if not path.is_file():
+            raise ValidationError({"__all__": f"the image's {what} {path} is missing"})
+    sha256 = files.sha256 or file_sha256(files.disk)
+    draft = Image(name=req.name, sha256=sha256, initrd_sha256=file_sha256(files.initrd))
+    store = draft.store_dir
+    store.mkdir(parents=True, exist_ok=True)
+    try:
+        for source, name in ((files.disk, "disk.raw"), (files.kernel, "vmlinuz"), (files.initrd, "initrd.img")):
+            if source.resolve() != (store / name).resolve():
+                # --sparse: the disk is mostly empty space, and a reflink where the filesystem can.
+                _copy(source, store / name)
+        with transaction.atomic():
+            image = Image.objects.create(
+                name=req.name, os_name=req.os_name.strip(), os_version=req.os_version.strip(),
+                source=req.source[:255], source_format=req.source_format, size_mib=files.size_mib, sha256=sha256,
+                kernel_version=files.kernel_version, kernel_sha256=file_sha256(store / "vmlinuz"),
+                initrd_sha256=draft.initrd_sha256, login_user=req.login_user,
+            )
+            if req.make_default or not Image.objects.filter(is_default=True).exists():
+                set_default(image.name)
+            return copy_to_disk_servers(image, user=user)
+    except IntegrityError as exc:
+        shutil.rmtree(store, ignore_errors=True)
+        raise ValidationError({"name": f"an image named {req.name!r} already exists"}) from exc
+    except BaseException:
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+
+
+def _copy(source: Path, target: Path) -> None:
+    import subprocess
+
+    partial = target.with_name(target.name + ".partial")
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(source), str(partial)], check=True)
+    partial.replace(target)
+
+
+def copy_to_disk_servers(image: Image, disk_servers: list[DiskServer] | None = None,
+                         user: AbstractBaseUser | None = None) -> Job:
+    """Queue the job that copies the image's disk to each disk server (all by default) and checks
+    its checksum there; copies already verified are checked again, not sent again."""
+    servers = disk_servers if disk_servers is not None else list(DiskServer.objects.order_by("name"))
+    if not servers:
+        raise ValidationError({"__all__": "no disk server to copy the image to"})
+    with transaction.atomic():
+        for disk in servers:
+            ImageCopy.objects.update_or_create(
+                image=image, disk_server=disk,
+                defaults={"path": disk_image_path(image), "state": CopyState.COPYING, "detail": ""},
+            )
+        Image.objects.filter(pk=image.pk).exclude(state=ImageState.READY).update(state=ImageState.PENDING)
+        return start_job("image.copy", target_name=f"image {image.name}", user=user,
+                         params={"image": image.name, "disk_servers": [d.name for d in servers]})
+
+
+def disk_image_path(image: Image) -> str:
+    return f"{settings.DISK_IMAGE_DIR.rstrip('/')}/{image.name}-{image.sha256[:12]}.raw"
+
+
+def set_default(name: str) -> Image:
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(name=name).first()
+        if image is None:
+            raise ValidationError({"name": f"no image named {name!r}"})
+        Image.objects.filter(is_default=True).exclude(pk=image.pk).update(is_default=False)
+        Image.objects.filter(pk=image.pk).update(is_default=True)
+        image.is_default = True
+        return image
+
+
+def publish(name: str, *, public: bool, tenants: list[str]) -> Image:
+    """Who may create VMs from the image: everyone (public) or the listed tenants."""
+    image = Image.objects.filter(name=name).first()
+    if image is None:
+        raise ValidationError({"name": f"no image named {name!r}"})
+    found = list(Tenant.objects.filter(slug__in=tenants))
+    unknown = sorted(set(tenants) - {t.slug for t in found})
+    if unknown:
+        raise ValidationError({"tenants": f"no tenant named {', '.join(unknown)}"})
+    with transaction.atomic():
+        Image.objects.filter(pk=image.pk).update(public=public)
+        image.tenants.set(found)
+    image.public = public
+    return image
+
+
+def delete_image(name: str) -> None:
+    """Forget an image no VM uses and remove its files from the store (the copies on the disk
+    servers go with the `image.remove` job)."""
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(name=name).first()
+        if image is None:
+            raise ValidationError({"name": f"no image named {name!r}"})
+        used = list(image.vms.values_list("name", flat=True)[:5])
+        if used:
+            raise ValidationError({"name": f"{name} is used by {', '.join(used)}: delete those VMs first"})
+        store = image.store_dir
+        start_job("image.remove", target_name=f"image {name}",
+                  params={"image": name, "copies": [[c.disk_server.name, c.path] for c in image.copies.all()]})
+        image.delete()
+    shutil.rmtree(store, ignore_errors=True)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SshKeysConfig(AppConfig):
+    name = "sshkeys"
+    verbose_name = "SSH keys"
