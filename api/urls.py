@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
-from api import hosts, incidents, jobs, tenants, vms
+from api import hosts, images, incidents, jobs, tenants, vms
 from api.docs import RedocView, SwaggerView
 
 app_name = "api"
@@ -14,6 +14,8 @@ router.register("incidents", incidents.IncidentViewSet, basename="incident")
 router.register("cpu-servers", hosts.CpuServerViewSet, basename="cpuserver")
 router.register("disk-servers", hosts.DiskServerViewSet, basename="diskserver")
 router.register("tenants", tenants.TenantViewSet, basename="tenant")
+router.register("images", images.ImageViewSet, basename="image")
+router.register("networks", images.NetworkViewSet, basename="network")
 router.register("users", tenants.UserViewSet, basename="user")
 
 urlpatterns = [

@@ -25,6 +25,7 @@ from tenants.models import TENANT_ACTIONS
 from vms.choices import VmState
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
+from vms.passwords import generate_password
 from vms.services import VmRequest, create_vm, delete_vm, vm_action
 
 NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
@@ -101,13 +102,26 @@ class VmCreateSerializer(serializers.Serializer):
                                                       help_text="Operators only.")
     kernel_path = serializers.CharField(required=False, allow_blank=True, max_length=255,
                                         help_text="Operators only: direct kernel boot from this path.")
+    image = serializers.CharField(required=False, allow_blank=True, max_length=63,
+                                  help_text="An image's name (GET /api/images/); empty: the site's default; "
+                                            "'none': an empty disk (operators).")
+    networks = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=8,
+                                     help_text="One NIC on each (GET /api/networks/); none: the default network.")
+    ssh_keys = serializers.ListField(child=serializers.CharField(max_length=16384), required=False, max_length=32,
+                                     help_text="OpenSSH public keys for the image's login user, besides your "
+                                               "profile's.")
+    generate_password = serializers.BooleanField(required=False, default=False,
+                                                 help_text="Give the login user a password, returned once in "
+                                                           "this response (`password`).")
 
-    def request(self) -> VmRequest:
+    def request(self, password: str = "") -> VmRequest:
         data = self.validated_data
         return VmRequest(
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"], disk_mib=data["disk_mib"],
             cpu_server=data.get("cpu_server") or None, kernel_path=data.get("kernel_path", ""),
             allow_n_plus_one_break=data["allow_n_plus_one_break"], tenant=data.get("tenant") or None,
+            image=data.get("image", ""), networks=tuple(data.get("networks", ())),
+            ssh_keys=tuple(data.get("ssh_keys", ())), password=password,
         )
 
 
@@ -169,9 +183,13 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
             raise PermissionDenied("you may not create VMs; ask an operator")
         body = VmCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        password = generate_password() if body.validated_data["generate_password"] else ""
         with service_call():
-            job = create_vm(body.request(), user=request.user)
-        return accepted(job, request)
+            job = create_vm(body.request(password), user=request.user)
+        response = accepted(job, request)
+        if password:
+            response.data["password"] = password  # this once: the panel keeps only its hash
+        return response
 
     @extend_schema(request=None, responses=_ACCEPTED, summary="Delete a VM (a vm.delete job)")
     def destroy(self, request: Request, name: str | None = None) -> Response:

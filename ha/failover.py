@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from drivers import aoe, hypervisor
+from drivers import hypervisor
 from drivers.errors import DriverError
 from ha import fencing
 from ha.choices import EventKind, IncidentKind, IncidentState
@@ -29,11 +29,11 @@ from ha.incidents import close, record, set_state
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer
-from hosts.targets import ssh_target
 from jobs.choices import ACTIVE_STATES, LogLevel
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed, Step, job_kind
 from jobs.services import start_job
+from vms import guest_setup
 from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.jobs import _legs, domain_spec
@@ -241,9 +241,7 @@ def _pick(memory_mib: int, free: dict[int, tuple[CpuServer, int]]) -> CpuServer 
 
 def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
     legs = _legs(vm)
-    for leg in legs:
-        path = aoe.attach(ssh_target(target), leg.shelf, leg.slot)
-        ctx.log(f"{vm.name}: {leg.name} is {path} on {target.name}")
+    guest_setup.prepare_host(vm, legs, target, lambda message: ctx.log(f"{vm.name}: {message}"))
     # The definition is the guest's own, rebuilt for the target's hypervisor.
     spec = replace(domain_spec(vm, legs), hypervisor=target.hypervisor)
     hypervisor.define(target.libvirt_uri, hypervisor.domain_xml(spec))

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # The guest's names for its disks, leg 0 first (drivers/hypervisor.py: domain_xml).
 GUEST_DISKS = ("vda", "vdb", "xvda", "xvdb")
 NO_AGENT = "no guest agent"
+ARRAY_SEEN = (MirrorHealth.HEALTHY, MirrorHealth.DEGRADED, MirrorHealth.RESYNCING)
 NOT_RUNNING = "guest not running"
 MAX_PARALLEL = 8
 
@@ -118,6 +119,9 @@ def record_view(mirror_pk: int, view: GuestView) -> bool:
                       strict=True))
     fields["missing_legs"] = list(view.missing_legs)
     fields["checked_at"] = timezone.now()
+    if view.health in ARRAY_SEEN:
+        # The guest has assembled its array: its next boots must not be told to create one.
+        fields["md_created"] = True
     Mirror.objects.filter(pk=mirror_pk).update(**fields)
     if before == after:
         return False

@@ -1,6 +1,8 @@
 """AoE exports and the mirrors (RAID1 of two exports on two disk servers) that guests use."""
 from __future__ import annotations
 
+import uuid
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
@@ -39,6 +41,10 @@ class Mirror(StateColourMixin, models.Model):
     # Legs (0, 1) that hold no in-sync copy in the guest's array: lost, or being rebuilt.
     missing_legs = models.JSONField(default=list, blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)  # when the guest was last asked
+    # The md array of a VM made from an image: its UUID (the initramfs assembles it by this), and
+    # whether it exists yet (until then the VM's first boot is told to create it).
+    md_uuid = models.UUIDField(default=uuid.uuid4)
+    md_created = models.BooleanField(default=False)
 
     @property
     def health_colour(self) -> str:
@@ -52,6 +58,12 @@ class Mirror(StateColourMixin, models.Model):
 
     def __str__(self) -> str:
         return f"mirror of {self.vm.name}"
+
+    @property
+    def md_uuid_mdadm(self) -> str:
+        """The UUID as mdadm writes it: four groups of eight hex digits."""
+        digits = self.md_uuid.hex
+        return ":".join(digits[i:i + 8] for i in range(0, 32, 8))
 
 
 class AoEExport(StateColourMixin, models.Model):

@@ -24,7 +24,9 @@ from ha.incidents import open_incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.verify import Finding
+from images.models import Image
 from jobs.models import Job, JobLogEntry
+from sshkeys.models import SshKey
 from tenants.models import TENANT_ACTIONS
 from tenants.services import add_user, create_tenant
 from vms.choices import VmState
@@ -51,6 +53,8 @@ class World:
     cpu: dict[str, CpuServer]
     disk: dict[str, DiskServer]
     verify_job: Job
+    images: dict[str, Any] = field(default_factory=dict)
+    keys: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
 
 
@@ -82,10 +86,18 @@ def world(django_user_model) -> World:
     verify_job = Job.objects.create(kind="cluster.verify", state="succeeded")
     finding = Finding("unknown-domain", "warning", "xa-ghost", "a domain no VM claims", "nothing")
     JobLogEntry.objects.create(job=verify_job, serial=1, message="finding", data={"finding": finding.as_dict()})
+    images, keys = {}, {}
+    for whose, tenant in (("own", acme), ("other", globex)):
+        # An image published to one tenant only, and a user's own SSH key: the other's are 404s.
+        images[whose] = Image.objects.create(name=f"{tenant.slug}-os", os_name="Linux", size_mib=512, sha256="0" * 64,
+                                             kernel_version="6.1", kernel_sha256="1" * 64, initrd_sha256="2" * 64,
+                                             login_user="debian", public=False)
+        images[whose].tenants.set([tenant])
+        keys[whose] = SshKey.objects.create(user=users[whose], key="ssh-ed25519 AAAA", fingerprint=f"SHA256:{whose}")
     return World(
         operator=django_user_model.objects.create_user("op", password="op-password-1", is_staff=True),
         alice=users["own"], bob=users["other"],
-        vms=vms, jobs=jobs, incidents=incidents, cpu=cpu, disk=disk, verify_job=verify_job,
+        vms=vms, jobs=jobs, incidents=incidents, cpu=cpu, disk=disk, verify_job=verify_job, images=images, keys=keys,
     )
 
 
@@ -150,6 +162,15 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "host-enter-maintenance": [Rule(OPERATOR, lambda w, _: {"pk": w.cpu["cpu2"].pk}, "post", ok=(302,))],
     "host-return-to-service": [Rule(OPERATOR, lambda w, _: {"kind": "cpu", "pk": w.cpu["cpu3"].pk}, "post",
                                     ok=(302,))],
+    "image-list": [Rule(SIGNED_IN)],
+    "image-detail": [Rule(TENANT, lambda w, whose: {"name": w.images[whose].name})],
+    "image-upload": [Rule(OPERATOR)],
+    "image-action": [Rule(OPERATOR, lambda w, _: {"name": w.images["own"].name}, "post", {"action": "default"},
+                          ok=(302,))],
+    "network-list": [Rule(SIGNED_IN)],
+    "network-create": [Rule(OPERATOR)],
+    "ssh-keys": [Rule(SIGNED_IN)],
+    "ssh-key-delete": [Rule(TENANT, lambda w, whose: {"pk": w.keys[whose].pk}, "post", ok=(302,))],
     "login": [Rule(PUBLIC)],
     "logout": [Rule(PUBLIC, method="post", ok=(302,))],
     "password_reset": [Rule(PUBLIC)],

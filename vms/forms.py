@@ -2,9 +2,13 @@ from django import forms
 from django.conf import settings
 
 from hosts.models import CpuServer
+from images.choices import ImageState
+from images.services import visible_images
+from networks.services import usable_networks
 from tenants.access import is_operator
 from tenants.models import Tenant
 from vms.models import vm_name_validator
+from vms.services import NO_IMAGE
 
 AUTOMATIC = ""
 NO_TENANT = ""
@@ -17,7 +21,16 @@ class VmCreateForm(forms.Form):
                            help_text="Lower-case letters, digits and '-'.")
     vcpus = forms.IntegerField(label="vCPUs", min_value=1, initial=1)
     memory_mib = forms.IntegerField(label="Memory (MiB)", initial=128)
-    disk_mib = forms.IntegerField(label="Disk (MiB)", initial=64)
+    disk_mib = forms.IntegerField(label="Disk (MiB)", initial=64,
+                                  help_text="Mirrored on two disk servers; at least the image's size.")
+    image = forms.ChoiceField(label="Operating system", required=False)
+    network = forms.ChoiceField(label="Network", required=False,
+                                help_text="The VM gets a MAC and an address of this network's pool.")
+    ssh_keys = forms.CharField(
+        label="More SSH public keys", required=False, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="One per line, besides the keys in your profile; for the image's login user.")
+    generate_password = forms.BooleanField(
+        label="Also give the login user a password (shown once, for the console)", required=False)
     cpu_server = forms.ChoiceField(label="CPU server", required=False)
     allow_n_plus_one_break = forms.BooleanField(
         label="Place it even if a CPU server's failure would then leave guests without room (N+1)",
@@ -43,6 +56,23 @@ class VmCreateForm(forms.Form):
         for name in ("vcpus", "memory_mib", "disk_mib"):  # the browser checks the bounds too
             field = self.fields[name]
             field.widget.attrs.update({"min": field.min_value, "max": field.max_value})
+        images = visible_images(user).filter(state=ImageState.READY)
+        self.fields["image"].choices = [
+            (image.name, f"{image.name}: {image.os_name} {image.os_version}, login {image.login_user}, "
+                         f"at least {image.min_disk_mib} MiB") for image in images]
+        if user is None or is_operator(user):
+            self.fields["image"].choices.append((NO_IMAGE, "None: an empty disk"))
+        default = next((i for i in images if i.is_default), None)
+        if default is not None:
+            self.fields["image"].initial = default.name
+            self.fields["disk_mib"].initial = max(default.min_disk_mib, 1024)
+            self.fields["memory_mib"].initial = 256
+        networks = usable_networks(user)
+        self.fields["network"].choices = [
+            (n.name, f"{n.name}: {n.cidr}" + (f", VLAN {n.vlan}" if n.vlan else "")) for n in networks]
+        default_network = next((n for n in networks if n.is_default), None)
+        if default_network is not None:
+            self.fields["network"].initial = default_network.name
         if "cpu_server" in self.fields:
             self.fields["cpu_server"].choices = [(AUTOMATIC, "Automatic (most free memory)")] + [
                 (s.name, s.name) for s in CpuServer.objects.order_by("name")

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import time
 
-from drivers import aoe, hypervisor, vblade
+from django.conf import settings
+
+from drivers import aoe, guest_agent, hypervisor, vblade
+from drivers import images as images_driver
+from drivers.errors import DriverError
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
+from images.choices import CopyState
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
 from storage.choices import ExportState, MirrorState
+from storage.guest_health import GUEST_DISKS, record_view, view_from_mdstat
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
+from vms import guest_setup
 from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.models import VirtualMachine
@@ -29,7 +36,7 @@ def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainS
     return hypervisor.DomainSpec(
         name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
-        kernel=vm.kernel_path, initrd=vm.initrd_path, cmdline=vm.kernel_cmdline,
+        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm),  # type: ignore[arg-type]
     )
 
 
@@ -67,6 +74,22 @@ def remove_volumes(ctx: JobContext) -> None:
     for leg in AoEExport.objects.filter(pk__in=ctx.data.get("volumes", [])).select_related("disk_server"):
         vblade.remove_volume(ssh_target(leg.disk_server), leg.backing_path)
         ctx.log(f"removed {leg.backing_path} on {leg.disk_server.name}")
+
+
+def write_image(ctx: JobContext) -> None:
+    """The image onto the start of each new volume, by each disk server from its own copy."""
+    vm = _vm(ctx)
+    image = vm.image
+    copies = {c.disk_server_id: c for c in image.copies.filter(state=CopyState.READY)}
+    for leg in _legs(vm):
+        copy = copies.get(leg.disk_server_id)
+        if copy is None:
+            raise JobFailed(f"image {image.name} is not on {leg.disk_server.name} yet: "
+                            f"copy it there first (manage.py image copy {image.name})")
+        started = time.monotonic()
+        images_driver.write_image(ssh_target(leg.disk_server), copy.path, leg.backing_path)
+        ctx.log(f"{image.name} ({image.size_mib} MiB) written onto {leg.backing_path} by {leg.disk_server.name} "
+                f"in {time.monotonic() - started:.1f} s")
 
 
 def start_exports(ctx: JobContext) -> None:
@@ -121,9 +144,7 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
 def attach_exports(ctx: JobContext) -> None:
     vm = _vm(ctx)
     ctx.data["attached_on"] = vm.cpu_server.pk
-    for leg in _legs(vm):
-        path = aoe.attach(ssh_target(vm.cpu_server), leg.shelf, leg.slot)
-        ctx.log(f"{leg.name} is {path} on {vm.cpu_server.name}")
+    guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log)
 
 
 def detach_exports(ctx: JobContext) -> None:
@@ -166,19 +187,58 @@ def confirm_running(ctx: JobContext) -> None:
     ctx.log(ctx.data["result"])
 
 
+BOOT_POLL_S = 2.0
+
+
+def wait_for_boot(ctx: JobContext) -> None:
+    """Wait until the guest's agent shows its root array: the OS booted from its RAID1. The array
+    exists from then on, so the VM's next boots are not told to create it. A guest that stays
+    silent is not a failure (it runs; its mirror health will say more), only a warning."""
+    vm = _vm(ctx)
+    uri = vm.cpu_server.libvirt_uri
+    deadline = time.monotonic() + settings.VM_BOOT_WAIT_S
+    started = time.monotonic()
+    last_error = ""
+    while time.monotonic() < deadline:
+        ctx.check_cancel()
+        try:
+            mdstat = guest_agent.read_mdstat(uri, vm.domain_name, timeout=5)
+        except DriverError as exc:
+            last_error = str(exc)
+            time.sleep(BOOT_POLL_S)
+            continue
+        array = mdstat.array_on(GUEST_DISKS)
+        if array is not None:
+            record_view(vm.mirror.pk, view_from_mdstat(mdstat))  # notes that the array exists
+            # From now on its definition boots the array as it is (the running guest is not touched).
+            vm = _vm(ctx)
+            hypervisor.define(uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
+            ctx.log(f"{vm.name} booted in {time.monotonic() - started:.0f} s: root array {array.name} "
+                    f"[{array.slot_map}] seen through the guest agent", array=array.name, slots=array.slot_map)
+            return
+        time.sleep(BOOT_POLL_S)
+    ctx.log(f"the guest agent did not show the root array within {settings.VM_BOOT_WAIT_S} s "
+            f"({last_error or 'no array yet'}); {vm.name} runs, its mirror health will tell more", LogLevel.WARNING)
+
+
 @job_kind("vm.create")
 def plan_create(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     cpu = vm.cpu_server.name
+    image = [Step(f"Write {vm.image.name} onto both legs (each disk server from its own copy)", write_image)] \
+        if vm.image_id else []
+    booted = [Step("Wait for the OS to boot from its RAID1", wait_for_boot)] if vm.image_id else []
     return [
         Step("Check and reserve name, memory and slot", check_reservation, release_reservation),
         Step("Create the backing volume on each disk server", create_volumes, remove_volumes),
+        *image,
         Step("Export each volume with vblade", start_exports, stop_exports),
         Step(f"Verify both exports answer from {cpu}", verify_exports),
-        Step(f"Attach both exports on {cpu}", attach_exports, detach_exports),
+        Step(f"Prepare {cpu}: bridges, boot files, both exports", attach_exports, detach_exports),
         Step(f"Define the domain on {cpu}", define_domain, undefine_domain),
         Step("Start the domain", start_domain, destroy_domain),
         Step("Confirm it runs", confirm_running),
+        *booted,
     ]
 
 
@@ -267,9 +327,11 @@ def force_off(ctx: JobContext) -> None:
 
 def _start_steps(cpu: str) -> list[Step]:
     # Exports stay attached while a guest is stopped; attaching again is harmless and brings
-    # them back if the CPU server restarted meanwhile.
+    # them back if the CPU server restarted meanwhile. The definition is written again from the
+    # inventory, so a start boots what the panel knows (its seed, its NICs) wherever it is.
     return [
-        Step(f"Attach both exports on {cpu}", attach_exports),
+        Step(f"Prepare {cpu}: bridges, boot files, both exports", attach_exports),
+        Step(f"Define the domain on {cpu}", define_domain),
         Step("Start the domain", start_domain, destroy_domain),
         Step("Confirm it runs", confirm_running),
     ]

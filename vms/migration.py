@@ -27,6 +27,7 @@ from jobs.models import Job
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, job_kind
 from jobs.services import active_job_for, start_job
 from tenants.access import is_operator
+from vms import guest_setup
 from vms.choices import VmState
 from vms.jobs import _legs, _vm, probe_legs
 from vms.models import VirtualMachine
@@ -164,6 +165,7 @@ def precheck_target(ctx: JobContext) -> None:
         if found.returncode != 0:
             raise JobFailed(f"the guest's {what} {path} is not readable on {target.name}")
         ctx.log(f"{what} {path} is on {target.name}")
+    guest_setup.check_bridges(vm, target, ctx.log)
     probe_legs(ctx, vm, target)
 
 
@@ -171,10 +173,13 @@ def attach_on_target(ctx: JobContext) -> None:
     vm = _vm(ctx)
     _source, target = _hosts(ctx)
     attached: list[str] = ctx.data.setdefault("attached_on_target", [])
+    # The seed and boot files first: the guest's definition names them, and libvirt opens them on
+    # the target when the migration starts.
+    guest_setup.put_boot_files(vm, target, ctx.log)
     for leg in _legs(vm):
-        path = aoe.attach(ssh_target(target), leg.shelf, leg.slot)
+        # Recorded before the call: a leg attached just before a timeout is still detached on undo.
         attached.append(leg.name)
-        ctx.log(f"{leg.name} is {path} on {target.name}")
+        guest_setup.attach_legs(vm, [leg], target, ctx.log)
 
 
 def detach_from_target(ctx: JobContext) -> None:
@@ -298,7 +303,7 @@ def plan_migrate(ctx: JobContext) -> list[Step]:
         raise JobFailed(f"{vm.name} is recorded on {vm.cpu_server or 'no CPU server'} now, not {source}")
     return [
         Step(f"Check that {target} can take {vm.name}", precheck_target),
-        Step(f"Attach both exports on {target}", attach_on_target, detach_from_target),
+        Step(f"Prepare {target}: boot files, both exports", attach_on_target, detach_from_target),
         Step(f"Live-migrate from {source} to {target}", live_migrate, after_failed_migration),
         Step(f"Record {vm.name} on {target}", switch_inventory),
         Step(f"Detach the exports on {source}", detach_from_source),

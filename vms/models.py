@@ -38,6 +38,13 @@ class VirtualMachine(StateColourMixin, models.Model):
     initrd_path = models.CharField(max_length=255, blank=True,
                                    help_text="Direct kernel boot: an initramfs at this path on every CPU server.")
     kernel_cmdline = models.CharField(max_length=255, blank=True, help_text="Direct kernel boot: the command line.")
+    # The operating system it was created from (its kernel and initramfs boot it; docs/images.md).
+    # None: a VM with an empty disk or a kernel of the operator's (kernel_path).
+    image = models.ForeignKey("images.Image", on_delete=models.PROTECT, related_name="vms", null=True, blank=True)
+    # First-boot settings, kept here so that any CPU server the VM lands on gets the same seed:
+    # the public keys for the image's login user, and the hash of a password shown once.
+    ssh_keys = models.TextField(blank=True)
+    password_hash = models.CharField(max_length=255, blank=True)
     # When its CPU server fails: restart it elsewhere (after the fence), highest priority first.
     auto_restart = models.BooleanField(default=True)
     restart_priority = models.PositiveSmallIntegerField(default=100, help_text="Higher restarts first.")
@@ -58,6 +65,10 @@ class VirtualMachine(StateColourMixin, models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("vm-detail", args=[self.name])
+
+    @property
+    def ssh_key_list(self) -> list[str]:
+        return [line for line in self.ssh_keys.splitlines() if line.strip()]
 
     @property
     def domain_name(self) -> str:

@@ -15,6 +15,10 @@ def vm_summary(vm: VirtualMachine) -> dict:
         "memory_mib": vm.memory_mib,
         "disk_mib": vm.disk_mib,
         "domain": vm.domain_name,
+        "image": vm.image.name if vm.image_id else None,
+        "login_user": vm.image.login_user if vm.image_id else None,
+        "nics": [{"network": nic.network.name, "mac": nic.mac, "ip": nic.ip}
+                 for nic in vm.nics.select_related("network").order_by("index")],
         "legs": [
             {"disk_server": leg.disk_server.name, "shelf": leg.shelf, "slot": leg.slot,
              "state": leg.state, "backing_path": leg.backing_path}

@@ -10,8 +10,15 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from hosts.models import CpuServer, DiskServer
+from images.choices import ImageState
+from images.models import Image
+from images.services import visible_images
 from jobs.models import Job
 from jobs.services import start_job
+from networks.models import Network
+from networks.services import add_nics, resolve_networks, usable_networks
+from sshkeys.models import SshKey
+from sshkeys.validation import parse_keys
 from storage.models import AoEExport, Mirror
 from tenants.access import is_operator, may_run, tenant_of, visible_vms
 from tenants.models import Tenant
@@ -20,6 +27,7 @@ from tenants.quotas import shortfalls as quota_shortfalls
 from vms.choices import VmState
 from vms.events import publish_vm
 from vms.models import VirtualMachine, vm_name_validator
+from vms.passwords import hash_password
 from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot
 
 
@@ -36,6 +44,13 @@ class VmRequest:
     # Place it even if a CPU server's failure would then leave guests without room (recorded).
     allow_n_plus_one_break: bool = False
     tenant: str | None = None  # the owning tenant's short name; a tenant's user always creates for their own
+    image: str = ""  # "": the site's default image (if there is one); "none": an empty disk (operators)
+    networks: tuple[str, ...] = ()  # one NIC on each; none named: the default network (if there is one)
+    ssh_keys: tuple[str, ...] = ()  # public keys for the image's login user, besides the creator's own
+    password: str = ""  # a password for the login user (kept only hashed); "": none
+
+
+NO_IMAGE = "none"
 
 
 def _check_range(errors: dict[str, str], field: str, what: str, value: int, bounds: tuple[int, int], unit: str) -> None:
@@ -92,14 +107,68 @@ def _owner(req: VmRequest, user: AbstractBaseUser | None) -> Tenant | None:
     return tenant
 
 
-def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
-    """Reserve the VM's memory, slot and volumes, and queue the job that builds it.
+@dataclass(frozen=True)
+class FirstBoot:
+    """What a VM's first boot is given, resolved and checked before anything is written."""
 
-    Raises ValidationError (nothing changed) for bad input, a quota it would exceed, or when the
-    cluster has no room.
+    image: Image | None
+    networks: list[Network]
+    ssh_keys: str
+    password_hash: str
+
+
+def _image(req: VmRequest, user: AbstractBaseUser | None) -> Image | None:
+    if req.image == NO_IMAGE:
+        if user is not None and not is_operator(user):
+            raise ValidationError({"image": "only operators create VMs without an operating system"})
+        return None
+    images = visible_images(user)
+    image = images.filter(name=req.image).first() if req.image else images.filter(is_default=True).first()
+    if image is None:
+        if req.image:
+            raise ValidationError({"image": f"no image named {req.image!r}"})
+        return None  # a site without images yet: an empty disk, as before there were images
+    if image.state != ImageState.READY:
+        raise ValidationError({"image": f"image {image.name} is not ready ({image.get_state_display().lower()})"})
+    if req.disk_mib < image.min_disk_mib:
+        raise ValidationError({"disk_mib": f"{image.name} needs a disk of at least {image.min_disk_mib} MiB, "
+                                           f"not {req.disk_mib}"})
+    return image
+
+
+def _first_boot(req: VmRequest, user: AbstractBaseUser | None) -> FirstBoot:
+    image = _image(req, user)
+    if req.networks:
+        networks = resolve_networks(list(req.networks), user)
+    else:
+        default = usable_networks(user).filter(is_default=True).first()
+        networks = [default] if default is not None else []  # no default network yet: no NIC
+    keys: list[str] = []
+    for text in req.ssh_keys:
+        try:
+            keys += [key.line for key in parse_keys(text)]
+        except ValidationError as exc:
+            raise ValidationError({"ssh_keys": exc.messages[0]}) from exc
+    if req.password and not 12 <= len(req.password) <= 128:
+        raise ValidationError({"password": "a password is 12 to 128 characters"})
+    if image is None and (keys or req.password):
+        raise ValidationError({"image": "SSH keys and a password need an image to give them to"})
+    if image is not None and user is not None and user.is_authenticated:
+        keys += [key.key for key in SshKey.objects.filter(user=user)]  # the creator's own, from their profile
+    unique = list(dict.fromkeys(keys))
+    return FirstBoot(image, networks, "".join(k + "\n" for k in unique),
+                     hash_password(req.password) if req.password else "")
+
+
+def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
+    """Reserve the VM's memory, slot, volumes, MACs and addresses, and queue the job that builds it.
+
+    Raises ValidationError (nothing changed) for bad input, a quota it would exceed, a full address
+    pool, or when the cluster has no room.
     """
     validate_request(req)
     owner = _owner(req, user)
+    boot = _first_boot(req, user)
     try:
         with transaction.atomic():
             if owner is not None:
@@ -123,9 +192,10 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 name=req.name, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
                 cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(), kernel_path=req.kernel_path,
                 initrd_path=req.initrd_path, kernel_cmdline=req.kernel_cmdline,
-                tenant=owner,
+                tenant=owner, image=boot.image, ssh_keys=boot.ssh_keys, password_hash=boot.password_hash,
             )
             mirror = Mirror.objects.create(vm=vm)
+            nics = add_nics(vm, boot.networks)
             for leg, disk in enumerate(disks):
                 AoEExport.objects.create(
                     disk_server=disk, mirror=mirror, leg=leg, shelf=disk.aoe_shelf, slot=slot,
@@ -137,6 +207,8 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 params={"vcpus": req.vcpus, "memory_mib": req.memory_mib, "disk_mib": req.disk_mib,
                         "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic",
                         "tenant": owner.slug if owner else None,
+                        "image": boot.image.name if boot.image else None,
+                        "nics": [{"network": n.network.name, "mac": n.mac, "ip": n.ip} for n in nics],
                         "n_plus_one_override": [str(s) for s in shortfalls]},
             )
     except PlacementError as exc:

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.exceptions import ValidationError
@@ -14,6 +15,7 @@ from tenants.quotas import usage
 from vms.filters import VmFilterForm
 from vms.forms import VmCreateForm
 from vms.models import VirtualMachine
+from vms.passwords import generate_password
 from vms.placement import cpu_candidates, headroom
 from vms.serializers import vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, vm_action
@@ -48,6 +50,15 @@ class VmListView(LoginRequiredMixin, ListView):
         return context
 
 
+def ssh_command(vm: VirtualMachine, nics: list) -> str:
+    """How to log in: settings.VM_SSH_COMMAND with the image's user and the first address (the
+    demo's says to go through the lab's client namespace)."""
+    address = next((nic.ip for nic in nics if nic.ip), None)
+    if vm.image_id is None or address is None:
+        return ""
+    return settings.VM_SSH_COMMAND.format(user=vm.image.login_user, address=address)
+
+
 def _visible_vm(request, name: str) -> VirtualMachine:
     """The VM if this user may see it; a 404 otherwise, whether it exists or not."""
     return get_object_or_404(visible_vms(request.user).select_related("cpu_server", "tenant"), name=name)
@@ -58,7 +69,7 @@ class VmDetailView(LoginRequiredMixin, DetailView):
     template_name = "vms/vm_detail.html"
 
     def get_queryset(self):
-        return visible_vms(self.request.user).select_related("cpu_server", "tenant")
+        return visible_vms(self.request.user).select_related("cpu_server", "tenant", "image")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -71,6 +82,8 @@ class VmDetailView(LoginRequiredMixin, DetailView):
             if vm.state in action.allowed_states and may_run(user, name)
         ]
         context.update(operator=operator, show_cpu_server=shows_cpu_server(user), may_delete=may_run(user, "delete"))
+        context["nics"] = list(vm.nics.select_related("network").order_by("index"))
+        context["ssh_command"] = ssh_command(vm, context["nics"])
         context["migration_targets"] = CpuServer.objects.filter(state=HostState.UP).exclude(
             pk=vm.cpu_server_id) if operator else []
         return context
@@ -104,13 +117,20 @@ class VmCreateView(HiddenUnlessAllowedMixin, FormView):
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"],
             disk_mib=data["disk_mib"], cpu_server=data.get("cpu_server") or None,
             allow_n_plus_one_break=data.get("allow_n_plus_one_break", False), tenant=data.get("tenant") or None,
+            image=data.get("image") or "", networks=(data["network"],) if data.get("network") else (),
+            ssh_keys=(data["ssh_keys"],) if data.get("ssh_keys") else (),
+            password=generate_password() if data.get("generate_password") else "",
         )
         try:
             job = create_vm(request, user=self.request.user)
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
-                form.add_error(None if field == "__all__" or field not in form.fields else field, errors)
+                form.add_error(None if field in ("__all__", "networks") or field not in form.fields else field, errors)
             return self.form_invalid(form)
+        if request.password:
+            # Shown once, here; the panel keeps only its hash (messages live in the session, server-side).
+            messages.warning(self.request, f"The password of {request.name}'s login user is {request.password} "
+                                           "- note it now: it is not shown again.")
         return redirect(job)
 
 

@@ -47,6 +47,9 @@ INSTALLED_APPS = [
     "jobs",
     "ha",
     "tenants",
+    "images",
+    "networks",
+    "sshkeys",
     "lab",
     "rest_framework",
     "rest_framework.authtoken",
@@ -69,6 +72,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "xenaoe_panel.urls"
+# Messages live in the (database) session, never in a cookie: a new VM's password is one.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
@@ -264,6 +269,25 @@ VM_MIN_DISK_MIB = env_int("XENAOE_VM_MIN_DISK_MIB", 16, minimum=1)
 VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1)
 # How long a guest gets to power off after an ACPI shutdown before it is forced off.
 VM_SHUTDOWN_TIMEOUT_S = env_int("XENAOE_VM_SHUTDOWN_TIMEOUT_S", 60, minimum=0)
+
+# Images (docs/images.md). The panel's own copies of each image's files; where builds are cached
+# (outside the checkout: a second clone, a CI run or `make demo` reuses a build); where disk servers
+# keep image disks and CPU servers boot files and seeds (the same path on every host of a role).
+IMAGE_STORE = env_path("XENAOE_IMAGE_STORE", BASE_DIR / ".run" / "images")
+IMAGE_BUILD_CACHE = env_path("XENAOE_IMAGE_BUILD_CACHE", Path("/var/cache/xenaoe-panel/images"))
+DISK_IMAGE_DIR = env_str("XENAOE_DISK_IMAGE_DIR", "/srv/xenaoe/images")
+CPU_BOOT_DIR = env_str("XENAOE_CPU_BOOT_DIR", "/srv/xenaoe/boot")
+CPU_SEED_DIR = env_str("XENAOE_CPU_SEED_DIR", "/srv/xenaoe/seeds")
+IMAGE_UPLOAD_MAX_MIB = env_int("XENAOE_IMAGE_UPLOAD_MAX_MIB", 64 * 1024, minimum=1)
+IMAGE_COPY_TIMEOUT_S = env_int("XENAOE_IMAGE_COPY_TIMEOUT_S", 3600, minimum=10)
+# How long a new VM's create job waits to see its OS booted (its root array through the guest
+# agent); a slower guest is a warning, not a failure. Emulated (TCG) guests take ~30 s.
+VM_BOOT_WAIT_S = env_int("XENAOE_VM_BOOT_WAIT_S", 180, minimum=0)
+# The login command a VM's page shows ({user}, {address}); the demo's goes through the lab's
+# client namespace, the only place on the guests' network.
+VM_SSH_COMMAND = env_str("XENAOE_VM_SSH_COMMAND", "ssh {user}@{address}")
+# VM NICs get MACs under this locally administered prefix (three octets): the panel owns it.
+MAC_PREFIX = env_str("XENAOE_MAC_PREFIX", "02:a0:e0")
 
 LOGGING = {
     "version": 1,

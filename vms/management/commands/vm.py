@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from argparse import ArgumentParser
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -12,6 +13,7 @@ from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import WorkerUnavailable, check_workers
 from vms.models import VirtualMachine
+from vms.passwords import generate_password
 from vms.serializers import vm_summary
 from vms.services import VmRequest, create_vm, delete_vm, vm_action
 
@@ -30,6 +32,13 @@ class Command(BaseCommand):
         create.add_argument("--kernel", default="", metavar="PATH",
                             help="direct kernel boot from PATH on the CPU servers")
         create.add_argument("--tenant", default=None, metavar="SLUG", help="the tenant that owns it")
+        create.add_argument("--image", default="", help="the image (default: the site's default; 'none': empty disk)")
+        create.add_argument("--network", action="append", default=[], metavar="NAME",
+                            help="a NIC on this network (repeat for more; default: the default network)")
+        create.add_argument("--ssh-key-file", action="append", default=[], type=Path, metavar="FILE",
+                            help="public keys for the image's login user (repeat for more files)")
+        create.add_argument("--password", action="store_true",
+                            help="generate a password for the login user and print it (once)")
         create.add_argument("--wait", action="store_true", help="follow the job until it ends")
         delete = sub.add_parser("delete", help="remove the domain, both exports and both volumes")
         delete.add_argument("name")
@@ -57,7 +66,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
 
-    def _submit(self, options: dict, submit: Any) -> None:
+    def _submit(self, options: dict, submit: Any, announce: str = "") -> None:
         if options["wait"]:
             try:
                 check_workers()
@@ -68,6 +77,8 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
         self.stdout.write(f"job #{job.pk} {job.kind} {job.target_name} queued")
+        if announce:
+            self.stdout.write(announce)
         if options["wait"]:
             self._wait(job)
 
@@ -77,12 +88,21 @@ class Command(BaseCommand):
             raise CommandError(f"job #{job.pk} {job.state}: {job.message}")
 
     def do_create(self, options: dict) -> None:
+        keys = []
+        for path in options["ssh_key_file"]:
+            try:
+                keys.append(path.read_text())
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"cannot read {path}: {exc}") from exc
+        password = generate_password() if options["password"] else ""
         request = VmRequest(
             name=options["name"], vcpus=options["vcpus"], memory_mib=options["memory_mib"],
             disk_mib=options["disk_mib"], cpu_server=options["on"], kernel_path=options["kernel"],
-            tenant=options["tenant"],
+            tenant=options["tenant"], image=options["image"], networks=tuple(options["network"]),
+            ssh_keys=tuple(keys), password=password,
         )
-        self._submit(options, lambda: create_vm(request))
+        self._submit(options, lambda: create_vm(request), announce=(
+            f"password of the login user (shown once): {password}" if password else ""))
 
     def do_delete(self, options: dict) -> None:
         self._submit(options, lambda: delete_vm(options["name"]))
@@ -125,7 +145,9 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary))
             return
         for key, value in summary.items():
-            if key != "legs":
+            if key not in ("legs", "nics"):
                 self.stdout.write(f"{key:<12} {value}")
         for leg in summary["legs"]:
             self.stdout.write(f"leg          e{leg['shelf']}.{leg['slot']} on {leg['disk_server']} ({leg['state']})")
+        for index, nic in enumerate(summary["nics"]):
+            self.stdout.write(f"eth{index:<9} {nic['mac']} on {nic['network']}, {nic['ip'] or 'DHCP'}")

@@ -1,0 +1,112 @@
+"""What a VM made from an image needs on the CPU server that runs it, and in its domain XML.
+
+The same for every way a VM lands on a CPU server (create, start, live migration, failover restart,
+evacuation): `prepare_host` attaches its two legs, puts its image's kernel and initramfs and its
+seed (first-boot settings, from the database: never only on the host that first booted it) there,
+and checks its networks' bridges exist. `boot` says how its domain boots. docs/images.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+
+from drivers import aoe, hostnet, hypervisor
+from drivers import images as host_files
+from hosts.models import CpuServer
+from hosts.targets import ssh_target
+from images import seed
+from jobs.runner import JobFailed
+from networks.models import BridgeType
+from storage.models import AoEExport
+from vms.models import VirtualMachine
+
+Log = Callable[[str], object]
+LEG_SERIALS = ("xenaoe-leg0", "xenaoe-leg1")
+# Quiet, and without the drivers a VM never uses (they cost seconds of an emulated boot).
+BOOT_CMDLINE = ("console=ttyS0 quiet module_blacklist=pcspkr,iTCO_wdt,ahci,psmouse,kvm,kvm_intel,kvm_amd,"
+                "floppy,bochs,snd_pcsp")
+
+
+def seed_path(vm: VirtualMachine) -> str:
+    return f"{settings.CPU_SEED_DIR.rstrip('/')}/{vm.domain_name}.iso"
+
+
+def boot(vm: VirtualMachine) -> dict[str, object]:
+    """DomainSpec fields for how the VM boots: its image's kernel and initramfs with the root
+    array's UUID (and, until the array exists, the word to create it), its legs' serials, its seed."""
+    if vm.image_id is None:
+        return {"kernel": vm.kernel_path, "initrd": vm.initrd_path, "cmdline": vm.kernel_cmdline}
+    mirror = vm.mirror
+    cmdline = f"{BOOT_CMDLINE} xenaoe.md={mirror.md_uuid_mdadm}" + ("" if mirror.md_created else " xenaoe.md_create=1")
+    return {"kernel": f"{vm.image.boot_dir}/vmlinuz", "initrd": f"{vm.image.boot_dir}/initrd.img",
+            "cmdline": cmdline, "disk_serials": LEG_SERIALS, "seed": seed_path(vm)}
+
+
+def nic_specs(vm: VirtualMachine) -> tuple[hypervisor.NicSpec, ...]:
+    return tuple(
+        hypervisor.NicSpec(mac=nic.mac, bridge=nic.network.bridge, vlan=nic.network.vlan,
+                           openvswitch=nic.network.bridge_type == BridgeType.OPENVSWITCH)
+        for nic in vm.nics.select_related("network").order_by("index")
+    )
+
+
+def seed_settings(vm: VirtualMachine) -> seed.SeedSettings:
+    nics = []
+    dns: list[str] = []
+    for nic in vm.nics.select_related("network").order_by("index"):
+        network = nic.network
+        nics.append(seed.NicSettings(mac=nic.mac, address=nic.address_with_prefix,
+                                     gateway=network.gateway or "" if nic.ip else ""))
+        dns += [server for server in network.dns_servers if server not in dns]
+    return seed.SeedSettings(instance_id=str(vm.domain_uuid), hostname=vm.name, login_user=vm.image.login_user,
+                             ssh_keys=tuple(vm.ssh_key_list), password_hash=vm.password_hash, dns=tuple(dns),
+                             nics=tuple(nics))
+
+
+def missing_bridges(vm: VirtualMachine, cpu: CpuServer) -> list[str]:
+    """The bridges the VM's NICs need that `cpu` lacks (asked over SSH)."""
+    wanted = sorted({nic.network.bridge for nic in vm.nics.select_related("network")})
+    there = hostnet.interfaces(ssh_target(cpu), wanted)
+    return [bridge for bridge in wanted if bridge not in there]
+
+
+def check_bridges(vm: VirtualMachine, cpu: CpuServer, log: Log) -> None:
+    missing = missing_bridges(vm, cpu)
+    if missing:
+        raise JobFailed(f"{cpu.name} has no bridge {', '.join(missing)} for {vm.name}'s network: "
+                        "create it there first (docs/networks.md)")
+    for nic in vm.nics.select_related("network").order_by("index"):
+        log(f"eth{nic.index}: {nic.mac} on {nic.network.name} (bridge {nic.network.bridge} is on {cpu.name})"
+            + (f", {nic.ip}" if nic.ip else ""))
+
+
+def put_boot_files(vm: VirtualMachine, cpu: CpuServer, log: Log) -> None:
+    """The image's kernel and initramfs, and the VM's seed, on `cpu` (sent only if they differ)."""
+    if vm.image_id is None:
+        return
+    image = vm.image
+    store = image.store_dir
+    files = {f"{image.boot_dir}/vmlinuz": (store / "vmlinuz").read_bytes(),
+             f"{image.boot_dir}/initrd.img": (store / "initrd.img").read_bytes(),
+             seed_path(vm): seed.iso(seed_settings(vm))}
+    sent = host_files.put_files(ssh_target(cpu), files)
+    kept = len(files) - len(sent)
+    log(f"boot files of {image.name} and {vm.name}'s seed on {cpu.name}"
+        + (f" ({len(sent)} sent, {kept} already there)" if kept else f" ({len(sent)} sent)"))
+
+
+def attach_legs(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log) -> list[str]:
+    attached = []
+    for leg in legs:
+        path = aoe.attach(ssh_target(cpu), leg.shelf, leg.slot)
+        attached.append(leg.name)
+        log(f"{leg.name} is {path} on {cpu.name}")
+    return attached
+
+
+def prepare_host(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log) -> list[str]:
+    """Everything `cpu` needs before the VM can run there; returns the legs it attached."""
+    check_bridges(vm, cpu, log)
+    put_boot_files(vm, cpu, log)
+    return attach_legs(vm, legs, cpu, log)
