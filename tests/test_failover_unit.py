@@ -82,8 +82,16 @@ class FakeCluster:
         self._reach(uri)
         return [hypervisor.DomainInfo(n, "", s, True) for n, s in sorted(self.domains[uri].items())]
 
+    def destroy(self, uri, name, *, timeout=30):
+        self._reach(uri)
+        if name in self.domains[uri]:
+            self.domains[uri][name] = "shutoff"
+        self.calls.append(("destroy", uri, name))
+
     def undefine(self, uri, name, *, timeout=30):
+        self._reach(uri)
         self.domains[uri].pop(name, None)
+        self.calls.append(("undefine", uri, name))
 
     # the BMC (drivers.ipmi's API)
     def ipmi_module(self) -> types.ModuleType:
@@ -114,7 +122,7 @@ def fake(monkeypatch) -> FakeCluster:
     for name in ("list_exports", "start_export"):
         monkeypatch.setattr(vblade, name, getattr(cluster, name))
     monkeypatch.setattr(aoe, "attach", cluster.attach)
-    for name in ("define", "start", "domain_info", "list_domains", "undefine"):
+    for name in ("define", "start", "domain_info", "list_domains", "destroy", "undefine"):
         monkeypatch.setattr(hypervisor, name, getattr(cluster, name))
     monkeypatch.setattr(fencing, "ipmi_driver", cluster.ipmi_module)
     return cluster

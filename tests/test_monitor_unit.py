@@ -85,6 +85,8 @@ def calls(monkeypatch) -> dict[str, list]:
                         lambda host, reason: seen["evacuate"].append((host.name, reason)))
     monkeypatch.setattr(storage_health.vblade, "restore_exports",
                         lambda target, timeout: seen["restore"].append(target.name) or [])
+    # The restored exports' MAC lists are brought in line with the fences (none here): nothing running to change.
+    monkeypatch.setattr(storage_health.vblade, "list_exports", lambda target, timeout: [])
     return seen
 
 
