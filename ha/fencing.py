@@ -31,6 +31,8 @@ from django.utils import timezone
 from drivers import vblade
 from drivers.errors import DriverError
 from drivers.ssh import SSHTarget
+from ha.choices import IncidentKind, IncidentState
+from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
@@ -290,6 +292,27 @@ def mark_fenced(host: CpuServer) -> bool:
 
         publish_host(host)
     return bool(changed)
+
+
+def manual_confirmation_refused(incident: Incident, host: CpuServer | None) -> str | None:
+    """Why an operator's "I confirm it is off" cannot stand as the fence now; None when it can.
+    Only for a host its incident declared dead and no fence method could fence: a host that answers
+    (up, suspect, in maintenance) is not off, and one already fenced needs nobody's word."""
+    if not incident.is_open:
+        return f"incident #{incident.pk} is closed: it is not waiting for a fence"
+    if incident.kind != IncidentKind.CPU_SERVER_FAILED or host is None:
+        return f"{incident} is not about a CPU server the panel knows: nothing to fence"
+    if incident.fenced_by:
+        return f"{host.name} is already fenced ({incident.fenced_by})"
+    if host.state != HostState.DEAD:
+        seen = (f"the panel last saw it answer at {host.last_seen_at:%Y-%m-%d %H:%M:%S} UTC" if host.last_seen_at
+                else "the panel never saw it answer")
+        return (f"{host.name} is {host.state}, not dead: {seen}. Only a host its incident declared dead and "
+                "no fence method could fence may be confirmed off")
+    if incident.state != IncidentState.UNFENCED:
+        return (f"incident #{incident.pk} is {incident.get_state_display().lower()}: the failover is still at it; "
+                "confirm once it says no fence confirmed")
+    return None
 
 
 METHODS = {IPMI: fence_by_ipmi, STORAGE: fence_by_storage}

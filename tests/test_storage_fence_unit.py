@@ -13,10 +13,11 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from drivers import aoe
 from ha import failover, fencing
-from ha.choices import EventKind, IncidentKind
+from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident
 from ha.maintenance import leave_maintenance
 from ha.models import Incident
@@ -24,6 +25,7 @@ from ha.monitor import CheckResult, Monitor, SanResult
 from hosts.choices import HostState
 from hosts.fixes import apply_fix
 from hosts.models import CpuServer
+from jobs.models import Job
 from jobs.runner import JobContext, run_job
 from storage.models import AoEExport
 from tests import test_failover_unit as failover_fakes
@@ -194,3 +196,43 @@ def test_a_host_in_maintenance_never_fenced_returns_without_being_asked(dead, fa
     fake.unreachable.add("fake:///cpu3")
     leave_maintenance(CpuServer.objects.get(name="cpu3"))
     assert CpuServer.objects.get(name="cpu3").state == HostState.UP
+
+
+# --- an operator's confirmation ----------------------------------------------------------------
+
+def _unfenced_incident(host_state: str) -> Incident:
+    """The failover tried every method and none confirmed; meanwhile the host is `host_state`."""
+    incident, _ = open_incident(CpuServer.objects.get(name="cpu2"), IncidentKind.CPU_SERVER_FAILED, "cpu2 is silent")
+    Incident.objects.filter(pk=incident.pk).update(state=IncidentState.UNFENCED)
+    CpuServer.objects.filter(name="cpu2").update(state=host_state, last_seen_at=timezone.now(), missed_checks=0)
+    incident.refresh_from_db()
+    return incident
+
+
+@pytest.mark.parametrize("state", [HostState.UP, HostState.SUSPECT, HostState.MAINTENANCE])
+def test_confirming_by_hand_is_refused_for_a_host_that_is_not_dead(dead, state):
+    incident = _unfenced_incident(state)
+    with pytest.raises(ValidationError, match=f"cpu2 is {state}, not dead: the panel last saw it answer at"):
+        failover.confirm_fenced_manually(incident, None)
+    incident.refresh_from_db()
+    assert CpuServer.objects.get(name="cpu2").state == state
+    assert incident.fenced_by == "" and not incident.events.filter(kind=EventKind.FENCED).exists()
+    assert not failover.failover_jobs(incident).exists()
+
+
+def test_confirming_by_hand_is_refused_while_the_failover_still_tries_its_fence_methods(dead):
+    incident = _unfenced_incident(HostState.DEAD)
+    Incident.objects.filter(pk=incident.pk).update(state=IncidentState.FENCING)
+    incident.refresh_from_db()
+    with pytest.raises(ValidationError, match="the failover is still at it"):
+        failover.confirm_fenced_manually(incident, None)
+    assert CpuServer.objects.get(name="cpu2").state == HostState.DEAD
+
+
+def test_confirming_by_hand_a_dead_host_no_method_fenced_starts_the_failover(dead):
+    incident = _unfenced_incident(HostState.DEAD)
+    job = failover.confirm_fenced_manually(incident, None)
+    assert job.kind == failover.JOB_KIND and CpuServer.objects.get(name="cpu2").state == HostState.FENCED
+    with pytest.raises(ValidationError, match="cpu2 is already fenced \\(manual\\)"):
+        failover.confirm_fenced_manually(Incident.objects.get(pk=incident.pk), None)
+    assert Job.objects.filter(kind=failover.JOB_KIND).count() == 1
