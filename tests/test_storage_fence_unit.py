@@ -10,13 +10,15 @@ cluster of tests/test_failover_unit.py; the monitor's checks are faked at its in
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from drivers import aoe
-from ha import failover, fencing
+from drivers import aoe, vblade
+from ha import failover, fencing, storage_health
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident
 from ha.maintenance import leave_maintenance
@@ -24,7 +26,7 @@ from ha.models import Incident
 from ha.monitor import CheckResult, Monitor, SanResult
 from hosts.choices import HostState
 from hosts.fixes import apply_fix
-from hosts.models import CpuServer
+from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from jobs.runner import JobContext, run_job
 from storage.models import AoEExport
@@ -138,6 +140,21 @@ def test_verify_restarts_a_dead_export_with_the_fence_list(dead, fake, monkeypat
     job.refresh_from_db()
     assert job.state == "succeeded", job.message
     assert fake.exports[leg.disk_server.address][(leg.shelf, leg.slot)].macs == SURVIVORS
+
+
+def test_a_disk_server_back_from_the_dead_gets_the_fence_list_not_its_saved_one(dead, fake, monkeypatch):
+    _guest(dead, "web")
+    _fenced_then_back(fake)
+    disk2 = DiskServer.objects.get(name="disk2")
+    # It was away: its boot restored the exports with the (open) lists they were saved with.
+    for address, export in list(fake.exports[disk2.address].items()):
+        fake.exports[disk2.address][address] = replace(export, macs=())
+    DiskServer.objects.filter(pk=disk2.pk).update(state=HostState.MAINTENANCE)
+    incident, _ = open_incident(disk2, IncidentKind.DISK_SERVER_FAILED, "disk2 missed 3 checks")
+    monkeypatch.setattr(vblade, "restore_exports", lambda target, timeout: [])
+    storage_health.DiskRecovery().recover(DiskServer.objects.get(pk=disk2.pk), None, [])
+    assert {e.macs for e in fake.exports[disk2.address].values()} == {SURVIVORS}
+    assert "MAC lists brought in line: e2.1 on disk2" in incident.events.latest("id").message
 
 
 def test_a_safe_list_is_refused_rather_than_cutting_off_a_host_with_no_mac(dead, fake):
