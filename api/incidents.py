@@ -82,11 +82,11 @@ class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         if not is_operator(request.user):
             raise PermissionDenied("only operators confirm a fence")
         from ha.failover import confirm_fenced_manually
-        from ha.views import can_confirm_fence
+        from ha.views import fence_confirmation_refused
 
-        if not can_confirm_fence(incident):
-            return Response({"detail": f"incident #{incident.pk} is {incident.get_state_display().lower()}: "
-                                       "it is not waiting for a fence"}, status=status.HTTP_409_CONFLICT)
+        refused = fence_confirmation_refused(incident)
+        if refused:
+            return Response({"detail": refused}, status=status.HTTP_409_CONFLICT)
         with service_call():
             job = confirm_fenced_manually(incident, request.user)
         return accepted(job, request)

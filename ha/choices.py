@@ -33,5 +33,6 @@ class EventKind(models.TextChoices):
     RESTARTED = "restarted", "Guest restarted"
     NOT_RESTARTED = "not-restarted", "Guest not restarted"
     RETURNED = "returned", "Host returned"
+    STALE_COPY = "stale-copy", "Stale copy destroyed"
     NOTE = "note", "Note"
     CLOSED = "closed", "Closed"

@@ -86,11 +86,16 @@ def start_failover(incident: Incident, user: AbstractBaseUser | None = None) -> 
 
 def confirm_fenced_manually(incident: Incident, user: AbstractBaseUser | None) -> Job:
     """Record an operator's "I confirm this host is off" as the fence, and queue a failover job that
-    goes straight to the restart. A failover job still running sees the confirmation too; the new
-    one waits for it to finish, then restarts whatever is left."""
+    goes straight to the restart. Refused (ValidationError, nothing changed) unless the incident
+    declared the host dead and no fence method confirmed (fencing.manual_confirmation_refused). A
+    failover job still running sees the confirmation too; the new one waits for it to finish, then
+    restarts whatever is left."""
     with transaction.atomic():
         locked = _locked_incident(incident)
         host = CpuServer.objects.select_for_update().get(pk=locked.cpu_server_id)
+        refused = fencing.manual_confirmation_refused(locked, host)
+        if refused:
+            raise ValidationError(refused)
         if not fencing.mark_fenced(host):  # cannot happen under the row lock; kept as the contract
             raise ValidationError(f"{host.name} changed state meanwhile; look again and confirm again")
         who = user.get_username() if user is not None and user.is_authenticated else "an operator"

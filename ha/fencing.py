@@ -6,12 +6,16 @@ in the order the host's `fence_methods` lists them (docs/fencing.md says what ea
 
 - ipmi: power the host off through its BMC; confirmed only when the BMC reads "off".
 - storage: restart every export on every disk server with a vblade MAC ACL that leaves the host's
-  SAN MAC out; confirmed per guest, only when each of its legs runs with such an ACL.
+  SAN MAC out; confirmed per guest, only when each of its legs runs with such an ACL. It does not
+  stop the host's guests, so the host stays out of every list (`CpuServer.storage_fenced_at`)
+  until an operator returns it to service (ha/readmit.py), whatever state the monitor sees it in.
 - manual: an operator's explicit "I confirm this host is off" (confirm_fenced_manually); the job
   does not block on it, it ends UNFENCED and the confirmation starts the restart.
 
-This module talks to the BMC and the disk servers; the incident timeline and the job are
-ha/failover.py's.
+Who may use the storage is one rule, `storage_acl()`, derived from the CPU servers' rows: every
+path that starts or restarts an export (a fence, a new VM, cluster verify, a returning host or disk
+server) asks it. This module talks to the BMC and the disk servers; the incident timeline and the
+job are ha/failover.py's.
 """
 from __future__ import annotations
 
@@ -21,10 +25,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from django.conf import settings
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from drivers import vblade
 from drivers.errors import DriverError
+from drivers.ssh import SSHTarget
+from ha.choices import IncidentKind, IncidentState
+from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
@@ -36,7 +44,8 @@ IPMI_CONFIRM_TIMEOUT_S = getattr(settings, "FENCE_IPMI_CONFIRM_TIMEOUT_S", 30)
 IPMI_TIMEOUT_S = getattr(settings, "FENCE_IPMI_TIMEOUT_S", 10)
 # Per SSH call to a disk server: a dead one costs the SSH connect timeout, not this.
 STORAGE_TIMEOUT_S = getattr(settings, "FENCE_STORAGE_TIMEOUT_S", 20)
-# Hosts in these states are not given access again by a storage fence.
+# Hosts in these states may be running without the panel seeing them (dead: maybe only cut off)
+# or were fenced: no export lets them in. A storage-fenced host stays out in any state (below).
 LOCKED_OUT_STATES = (HostState.DEAD, HostState.FENCED)
 
 
@@ -113,21 +122,64 @@ def fence_by_ipmi(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
 
 # --- storage ------------------------------------------------------------------------------------
 
+class UnsafeAcl(Exception):
+    """No MAC list can be built that keeps the locked-out hosts out without cutting off another."""
+
+
+def locked_out() -> QuerySet[CpuServer]:
+    """The CPU servers no export may let in: dead or fenced, and every one a storage fence left out
+    and no operator has returned to service since (its old guests may still run, I/O waiting)."""
+    return CpuServer.objects.filter(Q(state__in=LOCKED_OUT_STATES) | Q(storage_fenced_at__isnull=False))
+
+
+def storage_acl(*, also_out: CpuServer | None = None) -> list[str] | None:
+    """The MAC list every export must run with now: None (every initiator) only while no CPU server
+    is locked out; else the SAN MACs of all the others. `also_out`: a host being fenced right now.
+    UnsafeAcl when a host that keeps access has no SAN MAC recorded (the list would cut it off from
+    its own guests' disks), when no host would keep access (vblade reads an empty list as "everyone"),
+    or when the list is longer than vblade holds."""
+    out = {c.pk: c for c in locked_out()}
+    if also_out is not None:
+        out[also_out.pk] = also_out
+    if not out:
+        return None
+    keep = list(CpuServer.objects.exclude(pk__in=out).order_by("name"))
+    missing = [c.name for c in keep if not c.san_mac]
+    names = ", ".join(sorted(c.name for c in out.values()))
+    if missing:
+        raise UnsafeAcl(f"no SAN MAC recorded for {', '.join(missing)}: a MAC list keeping {names} out "
+                        "would cut them off too")
+    # Set difference too: two rows sharing a MAC (a mistake) must not let a locked-out host in.
+    macs = sorted({_mac(c.san_mac) for c in keep} - {_mac(c.san_mac) for c in out.values() if c.san_mac})
+    if not macs:
+        raise UnsafeAcl(f"no CPU server but {names} may keep access (an empty vblade ACL lets everyone in)")
+    if len(macs) > vblade.MAX_MACS:
+        raise UnsafeAcl(f"{len(macs)} CPU servers keep access; a vblade ACL holds {vblade.MAX_MACS}")
+    return macs
+
+
 def allowed_macs(host: CpuServer) -> tuple[list[str], str | None]:
-    """The SAN MACs that keep access: every CPU server but this one and those dead or fenced.
-    Second value: why no safe ACL can be built (None when it can)."""
+    """The SAN MACs that keep access while `host` is fenced through storage. Second value: why no
+    safe ACL can be built (None when it can)."""
     if not host.san_mac:
         return [], f"{host.name} has no SAN MAC recorded: an ACL cannot be shown to leave it out"
-    others = CpuServer.objects.exclude(pk=host.pk).exclude(state__in=LOCKED_OUT_STATES).order_by("name")
-    missing = [c.name for c in others if not c.san_mac]
-    if missing:
-        # An ACL without them would cut their running guests off their disks.
-        return [], f"no SAN MAC recorded for {', '.join(missing)}: an ACL would cut them off too"
-    dead = _mac(host.san_mac)
-    macs = sorted({_mac(c.san_mac) for c in others} - {dead})
-    if not macs:
-        return [], "no other CPU server may keep access (an empty vblade ACL lets everyone in)"
-    return macs, None
+    try:
+        return storage_acl(also_out=host) or [], None
+    except UnsafeAcl as exc:
+        return [], str(exc)
+
+
+def start_export(target: SSHTarget, spec: vblade.ExportSpec, *, timeout: float = 30) -> vblade.RunningExport:
+    """Start (or restart) one export with the MAC list storage_acl() gives: how a new VM's exports and
+    cluster verify's fix start one. UnsafeAcl, before anything starts, when no safe list exists."""
+    acl = storage_acl()
+    running = vblade.start_export(target, spec, allowed_macs=acl, timeout=timeout)
+    # A host may have been declared dead, or fenced, while this export started (after a fence had
+    # listed the exports it restarts): look again, the list it needs now wins.
+    now = storage_acl()
+    if now != acl:
+        running = vblade.start_export(target, spec, allowed_macs=now, timeout=timeout)
+    return running
 
 
 def _mac(value: str) -> str:
@@ -162,6 +214,10 @@ def fence_by_storage(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
     macs, problem = allowed_macs(host)
     if problem:
         return FenceOutcome(STORAGE, False, problem, uncovered={g.name: problem for g in guests})
+    # Written before any export changes: from now on every list leaves the host out, even the
+    # exports of a disk server that misses this fence and those started while it runs, until an
+    # operator returns the host to service (ha/readmit.py). Its guests keep running, I/O blocked.
+    CpuServer.objects.filter(pk=host.pk, storage_fenced_at__isnull=True).update(storage_fenced_at=timezone.now())
     dead_mac = _mac(host.san_mac)
     disks = list(DiskServer.objects.order_by("name"))
     # Every disk server at once: a dead one costs its SSH timeout once, not once per server.
@@ -195,23 +251,20 @@ def fence_by_storage(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
                         data={"allowed_macs": macs, "unreachable": [r.name for r in results if r.error]})
 
 
-def storage_acl() -> list[str] | None:
-    """The ACL every export should have now: None (everyone) while no CPU server is locked out,
-    else the SAN MACs of the CPU servers that are not."""
-    if not CpuServer.objects.filter(state__in=LOCKED_OUT_STATES).exists():
-        return None
-    return sorted({_mac(c.san_mac) for c in CpuServer.objects.exclude(state__in=LOCKED_OUT_STATES) if c.san_mac})
-
-
-def restore_storage_access() -> list[str]:
-    """Give storage access back to hosts no longer locked out (a fenced host returned to service):
-    every export whose ACL differs from storage_acl() is restarted with it. Returns what changed;
-    raises DriverError when a disk server cannot be brought in line (the operator must know)."""
-    acl = storage_acl()
-    if acl == []:
-        raise DriverError("no CPU server may use the disks: refusing to restart every export with an empty ACL")
+def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[str]:
+    """Bring every running export (of `disks`, default every disk server that is not down) in line
+    with storage_acl(): the lists after a host returned to service (its MAC back in, or every export
+    open again once no fence stands), or after a disk server that missed a fence came back. Returns
+    what changed; raises DriverError when a disk server cannot be brought in line or no safe list
+    exists (the operator must know)."""
+    try:
+        acl = storage_acl()
+    except UnsafeAcl as exc:
+        raise DriverError(f"no safe MAC list: {exc}", permanent=True) from exc
+    if disks is None:
+        disks = DiskServer.objects.exclude(state__in=LOCKED_OUT_STATES).order_by("name")
     changed = []
-    for disk in DiskServer.objects.exclude(state__in=LOCKED_OUT_STATES).order_by("name"):
+    for disk in disks:
         target = ssh_target(disk)
         for export in vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S):
             current = sorted(_mac(m) for m in export.macs) or None
@@ -239,6 +292,27 @@ def mark_fenced(host: CpuServer) -> bool:
 
         publish_host(host)
     return bool(changed)
+
+
+def manual_confirmation_refused(incident: Incident, host: CpuServer | None) -> str | None:
+    """Why an operator's "I confirm it is off" cannot stand as the fence now; None when it can.
+    Only for a host its incident declared dead and no fence method could fence: a host that answers
+    (up, suspect, in maintenance) is not off, and one already fenced needs nobody's word."""
+    if not incident.is_open:
+        return f"incident #{incident.pk} is closed: it is not waiting for a fence"
+    if incident.kind != IncidentKind.CPU_SERVER_FAILED or host is None:
+        return f"{incident} is not about a CPU server the panel knows: nothing to fence"
+    if incident.fenced_by:
+        return f"{host.name} is already fenced ({incident.fenced_by})"
+    if host.state != HostState.DEAD:
+        seen = (f"the panel last saw it answer at {host.last_seen_at:%Y-%m-%d %H:%M:%S} UTC" if host.last_seen_at
+                else "the panel never saw it answer")
+        return (f"{host.name} is {host.state}, not dead: {seen}. Only a host its incident declared dead and "
+                "no fence method could fence may be confirmed off")
+    if incident.state != IncidentState.UNFENCED:
+        return (f"incident #{incident.pk} is {incident.get_state_display().lower()}: the failover is still at it; "
+                "confirm once it says no fence confirmed")
+    return None
 
 
 METHODS = {IPMI: fence_by_ipmi, STORAGE: fence_by_storage}

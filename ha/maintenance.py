@@ -108,31 +108,43 @@ def enter_maintenance(host: CpuServer, user: AbstractBaseUser | None = None, *,
     return job
 
 
-def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> None:
-    """Maintenance -> up. Refused while an evacuation of the host is queued or running: a host
-    taking new guests while its own are moved away would undo the evacuation."""
+def _may_leave(host: CpuServer) -> CpuServer:
+    """The host's row, locked, if it may leave maintenance now; else ValidationError saying why."""
+    locked = CpuServer.objects.select_for_update().get(pk=host.pk)
+    if locked.state != HostState.MAINTENANCE:
+        raise ValidationError(f"{host.name} is {locked.get_state_display().lower()}, not in maintenance")
+    running = active_evacuation(locked)
+    if running is not None:
+        raise ValidationError(f"{host.name}: guests are still being evacuated by job #{running.pk} "
+                              f"({running.state}); cancel it or wait for it to finish")
+    return locked
+
+
+def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
+    """Maintenance -> up, once the host has its disks. Refused while an evacuation of the host is
+    queued or running: a host taking new guests while its own are moved away would undo it. A host
+    a storage fence left out first loses every stale guest copy (ha.readmit; refused, still fenced,
+    when it cannot be asked). Returns what was destroyed there."""
     with transaction.atomic():
-        locked = CpuServer.objects.select_for_update().get(pk=host.pk)
-        if locked.state != HostState.MAINTENANCE:
-            raise ValidationError(f"{host.name} is {locked.get_state_display().lower()}, not in maintenance")
-        running = active_evacuation(locked)
-        if running is not None:
-            raise ValidationError(f"{host.name}: guests are still being evacuated by job #{running.pk} "
-                                  f"({running.state}); cancel it or wait for it to finish")
+        locked = _may_leave(host)
+    from ha.fencing import restore_storage_access
+    from ha.readmit import readmit
+
+    done = readmit(locked, user) if locked.storage_fenced_at is not None else []
+    try:  # every export's MAC list rebuilt: this host back in, or open again once no fence stands
+        restore_storage_access()
+    except DriverError as exc:
+        raise ValidationError(f"{host.name} stays in maintenance: giving it its disks back failed: {exc}. "
+                              "Return it to service again once the disk servers answer.") from exc
+    with transaction.atomic():
+        _may_leave(host)
         CpuServer.objects.filter(pk=host.pk, state=HostState.MAINTENANCE).update(
             state=HostState.UP, state_changed_at=timezone.now())
-    host.refresh_from_db(fields=["state", "state_changed_at"])
-    # A host fenced through storage is still left out of every export's MAC list: let it back in,
-    # or guests placed on it would find no disk.
-    from ha.fencing import restore_storage_access
+    host.refresh_from_db(fields=["state", "state_changed_at", "storage_fenced_at"])
     from ha.monitor import publish_host
 
     publish_host(host)
-    try:
-        restore_storage_access()
-    except DriverError as exc:
-        raise ValidationError(f"{host.name} is up again, but giving it its disks back failed: {exc}. "
-                              "Its guests' exports may still leave it out: run `cluster verify`.") from exc
+    return done
 
 
 def evacuate_suspect(host: CpuServer, reason: str) -> Job | None:

@@ -448,6 +448,10 @@ class Monitor:
         incidents = Incident.objects.filter(host_name=host.name, kind=kind)
         incident = incidents.exclude(state=IncidentState.CLOSED).first() or incidents.first()
         message = f"{host.name} answers again: in maintenance until an operator returns it to service"
+        if isinstance(host, CpuServer) and host.storage_fenced_at is not None:
+            # Its old guest copies may still run there, I/O blocked: ha/readmit.py lifts the fence.
+            message += ("; its storage fence stands (left out of every export) until then, and returning it "
+                        "first destroys its copies of guests restarted elsewhere")
         if incident is not None:
             record(incident, EventKind.RETURNED, message)
         report.changes.append(message)

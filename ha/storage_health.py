@@ -18,6 +18,7 @@ from django.db.models import Prefetch, Q
 from drivers import vblade
 from drivers.errors import DriverError
 from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.fencing import restore_storage_access
 from ha.incidents import close, open_incident, record, set_state
 from ha.models import Incident
 from hosts.choices import HostState
@@ -142,6 +143,9 @@ class DiskRecovery:
     def _restore(self, server: DiskServer, incident: Incident, changes: list[str]) -> None:
         try:
             started = vblade.restore_exports(ssh_target(server), timeout=RESTORE_TIMEOUT)
+            # They come back with the MAC lists they were saved with: a fence this server missed
+            # while it was away (or one lifted meanwhile) is applied now.
+            relisted = restore_storage_access([server])
         except DriverError as exc:
             if incident.pk not in self.failed:  # once, not every cycle; tried again each cycle
                 self.failed.add(incident.pk)
@@ -154,10 +158,11 @@ class DiskRecovery:
             state=MirrorState.RESYNCING)
         resyncing = [m.vm.name for m in degraded]
         names = ", ".join(e.name for e in started) or "none needed starting: all were running"
+        acls = f" MAC lists brought in line: {'; '.join(relisted)}." if relisted else ""
         record(incident, EventKind.NOTE,
                f"Exports of {server.name} restored ({names}); resyncing: {', '.join(resyncing) or 'none'}. "
-               "Each mirror is healthy once both its legs answer on the SAN and its guest's array is whole.",
-               started=[e.name for e in started], resyncing=resyncing)
+               f"Each mirror is healthy once both its legs answer on the SAN and its guest's array is whole.{acls}",
+               started=[e.name for e in started], resyncing=resyncing, acls=relisted)
         changes.append(f"{server.name}: exports restored, {len(resyncing)} mirror(s) resyncing")
 
 

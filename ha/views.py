@@ -15,6 +15,7 @@ from django.views import View
 from django.views.generic import DetailView, ListView
 
 from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.fencing import manual_confirmation_refused
 from ha.models import Incident
 from ha.storage_health import exposed_guests
 from ha.tenant_view import timeline
@@ -23,17 +24,16 @@ from hosts.models import CpuServer, DiskServer
 from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_incidents
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
-# An operator may confirm a fence while the failover waits for one (or gave up on finding one).
-AWAITING_FENCE = (IncidentState.OPEN, IncidentState.UNFENCED)
-
 
 def open_first(queryset):
     closed_last = Case(When(state=IncidentState.CLOSED, then=Value(1)), default=Value(0), output_field=IntegerField())
     return queryset.annotate(closed_last=closed_last).order_by("closed_last", "-opened_at", "-id")
 
 
-def can_confirm_fence(incident: Incident) -> bool:
-    return incident.kind == IncidentKind.CPU_SERVER_FAILED and incident.state in AWAITING_FENCE
+def fence_confirmation_refused(incident: Incident) -> str | None:
+    """Why the page (or the API) offers no "I confirm it is off" now; None when it does. The verb
+    asks the same rule again under its locks."""
+    return manual_confirmation_refused(incident, incident.cpu_server)
 
 
 def _errors(exc: ValidationError) -> str:
@@ -75,7 +75,11 @@ class IncidentDetailView(LoginRequiredMixin, DetailView):
             context["show_host"] = tenant.shows_cpu_server
             return context
         context["events"] = incident.events.select_related("job", "user")
-        context["can_confirm_fence"] = can_confirm_fence(incident)
+        if incident.kind == IncidentKind.CPU_SERVER_FAILED and incident.is_open and not incident.fenced_by:
+            # What the panel last saw of the host, beside the button or instead of it (and why).
+            context["fence_box"] = True
+            context["fence_refused"] = fence_confirmation_refused(incident)
+            context["can_confirm_fence"] = context["fence_refused"] is None
         if incident.kind == IncidentKind.DISK_SERVER_FAILED and incident.is_open:
             context["exposed"] = exposed_guests()
         return context
@@ -84,9 +88,9 @@ class IncidentDetailView(LoginRequiredMixin, DetailView):
 class ConfirmFencedView(OperatorRequiredMixin, View):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         incident = get_object_or_404(Incident, pk=pk)
-        if not can_confirm_fence(incident):
-            messages.error(request, f"Incident #{incident.pk} is {incident.get_state_display().lower()}: "
-                                    "it is not waiting for a fence.")
+        refused = fence_confirmation_refused(incident)
+        if refused:
+            messages.error(request, f"Nothing recorded: {refused}.")
             return redirect(incident)
         from ha.failover import confirm_fenced_manually
 
@@ -122,11 +126,12 @@ class ReturnToServiceView(OperatorRequiredMixin, View):
         if host.state != HostState.MAINTENANCE:
             messages.error(request, f"{host.name} is {host.get_state_display().lower()}, not in maintenance.")
             return redirect(host)
+        done: list[str] = []
         try:
             if kind == "cpu":
                 from ha.maintenance import leave_maintenance
 
-                leave_maintenance(host, request.user)
+                done = leave_maintenance(host, request.user) or []
             else:
                 from ha.storage_health import return_to_service
 
@@ -134,5 +139,6 @@ class ReturnToServiceView(OperatorRequiredMixin, View):
         except ValidationError as exc:
             messages.error(request, _errors(exc))
             return redirect(host)
-        messages.success(request, f"{host.name} is back in service.")
+        # A storage-fenced host's stale guest copies went first: say which.
+        messages.success(request, f"{host.name} is back in service." + "".join(f" {line}." for line in done))
         return redirect(host)

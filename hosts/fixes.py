@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from drivers import aoe, hypervisor, vblade
 from drivers.errors import DriverError
 from drivers.hypervisor import DomainInfo
+from ha import fencing
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
@@ -141,7 +142,10 @@ def start_export(ctx: JobContext, args: dict[str, Any]) -> str:
     if running:
         return f"nothing done: {leg.name} already runs on {disk.name} (pid {running[0].pid})"
     spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
-    export = vblade.start_export(target, spec)
+    try:  # never open to all while a fence stands: its config on the disk server may say otherwise
+        export = fencing.start_export(target, spec)
+    except fencing.UnsafeAcl as exc:
+        raise JobFailed(f"refused: {exc}") from exc
     AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
     cpu = leg.mirror.vm.cpu_server if leg.mirror else None
     if cpu is not None:  # confirm on the wire from where the guest runs; a silent SAN is worth a warning

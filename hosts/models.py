@@ -92,6 +92,13 @@ class CpuServer(Host):
         max_length=64, default="ipmi,storage", validators=[fence_methods_validator],
         help_text="Tried in order until one confirms: ipmi, storage, manual (an operator's word).",
     )
+    # A storage fence blocks the host's disks but does not stop its guests: until an operator
+    # returns it to service (ha.readmit), every export leaves its SAN MAC out, whatever its state.
+    storage_fenced_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When a storage fence left this host out of every export's MAC list; cleared only when an "
+                  "operator returns it to service.",
+    )
 
     def get_absolute_url(self) -> str:
         return reverse("cpuserver-detail", args=[self.pk])

@@ -19,8 +19,9 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from ha.choices import IncidentKind
+from ha.choices import IncidentKind, IncidentState
 from ha.incidents import open_incident
+from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.verify import Finding
@@ -120,6 +121,14 @@ def incident(w: World, whose: str) -> dict[str, Any]:
     return {"pk": w.incidents[whose].pk}
 
 
+def unfenced_incident(w: World, whose: str) -> dict[str, Any]:
+    """An incident an operator may confirm: its host declared dead and no fence method confirmed."""
+    found = w.incidents[whose]
+    CpuServer.objects.filter(pk=found.cpu_server_id).update(state=HostState.DEAD)
+    Incident.objects.filter(pk=found.pk).update(state=IncidentState.UNFENCED)
+    return {"pk": found.pk}
+
+
 @dataclass(frozen=True)
 class Rule:
     who: str
@@ -158,7 +167,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "job-log": [Rule(TENANT, job)],
     "incident-list": [Rule(SIGNED_IN)],
     "incident-detail": [Rule(TENANT, incident)],
-    "incident-confirm-fenced": [Rule(OPERATOR, incident, "post", ok=(302,))],
+    "incident-confirm-fenced": [Rule(OPERATOR, unfenced_incident, "post", ok=(302,))],
     "host-enter-maintenance": [Rule(OPERATOR, lambda w, _: {"pk": w.cpu["cpu2"].pk}, "post", ok=(302,))],
     "host-return-to-service": [Rule(OPERATOR, lambda w, _: {"kind": "cpu", "pk": w.cpu["cpu3"].pk}, "post",
                                     ok=(302,))],
@@ -200,7 +209,7 @@ API_RULES: dict[str, list[Rule]] = {
     "api:job-log": [Rule(TENANT, job)],
     "api:incident-list": [Rule(SIGNED_IN)],
     "api:incident-detail": [Rule(TENANT, incident)],
-    "api:incident-confirm-fence": [Rule(OPERATOR_ACTION, incident, "post", ok=JOB_STARTED_API)],
+    "api:incident-confirm-fence": [Rule(OPERATOR_ACTION, unfenced_incident, "post", ok=JOB_STARTED_API)],
     "api:cpuserver-list": [Rule(OPERATOR)],
     "api:cpuserver-detail": [Rule(OPERATOR, cpu("cpu1"))],
     "api:cpuserver-enter-maintenance": [Rule(OPERATOR, cpu("cpu2"), "post", ok=JOB_STARTED_API)],

@@ -5,6 +5,7 @@ server is evacuated once, and a disk server's failure and return move its mirror
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 
@@ -85,6 +86,8 @@ def calls(monkeypatch) -> dict[str, list]:
                         lambda host, reason: seen["evacuate"].append((host.name, reason)))
     monkeypatch.setattr(storage_health.vblade, "restore_exports",
                         lambda target, timeout: seen["restore"].append(target.name) or [])
+    # The restored exports' MAC lists are brought in line with the fences (none here): nothing running to change.
+    monkeypatch.setattr(storage_health.vblade, "list_exports", lambda target, timeout: [])
     return seen
 
 
@@ -330,9 +333,22 @@ def test_incident_pages_list_open_first_and_the_fence_button_confirms(cluster, o
     incident, _ = open_incident(cluster["cpu2"], IncidentKind.CPU_SERVER_FAILED, "cpu2 missed 3 checks: gone")
     page = op_client.get("/incidents/").content.decode()
     assert page.index(f"#{incident.pk}<") < page.index(f"#{old.pk}<")
+    # The failover has not given up yet (the incident is open) and cpu2 is up: no button, and why.
     detail = op_client.get(f"/incidents/{incident.pk}/").content.decode()
-    assert "I confirm cpu2 is powered off" in detail and "cpu2 missed 3 checks: gone" in detail
+    assert "I confirm" not in detail and "cpu2 missed 3 checks: gone" in detail
+    assert "No confirmation by hand now: cpu2 is up, not dead: the panel never saw it answer." in detail
     assert "I confirm" not in op_client.get(f"/incidents/{old.pk}/").content.decode()
+
+    # Declared dead, no method fenced it: the button, beside what the panel last saw of the host.
+    seen = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD, missed_checks=3, last_seen_at=seen,
+                                                 last_check_error="cpu2: SSH failed: no route to host")
+    Incident.objects.filter(pk=incident.pk).update(state=IncidentState.UNFENCED)
+    detail = op_client.get(f"/incidents/{incident.pk}/").content.decode()
+    assert "I confirm cpu2 is powered off" in detail
+    box = detail[detail.index('id="confirm-fence"'):detail.index("I confirm cpu2")]
+    assert "2026-05-04 03:02:01 UTC" in box and ">3</span> missed in a row" in box
+    assert "cpu2: SSH failed: no route to host" in box and 'data-host-state="cpu2"' in box
 
     confirmed = []
     job = Job.objects.create(kind="ha.failover")
@@ -342,6 +358,9 @@ def test_incident_pages_list_open_first_and_the_fence_button_confirms(cluster, o
     assert response.status_code == 302 and confirmed == [(incident.pk, "op")]
     op_client.post(f"/incidents/{old.pk}/confirm-fenced/")
     assert confirmed == [(incident.pk, "op")]  # a closed incident waits for no fence
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.MAINTENANCE)  # it answered meanwhile
+    op_client.post(f"/incidents/{incident.pk}/confirm-fenced/")
+    assert confirmed == [(incident.pk, "op")]
 
 
 def test_host_buttons_are_for_operators_only_and_others_see_no_incident_of_no_vm_of_theirs(cluster, django_user_model):

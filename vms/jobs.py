@@ -8,6 +8,7 @@ from django.conf import settings
 from drivers import aoe, guest_agent, hypervisor, vblade
 from drivers import images as images_driver
 from drivers.errors import DriverError
+from ha import fencing
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images.choices import CopyState
@@ -96,13 +97,17 @@ def start_exports(ctx: JobContext) -> None:
     started: list[int] = ctx.data.setdefault("exports", [])
     for leg in _legs(_vm(ctx)):
         disk = leg.disk_server
-        running = vblade.start_export(
-            ssh_target(disk),
-            vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path),
-        )
+        spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
+        try:
+            # With the MAC list fencing says: a host fenced through storage may still run old guests
+            # that have this shelf.slot attached (a deleted VM's, reused).
+            running = fencing.start_export(ssh_target(disk), spec)
+        except fencing.UnsafeAcl as exc:
+            raise JobFailed(f"{leg.name} not exported: {exc}") from exc
         started.append(leg.pk)
         AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
-        ctx.log(f"{leg.name} exported by vblade (pid {running.pid}) on {disk.name}:{disk.san_interface}")
+        acl = f"MAC list {','.join(running.macs)}" if running.macs else "open to every initiator"
+        ctx.log(f"{leg.name} exported by vblade (pid {running.pid}) on {disk.name}:{disk.san_interface}, {acl}")
 
 
 def stop_exports(ctx: JobContext) -> None:

@@ -82,7 +82,10 @@ def ssh_control_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(params=["local", "lab"])
+# The "lab" site is marked `lab`: `-m "not lab"` must never reach lab_cluster, whose `up()` from
+# another checkout (its own LAB_DIR, so its own lock) takes over the machine's one lab, and whose
+# session end takes it down.
+@pytest.fixture(params=["local", pytest.param("lab", marks=pytest.mark.lab)])
 def site(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
          ssh_control_dir: Path) -> Iterator[Site]:
     if request.param == "local":

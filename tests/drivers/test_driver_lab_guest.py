@@ -16,6 +16,7 @@ from drivers.vblade import ExportSpec
 SLOT = 7
 
 
+@pytest.mark.lab  # indirect parametrisation replaces the fixture's params, and with them its marks
 @pytest.mark.parametrize("site", ["lab"], indirect=True)
 def test_a_guest_runs_on_an_aoe_export_and_everything_is_undone(site: Site):
     uri = (f"qemu+libssh://root@{site.cpu.host}/system?keyfile={LAB_IDENTITY}&known_hosts={LAB_KNOWN_HOSTS}"

@@ -95,11 +95,11 @@ def lab(lab_hosts, celery_worker_process) -> Iterator[dict]:
                 vblade.start_export(ssh_target(disk), spec, allowed_macs=list(old) or None)
 
 
-def _create_guests(made: list[str], names: list[str]) -> None:
+def _create_guests(made: list[str], names: list[str], on: str = "cpu2") -> None:
     # One after the other, as an operator would: the AoE stand-in's discovery on cpu2 is not
     # meant for two attaches racing each other.
     for name in names:
-        job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu2",
+        job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=32, cpu_server=on,
                                   allow_n_plus_one_break=True))
         made.append(name)
         done = follow(job.pk, lambda _line: None)
@@ -239,3 +239,59 @@ def test_without_any_confirmed_fence_nothing_restarts_until_an_operator_confirms
     assert incident.events.get(kind=EventKind.FENCED).user == operator
     cluster.up(out=lambda _line: None)
     _on_cpu1_only(names)
+
+
+def test_a_storage_fenced_host_stays_out_until_returned_and_its_stale_copy_goes_first(lab, operator):
+    """A storage fence leaves the partitioned host's copy running, disks blocked. When the host
+    answers again the monitor puts it in maintenance, and it stays out of every export's list
+    (another VM's new exports, every list rebuilt) until an operator returns it, which destroys
+    the stale copy before cpu2's MAC goes back in."""
+    from ha.maintenance import leave_maintenance
+    from ha.monitor import Monitor
+
+    names = ["fo-r"]
+    _create_guests(lab["made"], names)
+    cluster.partition_host("cpu2")  # cpu2 keeps running, on the SAN; the panel loses it
+    incident = _declare_dead("storage")
+    job, _ = _fail_over(incident, "partitioned cpu2, storage fence only, 1 guest")
+    assert job.state == "succeeded", job.message
+    cpu1, cpu2 = CpuServer.objects.get(name="cpu1"), CpuServer.objects.get(name="cpu2")
+    assert cpu2.storage_fenced_at is not None
+    vm = VirtualMachine.objects.get(name="fo-r")
+    assert vm.cpu_server_id == cpu1.pk and _running(cpu1.libvirt_uri, vm.domain_name)
+
+    cluster.heal_host("cpu2")
+    monitor = Monitor(interval=1, timeout=0.75, bmc_interval=0)
+    try:
+        for _ in range(15):
+            monitor.cycle()
+            if CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE:
+                break
+            time.sleep(1)
+    finally:
+        monitor.close()
+    cpu2.refresh_from_db()
+    assert cpu2.state == HostState.MAINTENANCE and cpu2.storage_fenced_at is not None
+    # The storage fence stopped nothing: the old copy still runs on cpu2, its disks blocked.
+    assert _running(cpu2.libvirt_uri, vm.domain_name), "the stale copy is gone already: nothing left to prove"
+
+    def cpu2_out() -> None:
+        acls = _acls()
+        assert acls and all(macs and cpu2.san_mac not in macs for macs in acls.values()), acls
+
+    cpu2_out()
+    # Other events that rebuild or add lists: a new VM's exports, every list brought in line.
+    _create_guests(lab["made"], ["fo-n"], on="cpu1")
+    cpu2_out()
+    fencing.restore_storage_access()
+    cpu2_out()
+
+    destroyed = leave_maintenance(CpuServer.objects.get(pk=cpu2.pk), operator)
+    assert destroyed == ["fo-r: the stale copy on cpu2 was destroyed and undefined (fo-r runs on cpu1)"]
+    assert hypervisor.domain_info(cpu2.libvirt_uri, vm.domain_name) is None
+    assert _running(cpu1.libvirt_uri, vm.domain_name)
+    cpu2.refresh_from_db()
+    assert cpu2.state == HostState.UP and cpu2.storage_fenced_at is None
+    assert all(not macs or cpu2.san_mac in macs for macs in _acls().values())  # its disks back
+    stale = incident.events.get(kind=EventKind.STALE_COPY)
+    assert stale.user == operator and stale.data["vm"] == "fo-r"

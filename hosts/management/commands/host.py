@@ -34,6 +34,7 @@ def host_summary(host: CpuServer | DiskServer) -> dict[str, Any]:
         summary |= {
             "memory_mib": host.memory_mib,
             "free_memory_mib": host.free_memory_mib,
+            "storage_fenced_at": host.storage_fenced_at.isoformat() if host.storage_fenced_at else None,
             "evacuation_job": evacuation.pk if evacuation else None,
             "guests": [{"name": name, "state": state, "memory_mib": memory}
                        for name, state, memory in host.vms.order_by("name").values_list("name", "state", "memory_mib")],
@@ -90,7 +91,8 @@ class Command(BaseCommand):
             raise CommandError(f"no CPU server named {options['name']!r}")
         try:
             if options["switch"] == "off":
-                leave_maintenance(host)
+                for line in leave_maintenance(host):  # a storage-fenced host's stale copies, destroyed first
+                    self.stdout.write(line)
                 self.stdout.write(f"{host.name} is up: it takes guests again")
                 return
             if options["wait"]:

@@ -1,0 +1,96 @@
+"""Returning a CPU server a storage fence left out: its stale guests gone before its disks come back.
+
+A storage fence (ha/fencing.py) cuts a host off its guests' disks but leaves the guests running,
+their I/O waiting. Once the failover restarted one elsewhere, the copy left on the fenced host must
+never get its disks back: its writes would resume beside the new copy's. So before the host's SAN
+MAC goes back in any export's list, the panel asks the host (libvirt) which domains it holds,
+forces off and undefines every panel domain that is not a guest placed on that host, and asks
+again to prove none is left. A host that cannot be asked stays fenced. Each copy destroyed is an
+event on the host's incident. ha.maintenance.leave_maintenance (the operator's "Return to
+service") calls `readmit` for a host with `storage_fenced_at` set.
+"""
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+
+from drivers import hypervisor
+from drivers.errors import DriverError
+from drivers.hypervisor import DomainInfo
+from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.incidents import record
+from ha.models import Incident
+from hosts.models import CpuServer
+from hosts.verify_collect import DOMAIN_PREFIX
+from vms.models import VirtualMachine
+
+LIBVIRT_TIMEOUT_S = 30.0
+
+
+def _incident(host: CpuServer) -> Incident | None:
+    """Where the story of the fence is told: the host's open failure incident, else its latest."""
+    incidents = Incident.objects.filter(cpu_server=host, kind=IncidentKind.CPU_SERVER_FAILED)
+    return incidents.exclude(state=IncidentState.CLOSED).first() or incidents.first()
+
+
+def stale_copies(host: CpuServer) -> list[DomainInfo]:
+    """The panel's domains on `host` that are not guests placed there: each is a copy of a guest
+    restarted elsewhere (or since deleted: its shelf.slot may serve another VM by now). ValidationError
+    when the host cannot be asked: "it might run there" is exactly what must not be guessed."""
+    try:
+        domains = hypervisor.list_domains(host.libvirt_uri, timeout=LIBVIRT_TIMEOUT_S)
+    except DriverError as exc:
+        raise ValidationError(f"{host.name} stays fenced: the panel cannot ask it which guests run there ({exc}). "
+                              "Its disks stay blocked until libvirt on it answers.") from exc
+    own = {vm.domain_name for vm in VirtualMachine.objects.filter(cpu_server=host)}
+    return [d for d in domains if d.name.startswith(DOMAIN_PREFIX) and d.name not in own]
+
+
+def _where(name: str) -> str:
+    vm = VirtualMachine.objects.select_related("cpu_server").filter(name=name).first()
+    if vm is None:
+        return "no VM of that name any more"
+    return f"{name} runs on {vm.cpu_server.name}" if vm.cpu_server else f"{name} has no CPU server"
+
+
+def remove_stale_copies(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
+    """Force off and undefine every stale copy on `host`, each recorded on its incident; then ask
+    again. ValidationError (the host stays fenced) when it cannot be asked or a copy will not go."""
+    incident = _incident(host)
+    done = []
+    for domain in stale_copies(host):
+        name = domain.name.removeprefix(DOMAIN_PREFIX)
+        try:
+            hypervisor.destroy(host.libvirt_uri, domain.name, timeout=LIBVIRT_TIMEOUT_S)
+            hypervisor.undefine(host.libvirt_uri, domain.name, timeout=LIBVIRT_TIMEOUT_S)
+        except DriverError as exc:
+            raise ValidationError(f"{host.name} stays fenced: its stale copy {domain.name} could not be removed "
+                                  f"({exc})") from exc
+        message = f"{name}: the stale copy on {host.name} was destroyed and undefined ({_where(name)})"
+        if incident is not None:
+            record(incident, EventKind.STALE_COPY, message, user=user, vm=name, cpu_server=host.name,
+                   domain=domain.name, was=domain.state)
+        done.append(message)
+    left = stale_copies(host)  # the proof the return rests on: asked again, not assumed
+    if left:
+        raise ValidationError(f"{host.name} stays fenced: {', '.join(d.name for d in left)} still there after "
+                              "being destroyed and undefined")
+    return done
+
+
+def readmit(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
+    """Lift the storage fence of `host` (in maintenance): stale copies removed, then the mark cleared
+    (compare-and-set: a fence begun meanwhile wins), so that the next list built lets it in. The
+    caller rebuilds the lists (fencing.restore_storage_access). Returns what was destroyed."""
+    done = remove_stale_copies(host, user)
+    if not CpuServer.objects.filter(pk=host.pk, storage_fenced_at=host.storage_fenced_at).update(
+            storage_fenced_at=None):
+        raise ValidationError(f"{host.name} was fenced again meanwhile: look at its incident")
+    host.storage_fenced_at = None
+    incident = _incident(host)
+    if incident is not None:
+        who = user.get_username() if user is not None and user.is_authenticated else "an operator"
+        record(incident, EventKind.NOTE, f"{host.name} returned to service by {who}: "
+               f"{len(done)} stale cop{'y' if len(done) == 1 else 'ies'} destroyed; its SAN MAC goes back in the "
+               "exports' MAC lists", user=user, destroyed=len(done))
+    return done
