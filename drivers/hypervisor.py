@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import libvirt
 
+from drivers import guard
 from drivers.errors import DriverError
 
 T = TypeVar("T")
@@ -297,6 +298,7 @@ class _Connection:
 
 def _call(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
     """Open `uri`, run fn(conn) and close, all in a worker thread; DriverError after `timeout`."""
+    guard.before_host_call()
     outcome: dict[str, object] = {}
     holder = _Connection()
 
