@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from drivers import aoe, hypervisor, vblade
+from drivers.errors import DriverError
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
@@ -52,14 +55,38 @@ def check_reservation(ctx: JobContext) -> None:
 
 
 def release_reservation(ctx: JobContext) -> None:
+    """Forget the VM: the undo of the reservation, and what a create cancelled before it began
+    gives back (quota, memory, slot). Not while an undo before it failed: the rows are how cluster
+    verify and a delete (which finishes the cleanup) find what is left on the hosts, and they keep
+    the slot taken. The VM is marked failed instead."""
+    if ctx.undo_failures:
+        set_vm_state(ctx.job.vm_id, VmState.FAILED)
+        ctx.log(f"{ctx.job.target_name} kept, marked failed: undoing {'; '.join(ctx.undo_failures)} failed, so "
+                "volumes or exports may be left on the disk servers. Delete it to remove them.", LogLevel.ERROR)
+        return
     VirtualMachine.objects.filter(pk=ctx.job.vm_id).delete()
+
+
+@contextmanager
+def _intent(done: list[int], pk: int) -> Iterator[None]:
+    """Record `pk` in `done` before the host call, so that the step's undo covers a call that
+    acted and then timed out; forget it again if the host refused (a permanent DriverError: the
+    remote scripts change nothing when they refuse), so that the undo never removes a volume or
+    stops an export this job did not make."""
+    done.append(pk)
+    try:
+        yield
+    except DriverError as exc:
+        if exc.permanent:
+            done.remove(pk)
+        raise
 
 
 def create_volumes(ctx: JobContext) -> None:
     created: list[int] = ctx.data.setdefault("volumes", [])
     for leg in _legs(_vm(ctx)):
-        vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
-        created.append(leg.pk)
+        with _intent(created, leg.pk):
+            vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
         ctx.log(f"created {leg.size_mib} MiB volume {leg.backing_path} on {leg.disk_server.name}")
 
 
@@ -73,11 +100,11 @@ def start_exports(ctx: JobContext) -> None:
     started: list[int] = ctx.data.setdefault("exports", [])
     for leg in _legs(_vm(ctx)):
         disk = leg.disk_server
-        running = vblade.start_export(
-            ssh_target(disk),
-            vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path),
-        )
-        started.append(leg.pk)
+        with _intent(started, leg.pk):
+            running = vblade.start_export(
+                ssh_target(disk),
+                vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path),
+            )
         AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
         ctx.log(f"{leg.name} exported by vblade (pid {running.pid}) on {disk.name}:{disk.san_interface}")
 
@@ -166,7 +193,7 @@ def confirm_running(ctx: JobContext) -> None:
     ctx.log(ctx.data["result"])
 
 
-@job_kind("vm.create")
+@job_kind("vm.create", release=release_reservation)
 def plan_create(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     cpu = vm.cpu_server.name
@@ -202,7 +229,12 @@ def remove_all_volumes(ctx: JobContext) -> None:
     remove_volumes(ctx)
 
 
-@job_kind("vm.delete")
+def restore_state_before_delete(ctx: JobContext) -> None:
+    """A delete cancelled before it began: the VM is back in the state it was in (not 'deleting')."""
+    set_vm_state(ctx.job.vm_id, ctx.job.params.get("state_before", VmState.UNKNOWN))
+
+
+@job_kind("vm.delete", release=restore_state_before_delete)
 def plan_delete(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     where = vm.cpu_server.name if vm.cpu_server else "its CPU server"
