@@ -10,7 +10,7 @@ from drivers.errors import DriverError
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
-from jobs.runner import JobContext, JobFailed, Step, job_kind
+from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from storage.choices import ExportState, MirrorState
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
 from vms.choices import VmState
@@ -252,7 +252,7 @@ def plan_delete(ctx: JobContext) -> list[Step]:
 
 # --- lifecycle: start, shut down, reboot, force off ---------------------------------------------
 
-SHUTDOWN_POLL_SECONDS = 1.0
+SHUTDOWN_POLL_SECONDS = 2.0  # between two looks at a guest shutting down; no worker is held meanwhile
 SHUTDOWN_REPORT_EVERY = 5
 
 
@@ -263,28 +263,29 @@ def ask_shutdown(ctx: JobContext) -> None:
 
 
 def wait_or_force_off(ctx: JobContext) -> None:
-    """Wait for the guest to power itself off; force it off when the operator's timeout is up."""
+    """Wait for the guest to power itself off; force it off when the operator's timeout is up.
+
+    The wait holds no worker (a tenant may ask for an hour): each look at the guest is one call of
+    this step, and between looks the job waits outside any worker (runner.Later), its deadline in
+    ctx.data, in wall-clock time."""
     vm = _vm(ctx)
     uri = vm.cpu_server.libvirt_uri
     timeout = int(ctx.job.params.get("timeout_s", 60))
-    deadline = time.monotonic() + timeout
-    reported = None
-    while True:
-        info = hypervisor.domain_info(uri, vm.domain_name)
-        if info is None or info.state != "running":
-            ctx.log(f"{vm.name} shut down by itself ({info.state if info else 'gone'})")
-            break
-        left = deadline - time.monotonic()
-        if left <= 0:
-            hypervisor.destroy(uri, vm.domain_name)
-            ctx.log(f"{vm.name} did not shut down within {timeout} s: forced off", LogLevel.WARNING)
-            break
+    deadline = ctx.data.setdefault("force_off_at", time.time() + timeout)
+    info = hypervisor.domain_info(uri, vm.domain_name)
+    if info is None or info.state != "running":
+        ctx.log(f"{vm.name} shut down by itself ({info.state if info else 'gone'})")
+    elif (left := deadline - time.time()) <= 0:
+        hypervisor.destroy(uri, vm.domain_name)
+        ctx.log(f"{vm.name} did not shut down within {timeout} s: forced off", LogLevel.WARNING)
+    else:
         whole = int(left)
+        reported = ctx.data.get("force_off_reported")
         if reported is None or reported - whole >= SHUTDOWN_REPORT_EVERY:
-            reported = whole
+            ctx.data["force_off_reported"] = whole
             ctx.log(f"waiting for the guest to shut down: forced off in {whole} s", force_off_in_s=whole)
         ctx.check_cancel()
-        time.sleep(min(SHUTDOWN_POLL_SECONDS, max(left, 0.1)))
+        raise Later(min(SHUTDOWN_POLL_SECONDS, left))
     set_vm_state(ctx.job.vm_id, VmState.STOPPED)
     ctx.data["result"] = f"{vm.name} is stopped"
 
