@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import libvirt
 
+from drivers import guard
 from drivers.errors import DriverError
 
 T = TypeVar("T")
@@ -339,6 +340,7 @@ class _Connection:
 
 def _call(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
     """Open `uri`, run fn(conn) and close, all in a worker thread; DriverError after `timeout`."""
+    guard.before_host_call()
     outcome: dict[str, object] = {}
     holder = _Connection()
 

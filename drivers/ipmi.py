@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from drivers import guard
 from drivers.errors import DriverError
 
 IPMITOOL = "ipmitool"
@@ -51,6 +52,7 @@ def _argv(t: BmcTarget, command: list[str]) -> list[str]:
 def _ipmitool(t: BmcTarget, command: list[str]) -> str:
     """Run ipmitool; return its stdout, or raise DriverError (permanent for a missing or unreadable
     password file, transient for a timeout or an unanswered session)."""
+    guard.before_host_call()
     path = Path(t.password_file)
     if not path.is_file() or not os.access(path, os.R_OK):
         raise DriverError(f"{t.label}: password file {path} is missing or unreadable", permanent=True)

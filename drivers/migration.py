@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import libvirt
 
+from drivers import guard
 from drivers.errors import DriverError
 from drivers.hypervisor import PERMANENT_ERRORS, _call, _Connection, _lookup_or_fail
 
@@ -136,6 +137,7 @@ def migrate(
     """
     if max_bandwidth_mib is not None and max_bandwidth_mib < 1:
         raise DriverError(f"bandwidth cap must be >= 1 MiB/s, not {max_bandwidth_mib}", permanent=True)
+    guard.before_host_call()
     started = time.monotonic()
     poll = _Session(source_uri, call_timeout)
     try:

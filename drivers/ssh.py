@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drivers import guard
 from drivers.errors import DriverError
 
 # ssh exits 255 when it could not connect or authenticate; anything else is the remote command's.
@@ -78,6 +79,7 @@ def run(
 ) -> CommandResult:
     """Run `argv` on the host. Raises DriverError on connection failure, timeout or (with check) a
     non-zero exit; the message carries the host, the command and what it printed on stderr."""
+    guard.before_host_call()
     remote = shlex.join(argv)
     cmd = ["ssh", *ssh_options(target), target.host, "--", remote]
     try:

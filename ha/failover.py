@@ -31,7 +31,7 @@ from hosts.choices import HostState
 from hosts.models import CpuServer
 from jobs.choices import ACTIVE_STATES, LogLevel
 from jobs.models import Job
-from jobs.runner import JobContext, JobFailed, Step, job_kind
+from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from jobs.services import start_job
 from vms import guest_setup
 from vms.choices import VmState
@@ -48,6 +48,7 @@ RESTARTABLE_STATES = (VmState.RUNNING, VmState.UNKNOWN)
 DEAD_HOST_CHECK_TIMEOUT_S = 5
 SURVIVOR_CHECK_TIMEOUT_S = 15
 WAIT_FOR_EARLIER_JOB_S = 600  # a confirmation queued behind a running failover waits this long
+EARLIER_JOB_POLL_S = 2.0  # between two looks at the earlier job; no worker is held meanwhile
 RUNNING = {"running", "paused", "blocked"}
 
 
@@ -134,15 +135,20 @@ def _event(ctx: JobContext, incident: Incident, kind: str, message: str, level: 
 
 
 def _wait_for_earlier_jobs(ctx: JobContext, incident: Incident) -> None:
-    earlier = failover_jobs(incident).filter(state__in=ACTIVE_STATES, pk__lt=ctx.job.pk)
-    deadline = time.monotonic() + WAIT_FOR_EARLIER_JOB_S
-    if earlier.exists():
-        ctx.log(f"waiting for failover job #{earlier.first().pk} to finish first")
-    while earlier.exists():
-        if time.monotonic() > deadline:
-            raise JobFailed(f"failover job #{earlier.first().pk} still runs after {WAIT_FOR_EARLIER_JOB_S} s")
-        ctx.check_cancel()
-        time.sleep(0.5)
+    """Return once no earlier failover job of the incident is active. Until then the job waits
+    outside any worker (runner.Later), so that the HA queue's slots stay free for failovers that
+    can act; this is called again at each wake-up."""
+    earlier = failover_jobs(incident).filter(state__in=ACTIVE_STATES, pk__lt=ctx.job.pk).first()
+    if earlier is None:
+        return
+    deadline = ctx.data.setdefault("earlier_deadline", time.time() + WAIT_FOR_EARLIER_JOB_S)
+    if time.time() > deadline:
+        raise JobFailed(f"failover job #{earlier.pk} still runs after {WAIT_FOR_EARLIER_JOB_S} s")
+    if ctx.data.get("waiting_for") != earlier.pk:
+        ctx.data["waiting_for"] = earlier.pk
+        ctx.log(f"waiting for failover job #{earlier.pk} to finish first")
+    ctx.check_cancel()
+    raise Later(EARLIER_JOB_POLL_S)
 
 
 def fence_step(ctx: JobContext) -> None:
@@ -367,7 +373,7 @@ def _note_n_plus_one(ctx: JobContext, incident: Incident) -> None:
         ctx.log(message, LogLevel.WARNING)
 
 
-@job_kind(JOB_KIND)
+@job_kind(JOB_KIND, ha=True)
 def plan_failover(ctx: JobContext) -> list[Step]:
     incident = _incident(ctx)
     host = _host(incident)

@@ -35,7 +35,6 @@ EVACUATE = "host.evacuate"
 DEFAULT_PARALLEL = 2  # two migrations share the link well; more only slows each one down
 POLL_S = 0.5
 RELAY_EVERY_S = 1.0  # a child's progress reaches the parent's log at most once a second per child
-HEARTBEAT_EVERY_S = 10.0  # children waiting in the queue log nothing: the parent must still look alive
 # A child nobody picks up means every worker slot is taken (the parent holds one itself): say so
 # and move on rather than wait for ever with the guest's one-job-per-VM slot held.
 QUEUED_TIMEOUT_S = 120.0
@@ -324,7 +323,7 @@ def _expire_if_unclaimed(ctx: JobContext, child: _Child) -> None:
     if child.job.state != JobState.QUEUED or time.monotonic() - child.started_at < QUEUED_TIMEOUT_S:
         return
     why = (f"no worker took it within {QUEUED_TIMEOUT_S:g} s (an evacuation needs EVACUATE_PARALLEL + 1 "
-           "worker slots: one for itself)")
+           "worker slots on the HA queue: one for itself)")
     # Compare-and-set: a worker claiming it at this very moment wins, and the job runs.
     if Job.objects.filter(pk=child.job.pk, state=JobState.QUEUED).update(
             state=JobState.CANCELLED, message=why, finished_at=timezone.now()):
@@ -343,7 +342,7 @@ def migrate_step(ctx: JobContext) -> None:
     running: list[_Child] = []
     moved: list[list[Any]] = ctx.data.setdefault("moved", [])  # [vm, target, child job id]
     not_moved: list[list[Any]] = ctx.data.setdefault("not_moved", [])  # [vm, reason]
-    limit, cancelled, beat = evacuate_parallel(), False, time.monotonic()
+    limit, cancelled = evacuate_parallel(), False
     while pending or running:
         if not cancelled and ctx.cancel_requested():
             cancelled = True
@@ -371,9 +370,6 @@ def migrate_step(ctx: JobContext) -> None:
             if child.job.finished:
                 running.remove(child)
                 _finished(ctx, child, moved, not_moved)
-        if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
-            beat = time.monotonic()
-            Job.objects.filter(pk=ctx.job.pk, state=JobState.RUNNING).update(heartbeat_at=timezone.now())
     if cancelled:
         raise JobCancelled(f"cancelled by an operator: {_outcome(ctx)}")
 
@@ -419,7 +415,7 @@ def summary_step(ctx: JobContext) -> None:
         raise JobFailed(ctx.data["result"])
 
 
-@job_kind(EVACUATE)
+@job_kind(EVACUATE, ha=True)
 def plan_evacuate(ctx: JobContext) -> list[Step]:
     host = ctx.job.params["host"]
     return [

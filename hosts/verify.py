@@ -82,7 +82,7 @@ CHECKED_VM_STATES = frozenset({VmState.RUNNING, VmState.STOPPED, VmState.UNKNOWN
 RUNNING_STATES = frozenset({"running", "blocked"})  # blocked: running but idle (Xen says so)
 INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # anything else holds memory and may write
 # Within one severity, the order an operator should read them in.
-CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-on-wrong-host",
+CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-failed", "vm-on-wrong-host",
          "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",
          "export-not-running", "export-mismatch", "export-size-mismatch", "export-not-answering", "domain-state",
          "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "unknown-export",
@@ -95,7 +95,7 @@ TWO_COPIES = ("Two copies of {vm} write the same AoE disks: its file systems are
 
 def compare(inventory: Inventory, real: Reality) -> list[Finding]:
     """Every difference between the inventory and what the hosts said, most serious first."""
-    findings = [*_host_findings(inventory, real), *_domain_findings(inventory, real),
+    findings = [*_host_findings(inventory, real), *_failed_vms(inventory), *_domain_findings(inventory, real),
                 *_export_findings(inventory, real), *_san_findings(inventory, real)]
     findings += [Finding("n-plus-one", "warning", s.failed, str(s),
                          f"N+1 is broken: if {s.failed} fails, these guests stay down until memory is freed "
@@ -118,6 +118,15 @@ def _host_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
             yield Finding("host-unreachable", "error", gap.host, f"{gap.host} unreachable ({gap.part}): {gap.error}",
                           f"{PARTS.get(gap.part, gap.part).capitalize()} could not be checked: verify says "
                           "nothing about them, good or bad.")
+
+
+def _failed_vms(inventory: Inventory) -> Iterator[Finding]:
+    for vm in inventory.vms:
+        if vm.state == VmState.FAILED:
+            legs = ", ".join(f"{leg.name} on {leg.disk_server}" for leg in vm.legs) or "none recorded"
+            yield Finding("vm-failed", "error", vm.name, f"{vm.name}'s create failed and could not undo all it did "
+                          f"(legs: {legs})", "Its volumes, exports or domain may be left on the hosts, and its "
+                          "slot and memory stay taken. Delete the VM: the delete removes whatever is left.")
 
 
 def _domain_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:

@@ -9,6 +9,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from jobs.choices import ACTIVE_STATES, FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
 from xenaoe_panel.colours import StateColourMixin
@@ -69,10 +70,22 @@ class Job(StateColourMixin, models.Model):
     # Set by an operator's Cancel; the runner (between steps) and long steps (while they wait)
     # look at it and stop, undoing what was done.
     cancel_requested = models.BooleanField(default=False)
-    # Which worker runs it, and when it last showed a sign of life: a job whose worker died is
-    # found and ended (jobs/recovery.py) instead of holding its VM busy for ever.
+    # Which worker ran it last, and its lease (jobs/lease.py): the token of the run that holds it
+    # (empty while none does: queued, waiting outside a worker, finished) and until when, renewed
+    # by that run's heartbeat thread (`heartbeat_at`: the last renewal). A job whose lease runs
+    # out is ended (jobs/recovery.py) instead of holding its VM busy for ever.
     worker = models.CharField(max_length=255, blank=True)
+    owner = models.CharField(max_length=32, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Its next message (jobs/queues.py): when it is due (queued: when it was sent; waiting outside
+    # a worker: when the wait's countdown ends), the token that lets that message resume a waiting
+    # job (a stale or duplicate message does not), and when recovery last sent it again.
+    due_at = models.DateTimeField(default=timezone.now)
+    wake = models.CharField(max_length=32, blank=True, default="")
+    resent_at = models.DateTimeField(null=True, blank=True)
+    # What its steps shared (ctx.data), kept while it waits outside a worker.
+    context = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -5,6 +5,13 @@ error, a refused precondition) end the job FAILED with a message; anything else 
 with the traceback in the log. Either way the failed step and the steps done before it are undone
 first, in reverse. A step can fail half-way (one volume made, the second refused), so its undo is
 called too and must undo only what the step recorded as done (in `ctx.data`), and be idempotent.
+A step records what it is about to do on a host *before* the call: a call that times out may have
+acted all the same.
+
+The run holds the job by a lease (jobs/lease.py); once it is lost the run stops where it is,
+without acting, undoing or writing the job's state (recovery wrote it). A step that waits for
+something outside (a guest shutting down, an earlier failover) raises `Later`: the job lets go of
+its worker and the step is called again, on any worker, when its wake-up message arrives.
 """
 from __future__ import annotations
 
@@ -12,13 +19,18 @@ import logging
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
+from django.db import IntegrityError
 from django.utils import timezone
 
+from drivers import guard
 from drivers.errors import DriverError
 from jobs.choices import JobState, LogLevel
 from jobs.events import publish
+from jobs.lease import Lease, LeaseLost, new_owner
 from jobs.models import Job, JobLogEntry
 
 logger = logging.getLogger(__name__)
@@ -32,18 +44,43 @@ class JobCancelled(JobFailed):
     """The operator cancelled the job; raised by the runner between steps or by a step that waits."""
 
 
+class Later(Exception):
+    """Raised by a step that waits for something outside the panel: the job lets go of its worker
+    and the same step is called again after `seconds`. The step must pick up where it was from
+    `ctx.data` (kept with the job meanwhile, so JSON only) and count its deadline in wall-clock
+    time (`time.time()`): the next call may run on another worker."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"again in {seconds:g} s")
+        self.seconds = max(float(seconds), 0.0)
+
+
 @dataclass
 class JobContext:
     job: Job
     # Steps share what they learnt (paths, chosen hosts) through here; "result" becomes the
     # message of a job that succeeds.
     data: dict[str, Any] = field(default_factory=dict)
+    # The run's hold on the job; None outside a run (a job ended before any worker took it).
+    lease: Lease | None = None
+    # Titles of the undos that failed: what is left on the hosts. An undo that would forget the
+    # rows describing them (release_reservation) keeps them instead.
+    undo_failures: list[str] = field(default_factory=list)
+
+    def ensure_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
 
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
+        self.ensure_lease()
         return append_log(self.job, message, level, data)
 
     def cancel_requested(self) -> bool:
-        return Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
+        row = Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first()
+        if self.lease is not None and (row is None or row["owner"] != self.lease.owner
+                                       or row["state"] != JobState.RUNNING):
+            self.lease.lost()
+        return bool(row and row["cancel_requested"])
 
     def check_cancel(self) -> None:
         if self.cancel_requested():
@@ -58,15 +95,32 @@ class Step:
 
 
 JobPlan = Callable[[JobContext], list[Step]]
-_KINDS: dict[str, JobPlan] = {}
 
 
-def job_kind(name: str) -> Callable[[JobPlan], JobPlan]:
+@dataclass(frozen=True)
+class JobKind:
+    plan: JobPlan
+    # What a job that ends before its first step gives back (cancelled while queued, never taken by
+    # a worker): vm.create's reservation. Nothing was done on a host, so it touches only rows.
+    release: Callable[[JobContext], None] | None = None
+    # High availability: its own queue and workers (jobs/queues.py), never behind tenant work.
+    ha: bool = False
+
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(name: str, *, release: Callable[[JobContext], None] | None = None,
+             ha: bool = False) -> Callable[[JobPlan], JobPlan]:
     def register(plan: JobPlan) -> JobPlan:
-        _KINDS[name] = plan
+        _KINDS[name] = JobKind(plan, release, ha)
         return plan
 
     return register
+
+
+def kind_of(name: str) -> JobKind | None:
+    return _KINDS.get(name)
 
 
 def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | None = None) -> JobLogEntry:
@@ -75,72 +129,125 @@ def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | 
         job=job, serial=last + 1, level=level, message=message,
         step=job.step, total_steps=job.total_steps, data=data or {},
     )
-    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(heartbeat_at=entry.time)
     publish(job, entry)
     return entry
 
 
-def _set(job: Job, **fields: Any) -> None:
+def release_unstarted(ctx: JobContext) -> None:
+    """Give back what a job that never began a step reserved (its kind's `release`)."""
+    kind = _KINDS.get(ctx.job.kind)
+    if kind is not None and kind.release is not None:
+        kind.release(ctx)
+
+
+def _set(ctx: JobContext, **fields: Any) -> None:
+    """Write the job's row only if this run still holds it (compare-and-set on the owner)."""
+    job = ctx.job
+    assert ctx.lease is not None
+    if not ctx.lease.mine().update(**fields):
+        ctx.lease.lost()
     for name, value in fields.items():
         setattr(job, name, value)
-    job.save(update_fields=list(fields))
 
 
-def claim(job_id: int, worker: str = "") -> Job | None:
-    """Compare-and-set QUEUED -> RUNNING, so that a job redelivered by the broker never runs twice."""
+def claim(job_id: int, worker: str = "", wake: str = "") -> Job | None:
+    """Compare-and-set, so that a job redelivered by the broker never runs twice: QUEUED -> RUNNING
+    for a new job; for a job waiting outside a worker, only the message carrying its `wake` token."""
     now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
-        state=JobState.RUNNING, started_at=now, heartbeat_at=now, worker=worker
-    )
+    held = {"owner": new_owner(), "lease_until": now + timedelta(seconds=settings.JOB_LEASE_S),
+            "heartbeat_at": now, "worker": worker, "resent_at": None}
+    if wake:
+        claimed = Job.objects.filter(pk=job_id, state=JobState.RUNNING, owner="", wake=wake).update(wake="", **held)
+    else:
+        claimed = Job.objects.filter(pk=job_id, state=JobState.QUEUED).update(
+            state=JobState.RUNNING, started_at=now, **held)
     return Job.objects.get(pk=job_id) if claimed else None
 
 
-def run_job(job_id: int, worker: str = "") -> Job | None:
-    job = claim(job_id, worker)
+def run_job(job_id: int, worker: str = "", wake: str = "") -> Job | None:
+    job = claim(job_id, worker, wake)
     if job is None:
-        logger.info("job %s is not queued any more; not running it", job_id)
+        logger.info("job %s is not waiting for this message any more; not running it", job_id)
         return None
-    ctx = JobContext(job)
-    plan = _KINDS.get(job.kind)
-    if plan is None:
-        _finish(ctx, JobState.ERRORED, f"unknown job kind {job.kind!r}", [])
-        return job
+    lease = Lease(job.pk, job.owner, settings.JOB_LEASE_S)
+    ctx = JobContext(job, dict(job.context or {}), lease)
+    lease.start()
     try:
-        steps = plan(ctx)
+        with guard.checking(lease.check):
+            _run(ctx)
+    except LeaseLost as exc:
+        _note_lost(ctx, exc)
+    finally:
+        lease.stop()
+    return job
+
+
+def _run(ctx: JobContext) -> None:
+    job = ctx.job
+    kind = _KINDS.get(job.kind)
+    if kind is None:
+        _finish(ctx, JobState.ERRORED, f"unknown job kind {job.kind!r}", [])
+        return
+    try:
+        steps = kind.plan(ctx)
     except JobFailed as exc:
-        _finish(ctx, JobState.FAILED, str(exc), [])
-        return job
-    _set(job, total_steps=len(steps))
-    done: list[Step] = []
-    for number, step in enumerate(steps, start=1):
-        _set(job, step=number)
+        _finish(ctx, JobState.FAILED, str(exc), [], unstarted=not job.step)
+        return
+    resuming = job.step  # woken after a Later: that step is called again
+    if resuming and len(steps) != job.total_steps:
+        _finish(ctx, JobState.ERRORED, f"its plan has {len(steps)} steps now, {job.total_steps} when it began; "
+                "what it did may be half-done: run `cluster verify`", [])
+        return
+    _set(ctx, total_steps=len(steps))
+    done: list[Step] = steps[:max(resuming - 1, 0)]
+    for number, step in enumerate(steps[len(done):], start=len(done) + 1):
+        _set(ctx, step=number)
         if ctx.cancel_requested():
-            _finish(ctx, JobState.CANCELLED, f"cancelled by an operator before {step.title}", done)
-            return job
-        ctx.log(f"Step {number}/{len(steps)}: {step.title}")
+            # A step woken from a wait had begun: its own undo runs too.
+            begun = [*done, step] if number == resuming else done
+            _finish(ctx, JobState.CANCELLED, f"cancelled by an operator before {step.title}", begun,
+                    unstarted=number == 1 and not resuming)
+            return
+        if number != resuming:
+            ctx.log(f"Step {number}/{len(steps)}: {step.title}")
         try:
             step.run(ctx)
+        except Later as later:
+            _wait_outside(ctx, later.seconds)
+            return
         except JobCancelled as exc:
             ctx.log(f"{step.title}: {exc}", LogLevel.WARNING)
             _finish(ctx, JobState.CANCELLED, f"{step.title}: {exc}", [*done, step])
-            return job
+            return
         except (JobFailed, DriverError) as exc:
             ctx.log(f"{step.title} failed: {exc}", LogLevel.ERROR)
             _finish(ctx, JobState.FAILED, f"{step.title} failed: {exc}", [*done, step])
-            return job
+            return
         except Exception as exc:
             ctx.log(f"{step.title} raised {type(exc).__name__}: {exc}", LogLevel.ERROR,
                     traceback=traceback.format_exc())
             _finish(ctx, JobState.ERRORED, f"{step.title}: unexpected {type(exc).__name__}: {exc}", [*done, step])
-            return job
+            return
         done.append(step)
     _finish(ctx, JobState.SUCCEEDED, ctx.data.get("result", "done"), [])
-    return job
 
 
-def _finish(ctx: JobContext, state: str, message: str, done: list[Step]) -> None:
+def _wait_outside(ctx: JobContext, seconds: float) -> None:
+    """Let go of the worker: keep what the steps shared, and queue the message that wakes the job."""
+    from jobs.queues import send
+
+    wake = new_owner()
+    _set(ctx, owner="", lease_until=None, wake=wake, due_at=timezone.now() + timedelta(seconds=seconds),
+         context=ctx.data)
+    send(ctx.job, wake=wake, countdown=seconds)
+
+
+def _finish(ctx: JobContext, state: str, message: str, done: list[Step], *, unstarted: bool = False) -> None:
+    """End the job: undo `done` in reverse, or, for a job that never began a step (`unstarted`),
+    give back what it reserved."""
     job = ctx.job
-    undo_failed = False
+    if unstarted:
+        release_unstarted(ctx)
     for step in reversed(done):
         if step.undo is None:
             continue
@@ -148,10 +255,22 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step]) -> None
         try:
             step.undo(ctx)
         except Exception as exc:  # keep undoing the rest; say loudly what is left behind
-            undo_failed = True
+            ctx.undo_failures.append(step.title)
             ctx.log(f"Undoing {step.title} failed, clean up by hand: {exc}", LogLevel.ERROR)
-    if undo_failed:
+    if ctx.undo_failures:
         message += " (undo incomplete: see the log)"
-    _set(job, state=state, message=message, finished_at=timezone.now())
+    _set(ctx, state=state, message=message, finished_at=timezone.now(), owner="", lease_until=None, context={})
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
-    ctx.log(f"Job {state}: {message}", level)
+    append_log(job, f"Job {state}: {message}", level)
+
+
+def _note_lost(ctx: JobContext, exc: LeaseLost) -> None:
+    """Say in the job's log that its old run came back and stopped (the state is recovery's)."""
+    job = ctx.job
+    logger.warning("job %s: %s; stopped at step %s without acting", job.pk, exc, job.step)
+    try:
+        append_log(job, f"Its run on {job.worker or 'a worker'} lost its lease at step {job.step} (recovery ended "
+                   "the job, or the heartbeat could not renew it in time): it stopped there without acting",
+                   LogLevel.WARNING)
+    except IntegrityError:  # recovery wrote the same serial at the same moment: the note can go
+        pass

@@ -6,9 +6,12 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from jobs.choices import ACTIVE_STATES
+from jobs.choices import ACTIVE_STATES, JobState, LogLevel
 from jobs.models import Job
+from jobs.queues import send
+from jobs.runner import JobContext, append_log, release_unstarted
 
 
 class WorkerUnavailable(Exception):
@@ -19,10 +22,9 @@ def start_job(
     kind: str, *, vm: Any = None, target_name: str = "", params: dict | None = None,
     user: AbstractBaseUser | None = None, parent: Job | None = None,
 ) -> Job:
-    """Write a job and queue it on commit. A VM with a job in progress refuses a second one
-    (ValidationError naming the running job): the database's one_active_job_per_vm decides."""
-    from jobs.tasks import run_job
-
+    """Write a job and queue it on commit (jobs/queues.py: the HA queue or the default one). A VM
+    with a job in progress refuses a second one (ValidationError naming the running job): the
+    database's one_active_job_per_vm decides."""
     try:
         with transaction.atomic():
             job = Job.objects.create(
@@ -34,7 +36,7 @@ def start_job(
         busy = active_job_for(vm)
         detail = f"job #{busy.pk} ({busy.kind}, {busy.state})" if busy else "another job"
         raise ValidationError(f"{vm.name} is busy with {detail}; try again when it has finished") from exc
-    transaction.on_commit(lambda: run_job.delay(job.pk))
+    send(job)
     return job
 
 
@@ -43,7 +45,19 @@ def active_job_for(vm: Any) -> Job | None:
 
 
 def request_cancel(job: Job) -> bool:
-    """Ask a queued or running job to stop. False if it has already finished."""
+    """Stop a job. A queued one ends at once, CANCELLED, and gives back what it reserved (nothing
+    was done on a host; its message, when it arrives, finds it no longer queued). A running one is
+    asked to stop: the runner (between steps) and steps that wait look at the flag and undo what
+    was done. False if it has already finished."""
+    with transaction.atomic():
+        # Compare-and-set: a worker claiming it at this very moment wins, and is asked to stop.
+        if Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
+                state=JobState.CANCELLED, cancel_requested=True, finished_at=timezone.now(),
+                message="cancelled by an operator before it started"):
+            job.refresh_from_db()
+            release_unstarted(JobContext(job))
+            append_log(job, f"Job cancelled: {job.message}", LogLevel.WARNING)
+            return True
     return bool(Job.objects.filter(pk=job.pk, state__in=ACTIVE_STATES).update(cancel_requested=True))
 
 

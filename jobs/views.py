@@ -143,7 +143,12 @@ class JobCancelView(LoginRequiredMixin, View):
             messages.error(request, "Only an operator or whoever started this job can cancel it.")
             return redirect(job)
         if request_cancel(job):
-            messages.warning(request, f"Cancelling job #{job.pk}: it stops at its next safe point and undoes its work.")
+            job.refresh_from_db(fields=["state"])
+            if job.finished:
+                messages.warning(request, f"Job #{job.pk} cancelled before it started.")
+            else:
+                messages.warning(request, f"Cancelling job #{job.pk}: it stops at its next safe point and undoes "
+                                          "its work.")
         else:
             messages.info(request, f"Job #{job.pk} has already finished.")
         return redirect(job)

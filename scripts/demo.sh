@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# `make demo`: the lab cluster, the panel (web + worker) and an operator login.
+# `make demo`: the lab cluster, the panel (web + workers) and an operator login.
 # `make stop`: stop them and take the lab down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUN=.run
 PORT=${PORT:-8000}
+QUEUE=${CELERY_QUEUE:-xenaoe}  # settings.py: the default queue, and HA's own (docs/jobs.md)
+HA_QUEUE=${CELERY_HA_QUEUE:-$QUEUE-ha}
 mkdir -p "$RUN"
 
 stop_pid() {  # stop a process we started, by its pid file
@@ -35,12 +37,15 @@ start)
   [ -s "$tenant_password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$tenant_password_file")
   $PY manage.py tenant show demo >/dev/null 2>&1 || $PY manage.py tenant create demo --name "Demo tenant" >/dev/null
   $PY manage.py tenant adduser demo tenant --password-file "$tenant_password_file" >/dev/null 2>&1 || true
-  stop_pid "$RUN/worker.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"; stop_pid "$RUN/beat.pid"
-  stop_pid "$RUN/monitor.pid"
+  stop_pid "$RUN/worker.pid"; stop_pid "$RUN/worker-ha.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"
+  stop_pid "$RUN/beat.pid"; stop_pid "$RUN/monitor.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
     > "$RUN/beat.log" 2>&1 < /dev/null & echo $! > "$RUN/beat.pid"
-  nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 --loglevel=INFO \
+  nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 -Q "$QUEUE" -n "default@%h" --loglevel=INFO \
     > "$RUN/worker.log" 2>&1 < /dev/null & echo $! > "$RUN/worker.pid"
+  # High availability's worker: failover and evacuation never wait behind tenant work.
+  nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 6 -Q "$HA_QUEUE" -n "ha@%h" --loglevel=INFO \
+    > "$RUN/worker-ha.log" 2>&1 < /dev/null & echo $! > "$RUN/worker-ha.pid"
   nohup $PY manage.py watch_domains > "$RUN/watch.log" 2>&1 < /dev/null & echo $! > "$RUN/watch.pid"
   nohup $PY manage.py monitor > "$RUN/monitor.log" 2>&1 < /dev/null & echo $! > "$RUN/monitor.pid"
   nohup .venv/bin/daphne -b 127.0.0.1 -p "$PORT" xenaoe_panel.asgi:application \
@@ -55,12 +60,13 @@ XenAoE Panel is running.
   login:    operator
   password: $(cat "$password_file")
   tenant:   tenant / $(cat "$tenant_password_file")   (a user of the tenant "demo": sees only its VMs)
-Logs in $RUN/ (web.log, worker.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
+Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;
 stop)
   stop_pid "$RUN/web.pid"
   stop_pid "$RUN/worker.pid"
+  stop_pid "$RUN/worker-ha.pid"
   stop_pid "$RUN/watch.pid"
   stop_pid "$RUN/beat.pid"
   stop_pid "$RUN/monitor.pid"

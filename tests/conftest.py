@@ -28,6 +28,8 @@ def lab_cluster() -> Iterator[object]:
     """The lab cluster, up for the whole session; taken down at the end if this run started it."""
     if not _is_root():
         pytest.skip("the lab cluster needs root (network namespaces)")
+    # LEAD (do not commit): helper worktrees never touch the lab; the lead runs lab tests.
+    pytest.skip("helper worktree: lab tests are run by the lead")
     from lab import cluster
 
     already_up = bool(cluster.status().hosts)
@@ -60,15 +62,17 @@ def _wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> 
 
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[subprocess.Popen]:
-    """A real `celery -A xenaoe_panel worker` on the test database."""
+    """A real `celery -A xenaoe_panel worker` on the test database, consuming both queues."""
     from django.conf import settings
 
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     env = _child_env(settings.DATABASES["default"]["NAME"])
+    # One worker for both of this run's queues (jobs/queues.py: the default one and HA's).
+    queues = f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.CELERY_HA_QUEUE}"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "xenaoe_panel", "worker", "-P", "threads", "-c", "4",
-             "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h", "-Q", os.environ["CELERY_QUEUE"]],
+            [sys.executable, "-m", "celery", "-A", "xenaoe_panel", "worker", "-P", "threads", "-c", "6",
+             "--loglevel=INFO", "-n", f"test-{os.getpid()}@%h", "-Q", queues],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     from jobs.services import WorkerUnavailable, check_workers

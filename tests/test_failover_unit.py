@@ -4,6 +4,7 @@ program (SSH to disk and CPU servers, libvirt, the BMC) by a small fake cluster 
 what was asked of it; the job runs in-process (jobs.runner.run_job)."""
 from __future__ import annotations
 
+import time
 import types
 import uuid
 
@@ -364,7 +365,8 @@ def test_a_fence_changed_under_the_job_restarts_nothing(dead, fake, monkeypatch)
     assert fake.started() == []
 
 
-def test_a_confirmation_during_a_running_failover_waits_for_it_then_restarts_what_is_left(dead, fake, monkeypatch):
+def test_a_confirmation_during_a_running_failover_waits_for_it_outside_a_worker_then_restarts_what_is_left(
+        dead, fake, monkeypatch):
     _guest(dead, "web")
     incident = _incident()
     earlier = failover.start_failover(incident)
@@ -373,18 +375,37 @@ def test_a_confirmation_during_a_running_failover_waits_for_it_then_restarts_wha
     Job.objects.filter(pk=earlier.pk).update(state="running")
     Incident.objects.filter(pk=incident.pk).update(state=IncidentState.UNFENCED)
     job = failover.confirm_fenced_manually(Incident.objects.get(pk=incident.pk), None)
-    waited = []
-
-    def earlier_finishes(seconds):
-        waited.append(seconds)
-        Job.objects.filter(pk=earlier.pk).update(state="failed")
-
-    monkeypatch.setattr(failover.time, "sleep", earlier_finishes)
+    monkeypatch.setattr(failover, "WAIT_FOR_EARLIER_JOB_S", 5)
+    started = time.monotonic()
     run_job(job.pk)
     job.refresh_from_db()
-    assert waited and job.state == "succeeded", job.message
+    # It waits without holding a worker slot (the HA queue's slots are for failovers that can act).
+    assert time.monotonic() - started < 2 and job.state == "running" and job.owner == "", job.message
     assert f"waiting for failover job #{earlier.pk} to finish first" in job.log.values_list("message", flat=True)
+    run_job(job.pk, wake=job.wake)  # woken while the earlier one still runs: waits again
+    job.refresh_from_db()
+    assert job.state == "running" and job.owner == "" and fake.started() == []
+    Job.objects.filter(pk=earlier.pk).update(state="failed")
+    run_job(job.pk, wake=job.wake)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.message
     assert fake.started() == ["xa-web"] and [c for c in fake.calls if c[0] == "power_off"] == []
+
+
+def test_a_failover_gives_up_waiting_for_an_earlier_one_that_never_ends(dead, fake, monkeypatch):
+    _guest(dead, "web")
+    incident = _incident()
+    earlier = failover.start_failover(incident)
+    Job.objects.filter(pk=earlier.pk).update(state="running")
+    job = failover.confirm_fenced_manually(incident, None)
+    run_job(job.pk)
+    job.refresh_from_db()
+    now = time.time
+    monkeypatch.setattr(time, "time", lambda: now() + failover.WAIT_FOR_EARLIER_JOB_S + 1)
+    run_job(job.pk, wake=job.wake)
+    job.refresh_from_db()
+    assert job.state == "failed" and f"failover job #{earlier.pk} still runs after" in job.message
+    assert fake.started() == []
 
 
 def test_the_incident_says_when_the_survivors_have_lost_n_plus_one(dead, fake):

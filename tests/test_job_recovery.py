@@ -1,4 +1,5 @@
-"""A job whose worker died is ended, and its VM freed; a live job is left alone."""
+"""A job whose worker died is ended, and its VM freed; a live job is left alone; a job whose message
+was lost gets it again, and a job no worker ever takes is ended and gives back what it reserved."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -10,50 +11,108 @@ from jobs import recovery, runner
 from jobs.choices import JobState
 from jobs.models import Job
 from jobs.services import start_job
+from vms.choices import VmState
 from vms.models import VirtualMachine
 
 pytestmark = pytest.mark.django_db
 
 
-def _running(vm=None, *, heartbeat_age: timedelta, worker: str = "celery@a") -> Job:
+@runner.job_kind("test.two_steps")
+def _plan(ctx):
+    return [runner.Step("first", lambda ctx: None), runner.Step("second", lambda ctx: None)]
+
+
+def _running(vm=None, *, lease_left: timedelta, worker: str = "celery@a") -> Job:
     job = Job.objects.create(kind="vm.start", vm=vm, target_name=vm.name if vm else "x")
-    beat = timezone.now() - heartbeat_age
-    Job.objects.filter(pk=job.pk).update(state=JobState.RUNNING, started_at=beat, heartbeat_at=beat, worker=worker)
+    now = timezone.now()
+    Job.objects.filter(pk=job.pk).update(state=JobState.RUNNING, started_at=now - timedelta(hours=1),
+                                         heartbeat_at=now + lease_left - timedelta(minutes=1),
+                                         lease_until=now + lease_left, owner=f"run-{job.pk}", worker=worker)
     return Job.objects.get(pk=job.pk)
 
 
-def test_a_silent_job_is_ended_errored_with_advice_and_its_vm_is_free_again():
+def test_a_job_whose_lease_ran_out_is_ended_errored_with_advice_and_its_vm_is_free_again():
     vm = VirtualMachine.objects.create(name="held", vcpus=1, memory_mib=64, disk_mib=32)
-    stale = _running(vm, heartbeat_age=timedelta(minutes=30))
-    alive = _running(heartbeat_age=timedelta(seconds=5))
-    ended = recovery.expire_stale_jobs(timedelta(minutes=10))
+    stale = _running(vm, lease_left=-timedelta(seconds=1))
+    alive = _running(lease_left=timedelta(seconds=30))
+    ended = recovery.expire_stale_jobs()
     assert [job.pk for job in ended] == [stale.pk]
     stale.refresh_from_db()
     alive.refresh_from_db()
     assert stale.state == JobState.ERRORED and "cluster verify" in stale.message
-    assert "celery@a showed no sign of life" in stale.message
+    assert "celery@a showed no sign of life" in stale.message and stale.owner == ""
     assert stale.log.last().message.startswith("Job errored:")
     assert alive.state == JobState.RUNNING
     assert start_job("vm.start", vm=vm).state == JobState.QUEUED  # no longer busy
 
 
-def test_logging_is_a_heartbeat():
-    job = _running(heartbeat_age=timedelta(minutes=30))
+def test_logging_is_not_what_keeps_a_job_alive():
+    job = _running(lease_left=-timedelta(seconds=1))
     runner.append_log(job, "still migrating")
-    assert recovery.expire_stale_jobs(timedelta(minutes=10)) == []
+    assert [j.pk for j in recovery.expire_stale_jobs()] == [job.pk]
 
 
-def test_a_restarted_worker_ends_the_jobs_its_previous_life_left_running():
-    mine = _running(heartbeat_age=timedelta(seconds=1), worker="celery@node1")
-    other = _running(heartbeat_age=timedelta(seconds=1), worker="celery@node2")
+def test_a_restarted_worker_ends_the_jobs_its_previous_life_held():
+    mine = _running(lease_left=timedelta(seconds=50), worker="celery@node1")
+    other = _running(lease_left=timedelta(seconds=50), worker="celery@node2")
+    waiting = _running(lease_left=timedelta(seconds=50), worker="celery@node1")
+    Job.objects.filter(pk=waiting.pk).update(owner="", lease_until=None, wake="w1")  # held by no worker
     assert [job.pk for job in recovery.expire_jobs_of_worker("celery@node1")] == [mine.pk]
     other.refresh_from_db()
-    assert other.state == JobState.RUNNING
+    waiting.refresh_from_db()
+    assert other.state == JobState.RUNNING and waiting.state == JobState.RUNNING
     assert recovery.expire_jobs_of_worker("") == []
 
 
-def test_the_runner_records_its_worker_and_heartbeat():
+def test_the_runner_records_its_worker_and_lease_and_lets_go_when_done(settings):
     job = Job.objects.create(kind="no.such.kind")
+    before = timezone.now()
+    claimed = runner.claim(job.pk, worker="celery@here")
+    assert claimed.worker == "celery@here" and claimed.owner
+    assert claimed.lease_until >= before + timedelta(seconds=settings.JOB_LEASE_S)
+    Job.objects.filter(pk=job.pk).update(state=JobState.QUEUED)
     runner.run_job(job.pk, worker="celery@here")
     job.refresh_from_db()
-    assert job.worker == "celery@here" and job.heartbeat_at is not None
+    assert job.state == JobState.ERRORED and job.owner == "" and job.lease_until is None
+
+
+def _age(job: Job, **ago) -> None:
+    Job.objects.filter(pk=job.pk).update(due_at=timezone.now() - timedelta(**ago))
+
+
+def test_a_job_whose_message_was_lost_is_sent_again_and_then_runs_once():
+    job = Job.objects.create(kind="test.two_steps")
+    _age(job, minutes=3)
+    assert [j.pk for j in recovery.resend_lost_messages(timedelta(minutes=2))] == [job.pk]
+    assert recovery.resend_lost_messages(timedelta(minutes=2)) == []  # not again at once
+    assert "sent again" in job.log.last().message
+    runner.run_job(job.pk)  # the message sent again
+    runner.run_job(job.pk)  # and the first one, found after all
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    assert job.log.filter(message__startswith="Step 1/").count() == 1
+    assert recovery.resend_lost_messages(timedelta(seconds=0)) == []
+
+
+def test_a_waiting_job_whose_wake_up_was_lost_is_woken_again_with_the_same_token():
+    job = Job.objects.create(kind="test.two_steps", state=JobState.RUNNING, wake="w1", step=1, total_steps=2)
+    _age(job, minutes=3)
+    assert [j.pk for j in recovery.resend_lost_messages(timedelta(minutes=2))] == [job.pk]
+    assert runner.run_job(job.pk, wake="w0") is None  # a stale wake-up does nothing
+    runner.run_job(job.pk, wake="w1")
+    assert Job.objects.get(pk=job.pk).state == JobState.SUCCEEDED
+
+
+def test_a_queued_create_no_worker_takes_is_ended_and_gives_back_its_vm():
+    vm = VirtualMachine.objects.create(name="new", vcpus=1, memory_mib=64, disk_mib=32, state=VmState.CREATING)
+    job = start_job("vm.create", vm=vm)
+    other = start_job("test.two_steps")
+    _age(job, hours=2)
+    _age(other, minutes=10)
+    assert [j.pk for j in recovery.end_unclaimed_jobs(timedelta(hours=1))] == [job.pk]
+    job.refresh_from_db()
+    assert job.state == JobState.ERRORED and "no worker took it" in job.message
+    assert "nothing was done on the hosts" in job.message
+    assert not VirtualMachine.objects.filter(pk=vm.pk).exists()  # the reservation is given back
+    assert runner.run_job(job.pk) is None  # its message, should it arrive: nothing runs
+    assert Job.objects.get(pk=other.pk).state == JobState.QUEUED

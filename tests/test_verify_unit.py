@@ -225,6 +225,14 @@ def test_vms_a_job_owns_are_not_checked_but_their_domains_are_not_strays():
     assert compare(inventory(vm(state="creating")), real) == []
 
 
+def test_a_vm_whose_create_could_not_undo_is_a_finding_and_what_it_left_is_not_a_stray():
+    real = clean()
+    real.domains["cpu1"] = []  # the create failed before the domain was defined
+    findings = compare(inventory(vm(state="failed")), real)
+    assert codes(findings) == ["vm-failed"]
+    assert "e1.0 on disk1, e2.0 on disk2" in findings[0].message and "Delete the VM" in findings[0].meaning
+
+
 def test_settle_marks_vms_that_changed_while_verify_ran_busy():
     before = inventory(vm(), vm("gone"))
     after = inventory(vm(cpu="cpu2"), vm("new", state="creating"))

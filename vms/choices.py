@@ -7,6 +7,9 @@ class VmState(models.TextChoices):
     STOPPED = "stopped", "Stopped"
     DELETING = "deleting", "Deleting"
     UNKNOWN = "unknown", "Unknown"
+    # A create that failed and could not undo everything: its volumes or exports may remain on the
+    # disk servers. The row keeps the slot taken and shows the VM to verify; deleting it cleans up.
+    FAILED = "failed", "Failed"
 
 
 VM_STATE_COLOURS = {
@@ -15,4 +18,5 @@ VM_STATE_COLOURS = {
     VmState.STOPPED: "secondary",
     VmState.DELETING: "warning",
     VmState.UNKNOWN: "dark",
+    VmState.FAILED: "danger",
 }

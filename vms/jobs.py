@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 
@@ -13,7 +15,7 @@ from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images.choices import CopyState
 from jobs.choices import LogLevel
-from jobs.runner import JobContext, JobFailed, Step, job_kind
+from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from storage.choices import ExportState, MirrorState
 from storage.guest_health import GUEST_DISKS, record_view, view_from_mdstat
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
@@ -60,14 +62,38 @@ def check_reservation(ctx: JobContext) -> None:
 
 
 def release_reservation(ctx: JobContext) -> None:
+    """Forget the VM: the undo of the reservation, and what a create cancelled before it began
+    gives back (quota, memory, slot). Not while an undo before it failed: the rows are how cluster
+    verify and a delete (which finishes the cleanup) find what is left on the hosts, and they keep
+    the slot taken. The VM is marked failed instead."""
+    if ctx.undo_failures:
+        set_vm_state(ctx.job.vm_id, VmState.FAILED)
+        ctx.log(f"{ctx.job.target_name} kept, marked failed: undoing {'; '.join(ctx.undo_failures)} failed, so "
+                "volumes or exports may be left on the disk servers. Delete it to remove them.", LogLevel.ERROR)
+        return
     VirtualMachine.objects.filter(pk=ctx.job.vm_id).delete()
+
+
+@contextmanager
+def _intent(done: list[int], pk: int) -> Iterator[None]:
+    """Record `pk` in `done` before the host call, so that the step's undo covers a call that
+    acted and then timed out; forget it again if the host refused (a permanent DriverError: the
+    remote scripts change nothing when they refuse), so that the undo never removes a volume or
+    stops an export this job did not make."""
+    done.append(pk)
+    try:
+        yield
+    except DriverError as exc:
+        if exc.permanent:
+            done.remove(pk)
+        raise
 
 
 def create_volumes(ctx: JobContext) -> None:
     created: list[int] = ctx.data.setdefault("volumes", [])
     for leg in _legs(_vm(ctx)):
-        vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
-        created.append(leg.pk)
+        with _intent(created, leg.pk):
+            vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
         ctx.log(f"created {leg.size_mib} MiB volume {leg.backing_path} on {leg.disk_server.name}")
 
 
@@ -99,12 +125,12 @@ def start_exports(ctx: JobContext) -> None:
         disk = leg.disk_server
         spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
         try:
-            # With the MAC list fencing says: a host fenced through storage may still run old guests
-            # that have this shelf.slot attached (a deleted VM's, reused).
-            running = fencing.start_export(ssh_target(disk), spec)
+            with _intent(started, leg.pk):
+                # With the MAC list fencing says: a host fenced through storage may still run old
+                # guests that have this shelf.slot attached (a deleted VM's, reused).
+                running = fencing.start_export(ssh_target(disk), spec)
         except fencing.UnsafeAcl as exc:
             raise JobFailed(f"{leg.name} not exported: {exc}") from exc
-        started.append(leg.pk)
         AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
         acl = f"MAC list {','.join(running.macs)}" if running.macs else "open to every initiator"
         ctx.log(f"{leg.name} exported by vblade (pid {running.pid}) on {disk.name}:{disk.san_interface}, {acl}")
@@ -198,35 +224,34 @@ BOOT_POLL_S = 2.0
 def wait_for_boot(ctx: JobContext) -> None:
     """Wait until the guest's agent shows its root array: the OS booted from its RAID1. The array
     exists from then on, so the VM's next boots are not told to create it. A guest that stays
-    silent is not a failure (it runs; its mirror health will say more), only a warning."""
+    silent is not a failure (it runs; its mirror health will say more), only a warning. Between
+    looks the job holds no worker (runner.Later): a slow boot costs the cluster nothing."""
     vm = _vm(ctx)
     uri = vm.cpu_server.libvirt_uri
-    deadline = time.monotonic() + settings.VM_BOOT_WAIT_S
-    started = time.monotonic()
-    last_error = ""
-    while time.monotonic() < deadline:
-        ctx.check_cancel()
-        try:
-            mdstat = guest_agent.read_mdstat(uri, vm.domain_name, timeout=5)
-        except DriverError as exc:
-            last_error = str(exc)
-            time.sleep(BOOT_POLL_S)
-            continue
+    started = ctx.data.setdefault("boot_wait_from", time.time())
+    try:
+        array = None
+        mdstat = guest_agent.read_mdstat(uri, vm.domain_name, timeout=5)
         array = mdstat.array_on(GUEST_DISKS)
-        if array is not None:
-            record_view(vm.mirror.pk, view_from_mdstat(mdstat))  # notes that the array exists
-            # From now on its definition boots the array as it is (the running guest is not touched).
-            vm = _vm(ctx)
-            hypervisor.define(uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
-            ctx.log(f"{vm.name} booted in {time.monotonic() - started:.0f} s: root array {array.name} "
-                    f"[{array.slot_map}] seen through the guest agent", array=array.name, slots=array.slot_map)
-            return
-        time.sleep(BOOT_POLL_S)
+    except DriverError as exc:
+        ctx.data["boot_wait_error"] = str(exc)[:200]
+    if array is not None:
+        record_view(vm.mirror.pk, view_from_mdstat(mdstat))  # notes that the array exists
+        # From now on its definition boots the array as it is (the running guest is not touched).
+        vm = _vm(ctx)
+        hypervisor.define(uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
+        ctx.log(f"{vm.name} booted in {time.time() - started:.0f} s: root array {array.name} "
+                f"[{array.slot_map}] seen through the guest agent", array=array.name, slots=array.slot_map)
+        return
+    if time.time() - started < settings.VM_BOOT_WAIT_S:
+        ctx.check_cancel()
+        raise Later(BOOT_POLL_S)
+    reason = ctx.data.get("boot_wait_error") or "no array yet"
     ctx.log(f"the guest agent did not show the root array within {settings.VM_BOOT_WAIT_S} s "
-            f"({last_error or 'no array yet'}); {vm.name} runs, its mirror health will tell more", LogLevel.WARNING)
+            f"({reason}); {vm.name} runs, its mirror health will tell more", LogLevel.WARNING)
 
 
-@job_kind("vm.create")
+@job_kind("vm.create", release=release_reservation)
 def plan_create(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     cpu = vm.cpu_server.name
@@ -267,7 +292,12 @@ def remove_all_volumes(ctx: JobContext) -> None:
     remove_volumes(ctx)
 
 
-@job_kind("vm.delete")
+def restore_state_before_delete(ctx: JobContext) -> None:
+    """A delete cancelled before it began: the VM is back in the state it was in (not 'deleting')."""
+    set_vm_state(ctx.job.vm_id, ctx.job.params.get("state_before", VmState.UNKNOWN))
+
+
+@job_kind("vm.delete", release=restore_state_before_delete)
 def plan_delete(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     where = vm.cpu_server.name if vm.cpu_server else "its CPU server"
@@ -285,7 +315,7 @@ def plan_delete(ctx: JobContext) -> list[Step]:
 
 # --- lifecycle: start, shut down, reboot, force off ---------------------------------------------
 
-SHUTDOWN_POLL_SECONDS = 1.0
+SHUTDOWN_POLL_SECONDS = 2.0  # between two looks at a guest shutting down; no worker is held meanwhile
 SHUTDOWN_REPORT_EVERY = 5
 
 
@@ -296,28 +326,29 @@ def ask_shutdown(ctx: JobContext) -> None:
 
 
 def wait_or_force_off(ctx: JobContext) -> None:
-    """Wait for the guest to power itself off; force it off when the operator's timeout is up."""
+    """Wait for the guest to power itself off; force it off when the operator's timeout is up.
+
+    The wait holds no worker (a tenant may ask for an hour): each look at the guest is one call of
+    this step, and between looks the job waits outside any worker (runner.Later), its deadline in
+    ctx.data, in wall-clock time."""
     vm = _vm(ctx)
     uri = vm.cpu_server.libvirt_uri
     timeout = int(ctx.job.params.get("timeout_s", 60))
-    deadline = time.monotonic() + timeout
-    reported = None
-    while True:
-        info = hypervisor.domain_info(uri, vm.domain_name)
-        if info is None or info.state != "running":
-            ctx.log(f"{vm.name} shut down by itself ({info.state if info else 'gone'})")
-            break
-        left = deadline - time.monotonic()
-        if left <= 0:
-            hypervisor.destroy(uri, vm.domain_name)
-            ctx.log(f"{vm.name} did not shut down within {timeout} s: forced off", LogLevel.WARNING)
-            break
+    deadline = ctx.data.setdefault("force_off_at", time.time() + timeout)
+    info = hypervisor.domain_info(uri, vm.domain_name)
+    if info is None or info.state != "running":
+        ctx.log(f"{vm.name} shut down by itself ({info.state if info else 'gone'})")
+    elif (left := deadline - time.time()) <= 0:
+        hypervisor.destroy(uri, vm.domain_name)
+        ctx.log(f"{vm.name} did not shut down within {timeout} s: forced off", LogLevel.WARNING)
+    else:
         whole = int(left)
+        reported = ctx.data.get("force_off_reported")
         if reported is None or reported - whole >= SHUTDOWN_REPORT_EVERY:
-            reported = whole
+            ctx.data["force_off_reported"] = whole
             ctx.log(f"waiting for the guest to shut down: forced off in {whole} s", force_off_in_s=whole)
         ctx.check_cancel()
-        time.sleep(min(SHUTDOWN_POLL_SECONDS, max(left, 0.1)))
+        raise Later(min(SHUTDOWN_POLL_SECONDS, left))
     set_vm_state(ctx.job.vm_id, VmState.STOPPED)
     ctx.data["result"] = f"{vm.name} is stopped"
 

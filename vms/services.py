@@ -235,7 +235,7 @@ def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
     """Queue the job that removes the domain, both exports and both volumes."""
     with transaction.atomic():
         vm = locked_vm(name, user, "delete")
-        job = start_job("vm.delete", vm=vm, user=user)
+        job = start_job("vm.delete", vm=vm, user=user, params={"state_before": vm.state})
         vm.state = VmState.DELETING
         vm.save(update_fields=["state", "updated_at"])
         publish_vm(vm)

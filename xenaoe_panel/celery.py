@@ -1,4 +1,5 @@
-"""The Celery app: `celery -A xenaoe_panel worker` runs every job."""
+"""The Celery app: `celery -A xenaoe_panel worker -Q <queue>` runs jobs; one worker (or more) per queue,
+the default one and high availability's (jobs/queues.py, docs/jobs.md)."""
 import os
 
 from celery import Celery

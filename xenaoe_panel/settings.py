@@ -157,6 +157,10 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "xenaoe")
+# High availability's own queue (failover, evacuation and its migrations: jobs/queues.py), served by
+# workers of its own so that a failover never waits behind tenant work; job recovery runs there too.
+CELERY_HA_QUEUE = env_str("CELERY_HA_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-ha")
+CELERY_TASK_ROUTES = {"jobs.recover_jobs": {"queue": CELERY_HA_QUEUE}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 LOGIN_URL = "login"
@@ -306,11 +310,18 @@ JOB_ARCHIVE_DIR = env_path("XENAOE_JOB_ARCHIVE_DIR", BASE_DIR / ".run" / "job-ar
 CELERY_BEAT_SCHEDULE = {
     # At night, when nobody waits on the job history's pages.
     "archive-finished-jobs": {"task": "jobs.archive_finished_jobs", "schedule": crontab(hour=3, minute=30)},
-    "expire-stale-jobs": {"task": "jobs.expire_stale_jobs", "schedule": 60.0},
+    "recover-jobs": {"task": "jobs.recover_jobs", "schedule": 30.0},
 }
-# A running job that has logged nothing for this long lost its worker (every driver call has a
-# shorter timeout, and long waits log as they go): it is ended ERRORED and its VM freed.
-JOB_STALE_AFTER_S = env_int("XENAOE_JOB_STALE_AFTER_S", 600, minimum=60)
+# Jobs nobody works on (jobs/recovery.py, docs/jobs.md). A running job's worker renews its lease
+# every quarter of JOB_LEASE_S, whatever the job logs; once the lease has run out the job is
+# ended ERRORED and its VM freed. A job whose message no worker took for JOB_RESEND_AFTER_S gets
+# it again (it still runs once); after JOB_UNCLAIMED_AFTER_S (0: never) it is ended.
+JOB_LEASE_S = env_int("XENAOE_JOB_LEASE_S", 60, minimum=10)
+JOB_RESEND_AFTER_S = env_int("XENAOE_JOB_RESEND_AFTER_S", 120, minimum=30)
+JOB_UNCLAIMED_AFTER_S = env_int("XENAOE_JOB_UNCLAIMED_AFTER_S", 3600, minimum=0)
+if 0 < JOB_UNCLAIMED_AFTER_S <= JOB_RESEND_AFTER_S:
+    raise ImproperlyConfigured("XENAOE_JOB_UNCLAIMED_AFTER_S must be 0 or longer than XENAOE_JOB_RESEND_AFTER_S: "
+                               "a lost message is sent again before its job is given up")
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
 
 # Host monitor (`manage.py monitor`, docs/ha.md). Every host is checked every interval; a host is
