@@ -153,5 +153,6 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step]) -> None
     if undo_failed:
         message += " (undo incomplete: see the log)"
     _set(job, state=state, message=message, finished_at=timezone.now())
+    job.reservations.all().delete()  # memory the allocator held for it (vms/placement.py) is free again
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     ctx.log(f"Job {state}: {message}", level)
