@@ -1,7 +1,7 @@
 """The allocator (vms/placement.py): every placement goes through it and what it hands out stays held
 until the job ends. A migration holds its target (and keeps its source) until it ends, so creates
 cannot take that memory, not even racing it; failover restarts and evacuation plans choose around
-what others hold and hold what they chose."""
+what others hold and hold what they chose; domains the panel did not make count as used."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
 
+from drivers import hypervisor
+from drivers.hypervisor import DomainInfo
 from hosts.capacity import cluster_capacity
+from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from jobs import runner
 from jobs.choices import JobState
@@ -20,8 +23,9 @@ from tenants.services import create_tenant
 from vms.choices import VmState
 from vms.migration import migrate_vm
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates
+from vms.placement import cpu_candidates, n_plus_one_shortfalls
 from vms.services import VmRequest, create_vm
+from vms.watch import reconcile
 
 
 def _cluster() -> dict[str, CpuServer]:
@@ -135,3 +139,37 @@ def test_concurrent_creates_and_a_migration_to_the_same_host_never_overcommit_it
     assert sorted(outcomes) == ["ok", "ok"] + ["refused"] * (creates - 1), outcomes
     assert _used()["cpu2"] == 1024
 
+
+# --- domains the panel did not make --------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_a_domain_the_panel_did_not_make_is_counted_as_used_and_never_handed_out(monkeypatch, admin_client):
+    cpus = _cluster()
+    listings: dict[str, list[DomainInfo]] = {}
+    monkeypatch.setattr(hypervisor, "list_domains", lambda uri, *, timeout=30: listings.get(uri, []))
+    listings["fake:///cpu2"] = [
+        DomainInfo("handmade", "u1", "running", True, 768),  # started by hand with virsh
+        DomainInfo("spare", "u2", "shutoff", True, 512),  # defined, holds nothing
+        DomainInfo("Domain-0", "u0", "running", True, 4096),  # Xen's own: outside memory_mib already
+    ]
+    reconcile()  # the domain watcher's periodic pass lists every domain anyway
+    assert _used() == {"cpu1": 0, "cpu2": 768, "cpu3": 0}
+    cpu2 = CpuServer.objects.get(name="cpu2")
+    assert [(d["name"], d["memory_mib"]) for d in cpu2.foreign_domains] == [("handmade", 768), ("spare", 512)]
+    with pytest.raises(ValidationError, match="cpu2 has 256 MiB free, the new VM needs 512 MiB"):
+        _create_on("cpu2", "late", 512)
+    capacity = {c.server.name: c for c in cluster_capacity().cpu}
+    assert "768 MiB by domains the panel did not make" in capacity["cpu2"].memory_text
+    servers = {s["name"]: s for s in admin_client.get("/api/cpu-servers/").json()["results"]}
+    assert servers["cpu2"]["free_memory_mib"] == 256
+    assert "handmade (running, 768 MiB), spare (shutoff, 512 MiB)" in admin_client.get(
+        cpu2.get_absolute_url()).content.decode()
+    # N+1 sees it too: with cpu3 out, nothing but cpu2's 256 MiB could take cpu1's guest.
+    CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)
+    _guest("web", cpus["cpu1"], 600)
+    assert [str(s) for s in n_plus_one_shortfalls()] == [
+        "if cpu1 fails, no surviving CPU server has room for web (600 MiB)"]
+    # Stopped by hand: the next pass gives the memory back.
+    listings["fake:///cpu2"] = []
+    reconcile()
+    assert _used()["cpu2"] == 0 and not n_plus_one_shortfalls()
