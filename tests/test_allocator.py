@@ -4,11 +4,14 @@ cannot take that memory, not even racing it; failover restarts and evacuation pl
 what others hold and hold what they chose; domains the panel did not make count as used."""
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from io import StringIO
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection
 
 from drivers import hypervisor
@@ -164,6 +167,10 @@ def test_a_domain_the_panel_did_not_make_is_counted_as_used_and_never_handed_out
     assert servers["cpu2"]["free_memory_mib"] == 256
     assert "handmade (running, 768 MiB), spare (shutoff, 512 MiB)" in admin_client.get(
         cpu2.get_absolute_url()).content.decode()
+    out = StringIO()
+    call_command("host", "show", "cpu2", "--json", stdout=out)
+    shown = json.loads(out.getvalue())
+    assert (shown["free_memory_mib"], shown["foreign_memory_mib"], len(shown["foreign_domains"])) == (256, 768, 2)
     # N+1 sees it too: with cpu3 out, nothing but cpu2's 256 MiB could take cpu1's guest.
     CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)
     _guest("web", cpus["cpu1"], 600)
