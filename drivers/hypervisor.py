@@ -17,7 +17,7 @@ import threading
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import libvirt
@@ -124,6 +124,9 @@ class DomainInfo:
     uuid: str
     state: str  # running, paused, shutoff, crashed, blocked, shutdown, pmsuspended, nostate
     persistent: bool
+    # What it holds now (inactive: what it would take when started). A reading, not part of what
+    # the domain is: two readings of the same domain in the same state compare equal.
+    memory_mib: int = field(default=0, compare=False)
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -388,7 +391,9 @@ def _lookup_or_fail(conn: libvirt.virConnect, uri: str, name: str) -> libvirt.vi
 
 def _info(dom: libvirt.virDomain) -> DomainInfo:
     state, _reason = dom.state()
-    return DomainInfo(dom.name(), dom.UUIDString(), STATES.get(state, "nostate"), bool(dom.isPersistent()))
+    memory_kib = dom.info()[2]  # [state, max memory, current memory (KiB), vCPUs, CPU time]
+    return DomainInfo(dom.name(), dom.UUIDString(), STATES.get(state, "nostate"), bool(dom.isPersistent()),
+                      memory_kib // 1024)
 
 
 def _same_uuid(a: str, b: str) -> bool | None:

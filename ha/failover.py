@@ -38,7 +38,7 @@ from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.jobs import _legs, domain_spec
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates, n_plus_one_shortfalls
+from vms.placement import PlacementError, n_plus_one_shortfalls, release, reserve_move
 
 JOB_KIND = "host.failover"
 # Guests the panel last saw running (UNKNOWN: the monitor lost sight of them with their host).
@@ -236,20 +236,6 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
         return dict(zip([s.name for s in asked], pool.map(ask, asked), strict=True))
 
 
-def _room_reason(memory_mib: int, free: dict[int, tuple[CpuServer, int]]) -> str:
-    if not free:
-        return "no surviving CPU server is up"
-    detail = ", ".join(f"{server.name}: {mib} MiB" for server, mib in sorted(free.values(), key=lambda f: f[0].name))
-    return f"no surviving CPU server has {memory_mib} MiB free ({detail})"
-
-
-def _pick(memory_mib: int, free: dict[int, tuple[CpuServer, int]]) -> CpuServer | None:
-    fitting = [(server, mib) for server, mib in free.values() if mib >= memory_mib]
-    if not fitting:
-        return None
-    return min(fitting, key=lambda f: (-f[1], f[0].name))[0]  # the most free memory, then by name
-
-
 def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
     legs = _legs(vm)
     guest_setup.prepare_host(vm, legs, target, lambda message: ctx.log(f"{vm.name}: {message}"))
@@ -306,15 +292,16 @@ def restart_guests(ctx: JobContext) -> None:
     for name, answer in seen.items():
         if isinstance(answer, str):
             ctx.log(f"could not ask {name} which guests run there: {answer}", LogLevel.WARNING)
-    free = {c.server.pk: (c.server, c.free_mib) for c in cpu_candidates() if c.server.pk != host.pk}
     for vm in vms:
         elsewhere = sorted(name for name, running in seen.items()
                            if not isinstance(running, str) and vm.domain_name in running)
         if elsewhere:
             reason = f"it already runs on {', '.join(elsewhere)}: not starting a second copy"
         else:
-            target = _pick(vm.memory_mib, free)
-            reason = _room_reason(vm.memory_mib, free) if target is None else ""
+            try:  # the allocator's choice, held for this job until it ends (or the start fails)
+                target, reason = reserve_move(ctx.job, vm, scope="surviving ").server, ""
+            except PlacementError as exc:
+                reason = str(exc)
         if reason:
             not_restarted[vm.name] = reason
             _event(ctx, incident, EventKind.NOT_RESTARTED, f"{vm.name} not restarted: {reason}", LogLevel.WARNING,
@@ -324,12 +311,12 @@ def restart_guests(ctx: JobContext) -> None:
         try:
             _restart_on(ctx, vm, target)
         except (DriverError, JobFailed) as exc:
+            release(ctx.job, vm)
             reason = f"could not start on {target.name}: {exc}"
             not_restarted[vm.name] = reason
             _event(ctx, incident, EventKind.NOT_RESTARTED, f"{vm.name} not restarted: {reason}", LogLevel.ERROR,
                    vm=vm.name, reason=reason, cpu_server=target.name)
             continue
-        free[target.pk] = (target, free[target.pk][1] - vm.memory_mib)
         not_restarted.pop(vm.name, None)
         seconds = time.monotonic() - started
         _event(ctx, incident, EventKind.RESTARTED, f"{vm.name} restarted on {target.name} in {seconds:.1f} s",

@@ -29,7 +29,7 @@ from jobs.services import active_job_for, request_cancel, start_job
 from vms.choices import VmState
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
-from vms.placement import Shortfall, cpu_candidates
+from vms.placement import Cluster, PlacementError, lock_servers, reserve
 
 EVACUATE = "host.evacuate"
 DEFAULT_PARALLEL = 2  # two migrations share the link well; more only slows each one down
@@ -194,13 +194,11 @@ class EvacuationPlan:
 
 
 def plan_evacuation(host: CpuServer) -> EvacuationPlan:
-    """A target for every running guest of `host`: the up CPU server (not `host`) with the most
-    free memory that fits it, counting the guests planned before it; biggest guests first, so
-    that the small ones fill what is left."""
+    """A target for every running guest of `host`, the allocator's choice among the other up CPU
+    servers, counting the guests planned before it; biggest guests first, so that the small ones
+    fill what is left. The warnings are N+1 among those servers once the plan is carried out."""
     plan = EvacuationPlan(host.name)
-    others = [c for c in cpu_candidates() if c.server.pk != host.pk]
-    free = {c.server.name: c.free_mib for c in others}
-    registered = {c.server.name: c.server.pk for c in others}
+    cluster = Cluster.load(leaving=host)
     for vm in VirtualMachine.objects.filter(cpu_server=host).order_by("-memory_mib", "name"):
         busy = active_job_for(vm)
         if busy is not None:  # checked first: a guest being started could end up running here
@@ -211,40 +209,29 @@ def plan_evacuation(host: CpuServer) -> EvacuationPlan:
             plan.stays.append(Stay(vm.name, f"{vm.get_state_display().lower()}: only a running guest can be "
                                             "live-migrated"))
         else:
-            fitting = [name for name, mib in free.items() if mib >= vm.memory_mib]
-            if not fitting:
-                detail = ", ".join(f"{name}: {mib} MiB" for name, mib in free.items()) or "none is up"
-                plan.stays.append(Stay(vm.name, f"no other CPU server has {vm.memory_mib} MiB free ({detail})"))
+            try:
+                target = cluster.place(vm.memory_mib, name=vm.name, source=host, scope="other ").server
+            except PlacementError as exc:
+                plan.stays.append(Stay(vm.name, str(exc)))
                 continue
-            target = max(fitting, key=lambda name: (free[name], -registered[name]))
-            free[target] -= vm.memory_mib
-            plan.moves.append(Move(vm.name, vm.memory_mib, target))
-    plan.warnings = [str(s) for s in _shortfalls_after(plan, free)]
+            cluster.take(target, vm.name, vm.memory_mib)
+            plan.moves.append(Move(vm.name, vm.memory_mib, target.name))
+    plan.warnings = [str(s) for s in cluster.shortfalls()]
     return plan
 
 
-def _shortfalls_after(plan: EvacuationPlan, free: dict[str, int]) -> list[Shortfall]:
-    """N+1 among the remaining up CPU servers once the plan is carried out (the evacuated host does
-    not count: it takes no guests). Packed first-fit by decreasing memory, as placement.py does."""
-    guests: dict[str, list[tuple[str, int]]] = {name: [] for name in free}
-    for name, server, memory in VirtualMachine.objects.filter(cpu_server__name__in=list(free)).values_list(
-            "name", "cpu_server__name", "memory_mib"):
-        guests[server].append((name, memory))
-    for move in plan.moves:
-        guests[move.target].append((move.vm, move.memory_mib))
-    shortfalls = []
-    for failed in free:
-        room = sorted((mib for name, mib in free.items() if name != failed), reverse=True)
-        homeless = []
-        for vm, memory in sorted(guests[failed], key=lambda g: (-g[1], g[0])):
-            slot = next((i for i, mib in enumerate(room) if mib >= memory), None)
-            if slot is None:
-                homeless.append((vm, memory))
-            else:
-                room[slot] -= memory
-        if homeless:
-            shortfalls.append(Shortfall(failed, tuple(homeless)))
-    return shortfalls
+def reserve_plan(job: Job, host: CpuServer) -> EvacuationPlan:
+    """Plan the evacuation of `host` and hold every planned target's room for `job` (each guest's
+    migration takes its hold over when it starts), under the allocator's locks: the host's VM rows,
+    then the server rows."""
+    with transaction.atomic():
+        vms = {vm.name: vm for vm in VirtualMachine.objects.select_for_update().filter(cpu_server=host).order_by("pk")}
+        lock_servers()
+        plan = plan_evacuation(host)
+        targets = {s.name: s for s in CpuServer.objects.filter(name__in={m.target for m in plan.moves})}
+        for move in plan.moves:
+            reserve(job, vms[move.vm], [targets[move.target]])
+    return plan
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -258,7 +245,7 @@ def plan_step(ctx: JobContext) -> None:
     if host.state not in (HostState.MAINTENANCE, HostState.SUSPECT):
         raise JobFailed(f"{host.name} is {host.get_state_display().lower()} now: nothing moved")
     ctx.log(f"Evacuating {host.name}: {ctx.job.params.get('reason', '')}")
-    plan = plan_evacuation(host)
+    plan = reserve_plan(ctx.job, host)
     ctx.data["plan"] = plan.as_dict()
     for move in plan.moves:
         ctx.log(f"{move.vm} ({move.memory_mib} MiB) -> {move.target}", vm=move.vm, target=move.target)

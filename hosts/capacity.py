@@ -1,10 +1,12 @@
 """What the cluster carries and what it has left, as the dashboard and the host pages draw it.
 
-Every number comes from the panel's records, counted as placement counts them (vms/placement.py):
-a CPU server's memory used is the memory of every VM placed on it, whatever the VM's state; a disk
-server's space used is the size of every export on it. The N+1 reserve is placement's own verdict,
-asked for sizes of new VM: the largest VM that could go on a server without `n_plus_one_shortfalls`
-finding a guest that a single failure would leave homeless; the rest of its free memory is reserve.
+Every number is the allocator's own (vms/placement.py): a CPU server's memory used is the memory of
+every VM placed on it, whatever the VM's state, plus what the allocator holds for jobs under way
+(a migration counts on both its ends until it ends) and the memory of domains the panel did not
+make; a disk server's space used is the size of every export on it. The N+1 reserve is the
+allocator's own verdict, asked for sizes of new VM: the largest VM that could go on a server without
+its N+1 check finding a guest that a single failure would leave homeless; the rest of its free
+memory is reserve.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Sum
 
 from hosts.models import CpuServer, DiskServer
-from vms.placement import Shortfall, cpu_candidates, n_plus_one_shortfalls
+from vms.placement import NEW_VM, Cluster, Move, Shortfall
 
 MIB_PER_GIB = 1024
 MIB_PER_TIB = 1024 * 1024
@@ -79,6 +81,8 @@ class CpuCapacity:
     vcpus_used: int
     # None: the server is not up, placement puts nothing there and N+1 does not count it.
     largest_new_vm_mib: int | None
+    reserved_mib: int = 0  # part of used_mib: held for migrations and restarts under way
+    foreign_mib: int = 0  # part of used_mib: domains the panel did not make
 
     @property
     def takes_guests(self) -> bool:
@@ -102,6 +106,11 @@ class CpuCapacity:
     @property
     def memory_text(self) -> str:
         text = f"{part_text(self.used_mib, self.server.memory_mib)} used"
+        parts = [f"{mib_text(self.reserved_mib)} held for moves under way"] if self.reserved_mib else []
+        if self.foreign_mib:
+            parts.append(f"{mib_text(self.foreign_mib)} by domains the panel did not make")
+        if parts:
+            text += f" ({', '.join(parts)})"
         if not self.takes_guests:
             return f"{text}; {mib_text(max(self.free_mib, 0))} free, not taking guests ({self.server.state})"
         if self.reserve_mib:
@@ -161,16 +170,21 @@ class ClusterCapacity:
     shortfalls: list[Shortfall]  # N+1 as it stands: empty when every server's guests fit elsewhere
 
 
-def largest_vm_keeping_n_plus_one(server_pk: int, free_mib: int) -> int:
+def largest_vm_keeping_n_plus_one(server_pk: int, free_mib: int, cluster: Cluster | None = None) -> int:
     """The largest new VM (MiB) that placement could put on this server without breaking N+1: a binary
-    search over placement's own check. What it verifies holds; first-fit packing is not strictly
+    search over the allocator's own check. What it verifies holds; first-fit packing is not strictly
     monotonic, so a larger size may in rare cases also fit, never the reverse of what is shown."""
-    if free_mib <= 0 or not n_plus_one_shortfalls((server_pk, free_mib)):
+    cluster = cluster or Cluster.load()
+
+    def breaks(mib: int) -> bool:
+        return bool(cluster.shortfalls(Move(NEW_VM, mib, server_pk)))
+
+    if free_mib <= 0 or not breaks(free_mib):
         return max(free_mib, 0)  # the whole free memory keeps N+1: one question, no search
     low, high = 0, free_mib - 1  # invariant: `low` keeps N+1 (0: no new VM at all), above `high` does not
     while low < high:
         middle = (low + high + 1) // 2
-        if n_plus_one_shortfalls((server_pk, middle)):
+        if breaks(middle):
             high = middle - 1
         else:
             low = middle
@@ -179,26 +193,19 @@ def largest_vm_keeping_n_plus_one(server_pk: int, free_mib: int) -> int:
 
 def cpu_capacity(server_pk: int | None = None) -> tuple[list[CpuCapacity], list[Shortfall]]:
     """Every CPU server (by name), or only the one given, and the N+1 shortfalls as they stand."""
-    totals = {
-        row["pk"]: row
-        for row in CpuServer.objects.values("pk").annotate(
-            used=Sum("vms__memory_mib"), vcpus_used=Sum("vms__vcpus"), guests=Count("vms")
-        )
-    }
-    # Placement's view of the servers that take guests: the same used memory, the same set.
-    candidates = {c.server.pk: c for c in cpu_candidates()}
-    shortfalls = n_plus_one_shortfalls() if candidates else []
+    cluster = Cluster.load()
+    shortfalls = cluster.shortfalls() if cluster.loads else []
     result = []
-    servers = CpuServer.objects.order_by("name")
-    for server in servers if server_pk is None else servers.filter(pk=server_pk):
-        row = totals.get(server.pk, {})
-        candidate = candidates.get(server.pk)
+    for load in cluster.every.values():
+        if server_pk is not None and load.server.pk != server_pk:
+            continue
         largest = None
-        if candidate is not None:
+        if load.server.pk in cluster.loads:
             # N+1 already broken: nothing new keeps it, the whole free memory is reserve.
-            largest = 0 if shortfalls else largest_vm_keeping_n_plus_one(server.pk, max(candidate.free_mib, 0))
-        used = candidate.used_mib if candidate is not None else row.get("used") or 0
-        result.append(CpuCapacity(server, used, row.get("guests") or 0, row.get("vcpus_used") or 0, largest))
+            largest = 0 if shortfalls else largest_vm_keeping_n_plus_one(
+                load.server.pk, max(load.free_mib, 0), cluster)
+        result.append(CpuCapacity(load.server, load.used_mib, load.guests, load.vcpus_used, largest,
+                                  load.reserved_mib, load.foreign_mib))
     return result, shortfalls
 
 

@@ -1,10 +1,11 @@
 """CPU servers' history: samples recorded by the monitor, thinned out in SQL, drawn as an inline SVG.
 
-A sample is what the panel's own records say a CPU server carries (the VMs placed on it, counted as
-placement counts them), never a question to the host: rendering the page touches no network and the
-history stays meaningful while a host is down. The monitor calls `record_cycle` every cycle; it
-writes at most once per HOST_HISTORY_INTERVAL_S (the newest sample in the table decides, so a
-restarted monitor does not write a burst) and deletes what is older than HOST_HISTORY_RETENTION_DAYS.
+A sample is what the panel's own records say a CPU server carries (counted as the allocator counts
+it: the VMs placed on it, what it holds for moves under way, foreign domains last seen), never a
+question to the host: rendering the page touches no network and the history stays meaningful while
+a host is down. The monitor calls `record_cycle` every cycle; it writes at most once per
+HOST_HISTORY_INTERVAL_S (the newest sample in the table decides, so a restarted monitor does not
+write a burst) and deletes what is older than HOST_HISTORY_RETENTION_DAYS.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Avg, Count, F, FloatField, Func, Max, Min, Sum, Value
+from django.db.models import Avg, Count, F, FloatField, Func, Max, Min, Value
 from django.db.models.functions import Floor
 from django.utils import timezone
 
 from hosts.capacity import mib_text
 from hosts.models import CpuServer, HostSample
+from vms.placement import server_loads
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +48,8 @@ def record_samples(now: datetime.datetime | None = None, interval_s: int | None 
     newest = HostSample.objects.aggregate(newest=Max("time"))["newest"]
     if newest is not None and newest <= now < newest + interval - _EARLY:
         return 0
-    rows = CpuServer.objects.annotate(used=Sum("vms__memory_mib"), guest_count=Count("vms")).values_list(
-        "pk", "used", "memory_mib", "guest_count")
-    samples = [HostSample(cpu_server_id=pk, time=now, memory_used_mib=used or 0, memory_mib=memory, guests=guests)
-               for pk, used, memory, guests in rows]
+    samples = [HostSample(cpu_server_id=pk, time=now, memory_used_mib=load.used_mib, memory_mib=load.server.memory_mib,
+                          guests=load.guests) for pk, load in server_loads().items()]
     HostSample.objects.bulk_create(samples)
     return len(samples)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from hosts import verify, verify_collect
 from hosts.fixes import FIXES, run_fix
+from hosts.foreign import record_listings
 from hosts.models import CpuServer, DiskServer
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
@@ -20,7 +21,9 @@ def _reality(ctx: JobContext) -> verify_collect.Reality:
 
 
 def collect_cpu_servers(ctx: JobContext) -> None:
-    verify_collect.collect_domains(_reality(ctx), CpuServer.objects.all(), _note(ctx))
+    real = _reality(ctx)
+    verify_collect.collect_domains(real, CpuServer.objects.all(), _note(ctx))
+    record_listings(real.domains)  # what runs besides the panel's guests counts as used from now
 
 
 def collect_disk_servers(ctx: JobContext) -> None:

@@ -99,17 +99,15 @@ class CpuServer(Host):
         help_text="When a storage fence left this host out of every export's MAC list; cleared only when an "
                   "operator returns it to service.",
     )
+    # Domains on it the panel did not make (hosts/foreign.py), as the domain watcher's reconcile pass
+    # or cluster verify last saw them: never touched, but their memory is counted as used
+    # (vms/placement.py), so that placement and N+1 do not hand it out a second time.
+    foreign_domains = models.JSONField(default=list, blank=True, editable=False)
+    foreign_memory_mib = models.PositiveBigIntegerField(default=0, editable=False)
+    foreign_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     def get_absolute_url(self) -> str:
         return reverse("cpuserver-detail", args=[self.pk])
-
-    @property
-    def used_memory_mib(self) -> int:
-        return self.vms.aggregate(total=models.Sum("memory_mib"))["total"] or 0
-
-    @property
-    def free_memory_mib(self) -> int:
-        return self.memory_mib - self.used_memory_mib
 
     @property
     def fence_method_list(self) -> list[str]:

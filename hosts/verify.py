@@ -3,7 +3,9 @@
 hosts.verify_collect reads the database into plain records (`load_inventory`) and asks every host
 through the drivers (`collect`) for a `Reality`; `compare()` here is
 pure: inventory + reality -> findings, each with what it means and, where one is safe and well
-defined, the fix an operator may apply (hosts.fixes). Nothing here changes a host or a row.
+defined, the fix an operator may apply (hosts.fixes). Nothing here changes a host; the one thing
+written is what each CPU server runs besides the panel's guests (hosts/foreign.py), whose memory
+placement then counts.
 
 A host that does not answer is itself a finding, and its part of the comparison is skipped: an
 unknown is never taken for "absent". The rules, finding by finding, are in docs/verify.md.
@@ -17,6 +19,7 @@ from typing import Any
 
 from drivers.aoe import AoEAnswer
 from drivers.hypervisor import DomainInfo
+from hosts.foreign import holds_memory, is_foreign, record_listings
 from hosts.verify_collect import (
     DOMAIN_PREFIX,
     Inventory,
@@ -85,7 +88,7 @@ INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # anything else holds memor
 CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-failed", "vm-on-wrong-host",
          "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",
          "export-not-running", "export-mismatch", "export-size-mismatch", "export-not-answering", "domain-state",
-         "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "unknown-export",
+         "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "foreign-domain", "unknown-export",
          "unknown-san-target", "n-plus-one")
 PARTS = {"libvirt": "its domains", "exports": "its exports and volumes", "volumes": "its backing volumes",
          "san": "which exports it sees on the SAN"}
@@ -142,6 +145,9 @@ def _domain_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
         if name.startswith(DOMAIN_PREFIX) and name not in claimed:
             for host, info in copies:
                 yield _stray_domain(host, info)
+        elif is_foreign(name):
+            for host, info in copies:
+                yield _foreign_domain(host, info)
 
 
 def _vm_domain(vm: VmRecord, copies: list[tuple[str, DomainInfo]], real: Reality, everyone: bool
@@ -236,6 +242,21 @@ def _stray_domain(host: str, info: DomainInfo) -> Finding:
                    "A leftover: harmless until someone starts it.",
                    Fix("undefine-domain", {"cpu_server": host, "domain": info.name},
                        f"Undefine the stray domain {info.name} on {host} (its definition is lost)"))
+
+
+def _foreign_domain(host: str, info: DomainInfo) -> Finding:
+    """Not the panel's: reported, counted (hosts/foreign.py), never touched, so no fix."""
+    if holds_memory(info):
+        return Finding("foreign-domain", "warning", info.name,
+                       f"{info.name} is {info.state} on {host} and holds {info.memory_mib} MiB, but the panel did "
+                       "not make it",
+                       f"The panel never touches it. Its memory counts as used on {host}, so placement and N+1 "
+                       "leave it alone; but it has no mirror, no quota and no failover. Make it a panel VM, or move "
+                       "it off the cluster.")
+    return Finding("foreign-domain", "warning", info.name,
+                   f"{info.name} is defined ({info.state}) on {host}, but the panel did not make it",
+                   f"It holds no memory now. Started, it would take {info.memory_mib} MiB that the panel counts only "
+                   "from the next reconcile pass of the domain watcher or the next verify.")
 
 
 def _export_findings(inventory: Inventory, real: Reality) -> Iterator[Finding]:
@@ -338,7 +359,7 @@ def checked_counts(inventory: Inventory, real: Reality) -> dict[str, int]:
         "vms": len(_checked(inventory)),
         "vms_busy": sum(1 for vm in inventory.vms if vm.busy or vm.state not in CHECKED_VM_STATES),
         "domains": sum(1 for d in domains if d.name.startswith(DOMAIN_PREFIX)),
-        "foreign_domains": sum(1 for d in domains if not d.name.startswith(DOMAIN_PREFIX)),
+        "foreign_domains": sum(1 for d in domains if is_foreign(d.name)),
         "exports": sum(len(e) for e in real.exports.values()),
         "san_answers": sum(len(a) for a in real.san.values()),
     }
@@ -348,6 +369,7 @@ def verify(note: Note = _quiet) -> Verification:
     """Collect and compare in this process (the CLI: no worker needed, so cron works without one)."""
     before = load_inventory()
     real = collect(before, note)
+    record_listings(real.domains)  # what runs besides the panel's guests counts as used from now
     inventory = settle(before, load_inventory())
     return Verification(compare(inventory, real), checked_counts(inventory, real))
 

@@ -16,6 +16,7 @@ from drivers.errors import DriverError
 from drivers.hypervisor import DomainInfo
 from drivers.vblade import RunningExport
 from hosts.choices import HostState
+from hosts.foreign import DOMAIN_PREFIX, is_foreign
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
 from jobs.choices import ACTIVE_STATES
@@ -26,7 +27,6 @@ from vms.placement import Shortfall, n_plus_one_shortfalls
 
 T = TypeVar("T")
 Note = Callable[[str, str], None]  # (message, level): the job's log, or nothing for the CLI
-DOMAIN_PREFIX = "xa-"  # VirtualMachine.domain_name: only these domains are the panel's business
 # Hosts the database already calls down: not answering is expected, not a finding.
 DOWN_STATES = frozenset({HostState.DEAD, HostState.FENCED, HostState.MAINTENANCE})
 LIBVIRT_TIMEOUT = 15.0
@@ -182,7 +182,8 @@ def collect_domains(real: Reality, cpus: Iterable[CpuServer], note: Note = _quie
         real.domains[name] = result
         ours = [d for d in result if d.name.startswith(DOMAIN_PREFIX)]
         running = sum(1 for d in ours if d.state == "running")
-        note(f"{name}: {len(ours)} panel domains ({running} running), {len(result) - len(ours)} others", "info")
+        foreign = sum(1 for d in result if is_foreign(d.name))
+        note(f"{name}: {len(ours)} panel domains ({running} running), {foreign} the panel did not make", "info")
 
 
 def collect_disks(real: Reality, disks: Iterable[DiskServer], inventory: Inventory, note: Note = _quiet) -> None:

@@ -260,6 +260,7 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step], *, unst
     if ctx.undo_failures:
         message += " (undo incomplete: see the log)"
     _set(ctx, state=state, message=message, finished_at=timezone.now(), owner="", lease_until=None, context={})
+    job.reservations.all().delete()  # memory the allocator held for it (vms/placement.py) is free again
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     append_log(job, f"Job {state}: {message}", level)
 

@@ -24,7 +24,9 @@ from jobs.models import Job
 from jobs.runner import run_job
 from storage.models import AoEExport, Mirror
 from vms.choices import VmState
+from vms.migration import migrate_vm
 from vms.models import VirtualMachine
+from vms.services import VmRequest, create_vm
 
 pytestmark = pytest.mark.django_db
 MAC = {"cpu1": "02:0a:d5:01:00:15", "cpu2": "02:0a:d5:01:00:16", "cpu3": "02:0a:d5:01:00:17"}
@@ -321,7 +323,7 @@ def test_a_guest_that_does_not_fit_is_listed_with_the_numbers(dead, fake):
 
     assert fake.started() == ["xa-small"]
     not_restarted = [m for _, m in _events(incident, EventKind.NOT_RESTARTED)]
-    assert not_restarted == ["big not restarted: no surviving CPU server has 512 MiB free (cpu1: 100 MiB)"]
+    assert not_restarted == ["big not restarted: no surviving CPU server has 512 MiB free (cpu1: 100 MiB free)"]
     assert job.state == "failed" and "big: no surviving CPU server has 512 MiB free" in job.message
     incident.refresh_from_db()
     assert incident.state == IncidentState.OPEN and incident.fenced_by == "ipmi"
@@ -406,6 +408,39 @@ def test_a_failover_gives_up_waiting_for_an_earlier_one_that_never_ends(dead, fa
     job.refresh_from_db()
     assert job.state == "failed" and f"failover job #{earlier.pk} still runs after" in job.message
     assert fake.started() == []
+
+
+def test_a_guest_is_not_restarted_into_memory_a_migration_holds(dead, fake):
+    _guest(dead, "mover", 300, on="cpu1")
+    _guest(dead, "web", 800)
+    migrate_vm("mover", "cpu3")  # queued: cpu3 holds 300 MiB for it, cpu1 keeps its 300 until it ends
+    incident = _incident()
+    job = _run_failover(incident)
+    assert fake.started() == [] and job.state == "failed"
+    assert [m for _, m in _events(incident, EventKind.NOT_RESTARTED)] == [
+        "web not restarted: no surviving CPU server has 800 MiB free (cpu1: 724 MiB free, cpu3: 724 MiB free)"]
+
+
+def test_a_create_while_a_guest_restarts_cannot_take_its_room(dead, fake, monkeypatch):
+    _guest(dead, "filler", 700, on="cpu1")
+    _guest(dead, "web", 600)
+    refused: list[str] = []
+
+    def start_while_someone_creates(uri, name, *, timeout=60):
+        # The operator creates a VM on cpu3 while the guest boots there, before its record moves.
+        try:
+            create_vm(VmRequest(name="late", vcpus=1, memory_mib=600, disk_mib=32, cpu_server="cpu3",
+                                allow_n_plus_one_break=True))
+        except ValidationError as exc:
+            refused.append(" ".join(exc.messages))
+        return fake.start(uri, name, timeout=timeout)
+
+    monkeypatch.setattr(hypervisor, "start", start_while_someone_creates)
+    job = _run_failover()
+    assert job.state == "succeeded", job.message
+    assert VirtualMachine.objects.get(name="web").cpu_server.name == "cpu3"
+    assert refused == ["cpu3 has 424 MiB free, the new VM needs 600 MiB"]
+    assert not VirtualMachine.objects.filter(name="late").exists()
 
 
 def test_the_incident_says_when_the_survivors_have_lost_n_plus_one(dead, fake):

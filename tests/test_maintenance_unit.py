@@ -17,6 +17,7 @@ from django.test import override_settings
 from ha import maintenance
 from ha.maintenance import (
     EVACUATE,
+    Stay,
     active_evacuation,
     enter_maintenance,
     evacuate_suspect,
@@ -24,13 +25,15 @@ from ha.maintenance import (
     plan_evacuation,
 )
 from hosts.choices import HostState
-from hosts.models import CpuServer
+from hosts.models import CpuServer, DiskServer
 from jobs import runner
 from jobs.choices import JobState
 from jobs.models import Job
 from vms.choices import VmState
+from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.placement import cpu_candidates
+from vms.services import VmRequest, create_vm
 
 pytestmark = pytest.mark.django_db
 
@@ -79,7 +82,7 @@ def test_guests_that_cannot_move_are_listed_with_the_reason(cpus):
     assert [(m.vm, m.target) for m in plan.moves] == [("small", "cpu1")]
     reasons = {s.vm: s.reason for s in plan.stays}
     assert reasons == {
-        "huge": "no other CPU server has 512 MiB free (cpu1: 300 MiB, cpu3: 200 MiB)",
+        "huge": "no other CPU server has 512 MiB free (cpu1: 300 MiB free, cpu3: 200 MiB free)",
         "off": "stopped: stays defined on cpu2",
         "odd": "unknown: only a running guest can be live-migrated",
         "rebooting": f"busy with job #{busy.pk} (vm.reboot, running)",
@@ -102,6 +105,31 @@ def test_n_plus_one_shortfalls_are_warned_about_but_the_guests_move_anyway(cpus)
     assert {m.vm for m in plan.moves} == {"a", "b"}
     assert plan.warnings == ["if cpu1 fails, no surviving CPU server has room for a (700 MiB)",
                              "if cpu3 fails, no surviving CPU server has room for b (700 MiB)"]
+
+
+def test_the_plan_chooses_around_memory_other_jobs_hold(cpus):
+    _guest("x", cpus["cpu3"], 500)
+    migrate_vm("x", "cpu1")  # queued: cpu1 holds 500 MiB for it, cpu3 keeps x's until it ends
+    _guest("a", cpus["cpu2"], 600)
+    plan = plan_evacuation(cpus["cpu2"])
+    assert plan.moves == []
+    assert plan.stays == [Stay("a", "no other CPU server has 600 MiB free (cpu1: 524 MiB free, cpu3: 524 MiB free)")]
+
+
+def test_the_plan_holds_its_targets_and_each_migration_takes_its_hold_over(cpus):
+    for i in (1, 2):
+        DiskServer.objects.create(name=f"disk{i}", address=f"192.0.2.{10 + i}", aoe_shelf=i, capacity_mib=10**6)
+    _guest("a", cpus["cpu2"], 512)
+    job = enter_maintenance(cpus["cpu2"])
+    ctx = runner.JobContext(job)
+    maintenance.plan_step(ctx)
+    assert ctx.data["plan"]["moves"] == [{"vm": "a", "memory_mib": 512, "target": "cpu1"}]
+    with pytest.raises(ValidationError, match="cpu1 has 512 MiB free, the new VM needs 600 MiB"):
+        create_vm(VmRequest(name="late", vcpus=1, memory_mib=600, disk_mib=32, cpu_server="cpu1",
+                            allow_n_plus_one_break=True))
+    child = migrate_vm("a", "cpu1", parent=job)
+    assert child.parent_id == job.pk
+    assert {c.server.name: c.used_mib for c in cpu_candidates()} == {"cpu1": 512, "cpu3": 0}  # held once
 
 
 # --- the verbs ---------------------------------------------------------------------------------
@@ -246,7 +274,7 @@ def test_the_evacuation_fails_listing_every_guest_that_could_not_move(cpus, monk
     assert job.message == (
         "Summary failed: 1 of 3 guests moved; 2 could not: "
         f"picky (migration job #{picky.pk} failed: Check failed: the target said no); "
-        "big (no other CPU server has 512 MiB free (cpu1: 124 MiB, cpu3: 124 MiB))")
+        "big (no other CPU server has 512 MiB free (cpu1: 124 MiB free, cpu3: 124 MiB free))")
     assert VirtualMachine.objects.get(name="small").cpu_server.name == "cpu1"
 
 

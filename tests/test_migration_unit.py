@@ -72,7 +72,7 @@ def test_a_target_that_is_not_up_or_has_no_room_is_refused_with_the_numbers(web,
     _guest("big", cpus["cpu3"], 900)
     with pytest.raises(ValidationError, match="cpu3 has 124 MiB free, web needs 256 MiB"):
         migrate_vm("web", "cpu3")
-    with pytest.raises(ValidationError, match=r"no other CPU server has 256 MiB free for web \(cpu3: 124 MiB free\)"):
+    with pytest.raises(ValidationError, match=r"no other CPU server has 256 MiB free \(cpu3: 124 MiB free\)"):
         migrate_vm("web")
     assert _unchanged(web, jobs)
 

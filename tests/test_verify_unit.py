@@ -36,7 +36,7 @@ from hosts.verify_collect import (
 )
 from jobs.models import Job
 from vms.models import VirtualMachine
-from vms.placement import Shortfall
+from vms.placement import Shortfall, server_load
 from vms.services import VmRequest, create_vm
 
 UUID = "6f1c1d52-6a0e-4a8e-9a53-0d6c3f1f2b10"
@@ -70,7 +70,8 @@ def clean() -> Reality:
     """The hosts exactly as the default inventory says."""
     san = [answer(1, 0, MAC1), answer(2, 0, MAC2)]
     return Reality(
-        domains={"cpu1": [dom(), dom("other-guest")], "cpu2": []},
+        # Xen's control domain is listed like a guest; it is the host's own, not a foreign domain.
+        domains={"cpu1": [dom(), dom("Domain-0", uuid="00000000-0000-0000-0000-000000000000")], "cpu2": []},
         exports={"disk1": [RunningExport(1, 0, "san0", PATH1, 101, ())],
                  "disk2": [RunningExport(2, 0, "san0", PATH2, 102, ())]},
         missing_volumes={"disk1": set(), "disk2": set()},
@@ -112,15 +113,28 @@ def test_two_copies_neither_where_the_panel_expects_get_no_fix():
     assert findings[0].fix is None and "decide by hand" in findings[0].meaning
 
 
-def test_a_stray_panel_domain_is_reported_and_other_domains_are_ignored():
+def test_a_stray_panel_domain_is_reported_with_a_fix():
     real = clean()
-    real.domains["cpu2"] = [dom("xa-ghost", uuid="x"), dom("xa-old", "shutoff", uuid="y"), dom("webserver-by-hand")]
+    real.domains["cpu2"] = [dom("xa-ghost", uuid="x"), dom("xa-old", "shutoff", uuid="y")]
     findings = {f.subject: f for f in compare(inventory(), real)}
     assert set(findings) == {"xa-ghost", "xa-old"}
     assert findings["xa-ghost"].severity == "error"
     assert findings["xa-ghost"].fix.code == "destroy-domain"
     assert findings["xa-ghost"].fix.label == "Force off the stray domain xa-ghost on cpu2"
     assert (findings["xa-old"].severity, findings["xa-old"].fix.code) == ("warning", "undefine-domain")
+
+
+def test_a_domain_the_panel_did_not_make_is_a_warning_with_no_fix():
+    real = clean()
+    real.domains["cpu2"] = [DomainInfo("handmade", "h", "running", True, 512),
+                            DomainInfo("spare", "s", "shutoff", True, 256)]
+    findings = compare(inventory(), real)
+    assert [(f.code, f.severity, f.subject, f.fix) for f in findings] == [
+        ("foreign-domain", "warning", "handmade", None), ("foreign-domain", "warning", "spare", None)]
+    assert findings[0].message == "handmade is running on cpu2 and holds 512 MiB, but the panel did not make it"
+    assert "counts as used on cpu2" in findings[0].meaning
+    assert findings[1].message == "spare is defined (shutoff) on cpu2, but the panel did not make it"
+    assert result_text(findings) == "2 differences (2 warning)"  # cluster verify exits 1 on these
 
 
 def test_domain_state_against_the_vm_state():
@@ -335,13 +349,22 @@ def test_the_command_lists_differences_one_per_line_and_exits_1(cluster):
     # test:///default runs only its own "test" domain: xa-web is missing on cpu1. Every SSH is refused.
     assert lines[0].startswith("ERROR host-unreachable ")
     assert "ERROR domain-missing web: xa-web is not defined on cpu1" in lines
-    assert not any("cpu2" in line for line in lines)  # dead in the database: silence expected
+    # "test" is no domain of the panel's: reported wherever it answers (a dead host's too), never fixed.
+    assert ("WARNING foreign-domain test: test is running on cpu1 and holds 2048 MiB, but the panel did not "
+            "make it") in lines
+    assert not any("cpu2" in line for line in lines if "foreign-domain" not in line)  # dead: silence expected
+    # ... and its memory now counts as used on cpu1: placement sees 64 + 2048 MiB of 1024 taken.
+    cpu1 = CpuServer.objects.get(name="cpu1")
+    assert cpu1.foreign_memory_mib == 2048 and [d["name"] for d in cpu1.foreign_domains] == ["test"]
+    assert server_load(cpu1).free_mib == 1024 - 64 - 2048
     out = StringIO()
     with pytest.raises(SystemExit):
         call_command("cluster", "verify", "--json", stdout=out, stderr=StringIO())
     data = json.loads(out.getvalue())
     # cpu2 dead leaves cpu1 alone: if it failed, nothing could take web.
-    assert {f["code"] for f in data["findings"]} == {"host-unreachable", "domain-missing", "n-plus-one"}
+    assert {f["code"] for f in data["findings"]} == {"host-unreachable", "domain-missing", "foreign-domain",
+                                                     "n-plus-one"}
+    assert data["checked"]["foreign_domains"] == 2
     assert data["checked"]["cpu_servers_answering"] == 2 and data["checked"]["disk_servers_answering"] == 0
 
 

@@ -23,6 +23,7 @@ from vms import guest_setup
 from vms.choices import VmState
 from vms.events import set_vm_state
 from vms.models import VirtualMachine
+from vms.placement import server_load
 
 
 def _vm(ctx: JobContext) -> VirtualMachine:
@@ -49,10 +50,11 @@ def check_reservation(ctx: JobContext) -> None:
     vm = _vm(ctx)
     cpu = vm.cpu_server
     legs = _legs(vm)
+    free = server_load(cpu).free_mib
     ctx.log(
         f"{vm.name}: {vm.vcpus} vCPU, {vm.memory_mib} MiB on {cpu.name} "
-        f"({cpu.free_memory_mib} MiB of {cpu.memory_mib} MiB left after it)",
-        cpu_server=cpu.name, free_memory_mib=cpu.free_memory_mib,
+        f"({free} MiB of {cpu.memory_mib} MiB left after it)",
+        cpu_server=cpu.name, free_memory_mib=free,
     )
     for leg in legs:
         ctx.log(f"leg {leg.leg}: {leg.name} on {leg.disk_server.name}, {leg.size_mib} MiB at {leg.backing_path}")

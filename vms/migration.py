@@ -27,11 +27,12 @@ from jobs.models import Job
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, job_kind
 from jobs.services import active_job_for, start_job
 from tenants.access import is_operator
+from tenants.quotas import lock as quota_lock
 from vms import guest_setup
 from vms.choices import VmState
 from vms.jobs import _legs, _vm, probe_legs
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates, n_plus_one_shortfalls
+from vms.placement import Cluster, PlacementError, lock_servers, n_plus_one_shortfalls, release, reserve, server_load
 
 MAX_BANDWIDTH_MIB = 100_000  # ~800 Gbit/s: above it a cap is surely a typo
 # How the source's libvirtd reaches the target for a peer-to-peer migration. It runs on the
@@ -61,10 +62,11 @@ def migration_uri(target: CpuServer) -> str:
 
 def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | None = None,
                max_mib_per_s: int | None = None, parent: Job | None = None) -> Job:
-    """Queue the live migration of running VM `name` to CPU server `target` (None: the up CPU
-    server other than its own with the most free memory that fits it), with an optional
-    bandwidth cap in MiB/s; `parent` is the job it is part of (a host's evacuation). Raises
-    ValidationError (nothing changed) for bad input, a busy VM (naming its job) or a target
+    """Queue the live migration of running VM `name` to CPU server `target` (None: the allocator's
+    choice among the other up CPU servers), with an optional bandwidth cap in MiB/s; `parent` is the
+    job it is part of (a host's evacuation, whose reservation for this VM the migration takes
+    over). The VM's memory is held on the target, and stays held on the source, until the job ends.
+    Raises ValidationError (nothing changed) for bad input, a busy VM (naming its job) or a target
     without room."""
     if user is not None and not is_operator(user):
         raise ValidationError({"__all__": "only operators migrate VMs"})
@@ -82,41 +84,35 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
         if busy is not None:
             raise ValidationError(f"{vm.name} is busy with job #{busy.pk} ({busy.kind}, {busy.state}); "
                                   "try again when it has finished")
-        # The same lock as create_vm's: a creation cannot take the target's memory meanwhile.
-        list(CpuServer.objects.select_for_update().order_by("pk"))
+        # The allocator's lock order, as create_vm's: the tenant's row (the job row refers to it),
+        # then the server rows. A creation cannot take the target's memory meanwhile.
+        if vm.tenant_id is not None:
+            quota_lock(vm.tenant_id)
+        lock_servers()
         if vm.state != VmState.RUNNING:
             raise ValidationError({"name": f"{vm.name} is {vm.get_state_display().lower()}: only a running "
                                            "VM can be live-migrated"})
         source = vm.cpu_server
         if source is None:
             raise ValidationError({"name": f"{vm.name} has no CPU server"})
-        chosen = _choose_target(vm, source, target or None)  # "" (a form's "automatic") too
-        return start_job("vm.migrate", vm=vm, user=user, parent=parent, params={
+        requested = None
+        if target:  # "" (a form's "automatic") is None too
+            requested = CpuServer.objects.filter(name=target).first()
+            if requested is None:
+                raise ValidationError({"target": f"no CPU server named {target!r}"})
+        if parent is not None:
+            release(parent, vm)  # the evacuation's hold for this VM becomes this migration's
+        try:
+            chosen = Cluster.load().place(vm.memory_mib, name=vm.name, source=source, requested=requested,
+                                          scope="other ").server
+        except PlacementError as exc:
+            raise ValidationError({"target": str(exc)}) from exc
+        job = start_job("vm.migrate", vm=vm, user=user, parent=parent, params={
             "source": source.name, "target": chosen.name, "requested_target": target or "automatic",
             "max_mib_per_s": max_mib_per_s,
         })
-
-
-def _choose_target(vm: VirtualMachine, source: CpuServer, requested: str | None) -> CpuServer:
-    candidates = {c.server.name: c for c in cpu_candidates()}  # the CPU servers that are up
-    if requested is not None:
-        server = CpuServer.objects.filter(name=requested).first()
-        if server is None:
-            raise ValidationError({"target": f"no CPU server named {requested!r}"})
-        if server.pk == source.pk:
-            raise ValidationError({"target": f"{vm.name} already runs on {source.name}: choose another CPU server"})
-        if requested not in candidates:
-            raise ValidationError({"target": f"{requested} is {server.get_state_display().lower()}, not up"})
-        free = candidates[requested].free_mib
-        if free < vm.memory_mib:
-            raise ValidationError({"target": f"{requested} has {free} MiB free, {vm.name} needs {vm.memory_mib} MiB"})
-        return server
-    others = [c for c in candidates.values() if c.server.pk != source.pk]
-    fitting = [c for c in others if c.free_mib >= vm.memory_mib]
-    if not fitting:
-        detail = ", ".join(f"{c.server.name}: {c.free_mib} MiB free" for c in others) or "none is up"
-        raise ValidationError({"target": f"no other CPU server has {vm.memory_mib} MiB free for {vm.name} ({detail})"})
-    return max(fitting, key=lambda c: (c.free_mib, -c.server.pk)).server
+        reserve(job, vm, [chosen, source])
+        return job
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -139,8 +135,10 @@ def precheck_target(ctx: JobContext) -> None:
     source, target = _hosts(ctx)
     if target.state != HostState.UP:
         raise JobFailed(f"{target.name} is {target.get_state_display().lower()}, not up")
-    if target.free_memory_mib < vm.memory_mib:
-        raise JobFailed(f"{target.name} has {target.free_memory_mib} MiB free, {vm.name} needs {vm.memory_mib} MiB")
+    # The room this job holds there, checked again: a domain started there by hand since counts.
+    free = server_load(target, ignore_job=ctx.job).free_mib
+    if free < vm.memory_mib:
+        raise JobFailed(f"{target.name} has {free} MiB free, {vm.name} needs {vm.memory_mib} MiB")
     on_source = hypervisor.domain_info(source.libvirt_uri, vm.domain_name)
     if on_source is None or on_source.state != "running":
         raise JobFailed(f"{vm.domain_name} is {on_source.state if on_source else 'not defined'} on {source.name}, "
@@ -156,8 +154,8 @@ def precheck_target(ctx: JobContext) -> None:
         raise JobFailed(f"a domain named {vm.domain_name} already exists on {target.name}: "
                         "another copy of this guest? Remove it by hand after checking")
     ctx.log(f"{target.name}: libvirt answers ({info.hypervisor}, host {info.hostname}), "
-            f"{target.free_memory_mib} MiB of {target.memory_mib} MiB unreserved, {vm.memory_mib} MiB needed",
-            free_memory_mib=target.free_memory_mib, host_free_bytes=info.free_memory_bytes)
+            f"{free} MiB of {target.memory_mib} MiB unreserved, {vm.memory_mib} MiB needed",
+            free_memory_mib=free, host_free_bytes=info.free_memory_bytes)
     for what, path in (("kernel", vm.kernel_path), ("initramfs", vm.initrd_path)):
         if not path:
             continue

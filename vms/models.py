@@ -75,3 +75,24 @@ class VirtualMachine(StateColourMixin, models.Model):
         """The libvirt domain name: prefixed so that the panel's guests stand out on a host."""
         return f"xa-{self.name}"
 
+
+
+class Reservation(models.Model):
+    """Memory and vCPUs the allocator (vms/placement.py) handed a job on a CPU server for a VM that
+    is not recorded there: a live migration's target (and its source, once the VM is recorded on the
+    target), a failover restart's survivor, an evacuation's planned target. Counted as used while the
+    job is queued or running, unless the VM is recorded on that server already (then the VM's own row
+    counts it). A new VM needs none: its row, written under the same locks, is its reservation."""
+
+    job = models.ForeignKey("jobs.Job", on_delete=models.CASCADE, related_name="reservations")
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="reservations")
+    cpu_server = models.ForeignKey("hosts.CpuServer", on_delete=models.CASCADE, related_name="reservations")
+    memory_mib = models.PositiveIntegerField()
+    vcpus = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "vm", "cpu_server"], name="one_reservation_per_move")]
+
+    def __str__(self) -> str:
+        return f"{self.memory_mib} MiB on {self.cpu_server_id} for {self.vm_id} (job #{self.job_id})"

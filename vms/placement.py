@@ -1,20 +1,43 @@
-"""Where a new VM goes: a CPU server with room, two disk servers, a slot free on both shelves.
+"""The allocator: where a guest goes, for every placement the panel makes, and what that holds.
 
-Callers hold row locks on the servers (see vms.services) so that two creations in parallel
-cannot both take the last free memory or the same slot.
+One model of the cluster (`Cluster`: the CPU servers that are up, what each carries and which
+guests), one rule for "fits" (free memory >= the guest's memory), one order among the servers that
+fit (those that keep N+1 first, then the most free memory, then the server registered first) and
+one N+1 check (each up server's guests packed first-fit by decreasing memory into the others' free
+memory, as a restart would place them). A new VM (vms.services), a live migration with or without
+a target (vms.migration), a failover restart (ha.failover) and an evacuation plan (ha.maintenance)
+are all placed here. What breaking N+1 means is the caller's: a create refuses unless the operator
+overrides, a move warns.
+
+Used memory on a CPU server, as placement, N+1, the dashboard and the API count it: every VM
+recorded there, whatever its state; what the allocator handed to jobs still queued or running
+(`Reservation`, for a VM not recorded there: a migrating VM counts on its source and on its target
+until its job ends); and the memory of domains the panel did not make (hosts/foreign.py).
+
+Locks: a placement is chosen and reserved in one transaction holding, in this order, the tenant's
+row (a create, for its quota; a migration, whose job row refers to it), the rows of the VMs being
+moved (by pk), the CPU server rows (by pk: `lock_servers`), then the disk server rows (by pk).
+Every caller takes them in this order, so placements never deadlock and never hand out the same
+memory twice.
 """
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from django.db import transaction
 from django.db.models import Sum
 
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from jobs.choices import ACTIVE_STATES
+from jobs.models import Job
 from storage.models import LEGS, AoEExport
-from vms.models import VirtualMachine
+from vms.models import Reservation, VirtualMachine
 
 MAX_SLOT = 254
+NEW_VM = "(new VM)"
 
 
 class PlacementError(Exception):
@@ -22,23 +45,59 @@ class PlacementError(Exception):
 
 
 @dataclass(frozen=True)
-class CpuCandidate:
+class Load:
+    """What one CPU server carries, as the allocator counts it."""
+
     server: CpuServer
-    used_mib: int
+    guests_mib: int = 0  # the VMs recorded on it, whatever their state
+    reserved_mib: int = 0  # handed to active jobs for VMs not recorded here (yet, or any more)
+    foreign_mib: int = 0  # domains the panel did not make, as last seen
+    guests: int = 0
+    vcpus_used: int = 0  # the VMs' and the reservations'
+
+    @property
+    def used_mib(self) -> int:
+        return self.guests_mib + self.reserved_mib + self.foreign_mib
 
     @property
     def free_mib(self) -> int:
         return self.server.memory_mib - self.used_mib
 
 
-def cpu_candidates() -> list[CpuCandidate]:
-    used = dict(
-        CpuServer.objects.annotate(used=Sum("vms__memory_mib")).values_list("pk", "used")
-    )
-    return [
-        CpuCandidate(server, used.get(server.pk) or 0)
-        for server in CpuServer.objects.filter(state=HostState.UP).order_by("name")
-    ]
+def _read(ignore_job: Job | None = None) -> tuple[dict[int, Load], dict[int, list[tuple[str, int]]]]:
+    """Every CPU server's load (by pk, in name order) and the guests recorded on each. `ignore_job`:
+    leave that job's own reservations out (a job checking the room it was given)."""
+    servers = list(CpuServer.objects.order_by("name"))
+    guests: dict[int, list[tuple[str, int]]] = {s.pk: [] for s in servers}
+    vcpus: dict[int, int] = defaultdict(int)
+    for server_pk, name, memory, cpus in VirtualMachine.objects.filter(cpu_server__isnull=False).values_list(
+            "cpu_server", "name", "memory_mib", "vcpus"):
+        guests[server_pk].append((name, memory))
+        vcpus[server_pk] += cpus
+    reserved: dict[int, int] = defaultdict(int)
+    held = Reservation.objects.filter(job__state__in=ACTIVE_STATES)
+    if ignore_job is not None:
+        held = held.exclude(job=ignore_job)
+    for server_pk, vm_server_pk, memory, cpus in held.values_list("cpu_server", "vm__cpu_server", "memory_mib",
+                                                                  "vcpus"):
+        if vm_server_pk != server_pk:  # else the VM's own row counts it already
+            reserved[server_pk] += memory
+            vcpus[server_pk] += cpus
+    loads = {
+        s.pk: Load(s, sum(mib for _, mib in guests[s.pk]), reserved[s.pk], s.foreign_memory_mib, len(guests[s.pk]),
+                   vcpus[s.pk])
+        for s in servers
+    }
+    return loads, guests
+
+
+def server_loads(ignore_job: Job | None = None) -> dict[int, Load]:
+    """Every CPU server, whatever its state, by pk (in name order)."""
+    return Cluster.load(ignore_job=ignore_job).every
+
+
+def server_load(server: CpuServer, ignore_job: Job | None = None) -> Load:
+    return server_loads(ignore_job)[server.pk]
 
 
 @dataclass(frozen=True)
@@ -53,102 +112,196 @@ class Shortfall:
         return f"if {self.failed} fails, no surviving CPU server has room for {guests}"
 
 
-NEW_VM = "(new VM)"
+@dataclass(frozen=True)
+class Move:
+    """A guest of `memory_mib` going to `target` (pk), from `source` (pk) or new."""
 
-
-def n_plus_one_shortfalls(extra: tuple[int, int] | None = None) -> list[Shortfall]:
-    """Check N+1 on the CPU servers that are up: for each one, could the others take every guest
-    it runs if it died? Guests are packed first-fit by decreasing memory into the others' free
-    memory, as a restart would place them. `extra` = (CPU server pk, MiB) adds a VM not yet
-    placed, to ask "would N+1 still hold if it went there?"."""
-    candidates = cpu_candidates()
-    guests: dict[int, list[tuple[str, int]]] = {c.server.pk: [] for c in candidates}
-    for name, server_pk, memory in VirtualMachine.objects.filter(
-        cpu_server__in=list(guests)
-    ).values_list("name", "cpu_server", "memory_mib"):
-        guests[server_pk].append((name, memory))
-    free = {c.server.pk: c.free_mib for c in candidates}
-    if extra is not None and extra[0] in guests:
-        guests[extra[0]].append((NEW_VM, extra[1]))
-        free[extra[0]] -= extra[1]
-    shortfalls = []
-    for failed in candidates:
-        room = sorted((free[c.server.pk] for c in candidates if c.server.pk != failed.server.pk), reverse=True)
-        homeless = []
-        for name, memory in sorted(guests[failed.server.pk], key=lambda g: (-g[1], g[0])):
-            fit = next((i for i, mib in enumerate(room) if mib >= memory), None)
-            if fit is None:
-                homeless.append((name, memory))
-            else:
-                room[fit] -= memory
-        if homeless:
-            shortfalls.append(Shortfall(failed.server.name, tuple(homeless)))
-    return shortfalls
+    name: str
+    memory_mib: int
+    target: int
+    source: int | None = None
 
 
 @dataclass(frozen=True)
 class Headroom:
-    """What placing a VM of some size on one CPU server would leave."""
+    """What placing a guest on one CPU server would leave."""
 
-    candidate: CpuCandidate
+    load: Load
+    free_mib: int  # before the guest, counting the moves already planned in the same Cluster
     memory_mib: int
     shortfalls: tuple[Shortfall, ...]
 
     @property
+    def server(self) -> CpuServer:
+        return self.load.server
+
+    @property
     def fits(self) -> bool:
-        return self.candidate.free_mib >= self.memory_mib
+        return self.free_mib >= self.memory_mib
 
     @property
     def free_after_mib(self) -> int:
-        return self.candidate.free_mib - self.memory_mib
+        return self.free_mib - self.memory_mib
 
     @property
     def keeps_n_plus_one(self) -> bool:
         return not self.shortfalls
 
 
+@dataclass(frozen=True)
+class Placement:
+    server: CpuServer
+    shortfalls: tuple[Shortfall, ...]  # N+1 as it would stand with the guest there
+
+
+class Cluster:
+    """The CPU servers that are up, as the allocator sees them (`every`: all of them, whatever their
+    state). `take` records a placement in the model, so that a plan of several moves counts the
+    ones before."""
+
+    def __init__(self, every: dict[int, Load], guests: dict[int, list[tuple[str, int]]],
+                 leaving: CpuServer | None = None) -> None:
+        self.every = every
+        self.loads = {pk: load for pk, load in every.items() if load.server.state == HostState.UP
+                      and (leaving is None or pk != leaving.pk)}
+        self.free = {pk: load.free_mib for pk, load in self.loads.items()}
+        self.guests = {pk: list(guests.get(pk, [])) for pk in self.loads}
+
+    @classmethod
+    def load(cls, *, leaving: CpuServer | None = None, ignore_job: Job | None = None) -> Cluster:
+        """`leaving`: a server being evacuated, left out even if it is still up."""
+        return cls(*_read(ignore_job), leaving=leaving)
+
+    @property
+    def candidates(self) -> list[Load]:
+        return list(self.loads.values())
+
+    def shortfalls(self, move: Move | None = None) -> list[Shortfall]:
+        """N+1 as it stands, or as it would once `move` is done (its source no longer carries it).
+        For each up server: could the others take every guest it carries if it died?"""
+        free, guests = dict(self.free), {pk: list(g) for pk, g in self.guests.items()}
+        if move is not None and move.target in free:
+            free[move.target] -= move.memory_mib
+            guests[move.target].append((move.name, move.memory_mib))
+            if move.source in free:
+                free[move.source] += move.memory_mib
+                guests[move.source] = [g for g in guests[move.source] if g[0] != move.name]
+        found = []
+        for failed, load in self.loads.items():
+            room = sorted((mib for pk, mib in free.items() if pk != failed), reverse=True)
+            homeless = []
+            for name, memory in sorted(guests[failed], key=lambda g: (-g[1], g[0])):
+                fit = next((i for i, mib in enumerate(room) if mib >= memory), None)
+                if fit is None:
+                    homeless.append((name, memory))
+                else:
+                    room[fit] -= memory
+            if homeless:
+                found.append(Shortfall(load.server.name, tuple(homeless)))
+        return found
+
+    def headroom(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None) -> list[Headroom]:
+        """Every up server but the source, in name order."""
+        source_pk = source.pk if source is not None else None
+        return [Headroom(load, self.free[pk], memory_mib,
+                         tuple(self.shortfalls(Move(name, memory_mib, pk, source_pk))))
+                for pk, load in self.loads.items() if pk != source_pk]
+
+    def place(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None,
+              requested: CpuServer | None = None, scope: str = "") -> Placement:
+        """The CPU server for a guest of `memory_mib` leaving `source` (None: a new one): `requested`
+        if it is up and fits, else the best that fits. `scope` words the refusal ("other ",
+        "surviving "). Raises PlacementError with the numbers."""
+        who = "the new VM" if name == NEW_VM else name
+        if requested is not None and source is not None and requested.pk == source.pk:
+            raise PlacementError(f"{who} already runs on {source.name}: choose another CPU server")
+        options = self.headroom(memory_mib, name=name, source=source)
+        if requested is not None:
+            chosen = next((h for h in options if h.server.pk == requested.pk), None)
+            if chosen is None:
+                raise PlacementError(f"CPU server {requested.name} is {requested.get_state_display().lower()}, "
+                                     "not up")
+            if not chosen.fits:
+                raise PlacementError(f"{requested.name} has {chosen.free_mib} MiB free, {who} needs {memory_mib} MiB")
+            return Placement(chosen.server, chosen.shortfalls)
+        fitting = [h for h in options if h.fits]
+        if not fitting:
+            detail = ", ".join(f"{h.server.name}: {h.free_mib} MiB free" for h in options) or "none is up"
+            raise PlacementError(f"no {scope}CPU server has {memory_mib} MiB free ({detail})")
+        chosen = min(fitting, key=lambda h: (not h.keeps_n_plus_one, -h.free_mib, h.server.pk))
+        return Placement(chosen.server, chosen.shortfalls)
+
+    def take(self, server: CpuServer, name: str, memory_mib: int) -> None:
+        """Count a placement made on this model (its source keeps the memory until the job ends)."""
+        self.free[server.pk] -= memory_mib
+        self.guests[server.pk].append((name, memory_mib))
+
+
+def cpu_candidates() -> list[Load]:
+    """The CPU servers that are up (placement's candidates), in name order."""
+    return Cluster.load().candidates
+
+
+def n_plus_one_shortfalls(extra: tuple[int, int] | None = None) -> list[Shortfall]:
+    """N+1 as it stands; `extra` = (CPU server pk, MiB) asks "would it hold with a new VM there?"."""
+    return Cluster.load().shortfalls(Move(NEW_VM, extra[1], extra[0]) if extra else None)
+
+
 def headroom(memory_mib: int) -> list[Headroom]:
-    return [
-        Headroom(c, memory_mib, tuple(n_plus_one_shortfalls((c.server.pk, memory_mib))))
-        for c in cpu_candidates()
-    ]
+    return Cluster.load().headroom(memory_mib)
 
 
 def choose_cpu_server(memory_mib: int, requested: CpuServer | None, *, allow_n_plus_one_break: bool = False
                       ) -> tuple[CpuServer, list[Shortfall]]:
     """The CPU server for a new VM, and the N+1 shortfalls placing it there leaves (non-empty only
-    when the operator allowed it). Automatic placement takes the server with most free memory
-    among those that keep N+1."""
-    options = headroom(memory_mib)
-    if requested is not None:
-        match = [h for h in options if h.candidate.server.pk == requested.pk]
-        if not match:
-            raise PlacementError(f"CPU server {requested.name} is {requested.get_state_display().lower()}, not up")
-        chosen = match[0]
-        if not chosen.fits:
-            raise PlacementError(
-                f"{requested.name} has {chosen.candidate.free_mib} MiB free, {memory_mib} MiB asked"
-            )
-    else:
-        if not options:
-            raise PlacementError("no CPU server is up")
-        fitting = [h for h in options if h.fits]
-        if not fitting:
-            best = max(options, key=lambda h: h.candidate.free_mib)
-            raise PlacementError(
-                f"no CPU server has {memory_mib} MiB free "
-                f"(most free: {best.candidate.server.name}, {best.candidate.free_mib} MiB)"
-            )
-        safe = [h for h in fitting if h.keeps_n_plus_one]
-        chosen = max(safe or fitting, key=lambda h: (h.candidate.free_mib, -h.candidate.server.pk))
-    if chosen.shortfalls and not allow_n_plus_one_break:
+    when the operator allowed it). The caller holds `lock_servers`."""
+    placement = Cluster.load().place(memory_mib, requested=requested)
+    if placement.shortfalls and not allow_n_plus_one_break:
         raise PlacementError(
-            f"placing {memory_mib} MiB on {chosen.candidate.server.name} breaks N+1: "
-            + "; ".join(str(s).replace(NEW_VM, "the new VM") for s in chosen.shortfalls)
+            f"placing {memory_mib} MiB on {placement.server.name} breaks N+1: "
+            + "; ".join(str(s).replace(NEW_VM, "the new VM") for s in placement.shortfalls)
             + ". Override only if you accept that a host failure would leave guests down."
         )
-    return chosen.candidate.server, list(chosen.shortfalls)
+    return placement.server, list(placement.shortfalls)
 
+
+# --- locks and reservations ----------------------------------------------------------------------
+
+def lock_servers(*, disk_servers: bool = False) -> None:
+    """Lock the CPU server rows (and the disk servers'), by pk, until the transaction ends: placements
+    are serialised. Callers lock the tenant's row and the moving VMs' rows before, never after."""
+    list(CpuServer.objects.select_for_update().order_by("pk"))
+    if disk_servers:
+        list(DiskServer.objects.select_for_update().order_by("pk"))
+
+
+def reserve(job: Job, vm: VirtualMachine, servers: Iterable[CpuServer]) -> None:
+    """Hold `vm`'s memory and vCPUs on these servers until `job` ends. Under `lock_servers`."""
+    for server in servers:
+        Reservation.objects.get_or_create(job=job, vm=vm, cpu_server=server,
+                                          defaults={"memory_mib": vm.memory_mib, "vcpus": vm.vcpus})
+
+
+def release(job: Job, vm: VirtualMachine | None = None) -> None:
+    """Give back what `job` holds (for one VM only, if given) before the job ends."""
+    held = Reservation.objects.filter(job=job)
+    if vm is not None:
+        held = held.filter(vm=vm)
+    held.delete()
+
+
+def reserve_move(job: Job, vm: VirtualMachine, *, scope: str = "other ") -> Placement:
+    """Choose where `vm` goes from the server it is recorded on, and hold the room there for
+    `job`, in a transaction of its own (VM row, then server rows). Raises PlacementError."""
+    with transaction.atomic():
+        vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("cpu_server").get(pk=vm.pk)
+        lock_servers()
+        placement = Cluster.load().place(vm.memory_mib, name=vm.name, source=vm.cpu_server, scope=scope)
+        reserve(job, vm, [placement.server])
+    return placement
+
+
+# --- disks -----------------------------------------------------------------------------------------
 
 def choose_disk_servers(size_mib: int) -> list[DiskServer]:
     used = dict(

@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from hosts.models import CpuServer, DiskServer
+from hosts.models import CpuServer
 from images.choices import ImageState
 from images.models import Image
 from images.services import visible_images
@@ -28,7 +28,7 @@ from vms.choices import VmState
 from vms.events import publish_vm
 from vms.models import VirtualMachine, vm_name_validator
 from vms.passwords import hash_password
-from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot
+from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot, lock_servers
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,9 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                                         disk_mib=req.disk_mib)
                 if over:
                     raise ValidationError({"__all__": over})
-            # Lock every server row: placements are serialised, so two requests cannot both
-            # take the last free memory or the same slot.
-            list(CpuServer.objects.select_for_update().order_by("pk"))
-            list(DiskServer.objects.select_for_update().order_by("pk"))
+            # Lock every server row: placements (creates, migrations, restarts, evacuations) are
+            # serialised, so two cannot both take the last free memory or the same slot.
+            lock_servers(disk_servers=True)
             requested = CpuServer.objects.get(name=req.cpu_server) if req.cpu_server else None
             cpu, shortfalls = choose_cpu_server(
                 req.memory_mib, requested, allow_n_plus_one_break=req.allow_n_plus_one_break

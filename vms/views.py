@@ -7,8 +7,6 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
 
-from hosts.choices import HostState
-from hosts.models import CpuServer
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of, visible_jobs, visible_vms
 from tenants.models import Tenant
 from tenants.quotas import usage
@@ -84,8 +82,9 @@ class VmDetailView(LoginRequiredMixin, DetailView):
         context.update(operator=operator, show_cpu_server=shows_cpu_server(user), may_delete=may_run(user, "delete"))
         context["nics"] = list(vm.nics.select_related("network").order_by("index"))
         context["ssh_command"] = ssh_command(vm, context["nics"])
-        context["migration_targets"] = CpuServer.objects.filter(state=HostState.UP).exclude(
-            pk=vm.cpu_server_id) if operator else []
+        # The allocator's view of the other up servers: their free memory counts what it holds.
+        context["migration_targets"] = [c for c in cpu_candidates() if c.server.pk != vm.cpu_server_id
+                                        ] if operator else []
         return context
 
 
@@ -157,8 +156,8 @@ class PlacementView(OperatorRequiredMixin, View):
         except ValueError:
             return JsonResponse({"error": "memory_mib must be a whole number"}, status=400)
         return JsonResponse({"memory_mib": memory_mib, "servers": [
-            {"name": h.candidate.server.name, "memory_mib": h.candidate.server.memory_mib,
-             "used_mib": h.candidate.used_mib, "free_mib": h.candidate.free_mib,
+            {"name": h.server.name, "memory_mib": h.server.memory_mib,
+             "used_mib": h.load.used_mib, "free_mib": h.free_mib,
              "free_after_mib": h.free_after_mib, "fits": h.fits, "keeps_n_plus_one": h.keeps_n_plus_one,
              "shortfalls": [str(s).replace("(new VM)", "the new VM") for s in h.shortfalls]}
             for h in headroom(memory_mib)

@@ -12,6 +12,7 @@ from drivers import hypervisor
 from drivers.domain_events import DomainEvent
 from drivers.errors import DriverError
 from hosts.choices import HostState
+from hosts.foreign import record_foreign_domains
 from hosts.models import CpuServer
 from jobs.choices import ACTIVE_STATES
 from vms.choices import VmState
@@ -63,6 +64,7 @@ def apply_event(event: DomainEvent) -> str | None:
 
 def reconcile(timeout: float = 20) -> dict[str, str]:
     """Compare every followed VM with its CPU server's domains; returns {vm: new state} changed.
+    The domains the panel did not make are recorded on the way (their memory counts as used).
     A CPU server that does not answer is skipped (the host monitor deals with it)."""
     changed: dict[str, str] = {}
     for server in CpuServer.objects.filter(state=HostState.UP):
@@ -71,6 +73,7 @@ def reconcile(timeout: float = 20) -> dict[str, str]:
         except DriverError as exc:
             log.warning("reconcile: %s does not answer: %s", server.name, exc)
             continue
+        record_foreign_domains(server, domains.values())
         for vm in VirtualMachine.objects.filter(cpu_server=server, state__in=FOLLOWED_STATES):
             info = domains.get(vm.domain_name)
             actual = VmState.UNKNOWN if info is None else (

@@ -185,6 +185,10 @@ def test_list_domains(keeper, guest):
     assert [d.name for d in listed] == sorted(d.name for d in listed)
     assert hv.DomainInfo(guest.name, guest.uuid, "shutoff", True) in listed
     assert hv.DomainInfo("test", keeper.lookupByName("test").UUIDString(), "running", True) in listed
+    # Memory as the domain holds it now (the test driver's "test" runs with 2 GiB of its 8).
+    memory = {d.name: d.memory_mib for d in listed}
+    assert memory["test"] == keeper.lookupByName("test").info()[2] // 1024 == 2048
+    assert memory[guest.name] == guest.memory_mib
     hv.undefine(URI, guest.name)
     assert guest.name not in [d.name for d in hv.list_domains(URI)]
 

@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings
 
 from drivers import aoe, vblade
+from hosts.capacity import cluster_capacity
 from hosts.fixes import apply_fix
 from hosts.targets import ssh_target
 from hosts.verify import Finding, start_verify, verify
@@ -27,13 +28,22 @@ from jobs.follow import follow
 from jobs.models import Job
 from storage.models import AoEExport
 from vms.models import VirtualMachine
+from vms.placement import server_load
 from vms.services import VmRequest, create_vm, delete_vm
+from vms.watch import reconcile
 
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GHOST_XML = """<domain type='qemu'>
   <name>xa-ghost</name>
   <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+</domain>"""
+# A guest an operator starts by hand, beside the panel: not named xa-*, so never the panel's.
+HANDMADE_XML = """<domain type='qemu'>
+  <name>handmade</name>
+  <memory unit='MiB'>48</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type></os>
 </domain>"""
@@ -217,3 +227,41 @@ def test_the_same_guest_running_on_two_cpu_servers_is_the_first_finding_and_only
     _apply(by_code["domain-defined-elsewhere"])
     _apply(by_code["export-not-running"])
     _assert_clean()
+
+
+def _virsh(uri: str, *args: str) -> str:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+
+
+def test_a_domain_started_by_hand_with_virsh_is_reported_counted_and_never_touched(behind, tmp_path):
+    cpu2 = behind.cpu2
+    _create("vfy-own", "cpu1")
+    _assert_clean()
+    free_before = server_load(cpu2).free_mib
+
+    xml = tmp_path / "handmade.xml"
+    xml.write_text(HANDMADE_XML)
+    behind.domains.append("handmade")  # destroyed and undefined at the end, whatever happens
+    _virsh(cpu2.libvirt_uri, "define", str(xml))
+    _virsh(cpu2.libvirt_uri, "start", "handmade")
+
+    [finding] = _findings()  # exit 1: a difference
+    assert (finding["code"], finding["severity"], finding["subject"], finding["fix"]) == (
+        "foreign-domain", "warning", "handmade", None)
+    assert finding["message"] == "handmade is running on cpu2 and holds 48 MiB, but the panel did not make it"
+    # The verify (another process) recorded it: its memory now counts as used on cpu2.
+    cpu2.refresh_from_db()
+    assert cpu2.foreign_memory_mib == 48 and [d["name"] for d in cpu2.foreign_domains] == ["handmade"]
+    assert server_load(cpu2).free_mib == free_before - 48
+    assert "48 MiB by domains the panel did not make" in next(
+        c for c in cluster_capacity().cpu if c.server.name == "cpu2").memory_text
+
+    # Stopped by hand: the domain watcher's reconcile pass gives the memory back; the definition
+    # stays a (milder) finding, and nothing of the panel's ever touched it.
+    _virsh(cpu2.libvirt_uri, "destroy", "handmade")
+    reconcile()
+    assert server_load(cpu2).free_mib == free_before
+    [finding] = _findings()
+    assert finding["message"] == "handmade is defined (shutoff) on cpu2, but the panel did not make it"
+    assert "handmade" in _virsh(cpu2.libvirt_uri, "list", "--all", "--name").split()

@@ -16,6 +16,7 @@ from ha.maintenance import active_evacuation, enter_maintenance, leave_maintenan
 from hosts.models import CpuServer, DiskServer
 from jobs.follow import follow
 from jobs.services import WorkerUnavailable, check_workers
+from vms.placement import server_load, server_loads
 
 
 def host_summary(host: CpuServer | DiskServer) -> dict[str, Any]:
@@ -33,7 +34,11 @@ def host_summary(host: CpuServer | DiskServer) -> dict[str, Any]:
         evacuation = active_evacuation(host)
         summary |= {
             "memory_mib": host.memory_mib,
-            "free_memory_mib": host.free_memory_mib,
+            "free_memory_mib": server_load(host).free_mib,
+            # Domains the panel did not make, as last seen (hosts/foreign.py): counted as used.
+            "foreign_memory_mib": host.foreign_memory_mib,
+            "foreign_seen_at": host.foreign_seen_at.isoformat() if host.foreign_seen_at else None,
+            "foreign_domains": host.foreign_domains,
             "storage_fenced_at": host.storage_fenced_at.isoformat() if host.storage_fenced_at else None,
             "evacuation_job": evacuation.pk if evacuation else None,
             "guests": [{"name": name, "state": state, "memory_mib": memory}
@@ -64,9 +69,10 @@ class Command(BaseCommand):
         getattr(self, f"do_{options['action']}")(options)
 
     def do_list(self, options: dict) -> None:
+        loads = server_loads()
         for host in [*CpuServer.objects.all(), *DiskServer.objects.all()]:
             role = "cpu" if isinstance(host, CpuServer) else "disk"
-            detail = (f"{host.free_memory_mib} of {host.memory_mib} MiB free, {host.vms.count()} guests"
+            detail = (f"{loads[host.pk].free_mib} of {host.memory_mib} MiB free, {host.vms.count()} guests"
                       if isinstance(host, CpuServer) else f"{host.used_mib} of {host.capacity_mib} MiB used")
             self.stdout.write(f"{host.name:<16} {role:<5} {host.state:<12} {detail}")
 
@@ -80,10 +86,12 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary))
             return
         for key, value in summary.items():
-            if key != "guests":
+            if key not in ("guests", "foreign_domains"):
                 self.stdout.write(f"{key:<17} {'-' if value in (None, '') else value}")
         for guest in summary.get("guests", []):
             self.stdout.write(f"guest             {guest['name']} ({guest['state']}, {guest['memory_mib']} MiB)")
+        for domain in summary.get("foreign_domains", []):
+            self.stdout.write(f"foreign domain    {domain['name']} ({domain['state']}, {domain['memory_mib']} MiB)")
 
     def do_maintenance(self, options: dict) -> None:
         host = CpuServer.objects.filter(name=options["name"]).first()
