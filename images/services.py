@@ -3,6 +3,7 @@ make it the default, delete it. Each validates first: bad input changes nothing.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def register_image(req: ImageRequest, files: ImageFiles, user: AbstractBaseUser 
     sha256 = files.sha256 or file_sha256(files.disk)
     draft = Image(name=req.name, sha256=sha256, initrd_sha256=file_sha256(files.initrd))
     store = draft.store_dir
+    made_store = not store.exists()  # only what this call made is removed if it fails
     store.mkdir(parents=True, exist_ok=True)
     try:
         for source, name in ((files.disk, "disk.raw"), (files.kernel, "vmlinuz"), (files.initrd, "initrd.img")):
@@ -106,16 +108,20 @@ def register_image(req: ImageRequest, files: ImageFiles, user: AbstractBaseUser 
                 set_default(image.name)
             return copy_to_disk_servers(image, user=user)
     except IntegrityError as exc:
-        shutil.rmtree(store, ignore_errors=True)
+        if made_store:
+            shutil.rmtree(store, ignore_errors=True)
         raise ValidationError({"name": f"an image named {req.name!r} already exists"}) from exc
     except BaseException:
-        shutil.rmtree(store, ignore_errors=True)
+        if made_store:
+            shutil.rmtree(store, ignore_errors=True)
         raise
 
 
 def _copy(source: Path, target: Path) -> None:
-    import subprocess
-
+    """Copy into the store. The store's directories are named by content, and a file appears only
+    whole (renamed from .partial): one already there is the same file, and is kept."""
+    if target.is_file():
+        return
     partial = target.with_name(target.name + ".partial")
     subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(source), str(partial)], check=True)
     partial.replace(target)

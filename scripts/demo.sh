@@ -29,6 +29,12 @@ start)
   $PY manage.py migrate --noinput >/dev/null
   $PY manage.py collectstatic --noinput >/dev/null
   $PY manage.py lab up
+  # The default image VMs boot: built from Debian packages on the first run (about 2 minutes, with
+  # a progress bar), cached after that; copied to both disk servers once (checksum verified).
+  $PY manage.py image build debian-12 --default
+  # A key pair for the demo's users: VMs they create let it in, from the lab's client namespace.
+  [ -s "$RUN/demo-ssh/id_ed25519" ] || { mkdir -p "$RUN/demo-ssh"; ssh-keygen -q -t ed25519 -N "" -C demo@lab -f "$RUN/demo-ssh/id_ed25519"; }
+  export XENAOE_VM_SSH_COMMAND="ip netns exec xa-client ssh -i $PWD/$RUN/demo-ssh/id_ed25519 {user}@{address}"
   password_file="$RUN/operator-password"
   [ -s "$password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$password_file")
   $PY manage.py ensure_operator operator --password-file "$password_file"
@@ -37,6 +43,7 @@ start)
   [ -s "$tenant_password_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(12))' > "$tenant_password_file")
   $PY manage.py tenant show demo >/dev/null 2>&1 || $PY manage.py tenant create demo --name "Demo tenant" >/dev/null
   $PY manage.py tenant adduser demo tenant --password-file "$tenant_password_file" >/dev/null 2>&1 || true
+  for user in operator tenant; do $PY manage.py sshkey add "$user" "$RUN/demo-ssh/id_ed25519.pub" >/dev/null; done
   stop_pid "$RUN/worker.pid"; stop_pid "$RUN/worker-ha.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"
   stop_pid "$RUN/beat.pid"; stop_pid "$RUN/monitor.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
@@ -60,6 +67,9 @@ XenAoE Panel is running.
   login:    operator
   password: $(cat "$password_file")
   tenant:   tenant / $(cat "$tenant_password_file")   (a user of the tenant "demo": sees only its VMs)
+Create a VM ("Create VM"): it boots Debian 12 from its mirrored disk in about half a minute; its page
+shows its address and the command to log in from the lab's guest network, e.g.
+  ip netns exec xa-client ssh -i $RUN/demo-ssh/id_ed25519 debian@10.214.0.100
 Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;

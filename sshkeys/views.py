@@ -4,12 +4,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.db import IntegrityError
 from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import FormView
 
 from sshkeys.models import SshKey
+from sshkeys.services import add_key
 from sshkeys.validation import parse_key
 
 
@@ -18,8 +18,7 @@ class KeyForm(forms.Form):
                           help_text="One line, as in ~/.ssh/id_ed25519.pub.")
 
     def clean_key(self) -> str:
-        self.parsed = parse_key(self.cleaned_data["key"])
-        return self.parsed.line
+        return parse_key(self.cleaned_data["key"]).line
 
 
 class SshKeysView(LoginRequiredMixin, FormView):
@@ -30,14 +29,11 @@ class SshKeysView(LoginRequiredMixin, FormView):
         return super().get_context_data(**kwargs) | {"keys": SshKey.objects.filter(user=self.request.user)}
 
     def form_valid(self, form):
-        parsed = form.parsed
-        try:
-            SshKey.objects.create(user=self.request.user, key=parsed.line, name=parsed.comment[:100],
-                                  fingerprint=parsed.fingerprint)
-        except IntegrityError:
-            form.add_error("key", f"you have this key already ({parsed.fingerprint})")
+        key, created = add_key(self.request.user, form.cleaned_data["key"])
+        if not created:
+            form.add_error("key", f"you have this key already ({key.fingerprint})")
             return self.form_invalid(form)
-        messages.success(self.request, f"key {parsed.fingerprint} added: VMs you create from now on accept it")
+        messages.success(self.request, f"key {key.fingerprint} added: VMs you create from now on accept it")
         return redirect("ssh-keys")
 
 

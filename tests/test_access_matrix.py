@@ -27,6 +27,7 @@ from hosts.models import CpuServer, DiskServer
 from hosts.verify import Finding
 from images.models import Image
 from jobs.models import Job, JobLogEntry
+from networks.models import Network
 from sshkeys.models import SshKey
 from tenants.models import TENANT_ACTIONS
 from tenants.services import add_user, create_tenant
@@ -95,6 +96,9 @@ def world(django_user_model) -> World:
                                              login_user="debian", public=False)
         images[whose].tenants.set([tenant])
         keys[whose] = SshKey.objects.create(user=users[whose], key="ssh-ed25519 AAAA", fingerprint=f"SHA256:{whose}")
+    # A network no tenant is given: operators only.
+    Network.objects.create(name="private", bridge="br1", cidr="10.9.0.0/24", pool_start="10.9.0.10",
+                           pool_end="10.9.0.20", public=False)
     return World(
         operator=django_user_model.objects.create_user("op", password="op-password-1", is_staff=True),
         alice=users["own"], bob=users["other"],
@@ -225,6 +229,10 @@ API_RULES: dict[str, list[Rule]] = {
     "api:user-list": [Rule(OPERATOR)],
     "api:user-detail": [Rule(OPERATOR, lambda w, _: {"username": "alice"})],
     "api:me": [Rule(SIGNED_IN)],
+    "api:image-list": [Rule(SIGNED_IN)],
+    "api:image-detail": [Rule(TENANT, lambda w, whose: {"name": w.images[whose].name})],
+    "api:network-list": [Rule(SIGNED_IN)],
+    "api:network-detail": [Rule(OPERATOR, lambda w, _: {"name": "private"})],
     "api:verify": [Rule(OPERATOR, method="post", ok=JOB_STARTED_API)],
     # The schema and its viewers describe the API, they hold no data: public, like the login page.
     "api:schema": [Rule(PUBLIC)],

@@ -399,7 +399,8 @@ def test_a_failover_gives_up_waiting_for_an_earlier_one_that_never_ends(dead, fa
     incident = _incident()
     earlier = failover.start_failover(incident)
     Job.objects.filter(pk=earlier.pk).update(state="running")
-    job = failover.confirm_fenced_manually(incident, None)
+    Incident.objects.filter(pk=incident.pk).update(state=IncidentState.UNFENCED)  # what may be confirmed
+    job = failover.confirm_fenced_manually(Incident.objects.get(pk=incident.pk), None)
     run_job(job.pk)
     job.refresh_from_db()
     now = time.time

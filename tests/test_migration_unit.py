@@ -137,7 +137,7 @@ def test_the_plan_moves_the_guest_in_six_steps_and_refuses_a_vm_moved_since(web)
     job = migrate_vm("web", "cpu2")
     titles = [step.title for step in plan_migrate(JobContext(job))]
     assert titles == [
-        "Check that cpu2 can take web", "Attach both exports on cpu2", "Live-migrate from cpu1 to cpu2",
+        "Check that cpu2 can take web", "Prepare cpu2: boot files, both exports", "Live-migrate from cpu1 to cpu2",
         "Record web on cpu2", "Detach the exports on cpu1", "Confirm it runs only on cpu2",
     ]
     VirtualMachine.objects.filter(pk=web.pk).update(cpu_server=CpuServer.objects.get(name="cpu3"))
