@@ -18,7 +18,9 @@ command within it.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
+import re
 import time
 from typing import Any
 
@@ -134,3 +136,38 @@ def _read_with_exec(dom: libvirt.virDomain, path: str, deadline: float) -> str:
         err = base64.b64decode(status.get("err-data", "")).decode(errors="replace").strip()
         raise DriverError(f"cat {path} in the guest exited {status.get('exitcode')}: {err}", permanent=True)
     return base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+
+
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+MAX_INTERFACES = 64  # a guest's answer is the guest's: bounded, and parsed with suspicion
+MAX_ADDRESSES = 64
+
+
+def addresses(uri: str, domain: str, *, timeout: float = 10) -> dict[str, set[str]]:
+    """{MAC: the IP addresses the guest has on that interface} (guest-network-get-interfaces);
+    entries that are not a MAC or an IP address are dropped, not trusted."""
+    deadline = time.monotonic() + timeout
+
+    def call(conn: libvirt.virConnect) -> dict[str, set[str]]:
+        dom = _lookup_or_fail(conn, uri, domain)
+        reply = _agent(dom, "guest-network-get-interfaces", {}, deadline)
+        found: dict[str, set[str]] = {}
+        for interface in reply[:MAX_INTERFACES] if isinstance(reply, list) else []:
+            mac = str(interface.get("hardware-address", "")).lower() if isinstance(interface, dict) else ""
+            if not _MAC.fullmatch(mac):
+                continue
+            ips = found.setdefault(mac, set())
+            for entry in (interface.get("ip-addresses") or [])[:MAX_ADDRESSES]:
+                try:
+                    ips.add(str(ipaddress.ip_address(str(entry.get("ip-address", ""))[:64])))
+                except (ValueError, AttributeError):
+                    continue
+        return found
+
+    try:
+        return _call(uri, f"network interfaces of {domain!r} through the guest agent", timeout, call)
+    except DriverError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, libvirt.libvirtError) and cause.get_error_code() in NO_AGENT_ERRORS:
+            raise AgentUnavailable(f"{domain}: no guest agent answers ({cause.get_error_message()})") from cause
+        raise

@@ -464,3 +464,20 @@ def host_info(uri: str, *, timeout: float = 30) -> HostInfo:
         return HostInfo(conn.getHostname(), conn.getType(), int(conn.getFreeMemory()), int(conn.getInfo()[2]))
 
     return _call(uri, "host info", timeout, call)
+
+
+def interface_macs(uri: str, *, timeout: float = 30) -> dict[str, tuple[str, ...]]:
+    """{domain name: the MACs of its network interfaces} for every domain the hypervisor knows."""
+
+    def call(conn: libvirt.virConnect) -> dict[str, tuple[str, ...]]:
+        found = {}
+        for dom in conn.listAllDomains(0):
+            try:
+                root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
+            except (libvirt.libvirtError, ET.ParseError):
+                continue  # vanished while listing, or nothing to read
+            found[dom.name()] = tuple(sorted(m.get("address", "").lower()
+                                             for m in root.findall("devices/interface/mac")))
+        return found
+
+    return _call(uri, "list interface MACs", timeout, call)

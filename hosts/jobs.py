@@ -1,7 +1,7 @@
 """The job kinds of cluster verify: "cluster.verify" (read only) and "cluster.fix" (one fix)."""
 from __future__ import annotations
 
-from hosts import verify, verify_collect
+from hosts import verify, verify_collect, verify_networks
 from hosts.fixes import FIXES, run_fix
 from hosts.foreign import record_listings
 from hosts.models import CpuServer, DiskServer
@@ -34,10 +34,15 @@ def probe_san(ctx: JobContext) -> None:
     verify_collect.probe_san(_reality(ctx), CpuServer.objects.all(), _note(ctx))
 
 
+def check_networks(ctx: JobContext) -> None:
+    ctx.data["network_findings"] = [f.as_dict() for f in verify_networks.findings()]
+
+
 def compare(ctx: JobContext) -> None:
     inventory = verify_collect.settle(ctx.data["inventory"], verify_collect.load_inventory())
     real = _reality(ctx)
-    findings = verify.compare(inventory, real)
+    network = [verify.Finding.from_dict(f) for f in ctx.data.get("network_findings", [])]
+    findings = verify.compare(inventory, real, network)
     # One entry per finding, its data the finding itself: the findings page renders them from here.
     for finding in findings:
         ctx.log(finding.line(), LEVELS[finding.severity], finding=finding.as_dict())
@@ -55,6 +60,7 @@ def plan_verify(ctx: JobContext) -> list[Step]:
         Step("Collect from the CPU servers", collect_cpu_servers),
         Step("Collect from the disk servers", collect_disk_servers),
         Step("Probe the SAN", probe_san),
+        Step("Check the guests' networks", check_networks),
         Step("Compare", compare),
     ]
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from drivers.aoe import AoEAnswer
 from drivers.hypervisor import DomainInfo
+from hosts import verify_networks
+from hosts.findings import Finding, Fix
 from hosts.foreign import holds_memory, is_foreign, record_listings
 from hosts.verify_collect import (
     DOMAIN_PREFIX,
@@ -42,35 +44,6 @@ SEVERITIES = ("critical", "error", "warning")
 
 # --- findings ---------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Fix:
-    code: str  # one of hosts.fixes.FIXES
-    args: dict[str, Any] = field(hash=False)
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str  # stable: scripts and monitoring match on it
-    severity: str  # critical | error | warning
-    subject: str  # the VM, host or export it is about
-    message: str  # what was found
-    meaning: str  # what it means for the guest / the operator
-    fix: Fix | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Finding:
-        fix = data.get("fix")
-        return cls(**{**data, "fix": Fix(**fix) if fix else None})
-
-    def line(self) -> str:
-        text = f"{self.severity.upper()} {self.code} {self.subject}: {self.message}"
-        return f"{text} -> {self.fix.label}" if self.fix else text
-
-
 def result_text(findings: list[Finding]) -> str:
     if not findings:
         return "no differences"
@@ -86,20 +59,22 @@ RUNNING_STATES = frozenset({"running", "blocked"})  # blocked: running but idle 
 INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # anything else holds memory and may write
 # Within one severity, the order an operator should read them in.
 CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm-failed", "vm-on-wrong-host",
+         "bridge-missing", "mac-used-twice",
          "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",
          "export-not-running", "export-mismatch", "export-size-mismatch", "export-not-answering", "domain-state",
          "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "foreign-domain", "unknown-export",
-         "unknown-san-target", "n-plus-one")
+         "unknown-san-target", "guest-address-mismatch", "n-plus-one")
 PARTS = {"libvirt": "its domains", "exports": "its exports and volumes", "volumes": "its backing volumes",
          "san": "which exports it sees on the SAN"}
 TWO_COPIES = ("Two copies of {vm} write the same AoE disks: its file systems are being corrupted. "
               "Force off the copy the panel does not expect now.")
 
 
-def compare(inventory: Inventory, real: Reality) -> list[Finding]:
-    """Every difference between the inventory and what the hosts said, most serious first."""
+def compare(inventory: Inventory, real: Reality, network: list[Finding] = ()) -> list[Finding]:
+    """Every difference between the inventory and what the hosts said, most serious first; `network`:
+    the guests' networks' findings (hosts/verify_networks.py), gathered on their own."""
     findings = [*_host_findings(inventory, real), *_failed_vms(inventory), *_domain_findings(inventory, real),
-                *_export_findings(inventory, real), *_san_findings(inventory, real)]
+                *_export_findings(inventory, real), *_san_findings(inventory, real), *network]
     findings += [Finding("n-plus-one", "warning", s.failed, str(s),
                          f"N+1 is broken: if {s.failed} fails, these guests stay down until memory is freed "
                          "or a CPU server is added.") for s in inventory.shortfalls]
@@ -370,8 +345,9 @@ def verify(note: Note = _quiet) -> Verification:
     before = load_inventory()
     real = collect(before, note)
     record_listings(real.domains)  # what runs besides the panel's guests counts as used from now
+    network = verify_networks.findings()
     inventory = settle(before, load_inventory())
-    return Verification(compare(inventory, real), checked_counts(inventory, real))
+    return Verification(compare(inventory, real, network), checked_counts(inventory, real))
 
 
 def start_verify(user: Any = None) -> Job:

@@ -108,7 +108,7 @@ class Client:
 def _lost(ping: subprocess.Popen) -> tuple[int, int]:
     out, _ = ping.communicate(timeout=120)
     match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-    assert match, out
+    assert match, f"ping said: {out!r} (exit {ping.returncode})"
     sent, received = int(match.group(1)), int(match.group(2))
     return sent, sent - received
 
