@@ -13,6 +13,8 @@ from hosts.choices import HostState
 from hosts.findings import Finding
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
+from jobs.choices import ACTIVE_STATES
+from jobs.models import Job
 from networks.models import Network, Nic
 from vms.choices import VmState
 
@@ -57,7 +59,9 @@ def collect(servers: list[CpuServer], nics: list[Nic]) -> NetworkReality:
     return real
 
 
-def compare(real: NetworkReality, servers: list[CpuServer], nics: list[Nic]) -> list[Finding]:
+def compare(real: NetworkReality, servers: list[CpuServer], nics: list[Nic], busy: frozenset[str] = frozenset()
+            ) -> list[Finding]:
+    """`busy`: VMs a job is working on (a live migration has the guest on two hosts for a while)."""
     findings = []
     used = {nic.network for nic in nics}
     for network in sorted(used, key=lambda n: n.name):
@@ -74,7 +78,10 @@ def compare(real: NetworkReality, servers: list[CpuServer], nics: list[Nic]) -> 
             for mac in macs:
                 wearers[mac].append(f"{domain} on {host}")
     owner = {nic.mac: nic.vm.domain_name for nic in nics}
+    moving = {nic.mac for nic in nics if nic.vm.name in busy}
     for mac, where in sorted(wearers.items()):
+        if mac in moving:
+            continue
         others = [w for w in where if not w.startswith(f"{owner.get(mac)} on ")]
         if len(where) > 1 or (mac in owner and others):
             findings.append(Finding(
@@ -83,7 +90,7 @@ def compare(real: NetworkReality, servers: list[CpuServer], nics: list[Nic]) -> 
                 "Two interfaces with one MAC confuse every switch on the network: traffic reaches one of them "
                 "at random. Remove the duplicate (or the copy of the guest)."))
     for nic in nics:
-        seen = real.guest_addresses.get(nic.vm.name)
+        seen = None if nic.vm.name in busy else real.guest_addresses.get(nic.vm.name)
         if seen is None or not nic.ip:
             continue
         addresses = seen.get(nic.mac)
@@ -103,4 +110,5 @@ def compare(real: NetworkReality, servers: list[CpuServer], nics: list[Nic]) -> 
 def findings() -> list[Finding]:
     servers = [s for s in CpuServer.objects.order_by("name") if s.state == HostState.UP]
     nics = list(Nic.objects.select_related("network", "vm__cpu_server"))
-    return compare(collect(servers, nics), servers, nics)
+    busy = frozenset(Job.objects.filter(state__in=ACTIVE_STATES, vm__isnull=False).values_list("vm__name", flat=True))
+    return compare(collect(servers, nics), servers, nics, busy)

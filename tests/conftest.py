@@ -179,3 +179,25 @@ def operator(transactional_db):
     from django.contrib.auth import get_user_model
 
     return get_user_model().objects.create_user("op", password="op-password-1", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def default_image(lab_hosts, celery_worker_process):
+    """The debian-12 image (built once per recipe, cached across runs), registered and on both disk
+    servers (sent once: a copy already there is only checked against its checksum)."""
+    from django.conf import settings
+
+    from images import build
+    from images.models import Image
+    from images.services import ImageFiles, ImageRequest, register_image
+    from lab import register
+    from tests.integration.on_the_hosts import succeeded
+
+    recipe = build.RECIPES["debian-12"]
+    built = build.build(recipe, Path(settings.IMAGE_BUILD_CACHE), lambda percent, message: print(percent, message))
+    register.register_guest_network()
+    files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version, built.sha256)
+    job = register_image(ImageRequest(name="debian-12", os_name=recipe.os_name, os_version=recipe.os_version,
+                                      login_user=recipe.login_user, source="test", make_default=True), files)
+    succeeded(job)
+    return Image.objects.get(name="debian-12")

@@ -57,11 +57,11 @@ class VmCreateForm(forms.Form):
             field = self.fields[name]
             field.widget.attrs.update({"min": field.min_value, "max": field.max_value})
         images = visible_images(user).filter(state=ImageState.READY)
-        self.fields["image"].choices = [
-            (image.name, f"{image.name}: {image.os_name} {image.os_version}, login {image.login_user}, "
-                         f"at least {image.min_disk_mib} MiB") for image in images]
+        choices = [(image.name, f"{image.name}: {image.os_name} {image.os_version}, login {image.login_user}, "
+                                f"at least {image.min_disk_mib} MiB") for image in images]
         if user is None or is_operator(user):
-            self.fields["image"].choices.append((NO_IMAGE, "None: an empty disk"))
+            choices.append((NO_IMAGE, "None: an empty disk"))
+        self.fields["image"].choices = choices
         default = next((i for i in images if i.is_default), None)
         if default is not None:
             self.fields["image"].initial = default.name

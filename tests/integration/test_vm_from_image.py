@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from django.conf import settings
 
 from ha.choices import IncidentKind
 from ha.failover import start_failover
@@ -26,10 +25,7 @@ from ha.incidents import open_incident
 from ha.monitor import Monitor
 from hosts.choices import HostState
 from hosts.models import CpuServer
-from images import build
-from images.models import Image
-from images.services import ImageFiles, ImageRequest, register_image
-from lab import cluster, register
+from lab import cluster
 from lab.topology import CLIENT
 from storage import guest_health
 from storage.choices import MirrorHealth
@@ -42,20 +38,6 @@ from vms.services import VmRequest, create_vm, delete_vm
 pytestmark = pytest.mark.lab
 VM = "os1"
 SSH_TIMEOUT_S = 180
-
-
-@pytest.fixture
-def default_image(lab_hosts, celery_worker_process) -> Image:
-    """The debian-12 image (built once per recipe, cached across runs), registered and on both disk
-    servers (sent once: a copy already there is only checked against its checksum)."""
-    recipe = build.RECIPES["debian-12"]
-    built = build.build(recipe, Path(settings.IMAGE_BUILD_CACHE), lambda percent, message: print(percent, message))
-    register.register_guest_network()
-    files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version, built.sha256)
-    job = register_image(ImageRequest(name="debian-12", os_name=recipe.os_name, os_version=recipe.os_version,
-                                      login_user=recipe.login_user, source="test", make_default=True), files)
-    succeeded(job)
-    return Image.objects.get(name="debian-12")
 
 
 @pytest.fixture
