@@ -19,9 +19,10 @@ from django.utils import timezone
 from jobs.choices import JobState
 from jobs.models import Job
 
-# VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix.
-VM_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\*?$")
-HOST_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix. \Z, not $:
+# $ also matches before a final newline.
+VM_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\*?\Z")
+HOST_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 
 
 def kinds_present() -> list[str]:
