@@ -261,7 +261,8 @@ VM_MIN_MEMORY_MIB = env_int("XENAOE_VM_MIN_MEMORY_MIB", 32, minimum=1)
 VM_MAX_MEMORY_MIB = env_int("XENAOE_VM_MAX_MEMORY_MIB", 262144, minimum=1)
 VM_MAX_VCPUS = env_int("XENAOE_VM_MAX_VCPUS", 64, minimum=1)
 VM_MIN_DISK_MIB = env_int("XENAOE_VM_MIN_DISK_MIB", 16, minimum=1)
-VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1)
+# At most what a disk server's volume.sh creates (1 PiB: drivers.vblade.MAX_VOLUME_MIB).
+VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1, maximum=1 << 30)
 # How long a guest gets to power off after an ACPI shutdown before it is forced off.
 VM_SHUTDOWN_TIMEOUT_S = env_int("XENAOE_VM_SHUTDOWN_TIMEOUT_S", 60, minimum=0)
 
