@@ -19,7 +19,7 @@ from rest_framework.reverse import reverse
 from api.common import viewer
 from api.schema import DETAIL
 from jobs.choices import JobState, LogLevel
-from jobs.filters import VM_PATTERN
+from jobs.filters import VM_PATTERN, as_utc
 from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
@@ -139,8 +139,9 @@ class JobFilter(django_filters.FilterSet):
         fields = ["state", "kind", "vm", "since"]
 
     def filter_since(self, jobs: QuerySet[Job], name: str, value: datetime.datetime) -> QuerySet[Job]:
-        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis).
-        return jobs.filter(created_at__gte=value.astimezone(datetime.UTC))
+        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis),
+        # clamped to the calendar (0001-01-01T00:00+01:00 is in year 0).
+        return jobs.filter(created_at__gte=as_utc(value))
 
     def filter_vm(self, jobs: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
         if value.endswith("*"):

@@ -117,3 +117,27 @@ def test_ssh_puts_the_destination_after_the_end_of_options(tmp_path: Path):
                            known_hosts_file=tmp_path / "known_hosts", control_dir=tmp_path / "control")
     argv = ssh.command(target, ["echo", "hi"])
     assert argv[-3:] == ["--", "cpu1.example.org", "echo hi"]
+
+
+@pytest.mark.parametrize("url, listed", [
+    ("/jobs/?date_to=9999-12-31", True),
+    ("/jobs/?date_from=0001-01-01&date_to=9999-12-31", True),
+    ("/jobs/?date_from=9999-12-31", False),
+    ("/api/jobs/?since=0001-01-01T00:00:00%2B01:00", True),
+    ("/api/jobs/?since=0001-01-01T00:00:00-01:00", True),
+    ("/api/jobs/?since=9999-12-31T23:59:59-01:00", False),
+])
+def test_dates_at_the_ends_of_the_calendar_filter_instead_of_failing(django_user_model, url, listed):
+    from django.test import Client
+
+    from jobs.services import start_job
+
+    start_job("cluster.verify", target_name="cluster")
+    client = Client()
+    client.force_login(django_user_model.objects.create_user("op", is_staff=True))
+    response = client.get(url)
+    assert response.status_code == 200
+    if url.startswith("/api/"):
+        assert bool(response.json()["results"]) is listed
+    else:
+        assert (b'href="/jobs/?vm=cluster"' in response.content) is listed
