@@ -30,6 +30,9 @@ MAX_WAIT_S = 30.0
 POLL_S = 0.25
 
 
+LINK_FIELDS = ("url", "log_url", "ws_url", "job_url")
+
+
 def _request(serializer: serializers.Field) -> Request:
     return serializer.context["request"]
 
@@ -79,7 +82,8 @@ class JobSerializer(JobSummarySerializer):
             return data
         if "redact" not in self.context:  # once per response, not once per job of a list
             self.context["redact"] = redactor_for(user)
-        return self.context["redact"](data)
+        links = {key: data.pop(key) for key in LINK_FIELDS if key in data}  # the panel's own URLs
+        return self.context["redact"](data) | links
 
     def get_url(self, job: Job) -> str:
         return reverse("api:job-detail", args=[job.pk], request=_request(self))
