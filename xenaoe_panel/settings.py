@@ -137,7 +137,10 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
+        # The layer waits on Redis with 5 s blocking pops; redis-py's default socket timeout is
+        # also 5 s, and whichever fires first ended an idle consumer with a TimeoutError.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                   "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
     }
 }
 # The cache holds the failed-login counts (xenaoe_panel/login_limit.py), shared by every web process.
