@@ -49,7 +49,6 @@ INSTALLED_APPS = [
     "tenants",
     "lab",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -92,7 +91,7 @@ ASGI_APPLICATION = "xenaoe_panel.asgi.application"
 # with CSRF checked for sessions; the permissions are the pages' (tenants.access).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -102,6 +101,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "api.schema.PanelAutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
+# How long an API token lasts (api/tokens.py); `manage.py api token USER --rotate` makes a new one.
+API_TOKEN_DAYS = env_int("XENAOE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)
 SPECTACULAR_SETTINGS = {
     "TITLE": "XenAoE Panel API",
     "DESCRIPTION": "VMs, jobs, incidents, hosts, tenants and users of the cluster. See docs/api.md.",
