@@ -103,6 +103,8 @@ REST_FRAMEWORK = {
 }
 # How long an API token lasts (api/tokens.py); `manage.py api token USER --rotate` makes a new one.
 API_TOKEN_DAYS = env_int("XENAOE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)
+# Job log long polls waiting at once in one web process (jobs/long_poll.py); beyond, a poll answers at once.
+API_MAX_LONG_POLLS = env_int("XENAOE_API_MAX_LONG_POLLS", 100, minimum=0)
 SPECTACULAR_SETTINGS = {
     "TITLE": "XenAoE Panel API",
     "DESCRIPTION": "VMs, jobs, incidents, hosts, tenants and users of the cluster. See docs/api.md.",
