@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
+from channels import DEFAULT_CHANNEL_LAYER
+from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import transaction
 from django.test import Client
@@ -28,6 +29,9 @@ async def _layer_settles():
     event loop, which closes with the test (Daphne's one loop runs it in its own time)."""
     yield
     await get_channel_layer().wait_received()
+    # The layer's asyncio locks belong to this test's event loop, which closes now: the next test
+    # gets a layer of its own.
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
 
 
 def _setup() -> dict:
