@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 from typing import Any
 
 import django_filters
@@ -19,7 +18,8 @@ from rest_framework.reverse import reverse
 from api.common import viewer
 from api.schema import DETAIL
 from jobs.choices import JobState, LogLevel
-from jobs.filters import VM_PATTERN
+from jobs.filters import VM_PATTERN, as_utc
+from jobs.long_poll import wait_for_job, waiting_slot
 from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
@@ -27,7 +27,9 @@ from tenants.access import is_operator, visible_jobs
 
 LOG_PAGE = 500  # entries per answer; a client asks again after next_after
 MAX_WAIT_S = 30.0
-POLL_S = 0.25
+
+
+LINK_FIELDS = ("url", "log_url", "ws_url", "job_url")
 
 
 def _request(serializer: serializers.Field) -> Request:
@@ -79,7 +81,8 @@ class JobSerializer(JobSummarySerializer):
             return data
         if "redact" not in self.context:  # once per response, not once per job of a list
             self.context["redact"] = redactor_for(user)
-        return self.context["redact"](data)
+        links = {key: data.pop(key) for key in LINK_FIELDS if key in data}  # the panel's own URLs
+        return self.context["redact"](data) | links
 
     def get_url(self, job: Job) -> str:
         return reverse("api:job-detail", args=[job.pk], request=_request(self))
@@ -139,8 +142,9 @@ class JobFilter(django_filters.FilterSet):
         fields = ["state", "kind", "vm", "since"]
 
     def filter_since(self, jobs: QuerySet[Job], name: str, value: datetime.datetime) -> QuerySet[Job]:
-        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis).
-        return jobs.filter(created_at__gte=value.astimezone(datetime.UTC))
+        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis),
+        # clamped to the calendar (0001-01-01T00:00+01:00 is in year 0).
+        return jobs.filter(created_at__gte=as_utc(value))
 
     def filter_vm(self, jobs: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
         if value.endswith("*"):
@@ -179,13 +183,8 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         query.is_valid(raise_exception=True)
         after, wait = query.validated_data["after"], query.validated_data["wait"]
         entries = _entries_after(job, after)
-        deadline = time.monotonic() + wait
-        # A long-poll: the database is polled, so that it works without the channel layer and
-        # whichever process wrote the entry (entries are committed rows, never lost in between).
-        while not entries and not job.finished and time.monotonic() < deadline:
-            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
-            job.refresh_from_db()
-            entries = _entries_after(job, after)
+        if not entries and not job.finished and wait > 0:
+            entries = long_poll(job, after, wait)
         redact = redactor_for(request.user)  # a tenant not shown the hosts gets them by role
         return Response(JobLogSerializer({
             "job": redact(job.summary()),
@@ -196,3 +195,18 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
 def _entries_after(job: Job, after: int) -> list[Any]:
     return list(job.log.filter(serial__gt=after).order_by("serial")[:LOG_PAGE])
+
+
+def long_poll(job: Job, after: int, wait: float) -> list[Any]:
+    """The entries after `after`, waiting up to `wait` s for the first (jobs/long_poll.py); at once
+    when XENAOE_API_MAX_LONG_POLLS polls of this process already wait."""
+    with waiting_slot() as admitted:
+        if not admitted:
+            return []
+
+        def ready() -> list[Any] | None:
+            job.refresh_from_db()
+            entries = _entries_after(job, after)
+            return entries if entries or job.finished else None
+
+        return wait_for_job(job.pk, wait, ready) or []

@@ -9,24 +9,24 @@ from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from django.contrib.auth.models import AnonymousUser
 
+from api.auth import token_from_header
+from api.tokens import TokenExpired, user_for_token
+
 
 def _token_key(scope: dict[str, Any]) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            scheme, _, key = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "token":
-                return key.strip()
+            return token_from_header(value)
     return None
 
 
 @database_sync_to_async
 def _user_for(key: str) -> Any:
-    from rest_framework.authtoken.models import Token
-
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
-        return AnonymousUser()
-    return token.user
+    try:
+        user = user_for_token(key)
+    except TokenExpired:
+        user = None
+    return user or AnonymousUser()
 
 
 class TokenAuthMiddleware(BaseMiddleware):

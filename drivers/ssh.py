@@ -7,6 +7,7 @@ refused, never accepted). Every remote command is given as argv and quoted here 
 """
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import tempfile
@@ -20,6 +21,11 @@ from drivers.errors import DriverError
 
 # ssh exits 255 when it could not connect or authenticate; anything else is the remote command's.
 SSH_CONNECTION_FAILED = 255
+# An IP address or a DNS name, and a user name: never an option ("-oProxyCommand=..." would run a
+# command on the panel's machine). The inventory validates both (hosts/validators.py); this is the
+# last line, for a row that skipped it.
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:%-]*")
+_USER = re.compile(r"[a-z_][a-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,16 @@ def ssh_options(target: SSHTarget) -> list[str]:
     ]
 
 
+def command(target: SSHTarget, argv: list[str]) -> list[str]:
+    """The ssh(1) command line running `argv` on the host; the destination comes after "--", so
+    that nothing in it is read as an option."""
+    if not _HOST.fullmatch(target.host):
+        raise DriverError(f"{target.label}: not a host address: {target.host!r}", permanent=True)
+    if not _USER.fullmatch(target.user):
+        raise DriverError(f"{target.label}: not a user name: {target.user!r}", permanent=True)
+    return ["ssh", *ssh_options(target), "--", target.host, shlex.join(argv)]
+
+
 def run(
     target: SSHTarget,
     argv: list[str],
@@ -80,8 +96,8 @@ def run(
     """Run `argv` on the host. Raises DriverError on connection failure, timeout or (with check) a
     non-zero exit; the message carries the host, the command and what it printed on stderr."""
     guard.before_host_call()
-    remote = shlex.join(argv)
-    cmd = ["ssh", *ssh_options(target), target.host, "--", remote]
+    cmd = command(target, argv)
+    remote = cmd[-1]
     try:
         proc = subprocess.run(
             cmd, input=stdin, capture_output=True, text=True, timeout=timeout, check=False

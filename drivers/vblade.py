@@ -26,6 +26,9 @@ EXIT_TEMPORARY = 4
 MAX_SHELF = 65534  # 65535 is the broadcast shelf
 MAX_SLOT = 254  # 255 is the broadcast slot
 MAX_MACS = 32  # vblade's ACL holds 32 entries and does not check the bound
+# The largest volume volume.sh creates (1 PiB; the same number is in the script). The panel's
+# largest disk (XENAOE_VM_MAX_DISK_MIB) may not exceed it.
+MAX_VOLUME_MIB = 1 << 30
 _INTERFACE = re.compile(r"[A-Za-z0-9_.:@][A-Za-z0-9_.:@-]{0,14}")  # never a leading "-": vblade uses getopt
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 
@@ -56,8 +59,9 @@ def create_volume(target: SSHTarget, path: str, size_mib: int, *, timeout: float
     """Create a sparse backing file of `size_mib` MiB (and its directory). Refuses (permanent
     DriverError) if anything exists at `path`: an existing disk is never overwritten."""
     check_path(path)
-    if not isinstance(size_mib, int) or size_mib <= 0:
-        raise DriverError(f"volume size must be a positive number of MiB, not {size_mib!r}", permanent=True)
+    if not isinstance(size_mib, int) or not 0 < size_mib <= MAX_VOLUME_MIB:
+        raise DriverError(f"volume size must be a positive number of MiB, at most {MAX_VOLUME_MIB}, "
+                          f"not {size_mib!r}", permanent=True)
     _run(target, "volume.sh", ["create", path, str(size_mib)], timeout)
 
 

@@ -6,15 +6,16 @@ from django.db import models
 from django.urls import reverse
 
 from hosts.choices import HOST_STATE_COLOURS, HostState, Hypervisor
+from hosts.validators import host_address_validator, libvirt_uri_validator, ssh_user_validator
 from xenaoe_panel.colours import StateColourMixin
 
 host_name_validator = RegexValidator(
-    r"^[a-z][a-z0-9-]{0,62}$", "Lower-case letters, digits and '-', starting with a letter."
+    r"^[a-z][a-z0-9-]{0,62}\Z", "Lower-case letters, digits and '-', starting with a letter."
 )
-interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}$", "Not a network interface name.")
+interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}\Z", "Not a network interface name.")
 FENCE_METHODS = ("ipmi", "storage", "manual")
 fence_methods_validator = RegexValidator(
-    r"^(ipmi|storage|manual)(,(ipmi|storage|manual))*$", "A comma-separated list of ipmi, storage, manual."
+    r"^(ipmi|storage|manual)(,(ipmi|storage|manual))*\Z", "A comma-separated list of ipmi, storage, manual."
 )
 
 
@@ -22,9 +23,10 @@ class Host(StateColourMixin, models.Model):
     STATE_COLOURS = HOST_STATE_COLOURS
     name = models.CharField(max_length=63, unique=True, validators=[host_name_validator])
     address = models.CharField(
-        max_length=255, help_text="Management address the panel reaches over SSH."
+        max_length=255, validators=[host_address_validator],
+        help_text="Management address the panel reaches over SSH: an IP address or a DNS name.",
     )
-    ssh_user = models.CharField(max_length=32, default="root")
+    ssh_user = models.CharField(max_length=32, default="root", validators=[ssh_user_validator])
     ssh_port = models.PositiveIntegerField(
         default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)]
     )
@@ -75,11 +77,13 @@ class DiskServer(Host):
 
 
 class CpuServer(Host):
-    libvirt_uri = models.CharField(max_length=512, help_text="e.g. qemu+ssh://root@host/system")
+    libvirt_uri = models.CharField(max_length=512, validators=[libvirt_uri_validator],
+                                   help_text="e.g. qemu+ssh://root@host/system")
     hypervisor = models.CharField(max_length=8, choices=Hypervisor.choices, default=Hypervisor.KVM)
     memory_mib = models.PositiveBigIntegerField(help_text="Memory available to guests, in MiB.")
     vcpus = models.PositiveIntegerField(help_text="Physical CPUs available to guests.")
-    bmc_address = models.CharField(max_length=255, blank=True, help_text="IPMI BMC (for fencing).")
+    bmc_address = models.CharField(max_length=255, blank=True, validators=[host_address_validator],
+                                   help_text="IPMI BMC (for fencing): an IP address or a DNS name.")
     bmc_port = models.PositiveIntegerField(default=623, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     bmc_user = models.CharField(max_length=64, blank=True)
     bmc_password_file = models.CharField(

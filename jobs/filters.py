@@ -19,9 +19,10 @@ from django.utils import timezone
 from jobs.choices import JobState
 from jobs.models import Job
 
-# VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix.
-VM_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\*?$")
-HOST_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix. \Z, not $:
+# $ also matches before a final newline.
+VM_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\*?\Z")
+HOST_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 
 
 def kinds_present() -> list[str]:
@@ -131,11 +132,21 @@ class JobFilterForm(forms.Form):
             jobs = jobs.filter(user=data["user"])
         if data["date_from"]:
             jobs = jobs.filter(created_at__gte=_midnight(data["date_from"]))
-        if data["date_to"]:
+        if data["date_to"] and data["date_to"] < datetime.date.max:  # the calendar's last day: no end
             jobs = jobs.filter(created_at__lt=_midnight(data["date_to"] + datetime.timedelta(days=1)))
         return jobs
 
 
+def as_utc(moment: datetime.datetime) -> datetime.datetime:
+    """An aware time in UTC, as every database takes it. One whose UTC time falls off the calendar
+    (0001-01-01T00:00+01:00 is in year 0) becomes the calendar's first or last moment."""
+    try:
+        return moment.astimezone(datetime.UTC)
+    except OverflowError:
+        end = datetime.datetime.min if moment.year == datetime.MINYEAR else datetime.datetime.max
+        return end.replace(tzinfo=datetime.UTC)
+
+
 def _midnight(day: datetime.date) -> datetime.datetime:
     """The start of a day in the panel's time zone: dates on the page are shown in it."""
-    return timezone.make_aware(datetime.datetime.combine(day, datetime.time.min))
+    return as_utc(timezone.make_aware(datetime.datetime.combine(day, datetime.time.min)))

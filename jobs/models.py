@@ -18,7 +18,7 @@ from xenaoe_panel.colours import StateColourMixin
 # touches a host under another key must add the key here, or the host filter will not find it.
 #   vm.create: cpu_server;  vm.migrate: source, target;  cluster.fix: cpu_server, disk_server.
 HOST_PARAM_KEYS = ("cpu_server", "cpu_servers", "disk_server", "disk_servers", "source", "target", "host", "hosts")
-_HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 
 
 def host_names_in(params: dict[str, Any]) -> list[str]:

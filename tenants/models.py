@@ -18,7 +18,7 @@ TENANT_ACTIONS = {
 DEFAULT_ACTIONS = ["start", "shutdown", "reboot"]
 
 tenant_slug_validator = RegexValidator(
-    r"^[a-z][a-z0-9-]{0,62}$",
+    r"^[a-z][a-z0-9-]{0,62}\Z",
     "A tenant's short name is 1-63 lower-case letters, digits and '-', starting with a letter.",
 )
 

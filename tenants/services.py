@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 
 from tenants.models import TENANT_ACTIONS, Membership, Tenant, tenant_slug_validator
 from tenants.quotas import RESOURCES, usage
+from xenaoe_panel.ws_guard import end_user_streams
 
 QUOTA_FIELDS = tuple(f"quota_{r.field}" for r in RESOURCES)
 # Upper bounds that catch a slip of the keyboard (an extra zero or three), not policy.
@@ -111,23 +112,31 @@ def add_user(tenant: Tenant, username: str, *, email: str = "", password: str | 
 
 
 def move_user(user, tenant: Tenant | None) -> None:
-    """Put a user in a tenant, or take them out (None). Operators belong to none."""
+    """Put a user in a tenant, or take them out (None). Operators belong to none. Their open
+    websockets end (on commit): they streamed the old tenant's events."""
     if user.is_staff and tenant is not None:
         raise ValidationError({"tenant": f"{user.username} is an operator: operators belong to no tenant"})
-    if tenant is None:
-        Membership.objects.filter(user=user).delete()
-    else:
-        Membership.objects.update_or_create(user=user, defaults={"tenant": tenant})
+    with transaction.atomic():
+        before = Membership.objects.filter(user=user).values_list("tenant_id", flat=True).first()
+        if tenant is None:
+            Membership.objects.filter(user=user).delete()
+        else:
+            Membership.objects.update_or_create(user=user, defaults={"tenant": tenant})
+        if before != (tenant.pk if tenant else None):
+            end_user_streams(user.pk, "moved to another tenant")
 
 
 def set_active(user, active: bool, *, by=None) -> None:
     """Let a user sign in again, or no longer: their sessions and API tokens stop working at once
-    (Django and DRF refuse inactive users); an open websocket ends at its next reconnect."""
+    (Django and DRF refuse inactive users), and their open websockets end (on commit)."""
     if not active and by is not None and user.pk == by.pk:
         raise ValidationError({"is_active": "you cannot deactivate yourself"})
     if user.is_active != active:
-        user.is_active = active
-        user.save(update_fields=["is_active"])
+        with transaction.atomic():
+            user.is_active = active
+            user.save(update_fields=["is_active"])
+            if not active:
+                end_user_streams(user.pk, "deactivated")
 
 
 def delete_tenant(tenant: Tenant) -> None:

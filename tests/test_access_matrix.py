@@ -289,10 +289,11 @@ def _as(user: Any | None, api: bool) -> tuple[Client, dict[str, str]]:
     if user is None:
         return client, {}
     if api:
-        from rest_framework.authtoken.models import Token
+        from api.tokens import current_token, issue_token
 
-        token, _ = Token.objects.get_or_create(user=user)
-        return client, {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+        if not hasattr(user, "_test_token") or current_token(user) is None:
+            user._test_token = issue_token(user)
+        return client, {"HTTP_AUTHORIZATION": f"Token {user._test_token}"}
     client.force_login(user)
     return client, {}
 

@@ -11,9 +11,9 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.db import connection
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from api.tokens import issue_token
 from jobs.choices import JobState
 from jobs.models import Job
 from jobs.runner import append_log
@@ -65,7 +65,7 @@ def test_concurrent_creates_never_exceed_the_quota():
     acme = create_tenant("acme")
     set_quotas(acme, quota_vms=5)
     users = [add_user(acme, f"user{n}") for n in range(4)]
-    keys = [Token.objects.create(user=user).key for user in users]
+    keys = [issue_token(user) for user in users]
     tries = 20
     barrier = threading.Barrier(tries)
 
@@ -104,7 +104,7 @@ async def test_a_token_header_opens_the_job_websocket():
         alice, bob = add_user(acme, "alice"), add_user(globex, "bob")
         job = Job.objects.create(kind="test.ok", state=JobState.RUNNING, tenant=acme)
         append_log(job, "hello")
-        return Token.objects.create(user=alice).key, Token.objects.create(user=bob).key, job.pk
+        return issue_token(alice), issue_token(bob), job.pk
 
     alice_key, bob_key, job_id = await database_sync_to_async(setup)()
 

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def world(django_db_setup, transactional_db):
     from django.contrib.auth import get_user_model
-    from rest_framework.authtoken.models import Token
 
+    from api.tokens import issue_token
     from hosts.models import CpuServer, DiskServer
     from tenants.services import add_user, create_tenant
     from vms.models import VirtualMachine
@@ -36,7 +36,7 @@ def world(django_db_setup, transactional_db):
                                   cpu_server=CpuServer.objects.get(name="cpu1"))
     operator = get_user_model().objects.create_user("op", is_staff=True)
     alice = add_user(acme, "alice")
-    return {who: Token.objects.create(user=user).key for who, user in (("operator", operator), ("tenant", alice))}
+    return {who: issue_token(user) for who, user in (("operator", operator), ("tenant", alice))}
 
 
 def _served_schema() -> dict:

@@ -155,7 +155,8 @@ def precheck_target(ctx: JobContext) -> None:
                         "another copy of this guest? Remove it by hand after checking")
     ctx.log(f"{target.name}: libvirt answers ({info.hypervisor}, host {info.hostname}), "
             f"{free} MiB of {target.memory_mib} MiB unreserved, {vm.memory_mib} MiB needed",
-            free_memory_mib=free, host_free_bytes=info.free_memory_bytes)
+            free_memory_mib=free, host_free_bytes=info.free_memory_bytes,
+            hostname=info.hostname)  # the machine's own name: jobs/redaction.py hides it from tenants
     for what, path in (("kernel", vm.kernel_path), ("initramfs", vm.initrd_path)):
         if not path:
             continue

@@ -9,7 +9,7 @@ from vms.choices import VM_STATE_COLOURS, VmState
 from xenaoe_panel.colours import StateColourMixin
 
 vm_name_validator = RegexValidator(
-    r"^[a-z][a-z0-9-]{0,62}$",
+    r"^[a-z][a-z0-9-]{0,62}\Z",
     "A VM name is 1-63 lower-case letters, digits and '-', starting with a letter.",
 )
 

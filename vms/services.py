@@ -69,8 +69,6 @@ def validate_request(req: VmRequest) -> None:
     _check_range(errors, "memory_mib", "memory", req.memory_mib,
                  (settings.VM_MIN_MEMORY_MIB, settings.VM_MAX_MEMORY_MIB), "MiB")
     _check_range(errors, "disk_mib", "disk", req.disk_mib, (settings.VM_MIN_DISK_MIB, settings.VM_MAX_DISK_MIB), "MiB")
-    if "name" not in errors and VirtualMachine.objects.filter(name=req.name).exists():
-        errors["name"] = f"a VM named {req.name!r} already exists"
     if req.kernel_path and (not req.kernel_path.startswith("/") or not req.kernel_path.isprintable()):
         errors["kernel_path"] = f"the kernel must be an absolute path, not {req.kernel_path!r}"
     if req.initrd_path and (not req.initrd_path.startswith("/") or not req.initrd_path.isprintable()):
@@ -83,6 +81,15 @@ def validate_request(req: VmRequest) -> None:
         errors["cpu_server"] = f"no CPU server named {req.cpu_server!r}"
     if errors:
         raise ValidationError(errors)
+
+
+def _name_taken(name: str, user: AbstractBaseUser | None) -> ValidationError:
+    """VM names are unique across the cluster, but whose a name is, is not a tenant's to learn: a
+    name used by a VM this user cannot see is "not available", and only said once everything else
+    about the request was accepted (so no request probes names without creating a VM)."""
+    if user is None or visible_vms(user).filter(name=name).exists():
+        return ValidationError({"name": f"a VM named {name!r} already exists"})
+    return ValidationError({"name": f"the name {name!r} is not available; choose another"})
 
 
 def _owner(req: VmRequest, user: AbstractBaseUser | None) -> Tenant | None:
@@ -187,6 +194,8 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
             )
             disks = choose_disk_servers(req.disk_mib)
             slot = free_slot(disks)
+            if VirtualMachine.objects.filter(name=req.name).exists():
+                raise _name_taken(req.name, user)
             vm = VirtualMachine.objects.create(
                 name=req.name, vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
                 cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(), kernel_path=req.kernel_path,
@@ -214,7 +223,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
         raise ValidationError({"cpu_server" if req.cpu_server else "__all__": str(exc)}) from exc
     except IntegrityError as exc:
         # A concurrent create took the name between the check and the insert.
-        raise ValidationError({"name": f"a VM named {req.name!r} already exists"}) from exc
+        raise _name_taken(req.name, user) from exc
 
 
 def locked_vm(name: str, user: AbstractBaseUser | None, action: str) -> VirtualMachine:

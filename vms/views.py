@@ -169,10 +169,13 @@ class VmDeleteView(LoginRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
+        user = self.request.user
         vm = _visible_vm(self.request, self.kwargs["name"])
         context["object"] = vm
-        context["summary"] = vm_summary(vm)
-        context["may_delete"] = may_run(self.request.user, "delete")
+        # Where its parts live (domain, exports, volumes) is for operators, as on the VM's page.
+        context["summary"] = vm_summary(vm) if is_operator(user) else None
+        context["show_cpu_server"] = shows_cpu_server(user)
+        context["may_delete"] = may_run(user, "delete")
         return context
 
     def post(self, request, name: str):

@@ -12,6 +12,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from api.ws_auth import TokenAuthMiddleware  # noqa: E402
 from xenaoe_panel.routing import websocket_urlpatterns  # noqa: E402
+from xenaoe_panel.ws_guard import StreamGuardMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -19,8 +20,10 @@ application = ProtocolTypeRouter(
         # The origin check is the websocket's CSRF protection: a page on another site cannot
         # open a stream with the operator's cookies.
         # A script may sign in with an API token header instead of a session (api/ws_auth.py).
+        # Every route drops frames that are not JSON, and ends when its user's access changes
+        # (xenaoe_panel/ws_guard.py).
         "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            AuthMiddlewareStack(TokenAuthMiddleware(StreamGuardMiddleware(URLRouter(websocket_urlpatterns))))
         ),
     }
 )

@@ -52,7 +52,6 @@ INSTALLED_APPS = [
     "sshkeys",
     "lab",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -85,6 +84,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.access",
+                "jobs.context_processors.redaction",
             ],
         },
     },
@@ -96,7 +96,7 @@ ASGI_APPLICATION = "xenaoe_panel.asgi.application"
 # with CSRF checked for sessions; the permissions are the pages' (tenants.access).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.auth.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -106,6 +106,10 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "api.schema.PanelAutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
+# How long an API token lasts (api/tokens.py); `manage.py api token USER --rotate` makes a new one.
+API_TOKEN_DAYS = env_int("XENAOE_API_TOKEN_DAYS", 90, minimum=1, maximum=3650)
+# Job log long polls waiting at once in one web process (jobs/long_poll.py); beyond, a poll answers at once.
+API_MAX_LONG_POLLS = env_int("XENAOE_API_MAX_LONG_POLLS", 100, minimum=0)
 SPECTACULAR_SETTINGS = {
     "TITLE": "XenAoE Panel API",
     "DESCRIPTION": "VMs, jobs, incidents, hosts, tenants and users of the cluster. See docs/api.md.",
@@ -141,7 +145,10 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
+        # The layer waits on Redis with 5 s blocking pops; redis-py's default socket timeout is
+        # also 5 s, and whichever fires first ended an idle consumer with a TimeoutError.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                   "prefix": env_str("CHANNELS_PREFIX", "xenaoe")},
     }
 }
 # The cache holds the failed-login counts (xenaoe_panel/login_limit.py), shared by every web process.
@@ -270,7 +277,8 @@ VM_MIN_MEMORY_MIB = env_int("XENAOE_VM_MIN_MEMORY_MIB", 32, minimum=1)
 VM_MAX_MEMORY_MIB = env_int("XENAOE_VM_MAX_MEMORY_MIB", 262144, minimum=1)
 VM_MAX_VCPUS = env_int("XENAOE_VM_MAX_VCPUS", 64, minimum=1)
 VM_MIN_DISK_MIB = env_int("XENAOE_VM_MIN_DISK_MIB", 16, minimum=1)
-VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1)
+# At most what a disk server's volume.sh creates (1 PiB: drivers.vblade.MAX_VOLUME_MIB).
+VM_MAX_DISK_MIB = env_int("XENAOE_VM_MAX_DISK_MIB", 16 * 1024 * 1024, minimum=1, maximum=1 << 30)
 # How long a guest gets to power off after an ACPI shutdown before it is forced off.
 VM_SHUTDOWN_TIMEOUT_S = env_int("XENAOE_VM_SHUTDOWN_TIMEOUT_S", 60, minimum=0)
 

@@ -35,7 +35,9 @@ take_lock() {
 
 valid_number() {  # $1 value, $2 maximum
 	case $1 in '' | *[!0-9]*) return 1 ;; esac
-	[ "${#1}" -le 5 ] && [ "$1" -le "$2" ]
+	# No more digits than the maximum has, before any arithmetic: a longer number would overflow
+	# the shell's integers (and compare wrong) instead of being refused.
+	[ "${#1}" -le "${#2}" ] && [ "$1" -le "$2" ]
 }
 
 valid_spec() {  # shelf slot interface path macs

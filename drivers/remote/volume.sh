@@ -15,7 +15,8 @@ case $path in /*) ;; *) die "$EX_REFUSED" "path must be absolute: $path" ;; esac
 take_lock
 case $action in
 create)
-	[ $# -eq 3 ] && valid_number "$3" 99999999 && [ "$3" -gt 0 ] || die "$EX_REFUSED" "$usage"
+	# At most 1 PiB (drivers/vblade.py MAX_VOLUME_MIB, which bounds the panel's XENAOE_VM_MAX_DISK_MIB).
+	[ $# -eq 3 ] && valid_number "$3" 1073741824 && [ "$3" -gt 0 ] || die "$EX_REFUSED" "$usage"
 	[ ! -e "$path" ] && [ ! -L "$path" ] || die "$EX_REFUSED" "$path already exists"
 	mkdir -p "$(dirname -- "$path")" || die "$EX_REFUSED" "cannot create the directory of $path"
 	# noclobber: the file is created only if nobody else created it meanwhile

@@ -52,6 +52,14 @@ def test_create_volume_makes_a_sparse_file_in_a_new_directory(site):
     assert int(blocks) < 64  # sparse: nothing allocated
 
 
+def test_create_volume_of_100000_mib_and_more(site):
+    """Sizes of six digits and more (the panel allows up to 16 TiB by default) reach the host."""
+    path = volume(site, "big.img")
+    vblade.create_volume(site.disk, path, 100_000)
+    assert int(site.disk_run(["stat", "-c", "%s", path]).stdout) == 100_000 * 1024 * 1024
+    vblade.remove_volume(site.disk, path)
+
+
 def test_create_volume_never_overwrites(site):
     path = volume(site)
     vblade.create_volume(site.disk, path, SIZE_MIB)
