@@ -481,3 +481,35 @@ def interface_macs(uri: str, *, timeout: float = 30) -> dict[str, tuple[str, ...
         return found
 
     return _call(uri, "list interface MACs", timeout, call)
+
+
+def disk_sources(uri: str, name: str, *, timeout: float = 30) -> list[str]:
+    """The block devices and files the running domain's disks use."""
+
+    def call(conn: libvirt.virConnect) -> list[str]:
+        root = ET.fromstring(_lookup_or_fail(conn, uri, name).XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        return [source.get("dev") or source.get("file") or "" for source in root.findall("devices/disk/source")]
+
+    return _call(uri, f"disks of {name!r}", timeout, call)
+
+
+def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float = 60) -> None:
+    """Hot-plug the block device into the running domain, and into its definition, as a virtio disk
+    on the next free target name (the guest finds it by its serial, not by its name)."""
+    if not device.startswith("/") or any(ord(c) < 32 for c in device) or not _SERIAL.fullmatch(serial):
+        raise DriverError(f"bad disk {device!r} / serial {serial!r}", permanent=True)
+
+    def call(conn: libvirt.virConnect) -> None:
+        dom = _lookup_or_fail(conn, uri, name)
+        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        taken = {t.get("dev") for t in root.findall("devices/disk/target")}
+        target = next(f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in taken)
+        disk = ET.Element("disk", type="block", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
+        ET.SubElement(disk, "source", dev=device)
+        ET.SubElement(disk, "target", dev=target, bus="virtio")
+        ET.SubElement(disk, "serial").text = serial
+        dom.attachDeviceFlags(ET.tostring(disk, encoding="unicode"),
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    _call(uri, f"plug {device} into {name!r}", timeout, call)

@@ -131,8 +131,9 @@ def send(
 ) -> CommandResult:
     """Run `argv` on the host with `chunks` streamed to its stdin (files too big to hold in
     memory: an image). `timeout` bounds the whole transfer; stdout and stderr are kept (small)."""
-    remote = shlex.join(argv)
-    cmd = ["ssh", *ssh_options(target), target.host, "--", remote]
+    guard.before_host_call()
+    cmd = command(target, argv)
+    remote = cmd[-1]
     deadline = time.monotonic() + timeout
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)

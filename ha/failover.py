@@ -237,8 +237,8 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
 
 
 def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
-    legs = _legs(vm)
-    guest_setup.prepare_host(vm, legs, target, lambda message: ctx.log(f"{vm.name}: {message}"))
+    legs = guest_setup.prepare_host(vm, _legs(vm), target, lambda message: ctx.log(f"{vm.name}: {message}"),
+                                    degraded_ok=True)
     # The definition is the guest's own, rebuilt for the target's hypervisor.
     spec = replace(domain_spec(vm, legs), hypervisor=target.hypervisor)
     hypervisor.define(target.libvirt_uri, hypervisor.domain_xml(spec))

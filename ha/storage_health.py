@@ -26,6 +26,8 @@ from hosts.models import DiskServer
 from hosts.targets import ssh_target
 from storage.choices import ExportState, MirrorHealth, MirrorState
 from storage.models import AoEExport, Mirror
+from vms import guest_setup
+from vms.choices import VmState
 
 logger = logging.getLogger(__name__)
 Address = tuple[int, int]
@@ -153,6 +155,7 @@ class DiskRecovery:
             changes.append(f"{server.name}: restoring exports failed: {exc}")
             return
         self.restored.add(incident.pk)
+        plugged = _plug_back(server, incident)
         degraded = list(_mirrors_on(server).filter(state=MirrorState.DEGRADED))
         Mirror.objects.filter(pk__in=[m.pk for m in degraded], state=MirrorState.DEGRADED).update(
             state=MirrorState.RESYNCING)
@@ -162,8 +165,27 @@ class DiskRecovery:
         record(incident, EventKind.NOTE,
                f"Exports of {server.name} restored ({names}); resyncing: {', '.join(resyncing) or 'none'}. "
                f"Each mirror is healthy once both its legs answer on the SAN and its guest's array is whole.{acls}",
-               started=[e.name for e in started], resyncing=resyncing, acls=relisted)
+               started=[e.name for e in started], resyncing=resyncing, acls=relisted, plugged=plugged)
         changes.append(f"{server.name}: exports restored, {len(resyncing)} mirror(s) resyncing")
+
+
+def _plug_back(server: DiskServer, incident: Incident) -> list[str]:
+    """Guests started while the server was away run without their leg on it (a start boots on the
+    leg that answers): give it back to them. Guests that ran through keep theirs and are left alone."""
+    plugged = []
+    for mirror in _mirrors_on(server).select_related("vm__cpu_server"):
+        vm = mirror.vm
+        if vm.state != VmState.RUNNING or vm.cpu_server is None:
+            continue
+        legs = [leg for leg in mirror.legs.select_related("disk_server") if leg.disk_server_id == server.pk]
+        try:
+            plugged += [f"{vm.name} {name}" for name in guest_setup.plug_missing_legs(vm, legs, lambda _m: None)]
+        except DriverError as exc:
+            record(incident, EventKind.NOTE, f"{vm.name}: putting its leg on {server.name} back failed: {exc}")
+    if plugged:
+        record(incident, EventKind.NOTE, f"Legs plugged back into the guests that started without them: "
+                                         f"{', '.join(plugged)}.", plugged=plugged)
+    return plugged
 
 
 def return_to_service(server: DiskServer) -> None:

@@ -13,6 +13,7 @@ from django.conf import settings
 
 from drivers import aoe, hostnet, hypervisor
 from drivers import images as host_files
+from drivers.errors import DriverError
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images import seed
@@ -22,7 +23,13 @@ from storage.models import AoEExport
 from vms.models import VirtualMachine
 
 Log = Callable[[str], object]
-LEG_SERIALS = ("xenaoe-leg0", "xenaoe-leg1")
+
+
+def leg_serial(leg: AoEExport) -> str:
+    """What the guest's initramfs and leg watcher look for: leg N is the disk with this serial,
+    whatever name the guest's kernel gives it (a leg missing at boot shifts the names)."""
+    return f"xenaoe-leg{leg.leg}"
+
 # Quiet, and without the drivers a VM never uses (they cost seconds of an emulated boot).
 BOOT_CMDLINE = ("console=ttyS0 quiet module_blacklist=pcspkr,iTCO_wdt,ahci,psmouse,kvm,kvm_intel,kvm_amd,"
                 "floppy,bochs,snd_pcsp")
@@ -32,15 +39,16 @@ def seed_path(vm: VirtualMachine) -> str:
     return f"{settings.CPU_SEED_DIR.rstrip('/')}/{vm.domain_name}.iso"
 
 
-def boot(vm: VirtualMachine) -> dict[str, object]:
-    """DomainSpec fields for how the VM boots: its image's kernel and initramfs with the root
-    array's UUID (and, until the array exists, the word to create it), its legs' serials, its seed."""
+def boot(vm: VirtualMachine, legs: list[AoEExport]) -> dict[str, object]:
+    """DomainSpec fields for how the VM boots from `legs` (both, or the one that answers): its image's
+    kernel and initramfs with the root array's UUID (and, until the array exists, the word to create
+    it), its legs' serials, its seed."""
     if vm.image_id is None:
         return {"kernel": vm.kernel_path, "initrd": vm.initrd_path, "cmdline": vm.kernel_cmdline}
     mirror = vm.mirror
     cmdline = f"{BOOT_CMDLINE} xenaoe.md={mirror.md_uuid_mdadm}" + ("" if mirror.md_created else " xenaoe.md_create=1")
     return {"kernel": f"{vm.image.boot_dir}/vmlinuz", "initrd": f"{vm.image.boot_dir}/initrd.img",
-            "cmdline": cmdline, "disk_serials": LEG_SERIALS, "seed": seed_path(vm)}
+            "cmdline": cmdline, "disk_serials": tuple(leg_serial(leg) for leg in legs), "seed": seed_path(vm)}
 
 
 def nic_specs(vm: VirtualMachine) -> tuple[hypervisor.NicSpec, ...]:
@@ -96,17 +104,51 @@ def put_boot_files(vm: VirtualMachine, cpu: CpuServer, log: Log) -> None:
         + (f" ({len(sent)} sent, {kept} already there)" if kept else f" ({len(sent)} sent)"))
 
 
-def attach_legs(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log) -> list[str]:
-    attached = []
+def attach_legs(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log, *,
+                degraded_ok: bool = False) -> list[AoEExport]:
+    """Attach the legs on `cpu`; returns those attached. With `degraded_ok` (a VM whose array exists,
+    being started), one leg that does not answer is left out and the VM boots on the other: a disk
+    server down must not keep the guest down. Both missing: DriverError."""
+    attached, missing = [], []
     for leg in legs:
-        path = aoe.attach(ssh_target(cpu), leg.shelf, leg.slot)
-        attached.append(leg.name)
+        try:
+            path = aoe.attach(ssh_target(cpu), leg.shelf, leg.slot)
+        except DriverError as exc:
+            if not degraded_ok:
+                raise
+            missing.append((leg, exc))
+            continue
+        attached.append(leg)
         log(f"{leg.name} is {path} on {cpu.name}")
+    if missing and not attached:
+        raise DriverError(f"no leg of {vm.name} answers on {cpu.name}: "
+                          + "; ".join(f"{leg.name} on {leg.disk_server.name}: {exc}" for leg, exc in missing))
+    for leg, exc in missing:
+        log(f"{leg.name} on {leg.disk_server.name} does not answer ({exc}): {vm.name} boots on its other leg, "
+            "degraded; the leg is put back when its disk server returns")
     return attached
 
 
-def prepare_host(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log) -> list[str]:
+def prepare_host(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log, *,
+                 degraded_ok: bool = False) -> list[AoEExport]:
     """Everything `cpu` needs before the VM can run there; returns the legs it attached."""
     check_bridges(vm, cpu, log)
     put_boot_files(vm, cpu, log)
-    return attach_legs(vm, legs, cpu, log)
+    return attach_legs(vm, legs, cpu, log, degraded_ok=degraded_ok and vm.mirror.md_created)
+
+
+def plug_missing_legs(vm: VirtualMachine, legs: list[AoEExport], log: Log) -> list[str]:
+    """Give a running guest back the legs it booted without (their disk server has returned): attach
+    each on its CPU server and hot-plug it, live and into the definition. The guest's leg watcher
+    re-adds it to the array. Returns the legs plugged."""
+    cpu = vm.cpu_server
+    present = set(hypervisor.disk_sources(cpu.libvirt_uri, vm.domain_name))
+    plugged = []
+    for leg in legs:
+        if leg.device_path in present:
+            continue
+        aoe.attach(ssh_target(cpu), leg.shelf, leg.slot)
+        hypervisor.plug_disk(cpu.libvirt_uri, vm.domain_name, leg.device_path, leg_serial(leg))
+        plugged.append(leg.name)
+        log(f"{leg.name} plugged back into {vm.name} on {cpu.name}")
+    return plugged

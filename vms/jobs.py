@@ -40,7 +40,7 @@ def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainS
     return hypervisor.DomainSpec(
         name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
-        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm),  # type: ignore[arg-type]
+        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm, legs),  # type: ignore[arg-type]
     )
 
 
@@ -177,7 +177,15 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
 def attach_exports(ctx: JobContext) -> None:
     vm = _vm(ctx)
     ctx.data["attached_on"] = vm.cpu_server.pk
-    guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log)
+    # A start (not a create) boots on one leg if the other's disk server is down.
+    legs = guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log, degraded_ok=ctx.job.kind != "vm.create")
+    ctx.data["legs"] = [leg.pk for leg in legs]
+
+
+def _legs_to_boot(ctx: JobContext, vm: VirtualMachine) -> list[AoEExport]:
+    """The legs the preparation attached (one, when the other's disk server is down), else both."""
+    wanted = ctx.data.get("legs")
+    return [leg for leg in _legs(vm) if wanted is None or leg.pk in wanted]
 
 
 def detach_exports(ctx: JobContext) -> None:
@@ -188,7 +196,7 @@ def detach_exports(ctx: JobContext) -> None:
 
 def define_domain(ctx: JobContext) -> None:
     vm = _vm(ctx)
-    xml = hypervisor.domain_xml(domain_spec(vm, _legs(vm)))
+    xml = hypervisor.domain_xml(domain_spec(vm, _legs_to_boot(ctx, vm)))
     info = hypervisor.define(vm.cpu_server.libvirt_uri, xml)
     ctx.data["defined"] = True
     ctx.log(f"domain {info.name} defined on {vm.cpu_server.name}")

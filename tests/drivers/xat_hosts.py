@@ -26,11 +26,10 @@ from drivers.ssh import SSHTarget
 PREFIX = "xat-"
 
 FAKE_SSH = """#!/bin/sh
-# ssh(1) stand-in for driver tests: `ssh [options] HOST -- COMMAND` runs COMMAND in the xat- host.
+# ssh(1) stand-in for driver tests: `ssh [options] -- HOST COMMAND` runs COMMAND in the xat- host.
 host= remote=
 while [ $# -gt 0 ]; do
-    if [ "$1" = -- ]; then remote=$2; break; fi
-    host=$1
+    if [ "$1" = -- ]; then host=$2 remote=$3; break; fi
     shift
 done
 dir=$XAT_HOSTS_DIR/$host

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ha.choices import IncidentKind
 from ha.failover import start_failover
 from ha.incidents import open_incident
+from ha.maintenance import leave_maintenance
 from ha.monitor import Monitor
 from hosts.choices import HostState
 from hosts.models import CpuServer
@@ -180,7 +181,10 @@ def test_a_vm_from_the_default_image_is_reachable_and_keeps_its_data_through_mig
     assert user.ssh(address, "cat data.sum").split()[0] == digest
     cluster.up(out=lambda _line: None)  # cpu1 boots again (into maintenance, for the monitor)
 
-    # A disk server dies: the guest runs on, on one leg, and its array comes back whole.
+    # A disk server dies: the guest runs on, on one leg.
+    cpu1 = CpuServer.objects.get(name="cpu1")
+    CpuServer.objects.filter(pk=cpu1.pk).update(state=HostState.MAINTENANCE)  # back from the dead: the
+    leave_maintenance(CpuServer.objects.get(pk=cpu1.pk))  # operator returns it (stale copies go first)
     leg_server = vm.mirror.legs.get(leg=1).disk_server
     monitor = Monitor(interval=2, timeout=1.5, bmc_interval=0)
     try:
@@ -188,6 +192,22 @@ def test_a_vm_from_the_default_image_is_reachable_and_keeps_its_data_through_mig
         cluster.kill_host(leg_server.name)
         _wait_health(MirrorHealth.DEGRADED, 120, step=monitor.cycle)
         assert "[U_]" in user.ssh(address, "cat /proc/mdstat && echo more >> data.log && sync")
+
+        # ... and while it is away the guest's CPU server dies too: restarted on the survivor, where
+        # its leg on the dead disk server cannot be attached. It boots on the other leg.
+        cluster.kill_host("cpu2")
+        CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD, fence_methods="ipmi,storage")
+        incident, _ = open_incident(CpuServer.objects.get(name="cpu2"), IncidentKind.CPU_SERVER_FAILED, "test")
+        job = succeeded(start_failover(incident))
+        assert VirtualMachine.objects.get(name=VM).cpu_server.name == "cpu1", job.message
+        log = " ".join(job.log.values_list("message", flat=True))
+        assert "boots on its other leg, degraded" in log
+        degraded_boot = user.wait_for_ssh(address, strict=True)
+        print(f"restarted with one leg: ssh after {degraded_boot:.1f} s")
+        mdstat = user.ssh(address, "sha256sum -c data.sum >/dev/null && cat /proc/mdstat")
+        assert "[2/1]" in mdstat, mdstat
+
+        # The disk server returns: its leg is plugged back into the running guest and resyncs.
         cluster.boot_host(leg_server.name)
         seen = _wait_health(MirrorHealth.HEALTHY, 300, step=monitor.cycle)
         print(f"mirror after the disk server's return: {seen}")
