@@ -1,5 +1,6 @@
 """Django settings for the XenAoE panel, all from the environment (see docs/configuration.md)."""
 import os
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -334,6 +335,9 @@ if MONITOR_CHECK_TIMEOUT_MS >= MONITOR_INTERVAL_S * 1000:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("XENAOE_MONITOR_CHECK_TIMEOUT_MS must be shorter than XENAOE_MONITOR_INTERVAL_S")
+# This panel machine's name in the monitors' leadership (logs, the dashboard, pg_stat_activity):
+# set it per machine where the hostname says nothing (a container's).
+PANEL_NODE = env_str("XENAOE_PANEL_NODE", socket.gethostname())
 # How long each CPU server's AoE probe listens for Query Config answers (its SAN check).
 MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
 # CPU servers' history (hosts/history.py): the monitor records memory used and guests at most this
