@@ -155,6 +155,21 @@ CACHES = {
     }
 }
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Redis behind Sentinel (docs/ha.md): the broker, the channel layer and the cache ask these sentinels
+# (host:port, comma-separated) for the current primary of the master named below; REDIS_URL is then
+# not used (CELERY_BROKER_URL and CACHE_URL, if set, still win for their part).
+REDIS_SENTINELS = env_list("XENAOE_REDIS_SENTINELS", [])
+REDIS_SENTINEL_MASTER = env_str("XENAOE_REDIS_SENTINEL_MASTER", "xenaoe")
+if REDIS_SENTINELS:
+    from xenaoe_panel import redis_ha
+
+    _sentinels = redis_ha.parse_sentinels(REDIS_SENTINELS)
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = redis_ha.channel_layer_hosts(_sentinels, REDIS_SENTINEL_MASTER)
+    if "CACHE_URL" not in os.environ:
+        CACHES["default"] = redis_ha.cache(_sentinels, REDIS_SENTINEL_MASTER, CACHES["default"]["KEY_PREFIX"])
+    if "CELERY_BROKER_URL" not in os.environ:
+        CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = redis_ha.celery_broker(_sentinels,
+                                                                                    REDIS_SENTINEL_MASTER)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "xenaoe")
