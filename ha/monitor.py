@@ -239,6 +239,7 @@ class Monitor:
         # Who acts: by default this monitor alone; `manage.py monitor` elects one (ha/leadership.py).
         self.leadership = leadership if leadership is not None else SoleLeadership()
         self._leader_seen = ""  # the leader last logged while standing by
+        self._resume_pending = False  # took the lead, not yet finished the last leader's decisions
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -338,8 +339,7 @@ class Monitor:
         report.leading = self.leadership.is_leader
         if change == GAINED:
             report.changes.append(f"{self.leadership.node}: leading the monitors")
-            self._leader_seen = ""
-            self._resume_after_takeover(report)
+            self._leader_seen, self._resume_pending = "", True
         elif change == LOST:
             why = f": {self.leadership.error}" if self.leadership.error else ""
             report.changes.append(f"{self.leadership.node}: no longer leading{why}; standing by")
@@ -349,6 +349,9 @@ class Monitor:
             report.changes.append(f"{self.leadership.node}: standing by; " + (
                 f"{self.leadership.leader} leads" if self.leadership.leader else
                 f"no monitor leads ({self.leadership.error or 'the lead is being taken'})"))
+        if report.leading and self._resume_pending:
+            self._resume_after_takeover(report)  # raises (the database away)? the next cycle tries again
+            self._resume_pending = False
         return report.leading
 
     def _resume_after_takeover(self, report: CycleReport) -> None:
@@ -360,7 +363,12 @@ class Monitor:
             takeover.resume_failover(incident, report.changes)
 
     def _forget_episodes(self) -> None:
-        """What only a leader keeps in memory (counts, verdicts, what it published, restores done)."""
+        """What only a leader keeps in memory (counts, verdicts, what it published, restores done,
+        checks in flight: their answers would be stale by the time it leads again)."""
+        self._resume_pending = False
+        self._checks.clear()
+        self._probes.clear()
+        self._bmc_reads.clear()
         self._san_missed.clear()
         self._bmc_failing.clear()
         self._bmc_errors.clear()
