@@ -14,10 +14,15 @@ Errors: `AgentUnavailable` (a DriverError) when there is no agent to ask — no 
 running, a Xen domain — so that the caller can say "no guest agent" rather than guess; any other
 failure is a plain DriverError. Every call has an explicit timeout: the whole read, and each agent
 command within it.
+
+The agent is the tenant's (it runs in their guest), so its answers are hostile input: each reply is
+bounded in size before it is parsed, checked for the types qemu-ga sends, and the file for its
+size (MAX_BYTES) and the number of reads it takes; anything else is a permanent DriverError.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import ipaddress
 import json
 import re
@@ -32,7 +37,11 @@ from drivers.hypervisor import _call, _lookup_or_fail
 from drivers.mdstat import MdStat, parse_mdstat
 
 MDSTAT = "/proc/mdstat"
-MAX_BYTES = 1 << 20  # far more than any mdstat; a file that keeps growing must not hold us
+MAX_BYTES = 64 * 1024  # far more than any mdstat (drivers/mdstat.py: MAX_TEXT); a larger file is refused
+READ_CHUNK = 16 * 1024
+MAX_READS = MAX_BYTES // READ_CHUNK + 8  # an agent that never says "eof" is given up on
+# A reply carries at most one read's data, base64 (4/3) and its JSON around it.
+MAX_REPLY_CHARS = 4 * MAX_BYTES // 3 + 4096
 # libvirt's codes for "nobody is listening on the agent channel".
 NO_AGENT_ERRORS = frozenset({
     libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
@@ -84,8 +93,11 @@ class _Disabled(Exception):
     """The agent refuses a command by policy or does not know it: try the other way."""
 
 
-def _agent(dom: libvirt.virDomain, command: str, arguments: dict[str, Any], deadline: float) -> Any:
+def _agent(dom: libvirt.virDomain, command: str, arguments: dict[str, Any], deadline: float, *,
+           max_reply: int = MAX_REPLY_CHARS) -> Any:
     # libvirt's agent timeout is whole seconds; at least 1, never past the caller's deadline.
+    if time.monotonic() > deadline:
+        raise DriverError(f"guest agent: out of time before {command}")
     seconds = max(1, int(deadline - time.monotonic()))
     try:
         reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command, "arguments": arguments}),
@@ -96,51 +108,97 @@ def _agent(dom: libvirt.virDomain, command: str, arguments: dict[str, Any], dead
         raise
     if reply is None:
         raise DriverError(f"guest agent gave no answer to {command}")
+    if len(reply) > max_reply:
+        raise DriverError(f"guest agent answered {command} with {len(reply)} characters: larger than any "
+                          f"reply to it ({max_reply})", permanent=True)
     try:
         return json.loads(reply)["return"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DriverError(f"guest agent answered {command} with {reply[:200]!r}", permanent=True) from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise DriverError(f"guest agent answered {command} with {reply[:100]!r}", permanent=True) from exc
+
+
+_REQUIRED = object()
+
+
+def _typed(value: Any, kind: type, command: str, what: str) -> Any:
+    """`value` if it is what qemu-ga sends (a bool is not an int here), else a permanent DriverError."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DriverError(f"guest agent answered {command} with a malformed reply ({what} is not {kind.__name__})",
+                          permanent=True)
+    return value
+
+
+def _field(reply: Any, command: str, name: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """reply[name], checked; `default` when it is absent, if one is given."""
+    if not isinstance(reply, dict):
+        raise DriverError(f"guest agent answered {command} with a malformed reply (not an object)", permanent=True)
+    if name not in reply and default is not _REQUIRED:
+        return default
+    return _typed(reply.get(name), kind, command, repr(name))
+
+
+def _decode(data: str, command: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DriverError(f"guest agent answered {command} with data that is not base64", permanent=True) from exc
+
+
+def _too_large(path: str) -> DriverError:
+    return DriverError(f"{path} in the guest is larger than {MAX_BYTES} bytes: refused", permanent=True)
 
 
 def _read_with_file_commands(dom: libvirt.virDomain, path: str, deadline: float) -> str:
-    handle = _agent(dom, "guest-file-open", {"path": path, "mode": "r"}, deadline)
+    handle = _typed(_agent(dom, "guest-file-open", {"path": path, "mode": "r"}, deadline), int,
+                    "guest-file-open", "the handle")
     try:
-        chunks: list[bytes] = []
-        while sum(map(len, chunks)) < MAX_BYTES:
-            part = _agent(dom, "guest-file-read", {"handle": handle, "count": 65536}, deadline)
-            chunks.append(base64.b64decode(part.get("buf-b64", "")))
-            if part.get("eof") or not part.get("count"):
+        data = bytearray()
+        for _ in range(MAX_READS):
+            part = _agent(dom, "guest-file-read", {"handle": handle, "count": READ_CHUNK}, deadline)
+            data += _decode(_field(part, "guest-file-read", "buf-b64", str), "guest-file-read")
+            if len(data) > MAX_BYTES:
+                raise _too_large(path)
+            if _field(part, "guest-file-read", "eof", bool, False) or not _field(part, "guest-file-read", "count", int):
                 break
+        else:
+            raise DriverError(f"guest agent: no end of file after {MAX_READS} reads of {path}", permanent=True)
     finally:
         try:
             _agent(dom, "guest-file-close", {"handle": handle}, deadline)
         except (libvirt.libvirtError, DriverError, _Disabled):
             pass  # the agent drops its handles when it restarts; nothing else to do
-    return b"".join(chunks).decode(errors="replace")
+    return data.decode(errors="replace")
 
 
 def _read_with_exec(dom: libvirt.virDomain, path: str, deadline: float) -> str:
     try:
-        pid = _agent(dom, "guest-exec", {"path": "cat", "arg": [path], "capture-output": True}, deadline)["pid"]
+        started = _agent(dom, "guest-exec", {"path": "cat", "arg": [path], "capture-output": True}, deadline)
     except _Disabled as exc:
         raise DriverError(f"the guest agent allows neither guest-file-read nor guest-exec: {exc}",
                           permanent=True) from exc
+    pid = _field(started, "guest-exec", "pid", int)
     while True:
         status = _agent(dom, "guest-exec-status", {"pid": pid}, deadline)
-        if status.get("exited"):
+        if _field(status, "guest-exec-status", "exited", bool):
             break
         if time.monotonic() > deadline:
             raise DriverError(f"cat {path} in the guest did not finish in time")
         time.sleep(0.1)
-    if status.get("exitcode", 0) != 0:
-        err = base64.b64decode(status.get("err-data", "")).decode(errors="replace").strip()
-        raise DriverError(f"cat {path} in the guest exited {status.get('exitcode')}: {err}", permanent=True)
-    return base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+    exitcode = _field(status, "guest-exec-status", "exitcode", int, 0)
+    if exitcode != 0:
+        err = _decode(_field(status, "guest-exec-status", "err-data", str, ""), "guest-exec-status")
+        raise DriverError(f"cat {path} in the guest exited {exitcode}: {err[:200].decode(errors='replace').strip()}",
+                          permanent=True)
+    out = _decode(_field(status, "guest-exec-status", "out-data", str, ""), "guest-exec-status")
+    if len(out) > MAX_BYTES:
+        raise _too_large(path)
+    return out.decode(errors="replace")
 
 
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 MAX_INTERFACES = 64  # a guest's answer is the guest's: bounded, and parsed with suspicion
 MAX_ADDRESSES = 64
+MAX_INTERFACES_REPLY_CHARS = 1 << 20  # MAX_INTERFACES of MAX_ADDRESSES each, with their statistics
 
 
 def addresses(uri: str, domain: str, *, timeout: float = 10) -> dict[str, set[str]]:
@@ -150,7 +208,7 @@ def addresses(uri: str, domain: str, *, timeout: float = 10) -> dict[str, set[st
 
     def call(conn: libvirt.virConnect) -> dict[str, set[str]]:
         dom = _lookup_or_fail(conn, uri, domain)
-        reply = _agent(dom, "guest-network-get-interfaces", {}, deadline)
+        reply = _agent(dom, "guest-network-get-interfaces", {}, deadline, max_reply=MAX_INTERFACES_REPLY_CHARS)
         found: dict[str, set[str]] = {}
         for interface in reply[:MAX_INTERFACES] if isinstance(reply, list) else []:
             mac = str(interface.get("hardware-address", "")).lower() if isinstance(interface, dict) else ""

@@ -6,6 +6,10 @@ injectable functions; the transitions are pure (`decide`, `decide_san`, `decide_
 to a host row is a compare-and-set on the state the cycle read (`filter(pk=..., state=old).update()`):
 two monitors running at once never both act on a transition, and a state set meanwhile by someone
 else (fencing, maintenance) is never overwritten — the next cycle reads it.
+
+Only the leading monitor checks and acts (ha/leadership.py: a PostgreSQL advisory lock); another one
+stands by, trying to take the lead each cycle. One that takes over first finishes the decisions its
+predecessor left half taken (ha/takeover.py).
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ from django.utils import timezone
 
 from drivers import aoe, hypervisor, ipmi, ssh
 from drivers.errors import DriverError
-from ha import storage_health
+from ha import storage_health, takeover
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident, record
+from ha.leadership import GAINED, LOST, Leadership, SoleLeadership
 from ha.models import Incident
 from hosts import history
 from hosts.choices import HostState
@@ -189,6 +194,7 @@ class CycleReport:
     duration_s: float = 0.0
     states: dict[str, str] = field(default_factory=dict)  # "cpu1": "up"
     changes: list[str] = field(default_factory=list)  # what an operator reads in the log
+    leading: bool = True  # False: another monitor leads, this one checked nothing and changed nothing
 
 
 CheckFn = Callable[[Host, float], CheckResult]
@@ -201,7 +207,8 @@ class Monitor:
                  interval: float | None = None, dead_after: int | None = None, timeout: float | None = None,
                  san_listen: float | None = None, evacuate: bool | None = None,
                  guest_health: GuestHealthWatch | None = None, bmc_read: BmcFn = read_bmc,
-                 bmc_interval: float | None = None, evacuate_on_bmc: bool | None = None) -> None:
+                 bmc_interval: float | None = None, evacuate_on_bmc: bool | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.check, self.san_probe = check, san_probe
         self.interval = interval if interval is not None else float(settings.MONITOR_INTERVAL_S)
         self.dead_after = dead_after if dead_after is not None else settings.MONITOR_DEAD_AFTER
@@ -229,6 +236,10 @@ class Monitor:
         self.recovery = storage_health.DiskRecovery()
         # Mirror health read inside the guests, in the background (None: not here, e.g. unit tests).
         self.guest_health = guest_health
+        # Who acts: by default this monitor alone; `manage.py monitor` elects one (ha/leadership.py).
+        self.leadership = leadership if leadership is not None else SoleLeadership()
+        self._leader_seen = ""  # the leader last logged while standing by
+        self._resume_pending = False  # took the lead, not yet finished the last leader's decisions
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -236,6 +247,7 @@ class Monitor:
         self._bmc_pool.shutdown(wait=False, cancel_futures=True)
         if self.guest_health is not None:
             self.guest_health.close()
+        self.leadership.close()
 
     def run(self, stop: threading.Event, out: Callable[[str], None] = print) -> None:
         while not stop.is_set():
@@ -253,6 +265,9 @@ class Monitor:
     def cycle(self) -> CycleReport:
         started = time.monotonic()
         report = CycleReport()
+        if not self._may_act(report):
+            report.duration_s = time.monotonic() - started
+            return report
         cpus, disks = list(CpuServer.objects.all()), list(DiskServer.objects.all())
         for cpu in cpus:
             if cpu.pk not in self._probes and cpu.state not in DOWN:
@@ -313,6 +328,52 @@ class Monitor:
         history.record_cycle()  # the CPU servers' history plot: at most once per interval
         report.duration_s = time.monotonic() - started
         return report
+
+    # --- leadership: only the leader checks and acts -----------------------------------------------
+
+    def _may_act(self, report: CycleReport) -> bool:
+        """Whether this monitor leads this cycle (one attempt: keep the lead, or try to take it).
+        On taking over it first finishes what the last leader left half taken; on losing the lead
+        it forgets what it counted, which the next leader counts afresh."""
+        change = self.leadership.refresh()
+        report.leading = self.leadership.is_leader
+        if change == GAINED:
+            report.changes.append(f"{self.leadership.node}: leading the monitors")
+            self._leader_seen, self._resume_pending = "", True
+        elif change == LOST:
+            why = f": {self.leadership.error}" if self.leadership.error else ""
+            report.changes.append(f"{self.leadership.node}: no longer leading{why}; standing by")
+            self._forget_episodes()
+        if not report.leading and self.leadership.leader != self._leader_seen:
+            self._leader_seen = self.leadership.leader
+            report.changes.append(f"{self.leadership.node}: standing by; " + (
+                f"{self.leadership.leader} leads" if self.leadership.leader else
+                f"no monitor leads ({self.leadership.error or 'the lead is being taken'})"))
+        if report.leading and self._resume_pending:
+            self._resume_after_takeover(report)  # raises (the database away)? the next cycle tries again
+            self._resume_pending = False
+        return report.leading
+
+    def _resume_after_takeover(self, report: CycleReport) -> None:
+        dead, unstarted = takeover.dead_without_incident(), takeover.incidents_without_failover()
+        for host in dead:
+            self._declare_dead(host, f"{host.name} was declared dead ({host.last_check_error or 'no answer'}); "
+                                     "the monitor that led stopped before acting on it", report)
+        for incident in unstarted:
+            takeover.resume_failover(incident, report.changes)
+
+    def _forget_episodes(self) -> None:
+        """What only a leader keeps in memory (counts, verdicts, what it published, restores done,
+        checks in flight: their answers would be stale by the time it leads again)."""
+        self._resume_pending = False
+        self._checks.clear()
+        self._probes.clear()
+        self._bmc_reads.clear()
+        self._san_missed.clear()
+        self._bmc_failing.clear()
+        self._bmc_errors.clear()
+        self._published.clear()
+        self.recovery = storage_health.DiskRecovery()
 
     def _harvest_check(self, key: tuple[str, int]) -> CheckResult:
         future = self._checks[key]

@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.views.generic import DetailView, TemplateView
 
 from ha.choices import IncidentState
+from ha.leadership import monitor_sessions
 from ha.models import Incident
 from ha.storage_health import exposed_guests
 from hosts import history
@@ -31,6 +32,15 @@ def _jobs_context() -> dict[str, Any]:
     active = Job.objects.filter(state__in=ACTIVE_STATES)
     return {"jobs": list(active.order_by("created_at", "id")[:RUNNING_JOBS_SHOWN]), "jobs_total": active.count(),
             "recent_jobs": list(Job.objects.exclude(state__in=ACTIVE_STATES)[:RECENT_JOBS_SHOWN])}
+
+
+def _monitors_context() -> dict[str, Any]:
+    """Which panel machine's monitor leads and which stand by (None on SQLite: nothing elected)."""
+    sessions = monitor_sessions()
+    if sessions is None:
+        return {"monitors": None}
+    return {"monitors": sessions, "monitor_leader": next((s for s in sessions if s.leads), None),
+            "monitor_standbys": [s for s in sessions if not s.leads]}
 
 
 def _incidents_context() -> dict[str, Any]:
@@ -60,6 +70,7 @@ class DashboardView(OperatorRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         for make in self.fragments.values():
             context.update(make())
+        context.update(_monitors_context())
         return context
 
 

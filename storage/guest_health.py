@@ -14,24 +14,30 @@ it uses this one to decide when a returned disk server's mirrors are healthy aga
 
 `GuestHealthWatch` runs passes in the background of `manage.py monitor` every
 XENAOE_MIRROR_CHECK_INTERVAL_S seconds, so a slow guest never delays the hosts' checks.
+
+A guest is its tenant's, so what it answers is hostile input: the driver bounds the read and the
+parser every field (drivers/guest_agent.py, drivers/mdstat.py), `GuestView.bounded` clamps what
+reaches the database to the columns' sizes, and each guest is read and recorded on its own: one
+guest's failure is that guest's unknown health with the reason, and the pass goes on.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from drivers import guest_agent
 from drivers.errors import DriverError
-from drivers.mdstat import MdStat
+from drivers.mdstat import MAX_ETA_S, MdStat
 from storage.choices import MirrorHealth
-from storage.models import Mirror
+from storage.models import LEGS, Mirror
 from vms.choices import VmState
 from vms.events import VMS_GROUP, vm_event
 from xenaoe_panel.broadcast import send_on_commit
@@ -43,6 +49,12 @@ NO_AGENT = "no guest agent"
 ARRAY_SEEN = (MirrorHealth.HEALTHY, MirrorHealth.DEGRADED, MirrorHealth.RESYNCING)
 NOT_RUNNING = "guest not running"
 MAX_PARALLEL = 8
+DETAIL_MAX = Mirror._meta.get_field("health_detail").max_length
+
+
+def bounded_text(text: str, limit: int = DETAIL_MAX) -> str:
+    """`text` fit for a column and a page: control characters (NUL, escapes) as "?", cut to `limit`."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,20 @@ class GuestView:
     resync_percent: float | None = None
     resync_eta_s: int | None = None
     missing_legs: tuple[int, ...] = ()
+
+    def bounded(self) -> GuestView:
+        """The reading as the database may hold it, whoever made it: a known health, a short
+        printable detail, a finite percent 0..100, an ETA within md's cap, legs the mirror has."""
+        percent, eta = self.resync_percent, self.resync_eta_s
+        ok_percent = isinstance(percent, int | float) and math.isfinite(percent) and 0 <= percent <= 100
+        ok_eta = isinstance(eta, int) and 0 <= eta <= MAX_ETA_S
+        return GuestView(
+            self.health if self.health in MirrorHealth.values else MirrorHealth.UNKNOWN,
+            bounded_text(str(self.detail)),
+            float(percent) if ok_percent else None,  # type: ignore[arg-type]
+            eta if ok_eta else None,
+            tuple(sorted({leg for leg in self.missing_legs if isinstance(leg, int) and 0 <= leg < LEGS})),
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +103,10 @@ def view_from_mdstat(mdstat: MdStat) -> GuestView:
         detail += f", {sync.action} {sync.waiting}" if sync.waiting else f", {sync.action}"
     percent = sync.percent if sync is not None and array.health == MirrorHealth.RESYNCING else None
     eta = round(sync.eta_s) if sync is not None and sync.eta_s is not None and percent is not None else None
-    return GuestView(array.health, detail, percent, eta, array.missing_slots)
+    return GuestView(array.health, detail, percent, eta, tuple(s for s in array.missing_slots if s < LEGS))
+
+
+ReadFn = Callable[[GuestTarget, float], GuestView]
 
 
 def read_guest(target: GuestTarget, timeout: float) -> GuestView:
@@ -90,7 +119,17 @@ def read_guest(target: GuestTarget, timeout: float) -> GuestView:
     except guest_agent.AgentUnavailable:
         return GuestView(MirrorHealth.UNKNOWN, NO_AGENT)
     except DriverError as exc:
-        return GuestView(MirrorHealth.UNKNOWN, f"guest agent: {exc}"[:200])
+        return GuestView(MirrorHealth.UNKNOWN, f"guest agent: {exc}")
+
+
+def read_safely(read: ReadFn, target: GuestTarget, timeout: float) -> GuestView:
+    """`read` for one guest, whatever it raises: a surprise is this guest's unknown health (and a
+    line in the log), never the end of the pass for the others."""
+    try:
+        return read(target, timeout)
+    except Exception as exc:
+        logger.warning("reading the mirror health of %s failed", target.vm, exc_info=True)
+        return GuestView(MirrorHealth.UNKNOWN, f"reading the guest failed: {type(exc).__name__}: {exc}")
 
 
 def _targets() -> tuple[list[GuestTarget], list[Mirror]]:
@@ -109,6 +148,7 @@ def _targets() -> tuple[list[GuestTarget], list[Mirror]]:
 def record_view(mirror_pk: int, view: GuestView) -> bool:
     """Store a reading on the mirror; when it says something new, push it to the open pages.
     Returns whether it changed (the time of the reading alone is not a change)."""
+    view = view.bounded()
     mirror = Mirror.objects.select_related("vm__cpu_server").filter(pk=mirror_pk).first()
     if mirror is None:  # the VM was deleted meanwhile
         return False
@@ -148,9 +188,6 @@ def publish_mirror(mirror: Mirror) -> None:
     send_on_commit([VMS_GROUP], event, f"the mirror health of {mirror.vm.name}")
 
 
-ReadFn = Callable[[GuestTarget, float], GuestView]
-
-
 def check_mirrors(*, timeout: float | None = None, read: ReadFn = read_guest) -> list[str]:
     """One pass over every mirror; returns a line per mirror whose health changed."""
     timeout = timeout if timeout is not None else float(settings.MIRROR_CHECK_TIMEOUT_S)
@@ -164,12 +201,23 @@ def check_mirrors(*, timeout: float | None = None, read: ReadFn = read_guest) ->
         return changes
     # The reads are network calls, each with its own timeout; the database stays in this thread.
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(asking)), thread_name_prefix="guest-mdstat") as pool:
-        views = list(pool.map(lambda target: read(target, timeout), asking))
+        views = list(pool.map(lambda target: read_safely(read, target, timeout), asking))
     for target, view in zip(asking, views, strict=True):
-        if record_view(target.mirror_pk, view):
+        if _record_safely(target, view):
+            view = view.bounded()
             progress = f" {view.resync_percent:.1f}%" if view.resync_percent is not None else ""
             changes.append(f"{target.vm}: mirror {view.health}{progress} ({view.detail})")
     return changes
+
+
+def _record_safely(target: GuestTarget, view: GuestView) -> bool:
+    """record_view in a savepoint: a write refused for one guest leaves the others' to be made."""
+    try:
+        with transaction.atomic():
+            return record_view(target.mirror_pk, view)
+    except DatabaseError:
+        logger.exception("recording the mirror health of %s failed", target.vm)
+        return False
 
 
 class GuestHealthWatch:

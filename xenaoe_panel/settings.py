@@ -1,5 +1,6 @@
 """Django settings for the XenAoE panel, all from the environment (see docs/configuration.md)."""
 import os
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -161,6 +162,21 @@ CACHES = {
     }
 }
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# Redis behind Sentinel (docs/ha.md): the broker, the channel layer and the cache ask these sentinels
+# (host:port, comma-separated) for the current primary of the master named below; REDIS_URL is then
+# not used (CELERY_BROKER_URL and CACHE_URL, if set, still win for their part).
+REDIS_SENTINELS = env_list("XENAOE_REDIS_SENTINELS", [])
+REDIS_SENTINEL_MASTER = env_str("XENAOE_REDIS_SENTINEL_MASTER", "xenaoe")
+if REDIS_SENTINELS:
+    from xenaoe_panel import redis_ha
+
+    _sentinels = redis_ha.parse_sentinels(REDIS_SENTINELS)
+    CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = redis_ha.channel_layer_hosts(_sentinels, REDIS_SENTINEL_MASTER)
+    if "CACHE_URL" not in os.environ:
+        CACHES["default"] = redis_ha.cache(_sentinels, REDIS_SENTINEL_MASTER, CACHES["default"]["KEY_PREFIX"])
+    if "CELERY_BROKER_URL" not in os.environ:
+        CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = redis_ha.celery_broker(_sentinels,
+                                                                                    REDIS_SENTINEL_MASTER)
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "xenaoe")
@@ -342,6 +358,9 @@ if MONITOR_CHECK_TIMEOUT_MS >= MONITOR_INTERVAL_S * 1000:
     from django.core.exceptions import ImproperlyConfigured
 
     raise ImproperlyConfigured("XENAOE_MONITOR_CHECK_TIMEOUT_MS must be shorter than XENAOE_MONITOR_INTERVAL_S")
+# This panel machine's name in the monitors' leadership (logs, the dashboard, pg_stat_activity):
+# set it per machine where the hostname says nothing (a container's).
+PANEL_NODE = env_str("XENAOE_PANEL_NODE", socket.gethostname())
 # How long each CPU server's AoE probe listens for Query Config answers (its SAN check).
 MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
 # CPU servers' history (hosts/history.py): the monitor records memory used and guests at most this

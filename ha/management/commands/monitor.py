@@ -1,7 +1,8 @@
 """`manage.py monitor`: check every host, declare the dead ones, start what follows (docs/ha.md).
 
-Runs in the foreground (make demo and docker-compose start it). One process per installation is
-the normal case; a second one is harmless (every transition is a compare-and-set on the host row).
+Runs in the foreground (make demo and docker-compose start it). Run one on each panel machine: on
+PostgreSQL they elect a leader (ha/leadership.py), which alone checks and acts; the others stand by
+and one takes over within an interval of the leader's death. Its log says which it is.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from ha.leadership import leadership_for
 from ha.monitor import Monitor
 from storage.guest_health import GuestHealthWatch
 
@@ -29,13 +31,15 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         interval = options["interval"]
         timeout = min(settings.MONITOR_CHECK_TIMEOUT_MS / 1000, interval * 0.75)
-        monitor = Monitor(interval=interval, timeout=timeout,
+        monitor = Monitor(interval=interval, timeout=timeout, leadership=leadership_for(interval),
                           guest_health=None if options["once"] else GuestHealthWatch())
         try:
             if options["once"]:
                 report = monitor.cycle()
                 for line in report.changes:
                     self.stdout.write(line)
+                if not report.leading:
+                    self.stdout.write("another monitor leads: nothing checked")
                 for name, state in sorted(report.states.items()):
                     self.stdout.write(f"{name}: {state}")
                 self.stdout.write(f"cycle took {report.duration_s * 1000:.0f} ms")
@@ -43,8 +47,9 @@ class Command(BaseCommand):
             stop = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: stop.set())
-            self._say(f"monitoring every {interval:g} s, dead after {monitor.dead_after} missed checks, "
-                              f"check timeout {timeout:g} s")
+            self._say(f"{monitor.leadership.node}: monitoring every {interval:g} s, dead after "
+                      f"{monitor.dead_after} missed checks, check timeout {timeout:g} s; "
+                      f"leadership: {monitor.leadership.kind}")
             started = time.monotonic()
             monitor.run(stop, out=lambda line: self._say(f"{time.monotonic() - started:9.1f} {line}"))
         finally:

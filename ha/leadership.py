@@ -1,0 +1,235 @@
+"""Which monitor leads: one `manage.py monitor` checks the hosts and acts, any other stands by
+(docs/ha.md, "Running the panel on two machines").
+
+The leader holds a PostgreSQL session-level advisory lock on a connection of its own (not Django's:
+the monitor closes that one between cycles, and a worker thread may use it). PostgreSQL releases
+the lock when that session ends: at once when the process dies (its kernel closes the socket), and
+when the machine dies or is cut off as soon as the server's TCP keepalives on the session give up,
+which this session sets to about one monitor interval. A leader that is alive but hung (stopped,
+deadlocked) stops asking about its lock each cycle; the server ends its idle session after
+`hung_after_s` (idle_session_timeout, PostgreSQL 14 and later), which releases the lock too. A
+monitor standing by tries to take the lock once per cycle, so the next one leads within an interval
+of the release.
+
+Leadership says who acts; it is not what makes a decision happen once. For up to one cycle a leader
+cut off from the database may not know yet that it lost the lock while the next one already acts;
+every decision is also guarded in the database (compare-and-set on host rows, one open incident per
+host, one active failover job per incident), so such an overlap can delay a decision, never double it.
+
+On SQLite (the demo) there is nothing to elect with: the one monitor leads (`SoleLeadership`).
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+from django.conf import settings
+from django.db import connections
+
+logger = logging.getLogger(__name__)
+# pg_try_advisory_lock(int4, int4): ("XAOE", the monitor). pg_locks shows it as classid, objid, objsubid 2.
+LOCK_KEYS = (0x58414F45, 1)
+APPLICATION_PREFIX = "xenaoe-monitor"
+GAINED, LOST = "gained", "lost"
+
+_HOLDS = """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
+            AND classid = %s AND objid = %s AND objsubid = 2 AND granted)"""
+_SESSIONS = """SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start,
+                      EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'
+                              AND l.classid = %s AND l.objid = %s AND l.objsubid = 2 AND l.granted
+                              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+               FROM pg_stat_activity a
+               WHERE a.datname = current_database() AND a.application_name LIKE %s
+               ORDER BY a.backend_start"""
+
+
+def this_node() -> str:
+    """This monitor as logs, pages and pg_stat_activity name it: its panel machine and process."""
+    return f"{settings.PANEL_NODE} pid {os.getpid()}"
+
+
+class Leadership(Protocol):
+    kind: str  # how the leader is chosen, for the log
+    node: str
+    is_leader: bool
+    leader: str  # who leads, as far as this monitor knows ("" when nobody or unknown)
+    error: str  # why the last attempt failed ("" when it did not)
+
+    def refresh(self) -> str:
+        """One attempt per cycle; GAINED, LOST or "" (no change)."""
+
+    def close(self) -> None:
+        """Stop leading (and let another take over at once)."""
+
+
+class SoleLeadership:
+    """One monitor and nothing to elect with (SQLite; unit tests of a single monitor): it leads."""
+    kind = "the only monitor (no election without PostgreSQL)"
+
+    def __init__(self, node: str | None = None) -> None:
+        self.node = node or this_node()
+        self.is_leader = False
+        self.leader = ""
+        self.error = ""
+
+    def refresh(self) -> str:
+        if self.is_leader:
+            return ""
+        self.is_leader, self.leader = True, self.node
+        return GAINED
+
+    def close(self) -> None:
+        self.is_leader = False
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """TCP settings for the lock's session, from the monitor interval: a silent peer is given up on
+    after about one interval (1 s idle, then a probe a second, interval - 1 of them unanswered)."""
+    idle_s: int
+    probe_interval_s: int
+    probes: int
+    user_timeout_ms: int
+
+    @classmethod
+    def for_interval(cls, interval: float) -> Keepalive:
+        seconds = max(1, math.ceil(interval))
+        return cls(1, 1, max(1, seconds - 1), seconds * 1000)
+
+    def client_params(self) -> dict[str, Any]:
+        """libpq's: this monitor notices a dead database server."""
+        return {"keepalives": 1, "keepalives_idle": self.idle_s, "keepalives_interval": self.probe_interval_s,
+                "keepalives_count": self.probes, "tcp_user_timeout": self.user_timeout_ms}
+
+    def server_settings(self) -> dict[str, int]:
+        """The server's, for this session only: PostgreSQL notices a dead monitor machine and ends the
+        session, which releases the lock."""
+        return {"tcp_keepalives_idle": self.idle_s, "tcp_keepalives_interval": self.probe_interval_s,
+                "tcp_keepalives_count": self.probes, "tcp_user_timeout": self.user_timeout_ms}
+
+
+class AdvisoryLockLeadership:
+    """Leadership as a PostgreSQL session-level advisory lock held on a dedicated connection."""
+    kind = "elected by a PostgreSQL advisory lock"
+
+    def __init__(self, *, interval: float, node: str | None = None, alias: str = "default",
+                 hung_after_s: float | None = None) -> None:
+        self.node = node or this_node()
+        self.interval = interval
+        # Generous: a slow cycle (the database busy, a takeover's resume) must not cost the lead.
+        self.hung_after_s = hung_after_s if hung_after_s is not None else max(5.0, 5 * interval)
+        self.alias = alias
+        self.keepalive = Keepalive.for_interval(interval)
+        self.is_leader = False
+        self.leader = ""
+        self.error = ""
+        self._conn: psycopg.Connection | None = None
+
+    def refresh(self) -> str:
+        """A leader checks that its session still holds the lock; a monitor standing by tries to take
+        it. A connection that fails is dropped (its lock, if it had it, is gone with it)."""
+        was = self.is_leader
+        try:
+            conn = self._connection()
+            self.is_leader = _holds(conn) if was else _try_lock(conn)
+            self.leader = self.node if self.is_leader else _leader_name(conn)
+            self.error = ""
+        except psycopg.Error as exc:
+            self._drop()
+            self.is_leader, self.leader = False, ""
+            self.error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        if self.is_leader and not was:
+            return GAINED
+        return LOST if was and not self.is_leader else ""
+
+    def close(self) -> None:
+        self._drop()  # the session ends: PostgreSQL releases the lock
+        self.is_leader = False
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        params = connections[self.alias].get_connection_params()
+        for django_only in ("cursor_factory", "context", "prepare_threshold"):
+            params.pop(django_only, None)
+        params.update(self.keepalive.client_params(), application_name=f"{APPLICATION_PREFIX} {self.node}"[:63],
+                      connect_timeout=max(2, math.ceil(self.interval)), autocommit=True)
+        conn = psycopg.connect(**params)
+        try:
+            with conn.cursor() as cur:
+                for name, value in self.keepalive.server_settings().items():
+                    cur.execute(f"SET {name} = {int(value)}")  # noqa: S608 - names are ours, values ints
+                cur.execute(f"SET statement_timeout = {max(1000, int(self.interval * 1000))}")  # noqa: S608
+                if conn.info.server_version >= 140000:
+                    cur.execute(f"SET idle_session_timeout = {int(self.hung_after_s * 1000)}")  # noqa: S608
+        except psycopg.Error:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass  # already broken: closing is all that was left to do
+            self._conn = None
+
+
+def _try_lock(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEYS).fetchone()
+    return bool(row and row[0])
+
+
+def _holds(conn: psycopg.Connection) -> bool:
+    row = conn.execute(_HOLDS, LOCK_KEYS).fetchone()
+    return bool(row and row[0])
+
+
+def _leader_name(conn: psycopg.Connection) -> str:
+    for session in _sessions(conn):
+        if session.leads:
+            return session.name
+    return ""
+
+
+def leadership_for(interval: float) -> Leadership:
+    """An elected leadership on PostgreSQL; on SQLite the one monitor leads."""
+    if connections["default"].vendor == "postgresql":
+        return AdvisoryLockLeadership(interval=interval)
+    return SoleLeadership()
+
+
+# --- who leads, for pages ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MonitorSession:
+    name: str  # "panel1 pid 4242"
+    address: str  # the panel machine's address as PostgreSQL sees it ("" over a local socket)
+    since: datetime.datetime | None
+    leads: bool
+
+
+def _sessions(conn: Any) -> list[MonitorSession]:
+    """Every monitor connected to this database (their lock sessions), the leader marked."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")  # within a transaction, pg_stat_activity is frozen
+        cur.execute(_SESSIONS, [*LOCK_KEYS, f"{APPLICATION_PREFIX} %"])
+        rows = cur.fetchall()
+    return [MonitorSession(name.removeprefix(f"{APPLICATION_PREFIX} "), address or "", since, bool(leads))
+            for _pid, name, address, since, leads in rows]
+
+
+def monitor_sessions() -> list[MonitorSession] | None:
+    """The monitors as the database sees them (for the dashboard), through Django's connection;
+    None where leadership is not elected (SQLite)."""
+    connection = connections["default"]
+    if connection.vendor != "postgresql":
+        return None
+    return _sessions(connection)
