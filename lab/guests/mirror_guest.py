@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import re
-import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from images.initramfs import Cpio, binary_files
 
 # Debian packages the guest is built from (scripts/apt-packages.txt lists them too).
 PACKAGES = ("linux-image-amd64", "busybox-static", "mdadm", "qemu-guest-agent")
@@ -190,78 +190,18 @@ def _module_files(modules: Path) -> dict[str, Path]:
     return found
 
 
-def shared_libraries(binary: Path) -> list[Path]:
-    """The shared libraries `binary` loads, the dynamic loader included, as ldd resolves them."""
-    result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise GuestBuildError(f"ldd {binary} failed: {result.stderr.strip()}")
-    libraries = []
-    for line in result.stdout.splitlines():
-        match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
-        if match:
-            libraries.append(Path(match.group(1)))
-    return libraries
-
-
-class _Cpio:
-    """An initramfs archive: cpio "newc" format, which the kernel unpacks into its rootfs."""
-
-    def __init__(self) -> None:
-        self.out = io.BytesIO()
-        self.ino = 1
-        self.seen: set[str] = set()
-
-    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
-        name = name.lstrip("/")
-        if name in self.seen:
-            return
-        self.seen.add(name)
-        encoded = name.encode() + b"\0"
-        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
-        self.out.write(b"070701" + b"".join(f"{value:08x}".encode() for value in fields) + encoded)
-        self._pad()
-        self.out.write(data)
-        self._pad()
-        self.ino += 1
-
-    def _pad(self) -> None:
-        self.out.write(b"\0" * (-self.out.tell() % 4))
-
-    def directory(self, name: str) -> None:
-        parts = Path(name.lstrip("/")).parts
-        for depth in range(1, len(parts) + 1):
-            self._entry("/".join(parts[:depth]), stat.S_IFDIR | 0o755)
-
-    def file(self, name: str, data: bytes, mode: int = 0o755) -> None:
-        self.directory(str(Path(name).parent))
-        self._entry(name, stat.S_IFREG | mode, data)
-
-    def char_device(self, name: str, major: int, minor: int) -> None:
-        self.directory(str(Path(name).parent))
-        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        self._entry("TRAILER!!!", 0)
-        return self.out.getvalue()
-
-
 def initramfs_files(modules: Path) -> dict[str, Path]:
     """Where each file of the initramfs comes from: {path in the guest: path on this machine}."""
     files = {"/bin/busybox": BUSYBOX}
     for binary in BINARIES:
-        files[f"/sbin/{binary.name}"] = binary
-        for library in shared_libraries(binary):
-            # The loader keeps the path compiled into the binaries; libraries go to one directory
-            # that LD_LIBRARY_PATH names (their name under /usr/lib or /lib does not matter).
-            guest = str(library) if library.name.startswith("ld-linux") else f"/lib/x86_64-linux-gnu/{library.name}"
-            files[guest] = library
+        files |= binary_files(binary)
     for name, path in _module_files(modules).items():
         files[f"/lib/modules/{name}.ko"] = path
     return files
 
 
 def build_initramfs(modules: Path) -> bytes:
-    archive = _Cpio()
+    archive = Cpio()
     for directory in ("/dev", "/proc", "/sys", "/run", "/tmp", "/etc", "/bin", "/sbin"):
         archive.directory(directory)
     archive.char_device("/dev/console", 5, 1)  # the kernel opens it for /init before devtmpfs exists
