@@ -20,7 +20,7 @@ from images.models import Image, ImageCopy, image_name_validator, login_user_val
 from jobs.models import Job
 from jobs.services import start_job
 from tenants.access import is_operator, tenant_of
-from tenants.models import Tenant
+from tenants.publishing import publish as publish_to
 
 
 @dataclass(frozen=True)
@@ -162,18 +162,7 @@ def set_default(name: str) -> Image:
 
 def publish(name: str, *, public: bool, tenants: list[str]) -> Image:
     """Who may create VMs from the image: everyone (public) or the listed tenants."""
-    image = Image.objects.filter(name=name).first()
-    if image is None:
-        raise ValidationError({"name": f"no image named {name!r}"})
-    found = list(Tenant.objects.filter(slug__in=tenants))
-    unknown = sorted(set(tenants) - {t.slug for t in found})
-    if unknown:
-        raise ValidationError({"tenants": f"no tenant named {', '.join(unknown)}"})
-    with transaction.atomic():
-        Image.objects.filter(pk=image.pk).update(public=public)
-        image.tenants.set(found)
-    image.public = public
-    return image
+    return publish_to(Image.objects.all(), name, public=public, tenants=tenants, what="image")
 
 
 def delete_image(name: str) -> None:

@@ -14,6 +14,7 @@ from django.db.models import Q, QuerySet
 
 from networks.models import BridgeType, Network, Nic
 from tenants.access import is_operator, tenant_of
+from tenants.publishing import publish
 
 MAC_ATTEMPTS = 20
 
@@ -78,6 +79,11 @@ def delete_network(name: str) -> None:
         if used:
             raise ValidationError({"name": f"{name} is used by {', '.join(used)}"})
         network.delete()
+
+
+def publish_network(name: str, *, public: bool, tenants: list[str]) -> Network:
+    """Who may put VMs on the network: every tenant (public) or the listed ones (and operators)."""
+    return publish(Network.objects.all(), name, public=public, tenants=tenants, what="network")
 
 
 def usable_networks(user: AbstractBaseUser | None) -> QuerySet[Network]:

@@ -268,3 +268,22 @@ def test_mac_addresses_stay_in_the_panels_prefix():
     assert all(m.startswith("02:a0:e0:") for m in macs)
     assert all(int(m.split(":")[0], 16) & 0b10 for m in macs)  # locally administered
     assert len(macs) > 190
+
+
+def test_a_tenant_uses_only_the_images_and_networks_published_to_it(site):
+    from images.services import publish, visible_images
+    from networks.services import publish_network, usable_networks
+    from tenants.services import add_user, create_tenant
+
+    alice = add_user(create_tenant("acme"), "alice", password="alice-password-1")
+    bob = add_user(create_tenant("globex"), "bob", password="bob-password-1")
+    publish("debian-12", public=False, tenants=["acme"])
+    publish_network("lab", public=False, tenants=["acme"])
+    assert list(visible_images(alice)) == [Image.objects.get()] and not visible_images(bob).exists()
+    assert usable_networks(alice).count() == 1 and not usable_networks(bob).exists()
+    with pytest.raises(ValidationError, match="no tenant named initech"):
+        publish_network("lab", public=False, tenants=["initech"])
+    assert usable_networks(alice).count() == 1  # unchanged
+    with pytest.raises(ValidationError) as err:  # bob's tenant may create VMs, but has no image here
+        create_vm(_request(name="b1", tenant="globex", image="debian-12"), user=bob)
+    assert "no image named 'debian-12'" in err.value.message_dict["image"][0]

@@ -168,9 +168,8 @@ class Command(BaseCommand):
     def do_publish(self, options: dict) -> None:
         tenants = [t for t in options["tenants"].split(",") if t]
         image = publish(options["name"], public=not options["private"], tenants=tenants)
-        self.stdout.write(f"{image.name}: {'everyone' if image.public else 'only'}"
-                          + (f" and {', '.join(tenants)}" if tenants and image.public else
-                             f" {', '.join(tenants) or 'operators'}" if not image.public else ""))
+        who = "every tenant" if image.public else (", ".join(tenants) or "operators only")
+        self.stdout.write(f"{image.name}: {who}")
 
     def do_delete(self, options: dict) -> None:
         delete_image(options["name"])

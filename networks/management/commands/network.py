@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from networks.models import BridgeType, Network
 from networks.serializers import network_summary
-from networks.services import NetworkRequest, create_network, delete_network
+from networks.services import NetworkRequest, create_network, delete_network, publish_network
 
 
 class Command(BaseCommand):
@@ -32,6 +32,10 @@ class Command(BaseCommand):
         make.add_argument("--default", action="store_true", help="VMs go on it when none is named")
         listing = sub.add_parser("list")
         listing.add_argument("--json", action="store_true")
+        pub = sub.add_parser("publish", help="who may put VMs on it")
+        pub.add_argument("name")
+        pub.add_argument("--tenants", default="", help="comma-separated tenant short names")
+        pub.add_argument("--private", action="store_true", help="only the listed tenants (default: every tenant)")
         remove = sub.add_parser("delete")
         remove.add_argument("name")
 
@@ -61,6 +65,12 @@ class Command(BaseCommand):
             self.stdout.write(f"{network.name:<16} {network.cidr:<18} bridge {network.bridge:<15} "
                               f"{summary['addresses_used']}/{network.pool_size} used"
                               f"{' default' if network.is_default else ''}")
+
+    def do_publish(self, options: dict) -> None:
+        tenants = [t for t in options["tenants"].split(",") if t]
+        network = publish_network(options["name"], public=not options["private"], tenants=tenants)
+        who = "every tenant" if network.public else (", ".join(tenants) or "operators only")
+        self.stdout.write(f"{network.name}: {who}")
 
     def do_delete(self, options: dict) -> None:
         delete_network(options["name"])
