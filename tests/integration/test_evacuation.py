@@ -192,7 +192,7 @@ def test_a_guest_too_big_for_the_others_is_listed_and_the_evacuation_fails(lab_h
         assert f"cpu2 is in maintenance; job #{job.pk}" in out.getvalue() and "Step 3/3: Summary" in out.getvalue()
         assert job.state == "failed"
         assert job.message == ("Summary failed: 1 of 2 guests moved; 1 could not: "
-                               "evbig (no other CPU server has 96 MiB free (cpu1: 80 MiB))")
+                               "evbig (no other CPU server has 96 MiB free (cpu1: 80 MiB free))")
         assert [(c.target_name, c.state) for c in job.children.all()] == [("evsmall", "succeeded")]
         assert domain_state(cpu1.libvirt_uri, small.domain_name) == libvirt.VIR_DOMAIN_RUNNING
         assert domain_state(cpu2.libvirt_uri, small.domain_name) is None

@@ -170,8 +170,8 @@ def test_an_export_stopped_behind_the_panels_back_is_reported_and_started_again_
     job = _wait(start_verify())
     assert job.message == "1 difference (1 error)"
     assert [step for step in job.log.values_list("message", flat=True) if step.startswith("Step ")] == [
-        "Step 1/4: Collect from the CPU servers", "Step 2/4: Collect from the disk servers",
-        "Step 3/4: Probe the SAN", "Step 4/4: Compare"]
+        "Step 1/5: Collect from the CPU servers", "Step 2/5: Collect from the disk servers",
+        "Step 3/5: Probe the SAN", "Step 4/5: Check the guests' networks", "Step 5/5: Compare"]
     [(serial, finding)] = findings_of(job)
     assert (finding.code, finding.subject) == ("export-not-running", "vfy-exp")
     assert finding.fix.args == {"disk_server": "disk1", "shelf": leg.shelf, "slot": leg.slot}

@@ -45,7 +45,9 @@ def test_status_json_lists_every_host(lab_cluster):
     data = json.loads(proc.stdout)
     assert list(data) == ["hosts"]
     by_name = {h["name"]: h for h in data["hosts"]}
-    assert sorted(by_name) == ["cpu1", "cpu2", "disk1", "disk2"]
+    assert sorted(by_name) == ["client", "cpu1", "cpu2", "disk1", "disk2"]
+    client = by_name["client"]  # somebody on the guests' network, to reach VMs by their address
+    assert (client["role"], client["netns"], client["address"]) == ("client", "xa-client", "10.214.0.1")
     for lab_host in HOSTS:
         entry = by_name[lab_host.name]
         expected = {"name", "role", "address", "netns", "partitioned"} | (

@@ -133,7 +133,7 @@ def test_a_partitioned_cpu_host_keeps_running_on_the_san(lab_cluster, vblade, re
         listed = subprocess.run([sys.executable, "manage.py", "lab", "status", "--json"], cwd=REPO,
                                 capture_output=True, text=True, timeout=60, check=True)
         flags = {h["name"]: h["partitioned"] for h in json.loads(listed.stdout)["hosts"]}
-        assert flags == {"disk1": False, "disk2": False, "cpu1": True, "cpu2": False}
+        assert flags == {"disk1": False, "disk2": False, "cpu1": True, "cpu2": False, "client": False}
         started = time.monotonic()
         with pytest.raises(DriverError):
             run(target, ["hostname"], timeout=10)
