@@ -361,6 +361,7 @@ class Monitor:
                                      "the monitor that led stopped before acting on it", report)
         for incident in unstarted:
             takeover.resume_failover(incident, report.changes)
+        takeover.resend_unclaimed_failovers(report.changes)
 
     def _forget_episodes(self) -> None:
         """What only a leader keeps in memory (counts, verdicts, what it published, restores done,

@@ -9,7 +9,11 @@ host) and a second failover job (one active per incident):
 
 - a host dead with no incident opened since it turned dead: its incident (and the failover);
 - a disk server's incident still "open": its mirrors were not marked degraded yet;
-- a CPU server's open incident without any failover job, the host still dead: the failover.
+- a CPU server's open incident without any failover job, the host still dead: the failover;
+- a failover job no worker has taken yet: its message is sent again. The last leader may have died
+  between committing the job and handing its message to the broker (an on-commit send), and the
+  periodic re-send of lost messages (jobs/recovery.py) comes minutes later: too late for guests
+  that are down. A job is claimed once, so a second message is harmless.
 
 Not here: a failover job whose worker died (jobs/recovery.py ends it, the incident says so), and a
 policy's evacuation (the new leader counts SAN misses and reads BMCs afresh; evacuate_suspect
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+from django.db import transaction
 from django.db.models import Q
 
 from ha.choices import EventKind, IncidentKind, IncidentState
@@ -27,6 +32,9 @@ from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
+from jobs.queues import send
+from jobs.recovery import UNCLAIMED
+from jobs.runner import append_log
 
 logger = logging.getLogger(__name__)
 FAILOVER_JOB = "host.failover"  # ha.failover.JOB_KIND, not imported: the monitor imports failover lazily
@@ -74,3 +82,15 @@ def resume_failover(incident: Incident, changes: list[str]) -> None:
         return
     changes.append(f"{incident.host_name}: incident #{incident.pk} resumed, failover job"
                    + (f" #{job.pk}" if job is not None else ""))
+
+
+def resend_unclaimed_failovers(changes: list[str]) -> list[Job]:
+    """Send again the message of every failover job still waiting for a worker."""
+    waiting = list(Job.objects.filter(UNCLAIMED, kind=FAILOVER_JOB))
+    for job in waiting:
+        with transaction.atomic():
+            append_log(job, "the monitor that led may have stopped before its message left: the monitor now "
+                       "leading sends it again (the job still runs once)")
+            send(job, wake=job.wake)
+        changes.append(f"failover job #{job.pk}: message sent again")
+    return waiting

@@ -201,6 +201,28 @@ def test_an_incident_left_without_its_failover_gets_one(cluster, fake, monitors)
     assert failover.failover_jobs(incident).count() == 1 and Incident.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_failover_job_whose_message_the_dead_leader_never_sent_is_sent_again(cluster, fake, monitors,  # noqa: F811
+                                                                               monkeypatch):
+    """The leader committed the failover job and died before its on-commit message left: the new
+    leader sends it again at once (the periodic re-send of lost messages would come minutes later)."""
+    from jobs import queues, tasks
+
+    panel2 = _lead_then_die(monitors)
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD, missed_checks=DEAD_AFTER)
+    incident, _created = open_incident(cluster["cpu2"], IncidentKind.CPU_SERVER_FAILED, "cpu2 missed 3 checks")
+    monkeypatch.setattr(queues.transaction, "on_commit", lambda _send: None)  # the message that never left
+    job = failover.start_failover(incident)
+    monkeypatch.undo()
+    sent: list[tuple] = []
+    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **kw: sent.append((args, kw["queue"])))
+    fake.silent = {"cpu2"}
+    report = panel2.cycle()
+    assert sent == [((job.pk,), queues.queue_for(job))]
+    assert f"failover job #{job.pk}: message sent again" in report.changes
+    assert Job.objects.get(pk=job.pk).state == "queued" and failover.failover_jobs(incident).count() == 1
+
+
 def test_a_closed_incident_of_a_host_still_dead_is_not_reopened(cluster, fake, monitors):  # noqa: F811
     CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD, missed_checks=DEAD_AFTER,
                                                  state_changed_at=timezone.now())
