@@ -10,6 +10,7 @@ Docs: docs/fencing.md.
 """
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -51,6 +52,8 @@ WAIT_FOR_EARLIER_JOB_S = 600  # a confirmation queued behind a running failover 
 EARLIER_JOB_POLL_S = 2.0  # between two looks at the earlier job; no worker is held meanwhile
 RUNNING = {"running", "paused", "blocked"}
 
+logger = logging.getLogger(__name__)
+
 
 # --- the verbs -----------------------------------------------------------------------------------
 
@@ -83,6 +86,17 @@ def start_failover(incident: Incident, user: AbstractBaseUser | None = None) -> 
         if active is not None:
             raise ValidationError(f"failover job #{active.pk} for {locked.host_name} is already {active.state}")
         return _start(locked, user, f"{locked.host_name} declared dead")
+
+
+def start_failover_noted(incident: Incident) -> Job | None:
+    """start_failover for the monitor: a refusal or an error is written on the incident (and logged)
+    instead of raised, so that the monitor's cycle goes on; None then."""
+    try:
+        return start_failover(incident)
+    except Exception as exc:
+        logger.exception("start_failover failed for incident %s", incident.pk)
+        record(incident, EventKind.NOTE, f"could not start the failover: {type(exc).__name__}: {exc}")
+        return None
 
 
 def confirm_fenced_manually(incident: Incident, user: AbstractBaseUser | None) -> Job:

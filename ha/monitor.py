@@ -494,14 +494,9 @@ class Monitor:
             record(incident, EventKind.NOTE, f"{host.name} declared dead again while this incident is open")
             return
         report.changes.append(f"{host.name}: incident #{incident.pk} opened, starting failover")
-        try:
-            from ha.failover import start_failover
+        from ha.failover import start_failover_noted
 
-            job = start_failover(incident)
-        except Exception as exc:
-            logger.exception("start_failover failed for incident %s", incident.pk)
-            record(incident, EventKind.NOTE, f"could not start the failover: {type(exc).__name__}: {exc}")
-            return
+        job = start_failover_noted(incident)
         if job is not None:
             report.changes.append(f"{host.name}: failover job #{job.pk}")
 

@@ -21,8 +21,6 @@ refuses a second evacuation).
 """
 from __future__ import annotations
 
-import logging
-
 from django.db import transaction
 from django.db.models import Q
 
@@ -36,7 +34,6 @@ from jobs.queues import send
 from jobs.recovery import UNCLAIMED
 from jobs.runner import append_log
 
-logger = logging.getLogger(__name__)
 FAILOVER_JOB = "host.failover"  # ha.failover.JOB_KIND, not imported: the monitor imports failover lazily
 
 
@@ -70,18 +67,13 @@ def incidents_without_failover() -> list[Incident]:
 
 def resume_failover(incident: Incident, changes: list[str]) -> None:
     """Queue the failover the last leader did not; start_failover refuses a second one."""
-    from ha.failover import start_failover
+    from ha.failover import start_failover_noted
 
     record(incident, EventKind.NOTE, "the monitor that led stopped before starting the failover; "
                                      "the monitor now leading starts it")
-    try:
-        job = start_failover(incident)
-    except Exception as exc:
-        logger.exception("start_failover failed for incident %s", incident.pk)
-        record(incident, EventKind.NOTE, f"could not start the failover: {type(exc).__name__}: {exc}")
-        return
-    changes.append(f"{incident.host_name}: incident #{incident.pk} resumed, failover job"
-                   + (f" #{job.pk}" if job is not None else ""))
+    job = start_failover_noted(incident)
+    if job is not None:
+        changes.append(f"{incident.host_name}: incident #{incident.pk} resumed, failover job #{job.pk}")
 
 
 def resend_unclaimed_failovers(changes: list[str]) -> list[Job]:

@@ -1,6 +1,8 @@
 """What the hosts themselves say, asked directly (never through the panel's own view of them)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -57,3 +59,27 @@ def succeeded(job: Job) -> Job:
     job = follow(job.pk, lambda _line: None)
     assert job.state == "succeeded", job.message
     return job
+
+
+@contextmanager
+def guests_on_cpu2(names: tuple[str, ...]) -> Iterator[list]:
+    """Small guests on cpu2 for a test that pulls its plug; afterwards the lab is whole again, the
+    stale definitions the dead host kept are gone, every host is up and the guests are deleted."""
+    from hosts.choices import HostState
+    from lab import cluster
+    from vms.models import VirtualMachine
+    from vms.services import VmRequest, create_vm, delete_vm
+
+    for name in names:
+        job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=16, cpu_server="cpu2"))
+        assert follow(job.pk, lambda _line: None).state == "succeeded"
+    yield [VirtualMachine.objects.get(name=name) for name in names]
+    cluster.up()
+    cpu2 = CpuServer.objects.get(name="cpu2")
+    for name in names:
+        hypervisor.destroy(cpu2.libvirt_uri, f"xa-{name}")
+        hypervisor.undefine(cpu2.libvirt_uri, f"xa-{name}")
+    CpuServer.objects.update(state=HostState.UP, missed_checks=0)
+    for name in names:
+        if VirtualMachine.objects.filter(name=name).exists():
+            follow(delete_vm(name).pk, lambda _line: None)

@@ -11,16 +11,14 @@ import time
 import libvirt
 import pytest
 
-from drivers import hypervisor
 from ha.choices import EventKind
 from ha.maintenance import leave_maintenance
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer
-from jobs.follow import follow
 from lab import cluster
+from tests.integration import on_the_hosts
 from vms.models import VirtualMachine
-from vms.services import VmRequest, create_vm, delete_vm
 
 pytestmark = pytest.mark.lab
 NAMES = ("e2e-a", "e2e-b")
@@ -36,19 +34,8 @@ def _running_on(uri: str) -> set[str]:
 
 @pytest.fixture
 def guests_on_cpu2(lab_hosts, celery_worker_process):
-    for name in NAMES:
-        job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=16, cpu_server="cpu2"))
-        assert follow(job.pk, lambda _line: None).state == "succeeded"
-    yield [VirtualMachine.objects.get(name=name) for name in NAMES]
-    cluster.up()
-    cpu2 = CpuServer.objects.get(name="cpu2")
-    for name in NAMES:  # the stale definitions the dead host kept
-        hypervisor.destroy(cpu2.libvirt_uri, f"xa-{name}")
-        hypervisor.undefine(cpu2.libvirt_uri, f"xa-{name}")
-    CpuServer.objects.update(state=HostState.UP, missed_checks=0)
-    for name in NAMES:
-        if VirtualMachine.objects.filter(name=name).exists():
-            follow(delete_vm(name).pk, lambda _line: None)
+    with on_the_hosts.guests_on_cpu2(NAMES) as guests:
+        yield guests
 
 
 @pytest.fixture
