@@ -201,3 +201,26 @@ def default_image(lab_hosts, celery_worker_process):
                                       login_user=recipe.login_user, source="test", make_default=True), files)
     succeeded(job)
     return Image.objects.get(name="debian-12")
+
+
+@pytest.fixture
+def no_worker_takes_jobs(settings):
+    """Jobs this test queues go to queues no worker consumes. The session's Celery worker (started
+    by the first lab or browser test; pytest-django runs transactional tests after the others, so
+    such a worker may already be up) would otherwise run them behind the test's back."""
+    import redis
+
+    queues = [f"{settings.CELERY_TASK_DEFAULT_QUEUE}-nobody", f"{settings.CELERY_HA_QUEUE}-nobody"]
+    settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_HA_QUEUE = queues
+    yield queues
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(*queues)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_queue_for_nobody(request):
+    """Every test that is not a lab or browser test queues its jobs where no worker takes them (see
+    no_worker_takes_jobs): a unit test runs a job itself, with run_job, or not at all."""
+    if request.node.get_closest_marker("lab") or request.node.get_closest_marker("browser"):
+        return
+    request.getfixturevalue("no_worker_takes_jobs")
+

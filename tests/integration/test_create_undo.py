@@ -8,7 +8,6 @@ timeout the panel would have seen. Its message goes to a queue no worker consume
 from __future__ import annotations
 
 import pytest
-import redis
 
 from drivers import vblade
 from drivers.errors import DriverError
@@ -21,15 +20,8 @@ from vms.services import VmRequest, create_vm
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def unconsumed_queue(settings):
-    settings.CELERY_TASK_DEFAULT_QUEUE = queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-nobody"
-    yield queue
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue)
-
-
 def test_an_export_that_started_before_its_call_timed_out_is_stopped_and_nothing_is_left(
-        lab_hosts, unconsumed_queue, monkeypatch):
+        lab_hosts, no_worker_takes_jobs, monkeypatch):
     disk2 = next(d for d in lab_hosts["disk"] if d.name == "disk2")
     real_start = vblade.start_export
 
