@@ -8,11 +8,15 @@ only ever busy with a job that is acting. docs/jobs.md.
 """
 from __future__ import annotations
 
+from celery import current_app
 from django.conf import settings
 from django.db import transaction
 
+from jobs.kinds import kind_of
 from jobs.models import Job
-from jobs.runner import kind_of
+
+# jobs.tasks.run_job, by name: the queues need not import the tasks (which import the runner).
+RUN_JOB = "jobs.run_job"
 
 
 def is_ha(job: Job) -> bool:
@@ -31,8 +35,6 @@ def queue_for(job: Job) -> str:
 def send(job: Job, *, wake: str = "", countdown: float = 0) -> None:
     """Queue the message that runs `job` (or, with its `wake` token, resumes it after a wait),
     once the current transaction commits: a worker never looks for a row not yet written."""
-    from jobs.tasks import run_job
-
     queue = queue_for(job)
     args = (job.pk, wake) if wake else (job.pk,)
-    transaction.on_commit(lambda: run_job.apply_async(args, queue=queue, countdown=countdown or None))
+    transaction.on_commit(lambda: current_app.send_task(RUN_JOB, args, queue=queue, countdown=countdown or None))

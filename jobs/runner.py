@@ -30,6 +30,7 @@ from drivers import guard
 from drivers.errors import DriverError
 from jobs.choices import JobState, LogLevel
 from jobs.events import publish
+from jobs.kinds import JobKind, JobPlan, job_kind, kind_of  # noqa: F401 - the kinds' registry, used here
 from jobs.lease import Lease, LeaseLost, new_owner
 from jobs.models import Job, JobLogEntry
 
@@ -94,35 +95,6 @@ class Step:
     undo: Callable[[JobContext], None] | None = None
 
 
-JobPlan = Callable[[JobContext], list[Step]]
-
-
-@dataclass(frozen=True)
-class JobKind:
-    plan: JobPlan
-    # What a job that ends before its first step gives back (cancelled while queued, never taken by
-    # a worker): vm.create's reservation. Nothing was done on a host, so it touches only rows.
-    release: Callable[[JobContext], None] | None = None
-    # High availability: its own queue and workers (jobs/queues.py), never behind tenant work.
-    ha: bool = False
-
-
-_KINDS: dict[str, JobKind] = {}
-
-
-def job_kind(name: str, *, release: Callable[[JobContext], None] | None = None,
-             ha: bool = False) -> Callable[[JobPlan], JobPlan]:
-    def register(plan: JobPlan) -> JobPlan:
-        _KINDS[name] = JobKind(plan, release, ha)
-        return plan
-
-    return register
-
-
-def kind_of(name: str) -> JobKind | None:
-    return _KINDS.get(name)
-
-
 def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | None = None) -> JobLogEntry:
     last = job.log.order_by("-serial").values_list("serial", flat=True).first() or 0
     entry = JobLogEntry.objects.create(
@@ -135,7 +107,7 @@ def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | 
 
 def release_unstarted(ctx: JobContext) -> None:
     """Give back what a job that never began a step reserved (its kind's `release`)."""
-    kind = _KINDS.get(ctx.job.kind)
+    kind = kind_of(ctx.job.kind)
     if kind is not None and kind.release is not None:
         kind.release(ctx)
 
@@ -184,7 +156,7 @@ def run_job(job_id: int, worker: str = "", wake: str = "") -> Job | None:
 
 def _run(ctx: JobContext) -> None:
     job = ctx.job
-    kind = _KINDS.get(job.kind)
+    kind = kind_of(job.kind)
     if kind is None:
         _finish(ctx, JobState.ERRORED, f"unknown job kind {job.kind!r}", [])
         return

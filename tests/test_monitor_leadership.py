@@ -206,7 +206,7 @@ def test_a_failover_job_whose_message_the_dead_leader_never_sent_is_sent_again(c
                                                                                monkeypatch):
     """The leader committed the failover job and died before its on-commit message left: the new
     leader sends it again at once (the periodic re-send of lost messages would come minutes later)."""
-    from jobs import queues, tasks
+    from jobs import queues
 
     panel2 = _lead_then_die(monitors)
     CpuServer.objects.filter(name="cpu2").update(state=HostState.DEAD, missed_checks=DEAD_AFTER)
@@ -215,7 +215,7 @@ def test_a_failover_job_whose_message_the_dead_leader_never_sent_is_sent_again(c
     job = failover.start_failover(incident)
     monkeypatch.undo()
     sent: list[tuple] = []
-    monkeypatch.setattr(tasks.run_job, "apply_async", lambda args, **kw: sent.append((args, kw["queue"])))
+    monkeypatch.setattr(queues.current_app, "send_task", lambda name, args, **kw: sent.append((args, kw["queue"])))
     fake.silent = {"cpu2"}
     report = panel2.cycle()
     assert sent == [((job.pk,), queues.queue_for(job))]

@@ -1,0 +1,37 @@
+"""The registry of job kinds: each kind's plan (its steps), what it gives back when it ends before
+its first step, and whether it is high availability's (its own queue). Kept apart from the runner so
+that the queues (jobs/queues.py) can ask a kind without importing the runner."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# A plan takes the job's context (jobs.runner.JobContext) and returns its steps (jobs.runner.Step).
+JobPlan = Callable[[Any], list[Any]]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    plan: JobPlan
+    # What a job that ends before its first step gives back (cancelled while queued, never taken by
+    # a worker): vm.create's reservation. Nothing was done on a host, so it touches only rows.
+    release: Callable[[Any], None] | None = None
+    # High availability: its own queue and workers (jobs/queues.py), never behind tenant work.
+    ha: bool = False
+
+
+_KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(name: str, *, release: Callable[[Any], None] | None = None,
+             ha: bool = False) -> Callable[[JobPlan], JobPlan]:
+    def register(plan: JobPlan) -> JobPlan:
+        _KINDS[name] = JobKind(plan, release, ha)
+        return plan
+
+    return register
+
+
+def kind_of(name: str) -> JobKind | None:
+    return _KINDS.get(name)
