@@ -50,9 +50,11 @@ def sentinel(tmp_path: Path) -> Iterator[list[redis_ha.Address]]:
     primary, replica, sentinel_port = _free_port(), _free_port(), _free_port()
     base = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     conf = tmp_path / "sentinel.conf"
+    # Sentinel must never fail over by itself (a loaded machine answers its pings late): the test
+    # fails over on purpose, and a failover of its own between a put and a get loses the message.
     conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
                     f"sentinel monitor {MASTER} 127.0.0.1 {primary} 1\n"
-                    f"sentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 10000\n")
+                    f"sentinel down-after-milliseconds {MASTER} 60000\nsentinel failover-timeout {MASTER} 10000\n")
     processes = [
         subprocess.Popen([*base, "--port", str(primary)], stdout=subprocess.DEVNULL),
         subprocess.Popen([*base, "--port", str(replica), "--replicaof", "127.0.0.1", str(primary)],

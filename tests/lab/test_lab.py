@@ -247,14 +247,16 @@ def test_down_leaves_no_namespace_link_process_or_mount(lab_cluster, on_host, vb
     conn.close()
     lab_pids = [pid for h in HOSTS for pid in host_pids(h.netns, h)]
     assert len(lab_pids) > 10
-    cluster.down(out=lambda line: None)
+    said: list[str] = []
+    cluster.down(out=said.append)
     try:
         assert not [ns for ns in _netns() if ns.startswith("xa-")]
         links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
         assert " xa-" not in links
         mounts = Path("/proc/mounts").read_text()
         assert str(lab_dir()) not in mounts
-        assert not Path("/dev/etherd").exists()
+        left = sorted(p.name for p in Path("/dev/etherd").iterdir()) if Path("/dev/etherd").exists() else None
+        assert left is None, f"/dev/etherd kept, holding {left}; lab down said {said}"
         assert [pid for pid in lab_pids if pid_alive(pid)] == []
         loops = subprocess.run(["losetup", "--list", "--noheadings", "-O", "BACK-FILE"], capture_output=True,
                                text=True, check=True).stdout
