@@ -9,6 +9,8 @@ LAB_DIR/chaos-results.jsonl; `make chaos` ends with the count of passed and fail
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -44,8 +46,58 @@ def records_request(name: str, cpu: str) -> VmRequest:
                      allow_n_plus_one_break=True)
 
 
+class Worker:
+    """This case's own Celery worker, on queues of its own (so that the session's worker never takes
+    the case's jobs), under one node name across restarts: killed with SIGKILL, started again."""
+
+    def __init__(self, log: Path) -> None:
+        self.log, self.proc = log, None
+        self.node = f"chaos-{os.getpid()}@%h"
+
+    def start(self) -> None:
+        from tests.conftest import REPO, _child_env
+
+        env = _child_env(settings.DATABASES["default"]["NAME"])
+        queues = f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.CELERY_HA_QUEUE}"
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "xenaoe_panel", "worker", "-P", "threads", "-c", "6",
+                 "--loglevel=INFO", "-n", self.node, "-Q", queues], cwd=REPO, env=env, stdout=out,
+                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while " ready." not in self.log.read_text()[offset:]:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the worker did not come up in 60 s"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 @pytest.fixture
-def lab_whole(lab_hosts, celery_worker_process) -> Iterator[dict]:
+def worker(settings, monkeypatch, tmp_path) -> Iterator[Worker]:
+    queue = f"{settings.CELERY_TASK_DEFAULT_QUEUE}-chaos"
+    settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_HA_QUEUE = queue, f"{queue}-ha"
+    monkeypatch.setenv("CELERY_QUEUE", queue)  # for the processes a case starts: the worker, the monitor
+    monkeypatch.setenv("CELERY_HA_QUEUE", settings.CELERY_HA_QUEUE)
+    started = Worker(tmp_path / "worker.log")
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def lab_whole(lab_hosts, worker) -> Iterator[dict]:
     """Every lab host up before and after the case; the hosts' states back to up in the panel."""
     cluster.up(out=lambda line: None)
     yield lab_hosts

@@ -89,11 +89,15 @@ class Acks:
             time.sleep(0.5)
 
     def _loop(self) -> None:
-        from django.db import connection
+        from django.db import DatabaseError, connection
 
         try:
             while not self._stop.is_set():
-                self.poll_once()
+                try:
+                    self.poll_once()
+                except DatabaseError:  # PostgreSQL restarted under the case: a new connection next time
+                    self.errors += 1
+                    connection.close()
                 self._stop.wait(self.interval)
         finally:
             connection.close()
@@ -122,8 +126,8 @@ def running_copies(domain: str) -> list[str]:
             conn = libvirt.open(cpu.libvirt_uri)
         except libvirt.libvirtError:
             continue  # a dead or partitioned host: whether it still runs it shows in the data
-        try:
-            if conn.lookupByName(domain).isActive():
+        try:  # running, not paused: a migration's incoming copy waits paused until the switch-over
+            if conn.lookupByName(domain).state()[0] == libvirt.VIR_DOMAIN_RUNNING:
                 hosts.append(cpu.name)
         except libvirt.libvirtError:
             pass

@@ -75,7 +75,7 @@ def back_in_service(name: str) -> None:
 
 @pytest.mark.parametrize(("case", "source", "target", "killed"), [
     ("cpu-killed-migrating-from", "cpu2", "cpu1", "cpu2"),
-    ("cpu-killed-migrating-to", "cpu1", "cpu2", "cpu2"),
+    pytest.param("cpu-killed-migrating-to", "cpu1", "cpu2", "cpu2", marks=pytest.mark.slow),
 ])
 def test_a_cpu_server_killed_during_a_live_migration(records_vm, monitor, case, source, target, killed):
     name = f"ch-{killed}-{'from' if killed == source else 'to'}"
@@ -94,6 +94,7 @@ def test_a_cpu_server_killed_during_a_live_migration(records_vm, monitor, case, 
                   f"migration {job.state}; runs on {survivor} {took:.0f} s later"), name, acks)
 
 
+@pytest.mark.slow
 def test_a_cpu_server_cut_from_the_management_network(records_vm, monitor):
     """It runs on, on the SAN, but the panel cannot reach it: declared dead, fenced through its BMC
     (powered off), its guest restarted on the survivor."""
@@ -109,6 +110,7 @@ def test_a_cpu_server_cut_from_the_management_network(records_vm, monitor):
           name, acks)
 
 
+@pytest.mark.slow
 def test_a_cpu_server_cut_from_the_san(records_vm, monitor):
     """It answers the panel but reaches no disk: its guest's I/O waits. The panel must move the
     guest where its disks are, and never run it twice."""
