@@ -30,6 +30,7 @@ from django.utils import timezone
 from drivers import guard
 from drivers.errors import DriverError
 from jobs.choices import JobState, LogLevel
+from jobs.dbretry import retrying
 from jobs.events import publish
 from jobs.kinds import JobKind, JobPlan, job_kind, kind_of  # noqa: F401 - the kinds' registry, used here
 from jobs.lease import Lease, LeaseLost, new_owner
@@ -87,7 +88,7 @@ class JobContext:
         return append_log(self.job, message, level, data)
 
     def cancel_requested(self) -> bool:
-        row = Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first()
+        row = retrying(Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first)
         if self.lease is not None and (row is None or row["owner"] != self.lease.owner
                                        or row["state"] != JobState.RUNNING):
             self.lease.lost()
@@ -106,11 +107,14 @@ class Step:
 
 
 def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | None = None) -> JobLogEntry:
-    last = job.log.order_by("-serial").values_list("serial", flat=True).first() or 0
-    entry = JobLogEntry.objects.create(
-        job=job, serial=last + 1, level=level, message=message,
-        step=job.step, total_steps=job.total_steps, data=data or {},
-    )
+    def write() -> JobLogEntry:
+        last = job.log.order_by("-serial").values_list("serial", flat=True).first() or 0
+        return JobLogEntry.objects.create(
+            job=job, serial=last + 1, level=level, message=message,
+            step=job.step, total_steps=job.total_steps, data=data or {},
+        )
+
+    entry = retrying(write)
     publish(job, entry)
     return entry
 
@@ -126,7 +130,7 @@ def _set(ctx: JobContext, **fields: Any) -> None:
     """Write the job's row only if this run still holds it (compare-and-set on the owner)."""
     job = ctx.job
     assert ctx.lease is not None
-    if not ctx.lease.mine().update(**fields):
+    if not retrying(lambda: ctx.lease.mine().update(**fields)):
         ctx.lease.lost()
     for name, value in fields.items():
         setattr(job, name, value)
@@ -247,7 +251,7 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step], *, unst
     if ctx.undo_failures:
         message += " (undo incomplete: see the log)"
     _set(ctx, state=state, message=message, finished_at=timezone.now(), owner="", lease_until=None, context={})
-    job.reservations.all().delete()  # memory the allocator held for it (vms/placement.py) is free again
+    retrying(job.reservations.all().delete)  # memory the allocator held for it (vms/placement.py) is free again
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     append_log(job, f"Job {state}: {message}", level)
 
