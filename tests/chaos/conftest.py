@@ -227,7 +227,13 @@ def check(outcome: Outcome, vm_name: str | None = None, acks: Acks | None = None
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if LINES:
+    def cases(outcome: str) -> int:
+        return sum(1 for report in terminalreporter.stats.get(outcome, [])
+                   if "tests/chaos/" in getattr(report, "nodeid", "") and report.when in ("call", "setup"))
+
+    passed, failed = cases("passed"), cases("failed") + cases("error")
+    if LINES or passed or failed:
         terminalreporter.write_sep("=", "fault suite")
         for line in LINES:
             terminalreporter.write_line(line)
+        terminalreporter.write_line(f"{passed} passed, {failed} failed")
