@@ -18,9 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import libvirt
-
-from drivers import guest_agent, ssh
+from drivers import guest_agent, hypervisor, ssh
 from drivers.errors import DriverError
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
@@ -119,20 +117,17 @@ class Acks:
 
 
 def running_copies(domain: str) -> list[str]:
-    """The CPU servers on which the domain runs now, asked directly (not the panel's view)."""
+    """The CPU servers on which the domain runs now, asked directly (not the panel's view), through
+    the driver: its calls time out and abandon a connection to a host that went silent, where a bare
+    libvirt object would hang whichever thread frees it."""
     hosts = []
     for cpu in CpuServer.objects.all():
-        try:
-            conn = libvirt.open(cpu.libvirt_uri)
-        except libvirt.libvirtError:
-            continue  # a dead or partitioned host: whether it still runs it shows in the data
         try:  # running, not paused: a migration's incoming copy waits paused until the switch-over
-            if conn.lookupByName(domain).state()[0] == libvirt.VIR_DOMAIN_RUNNING:
-                hosts.append(cpu.name)
-        except libvirt.libvirtError:
-            pass
-        finally:
-            conn.close()
+            info = hypervisor.domain_info(cpu.libvirt_uri, domain, timeout=5)
+        except DriverError:
+            continue  # a dead or partitioned host: whether it still runs it shows in the data
+        if info is not None and info.state == "running":
+            hosts.append(cpu.name)
     return hosts
 
 
