@@ -274,6 +274,23 @@ def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
 
 
 _NOT_RUNNING = hypervisor.DomainInfo("", "", "shutoff", False)
+# A start that fails for a passing reason is tried again on the same server: found by the fault
+# suite, a target still tearing down the incoming copy of a migration the dead host was driving
+# refuses the definition ("domain ... is already being removed") for a moment.
+RESTART_RETRY_DELAYS_S = (2.0, 5.0)
+
+
+def _restart_with_retries(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
+    for delay in (*RESTART_RETRY_DELAYS_S, None):
+        try:
+            _restart_on(ctx, vm, target)
+            return
+        except DriverError as exc:
+            if exc.permanent or delay is None:
+                raise
+            ctx.log(f"{vm.name}: starting it on {target.name} failed ({exc}): trying again in {delay:g} s",
+                    LogLevel.WARNING)
+            time.sleep(delay)
 
 
 def restart_guests(ctx: JobContext) -> None:
@@ -323,7 +340,7 @@ def restart_guests(ctx: JobContext) -> None:
             continue
         started = time.monotonic()
         try:
-            _restart_on(ctx, vm, target)
+            _restart_with_retries(ctx, vm, target)
         except (DriverError, JobFailed) as exc:
             release(ctx.job, vm)
             reason = f"could not start on {target.name}: {exc}"

@@ -493,3 +493,25 @@ def test_returning_a_fenced_host_gives_it_its_storage_back(monkeypatch):
     assert fencing.storage_acl() is None
     fencing.restore_storage_access()
     assert restarted == [((1, 0), None), ((1, 1), None)]  # both open again: cpu2 is back
+
+
+def test_a_start_refused_for_a_passing_reason_is_tried_again_on_the_same_server(dead, fake, monkeypatch):
+    """Found by the fault suite: the survivor was still tearing down the incoming copy of a live
+    migration the dead host had been driving, and refused the definition for a moment; the guest
+    stayed down."""
+    monkeypatch.setattr(failover, "RESTART_RETRY_DELAYS_S", (0.0, 0.0))
+    _guest(dead, "web")
+    real_define = fake.define
+    refusals = []
+
+    def busy_once(uri, xml, *, timeout=30):
+        if not refusals:
+            refusals.append(uri)
+            raise DriverError(f"{uri}: define 'xa-web': operation failed: domain 'xa-web' is already being removed")
+        return real_define(uri, xml, timeout=timeout)
+
+    monkeypatch.setattr(hypervisor, "define", busy_once)
+    job = _run_failover()
+    assert job.state == "succeeded", job.message
+    assert fake.started() == ["xa-web"] and len(refusals) == 1
+    assert job.log.filter(message__contains="trying again in 0 s").exists()

@@ -104,7 +104,13 @@ class Acks:
         vm = VirtualMachine.objects.filter(name=self.vm_name).select_related("cpu_server").first()
         if vm is None or vm.cpu_server is None:
             return
-        self.copies_at_once = max(self.copies_at_once, len(running_copies(vm.domain_name)))
+        running = running_copies(vm.domain_name)
+        if len(running) > 1:
+            # The hosts are asked one after the other: across a migration's switch-over the source
+            # may answer "running" just before the target does. Two copies at once must still be
+            # two when asked again.
+            running = [host for host in running_copies(vm.domain_name) if host in running]
+        self.copies_at_once = max(self.copies_at_once, len(running))
         try:
             uri = vm.cpu_server.libvirt_uri
             boot_id, first = guest_agent.read_file(uri, vm.domain_name, "/run/boot", timeout=5).split()
