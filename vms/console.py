@@ -62,9 +62,10 @@ def console_target(vm_pk: int) -> ConsoleTarget | None:
                          vm.state == VmState.RUNNING and server is not None)
 
 
-def record_open(vm: VirtualMachine, user, via: str, client: str) -> ConsoleSession:
+def record_open(vm: VirtualMachine, user, via: str, client: str, username: str = "") -> ConsoleSession:
     return ConsoleSession.objects.create(vm=vm, user=user if user is not None and user.pk else None,
-                                         username=getattr(user, "username", "") or "", via=via, client=client[:255])
+                                         username=(username or getattr(user, "username", "") or "")[:150], via=via,
+                                         client=client[:255])
 
 
 def record_close(session_pk: int, reason: str) -> None:

@@ -6,6 +6,11 @@ process against the real Redis channel layer; the console itself is libvirt's, o
 from __future__ import annotations
 
 import asyncio
+import os
+import pty
+import select
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +18,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from api.tokens import issue_token
+from tests.conftest import REPO, _child_env
 from tests.console_guest import PASSWORD, console_guest, expect
 from tests.integration.on_the_hosts import succeeded
 from vms.console import MIGRATED
@@ -125,3 +131,47 @@ def test_serial_console_through_the_websocket_follows_a_live_migration(lab_hosts
         session = ConsoleSession.objects.get(vm__name=VM)
         assert (session.username, session.via) == ("alice", "token")
         assert session.closed_at is not None and session.end_reason.startswith("client closed")
+
+        # The same shell from the panel machine's command line, on the VM's new server; Ctrl-] ends it.
+        output = _cli_console(["echo cli-$((2+3))-ok\r"], r"cli-5-ok\r\n")
+        assert "Connected to the serial console of con1" in output and "[console closed: escape character]" in output
+        cli = ConsoleSession.objects.filter(vm__name=VM, via="cli").get()
+        assert cli.closed_at is not None and cli.end_reason == "escape character"
+
+
+def _cli_console(lines: list[str], wanted: str) -> str:
+    """`manage.py vm console con1` on a pseudo-terminal: type `lines`, wait for `wanted`, then Ctrl-]."""
+    from django.conf import settings
+
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "manage.py", "vm", "console", VM], cwd=REPO, stdin=child, stdout=child,
+                            stderr=child, env=_child_env(settings.DATABASES["default"]["NAME"]))
+    os.close(child)
+    seen = bytearray()
+
+    def read() -> str:
+        while select.select([main], [], [], 0.1)[0]:
+            try:
+                seen.extend(os.read(main, 4096))
+            except OSError:
+                break
+        return seen.decode(errors="replace")
+
+    try:
+        expect(read, r"Connected to the serial console", 30, "the CLI's greeting")
+        for attempt in range(6):  # what is typed before the console has opened is not kept
+            for line in lines:
+                os.write(main, line.encode())
+            try:
+                expect(read, wanted, 5, "the output in the CLI")
+                break
+            except AssertionError:
+                if attempt == 5:
+                    raise
+        os.write(main, b"\x1d")
+        assert proc.wait(timeout=20) == 0, read()
+        return read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
