@@ -33,7 +33,7 @@ def _screen(page) -> str:
     return page.evaluate("""() => {
         const buffer = window.xenaoeConsole.buffer.active, lines = [];
         for (let i = 0; i < buffer.length; i++) lines.push(buffer.getLine(i).translateToString(true));
-        return lines.join("\\n");
+        return lines.join("\\n").trimEnd();
     }""")
 
 
