@@ -114,7 +114,7 @@ class ConsoleFollower:
         had_console = False
         server_id: int | None = None
         next_try = 0.0
-        said_waiting = False
+        said_waiting = said_retrying = False
         while not stop.is_set():
             target = console_target(self.vm_pk)
             if target is None:
@@ -140,11 +140,13 @@ class ConsoleFollower:
                 return TAKEN_OVER if had_console else BUSY
             except DriverError as exc:
                 log.info("console of VM %s: %s", self.vm_pk, exc)
-                self.on_notice("retrying", "the console could not be opened; trying again")
+                if not said_retrying:  # once until it opens: the terminal is no log
+                    self.on_notice("retrying", "the console could not be opened; trying again")
+                    said_retrying = True
                 next_try = time.monotonic() + RETRY_S
                 continue
             self._swap(console)
-            had_console, server_id, said_waiting = True, target.server_id, False
+            had_console, server_id, said_waiting, said_retrying = True, target.server_id, False, False
             self.on_notice("connected", "")
             while not stop.is_set() and not console.wait(POLL_S):
                 pass
