@@ -272,3 +272,6 @@ def test_the_console_page_and_the_sessions_on_the_vm_page(django_user_model):
     assert "vm-console-link" in detail and "198.51.100.7" in detail and "an operator" in detail
     assert "203.0.113.9" not in detail and ">op<" not in detail
     assert "203.0.113.9" in _client(operator).get("/vms/a1/").content.decode()
+    # The API tells a script where the console is, if it may use it.
+    assert alice.get("/api/vms/a1/").json()["console_url"] == "ws://testserver/ws/vms/a1/console/serial/"
+    assert ian.get("/api/vms/i1/").json()["console_url"] is None
