@@ -275,3 +275,43 @@ def test_the_console_page_and_the_sessions_on_the_vm_page(django_user_model):
     # The API tells a script where the console is, if it may use it.
     assert alice.get("/api/vms/a1/").json()["console_url"] == "ws://testserver/ws/vms/a1/console/serial/"
     assert ian.get("/api/vms/i1/").json()["console_url"] is None
+
+
+VNC = "/ws/vms/{}/console/vnc/"
+
+
+@pytest.mark.asyncio
+async def test_the_graphical_console_who_may_and_bytes_both_ways(monkeypatch):
+    """The VNC socket: the same close codes; 4503 when the display cannot be reached (libvirt's test
+    driver has none); with a stand-in for the SSH tunnel (a local process that greets like a VNC
+    server and echoes), the greeting first, then bytes both ways, and the session recorded."""
+    import asyncio
+    import sys
+
+    from drivers import vnc
+    from vms import graphics
+
+    world = await sync_to_async(_world)()
+    assert (await _open(VNC.format("a1")))[1:] == (False, 4401)
+    assert (await _open(VNC.format("a1"), world["bob"]))[1:] == (False, 4404)
+    assert (await _open(VNC.format("i1"), world["ian"]))[1:] == (False, 4403)
+    communicator, connected, _ = await _open(VNC.format("a1"), world["alice"])
+    assert connected
+    assert await communicator.receive_output(timeout=10) == {"type": "websocket.close", "code": 4503}
+
+    async def fake_display(vm_pk: int) -> vnc.Tunnel:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'RFB 003.008\\n'); sys.stdout.flush(); "
+            "[sys.stdout.buffer.write(l.upper()) or sys.stdout.flush() for l in sys.stdin.buffer]",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        return vnc.Tunnel(process, await process.stdout.readexactly(12))
+
+    monkeypatch.setattr(graphics, "open_display", fake_display)
+    communicator, connected, _ = await _open(VNC.format("a1"), world["alice"])
+    assert connected
+    assert (await communicator.receive_output(timeout=10))["bytes"] == b"RFB 003.008\n"
+    await communicator.send_to(bytes_data=b"rfb 003.008\n")
+    assert (await communicator.receive_output(timeout=10))["bytes"] == b"RFB 003.008\n"
+    await communicator.disconnect()
+    kinds = await sync_to_async(lambda: sorted(ConsoleSession.objects.values_list("kind", "end_reason")))()
+    assert kinds == [("vnc", "client closed (1000)"), ("vnc", "the display is not reachable")]

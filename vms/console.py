@@ -62,10 +62,11 @@ def console_target(vm_pk: int) -> ConsoleTarget | None:
                          vm.state == VmState.RUNNING and server is not None)
 
 
-def record_open(vm: VirtualMachine, user, via: str, client: str, username: str = "") -> ConsoleSession:
+def record_open(vm: VirtualMachine, user, via: str, client: str, username: str = "",
+                kind: str = "serial") -> ConsoleSession:
     return ConsoleSession.objects.create(vm=vm, user=user if user is not None and user.pk else None,
                                          username=(username or getattr(user, "username", "") or "")[:150], via=via,
-                                         client=client[:255])
+                                         client=client[:255], kind=kind)
 
 
 def record_close(session_pk: int, reason: str) -> None:

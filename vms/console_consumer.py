@@ -24,17 +24,34 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from drivers.errors import DriverError
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from tenants.access import may_run, visible_vms
 from vms import console as console_service
+from vms import graphics
 
 CLOSE_FORBIDDEN = 4403
 CLOSE_BUSY = 4409
 CLOSE_GONE = 4410
+CLOSE_UNAVAILABLE = 4503  # the VNC display cannot be reached now (not running, host down): try again
 DETACH_WAIT_S = 10.0
 MAX_PENDING_OUTPUT = 4 * 1024 * 1024  # bytes not yet sent to a slow client before output is dropped
 NOTICE_CLOSE_CODES = {console_service.BUSY: CLOSE_BUSY, console_service.TAKEN_OVER: CLOSE_BUSY,
                       console_service.GONE: CLOSE_GONE}
+
+
+def _authorise(consumer: AsyncWebsocketConsumer, user, name: str, kind: str) -> int | bool | None:
+    """The VM's pk if this user may open its console (the session recorded); None: no such VM for
+    them (4404); False: not allowed (4403)."""
+    vm = visible_vms(user).filter(name=name).first()
+    if vm is None:
+        return None
+    if not may_run(user, "console"):
+        return False
+    via = "token" if consumer.scope.get("token_auth") else "browser"
+    client = consumer.scope.get("client") or ("", 0)
+    consumer.session_pk = console_service.record_open(vm, user, via, str(client[0] or ""), kind=kind).pk
+    return vm.pk
 
 
 class SerialConsoleConsumer(AsyncWebsocketConsumer):
@@ -67,15 +84,7 @@ class SerialConsoleConsumer(AsyncWebsocketConsumer):
         self.runner = asyncio.ensure_future(self._run())
 
     def _authorise(self, user, name: str) -> int | bool | None:
-        vm = visible_vms(user).filter(name=name).first()
-        if vm is None:
-            return None
-        if not may_run(user, "console"):
-            return False
-        via = "token" if self.scope.get("token_auth") else "browser"
-        client = self.scope.get("client") or ("", 0)
-        self.session_pk = console_service.record_open(vm, user, via, str(client[0] or "")).pk
-        return vm.pk
+        return _authorise(self, user, name, "serial")
 
     async def _run(self) -> None:
         thread_done = asyncio.Event()
@@ -158,3 +167,54 @@ class SerialConsoleConsumer(AsyncWebsocketConsumer):
         # nothing of this socket outlives it.
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self.runner), DETACH_WAIT_S)
+
+
+class VncConsoleConsumer(AsyncWebsocketConsumer):
+    """`ws/vms/<name>/console/vnc/`: the VM's VNC display for noVNC, bytes both ways (RFB over binary
+    frames). Same authorisation and close codes as the serial console; when the display's stream
+    ends (the guest stopped or moved) the socket closes with 1000 and the page reconnects, finding
+    the VM wherever it runs then (vms/graphics.py)."""
+
+    session_pk: int | None = None
+    tunnel = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        found = await database_sync_to_async(_authorise)(self, user, self.scope["url_route"]["kwargs"]["name"], "vnc")
+        if found is None or found is False:
+            await self.close(code=CLOSE_NOT_FOUND if found is None else CLOSE_FORBIDDEN)
+            return
+        await self.accept()  # first: a browser learns the close code only of an accepted socket
+        self.pump = asyncio.ensure_future(self._pump(found))
+
+    async def _pump(self, vm_pk: int) -> None:
+        try:
+            self.tunnel = await graphics.open_display(vm_pk)
+        except DriverError as exc:
+            console_service.log.info("VNC of VM %s: %s", vm_pk, exc)
+            await database_sync_to_async(console_service.record_close)(self.session_pk, "the display is not reachable")
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
+        await self.send(bytes_data=self.tunnel.greeting)
+        while data := await self.tunnel.read():
+            await self.send(bytes_data=data)
+        await database_sync_to_async(console_service.record_close)(self.session_pk, "the display closed")
+        await self.close(code=1000)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data and self.tunnel is not None:
+            try:
+                await self.tunnel.write(bytes_data)
+            except (ConnectionError, RuntimeError):
+                pass  # the display went: the pump ends the socket
+
+    async def disconnect(self, code: int) -> None:
+        if getattr(self, "pump", None) is not None:
+            self.pump.cancel()
+        if self.tunnel is not None:
+            await self.tunnel.close()
+        if self.session_pk is not None:
+            await database_sync_to_async(console_service.record_close)(self.session_pk, f"client closed ({code})")

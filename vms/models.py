@@ -103,12 +103,14 @@ class ConsoleSession(models.Model):
     Written before the console is opened and closed when it ends, so that a crash leaves an open row."""
 
     VIA_CHOICES = [("browser", "browser"), ("token", "API token"), ("cli", "manage.py")]
+    KIND_CHOICES = [("serial", "serial"), ("vnc", "graphical (VNC)")]
 
     vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="console_sessions")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                              related_name="console_sessions")
     username = models.CharField(max_length=150, blank=True)  # kept when the user is deleted
     via = models.CharField(max_length=8, choices=VIA_CHOICES)
+    kind = models.CharField(max_length=8, choices=KIND_CHOICES, default="serial")
     client = models.CharField(max_length=255, blank=True, help_text="The address it came from (or the CLI's host).")
     opened_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)

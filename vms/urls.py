@@ -12,4 +12,5 @@ urlpatterns = [
     path("<str:name>/migrate/", views.VmMigrateView.as_view(), name="vm-migrate"),
     path("<str:name>/delete/", views.VmDeleteView.as_view(), name="vm-delete"),
     path("<str:name>/console/", views.VmConsoleView.as_view(), name="vm-console"),
+    path("<str:name>/console/vnc/", views.VmConsoleView.as_view(graphical=True), name="vm-console-vnc"),
 ]

@@ -98,6 +98,7 @@ def _console_row(session, operator: bool) -> dict:
     by_operator = session.via == "cli" or (session.user is not None and session.user.is_staff)
     hidden = by_operator and not operator
     return {"who": "an operator" if hidden else (session.username or "-"), "via": session.get_via_display(),
+            "kind": session.get_kind_display(),
             "client": "" if hidden else session.client, "opened_at": session.opened_at,
             "closed_at": session.closed_at, "end_reason": session.end_reason}
 
@@ -107,20 +108,25 @@ class VmConsoleView(LoginRequiredMixin, TemplateView):
     Another tenant's VM: 404; the user's own without the tenant's `console` permission: 403."""
 
     template_name = "vms/vm_console.html"
+    graphical = False
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         vm = _visible_vm(self.request, kwargs["name"])
         if not may_run(self.request.user, "console"):
             raise PermissionDenied("Your tenant may not use the console.")
-        context.update(object=vm, login_user=vm.image.login_user if vm.image_id else "")
+        context.update(object=vm, login_user=vm.image.login_user if vm.image_id else "", graphical=self.graphical)
         return context
+
+    def get_template_names(self):
+        return ["vms/vm_vnc.html" if self.graphical else self.template_name]
 
     def render_to_response(self, context, **kwargs):
         response = super().render_to_response(context, **kwargs)
         # xterm.js sizes its cells and draws its theme through <style> elements it creates: this
         # page alone allows them (scripts stay 'self' only).
-        response["Content-Security-Policy"] = content_security_policy(self.request, inline_style_elements=True)
+        if not self.graphical:
+            response["Content-Security-Policy"] = content_security_policy(self.request, inline_style_elements=True)
         return response
 
 

@@ -2,7 +2,7 @@
 
 - a frame that is not JSON text is dropped before any consumer sees it (the consumers speak JSON
   and take nothing from the client; a bad frame must not end them with an exception). The one
-  exception: binary frames on a serial console (BINARY_ROUTES), which carry keystrokes;
+  exception: binary frames on a console (BINARY_ROUTES), which carry keystrokes;
 - a signed-in user's socket listens on the group `user.<id>`: when the user is moved to another
   tenant or deactivated (tenants.services, on commit), or loses a permission a socket depends on
   (the console), the socket is closed with CLOSE_ACCESS_CHANGED and its consumer ends, so that it
@@ -26,7 +26,7 @@ from xenaoe_panel.broadcast import send_on_commit
 CLOSE_ACCESS_CHANGED = 4403
 ACCESS_CHANGED = "user.access_changed"
 # Routes whose consumers take raw bytes from the client (vms/console_consumer.py).
-BINARY_ROUTES = re.compile(r"/ws/vms/[^/]+/console/serial/\Z")
+BINARY_ROUTES = re.compile(r"/ws/vms/[^/]+/console/(serial|vnc)/\Z")
 
 
 def user_streams_group(user_id: int) -> str:
