@@ -1,8 +1,9 @@
 """A tenant's user opens the serial console of a running Debian guest from its page, logs in on ttyS0
 with the VM's password, runs a command and reads its output in the terminal; the operator
 live-migrates the guest with the console open, and the page follows it without a reload: the line
-"migrated to another server, reconnecting", then a command typed again answers. The page records
-the session on the VM's page."""
+"migrated to another server, reconnecting", then a command typed again answers. Then the graphical
+console shows the guest's screen (not blank), and again after a live migration back, reconnected
+without a reload. The VM's page lists the sessions."""
 from __future__ import annotations
 
 import time
@@ -72,7 +73,41 @@ def test_serial_console_in_the_browser_follows_a_live_migration(page, lab_hosts,
         expect(lambda: _screen(page), r"\nmoved-42-ok\n", 30, "the command's output after the migration")
         assert page.url.endswith(f"/vms/{VM}/console/")  # never reloaded
 
+        # The graphical console: the guest's screen (its VGA text console), through the panel.
+        page.goto(f"/vms/{VM}/")
+        page.get_by_role("link", name="Screen").click()
+        page.wait_for_url(f"**/vms/{VM}/console/vnc/")
+        expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-state", "connected", timeout=30_000)
+        lit = _wait_for_screen(page)
+        print(f"VNC: {lit} pixels lit on cpu1")
+        page.get_by_role("button", name="Send Ctrl-Alt-Del").click()  # the guest reboots: still a screen
+        # Live-migrated back with the screen open: the page reconnects on its own.
+        succeeded(migrate_vm(VM, "cpu2"))
+        expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-state", "connected", timeout=60_000)
+        print(f"VNC after the migration: {_wait_for_screen(page)} pixels lit on cpu2")
+
         page.goto(f"/vms/{VM}/")
         sessions = page.locator("#console-sessions")
         expect_ui(sessions).to_contain_text("alice")
         expect_ui(sessions).to_contain_text("browser")
+        expect_ui(sessions).to_contain_text("graphical (VNC)")
+
+
+def _lit_pixels(page) -> int:
+    return page.evaluate("""() => {
+        const canvas = document.querySelector("#vnc canvas");
+        if (!canvas || !canvas.width) return 0;
+        const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        let lit = 0;
+        for (let i = 0; i < data.length; i += 4) if (data[i] + data[i + 1] + data[i + 2] > 60) lit++;
+        return lit;
+    }""")
+
+
+def _wait_for_screen(page, timeout: float = 60) -> int:
+    """The canvas shows something (text on the guest's screen), not a blank or black rectangle."""
+    deadline = time.monotonic() + timeout
+    while (lit := _lit_pixels(page)) < 200:
+        assert time.monotonic() < deadline, f"the screen stays blank ({lit} pixels lit)"
+        time.sleep(0.5)
+    return lit
