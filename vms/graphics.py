@@ -5,6 +5,7 @@ reconnects and this finds the VM where the inventory says it runs now."""
 from __future__ import annotations
 
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from drivers import hypervisor, vnc
 from drivers.errors import DriverError
@@ -22,7 +23,7 @@ def _where(vm_pk: int):
 
 async def open_display(vm_pk: int) -> vnc.Tunnel:
     """The running VM's display, greeted; DriverError if it is not running or cannot be reached."""
-    where = await sync_to_async(_where)(vm_pk)
+    where = await database_sync_to_async(_where)(vm_pk)  # closes its database connection after
     if where is None:
         raise DriverError("the guest is not running", permanent=True)
     target, uri, domain = where

@@ -22,6 +22,7 @@ function connect() {
   rfb.resizeSession = false;
   rfb.addEventListener("connect", () => {
     retry = 1000;
+    screen.dataset.vncConnections = String(Number(screen.dataset.vncConnections || 0) + 1);
     say("connected", "connected");
     rfb.focus();
   });

@@ -39,7 +39,7 @@ def _screen(page) -> str:
 
 
 def test_serial_console_in_the_browser_follows_a_live_migration(page, lab_hosts, default_image,
-                                                               celery_worker_process):
+                                                               celery_worker_process, tmp_path):
     with console_guest(VM) as _world:
         _log_in(page, "alice", "alice-password-1")
         page.goto(f"/vms/{VM}/")
@@ -80,11 +80,16 @@ def test_serial_console_in_the_browser_follows_a_live_migration(page, lab_hosts,
         expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-state", "connected", timeout=30_000)
         lit = _wait_for_screen(page)
         print(f"VNC: {lit} pixels lit on cpu1")
+        page.screenshot(path=str(tmp_path / "vnc-cpu1.png"))
         page.get_by_role("button", name="Send Ctrl-Alt-Del").click()  # the guest reboots: still a screen
-        # Live-migrated back with the screen open: the page reconnects on its own.
+        # Live-migrated back with the screen open: the page reconnects on its own (a second connection).
+        assert page.locator("#vnc").get_attribute("data-vnc-connections") == "1"
         succeeded(migrate_vm(VM, "cpu2"))
-        expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-state", "connected", timeout=60_000)
+        expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-connections", "2", timeout=60_000)
+        expect_ui(page.locator("#vnc")).to_have_attribute("data-vnc-state", "connected")
         print(f"VNC after the migration: {_wait_for_screen(page)} pixels lit on cpu2")
+        page.screenshot(path=str(tmp_path / "vnc-cpu2.png"))
+        print(f"screenshots in {tmp_path}")
 
         page.goto(f"/vms/{VM}/")
         sessions = page.locator("#console-sessions")
