@@ -1,4 +1,5 @@
-"""The serial console over a websocket: `ws/vms/<name>/console/serial/[?force=1]`.
+"""The consoles over websockets: the serial console at `ws/vms/<name>/console/serial/[?force=1]`, the
+graphical one (VNC, for noVNC) at `ws/vms/<name>/console/vnc/` (VncConsoleConsumer, below).
 
 Binary frames carry the console's raw bytes both ways (keystrokes in, the guest's output out).
 Text frames are JSON: the server sends {"type": "status", "state": ..., "message": ...} when the
