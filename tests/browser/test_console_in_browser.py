@@ -72,6 +72,7 @@ def test_serial_console_in_the_browser_follows_a_live_migration(page, lab_hosts,
         page.keyboard.type("\necho moved-$((40+2))-ok\n")
         expect(lambda: _screen(page), r"\nmoved-42-ok\n", 30, "the command's output after the migration")
         assert page.url.endswith(f"/vms/{VM}/console/")  # never reloaded
+        page.screenshot(path=str(tmp_path / "serial.png"))
 
         # The graphical console: the guest's screen (its VGA text console), through the panel.
         page.goto(f"/vms/{VM}/")
