@@ -1,6 +1,7 @@
 """The serial console of a running Debian guest on the lab, through the panel's websocket with an API
 token, as a script would use it: log in on ttyS0 with the password set at creation, run a command,
-live-migrate the VM, type again after the console followed it; another tenant's user gets 4404.
+live-migrate the VM, type again after the console followed it; another tenant's user gets 4404;
+`manage.py vm console` on a pseudo-terminal; the VNC display's greeting through its websocket.
 The whole ASGI stack (origin check, token middleware, the stream guard, the consumer) runs in this
 process against the real Redis channel layer; the console itself is libvirt's, over qemu+ssh."""
 from __future__ import annotations
@@ -137,6 +138,19 @@ def test_serial_console_through_the_websocket_follows_a_live_migration(lab_hosts
         assert "Connected to the serial console of con1" in output and "[console closed: escape character]" in output
         cli = ConsoleSession.objects.filter(vm__name=VM, via="cli").get()
         assert cli.closed_at is not None and cli.end_reason == "escape character"
+
+        # The graphical console from a script: the guest's VNC display greets through the panel
+        # (ssh -W to the loopback of cpu1, where the guest runs now).
+        screen = Socket(f"/ws/vms/{VM}/console/vnc/", token)
+        try:
+            assert screen.connect()[0]
+            expect(lambda: (screen.pump(), bytes(screen.output[:12]).decode(errors="replace"))[1],
+                   r"^RFB 003\.00\d\n$", 30, "the VNC display's greeting")
+            screen.type("RFB 003.008\n")  # the client's version: the server offers its security types
+            expect(lambda: (screen.pump(), str(len(screen.output)))[1], r"^(1[3-9]|[2-9]\d)$", 10,
+                   "the security types")
+        finally:
+            screen.close()
 
 
 def _cli_console(lines: list[str], wanted: str) -> str:
