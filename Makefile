@@ -6,7 +6,7 @@ export DJANGO_SETTINGS_MODULE := xenaoe_panel.settings
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/xenaoe
 
-.PHONY: install demo stop test lint bench clean
+.PHONY: install demo stop test chaos lint bench clean
 
 install:
 	scripts/install.sh
@@ -24,7 +24,12 @@ test: install
 	scripts/services.sh
 	$(VENV)/bin/ruff check .
 	DATABASE_URL=sqlite://:memory: $(PY) manage.py makemigrations --check --dry-run >/dev/null
-	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The fault suite (tests/chaos/, docs/reliability.md): every case, one line each, then the count.
+chaos: install
+	scripts/services.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest tests/chaos -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
 	scripts/services.sh

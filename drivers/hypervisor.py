@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -547,3 +548,28 @@ def vnc_display(uri: str, name: str, *, timeout: float = 20) -> VncDisplay:
         return VncDisplay(address, port)
 
     return _call(uri, f"VNC display of {name!r}", timeout, call)
+
+
+def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bool:
+    """Abort an outgoing migration of `name` still running on this hypervisor (the job that started
+    it is gone: its worker died, the libvirt daemon drives a peer-to-peer migration on by itself) and
+    wait until it has stopped. True if there was one. A migration that completes meanwhile has
+    completed: the caller asks where the guest runs afterwards."""
+    deadline = time.monotonic() + timeout
+
+    def job_type(conn: libvirt.virConnect) -> int:
+        dom = _lookup(conn, name)
+        return libvirt.VIR_DOMAIN_JOB_NONE if dom is None else dom.jobInfo()[0]
+
+    if _call(uri, f"job of {name}", timeout, job_type) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return False
+    try:
+        _call(uri, f"abort the migration of {name}", timeout, lambda conn: _lookup_or_fail(conn, uri, name).abortJob())
+    except DriverError as exc:
+        if exc.permanent is False:
+            raise  # not answered: whether it still runs is not known
+    while _call(uri, f"job of {name}", max(1.0, deadline - time.monotonic()), job_type) != libvirt.VIR_DOMAIN_JOB_NONE:
+        if time.monotonic() > deadline:
+            raise DriverError(f"{uri}: the migration of {name} still runs {timeout:g} s after it was aborted")
+        time.sleep(0.5)
+    return True

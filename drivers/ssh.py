@@ -107,6 +107,8 @@ def run(
     result = CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
     if proc.returncode == SSH_CONNECTION_FAILED:
         raise DriverError(f"{target.label}: SSH failed: {proc.stderr.strip() or 'no answer'}")
+    if proc.returncode < 0:  # our ssh client was killed (a signal): the command's fate is unknown
+        raise DriverError(f"{target.label}: `{remote}`: the SSH connection was lost (signal {-proc.returncode})")
     if check and proc.returncode != 0:
         raise DriverError(
             f"{target.label}: `{remote}` exited {proc.returncode}: {proc.stderr.strip()}",

@@ -121,15 +121,15 @@ def _may_leave(host: CpuServer) -> CpuServer:
 
 def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
     """Maintenance -> up, once the host has its disks. Refused while an evacuation of the host is
-    queued or running: a host taking new guests while its own are moved away would undo it. A host
-    a storage fence left out first loses every stale guest copy (ha.readmit; refused, still fenced,
-    when it cannot be asked). Returns what was destroyed there."""
+    queued or running: a host taking new guests while its own are moved away would undo it. The host
+    first loses every stale guest copy, running or only defined (ha.readmit; refused when it cannot
+    be asked), and a storage fence is lifted only after that. Returns what was destroyed there."""
     with transaction.atomic():
         locked = _may_leave(host)
     from ha.fencing import restore_storage_access
-    from ha.readmit import readmit
+    from ha.readmit import return_to_service
 
-    done = readmit(locked, user) if locked.storage_fenced_at is not None else []
+    done = return_to_service(locked, user)
     try:  # every export's MAC list rebuilt: this host back in, or open again once no fence stands
         restore_storage_access()
     except DriverError as exc:

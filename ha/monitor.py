@@ -36,8 +36,10 @@ from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
+from jobs.choices import JobState
 from jobs.models import Job
 from storage.guest_health import GuestHealthWatch
+from vms.models import VirtualMachine
 from xenaoe_panel.broadcast import send_on_commit
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ Host = CpuServer | DiskServer
 DOWN = frozenset({HostState.DEAD, HostState.FENCED})
 DECLARE_DEAD, RETURNED, SAN_SUSPECT = "declare-dead", "returned", "san-suspect"
 BMC_SUSPECT, WELL_AFTER_EVACUATION = "bmc-suspect", "well-after-evacuation"
+STRANDED = "stranded"
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,16 @@ def decide_bmc(decision: Decision, failing: bool, was_failing: bool) -> Decision
         return decision  # management silent: that path decides
     # Both policies at once (SAN and BMC): one evacuation, started by the SAN's action.
     return Decision(HostState.SUSPECT, 0, decision.action or ("" if was_failing else BMC_SUSPECT))
+
+
+def decide_stranded(decision: Decision, san_cut: bool, evacuation_failed: bool, has_guests: bool) -> Decision:
+    """A suspect CPU server still cut from the SAN whose evacuation failed, with guests still placed
+    on it, is declared dead: live migration cannot move a guest whose disk I/O hangs, and the guest
+    serves nothing where it is. The failover fences the host before it restarts them, so that their
+    writes waiting in the host's initiator can never land beside the new copies'."""
+    if decision.state == HostState.SUSPECT and not decision.missed and san_cut and evacuation_failed and has_guests:
+        return Decision(HostState.DEAD, decision.missed, STRANDED)
+    return decision
 
 
 def decide_well_again(old_state: str, decision: Decision, evacuated: bool) -> Decision:
@@ -299,6 +312,9 @@ class Monitor:
                 decision, self._san_missed.get(cpu.pk, 0), san_ok.get(cpu.pk), self.dead_after)
             failing, was_failing = self._bmc_verdict(cpu, bmcs.get(cpu.pk), report)
             decision = decide_bmc(decision, bool(failing), bool(was_failing))
+            if cpu.state == HostState.SUSPECT and san_ok.get(cpu.pk) is False:
+                decision = decide_stranded(decision, True, self._evacuation_failed(cpu),
+                                           VirtualMachine.objects.filter(cpu_server=cpu).exists())
             evacuated = (cpu.state == HostState.SUSPECT and decision.state == HostState.UP
                          and self._evacuation_since_suspect(cpu) is not None)
             decision = decide_well_again(cpu.state, decision, evacuated)
@@ -439,6 +455,10 @@ class Monitor:
             report.changes.append(f"{cpu.name}: BMC reports every power supply and fan well again")
         return fresh.failing, before
 
+    def _evacuation_failed(self, host: CpuServer) -> bool:
+        job = self._evacuation_since_suspect(host)
+        return job is not None and job.state in (JobState.FAILED, JobState.ERRORED)
+
     def _evacuation_since_suspect(self, host: CpuServer) -> Job | None:
         """The host.evacuate job started since the host turned suspect, if any (the policy's)."""
         from ha.maintenance import EVACUATE
@@ -472,6 +492,9 @@ class Monitor:
             publish_host(host)
         if decision.action == DECLARE_DEAD:
             self._declare_dead(host, f"{host.name} missed {decision.missed} checks: {error}", report)
+        elif decision.action == STRANDED:
+            self._declare_dead(host, f"{host.name} is cut from the SAN ({error}) and its guests could not be moved "
+                               "live: declared dead, to be fenced before they restart elsewhere", report)
         elif decision.action == RETURNED:
             self._returned(host, report)
         elif decision.action == SAN_SUSPECT:

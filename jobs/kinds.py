@@ -19,15 +19,19 @@ class JobKind:
     release: Callable[[Any], None] | None = None
     # High availability: its own queue and workers (jobs/queues.py), never behind tenant work.
     ha: bool = False
+    # A run that dies (its worker killed, its lease run out) is not only ended: a worker undoes its
+    # steps from what they recorded (jobs/recovery.py). Its undos must be idempotent and ask the
+    # hosts what is there, since the dead run may have stopped anywhere.
+    undo_after_loss: bool = False
 
 
 _KINDS: dict[str, JobKind] = {}
 
 
 def job_kind(name: str, *, release: Callable[[Any], None] | None = None,
-             ha: bool = False) -> Callable[[JobPlan], JobPlan]:
+             ha: bool = False, undo_after_loss: bool = False) -> Callable[[JobPlan], JobPlan]:
     def register(plan: JobPlan) -> JobPlan:
-        _KINDS[name] = JobKind(plan, release, ha)
+        _KINDS[name] = JobKind(plan, release, ha, undo_after_loss)
         return plan
 
     return register

@@ -23,6 +23,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from jobs.choices import JobState
+from jobs.dbretry import retrying
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class Lease:
             renewed = self.mine().update(lease_until=now + timedelta(seconds=self.seconds), heartbeat_at=now)
         except DatabaseError as exc:  # try again next beat; the run stops by itself if it never works
             logger.warning("job %s: could not renew its lease: %s", self.job_id, exc)
+            connection.close()  # a connection the database closed: the next beat opens a new one
             return
         if renewed:
             self._valid_until = started + self.seconds * 0.75
@@ -95,7 +97,7 @@ class Lease:
         if self._lost.is_set() or time.monotonic() > self._valid_until:
             self._lost.set()
             raise LeaseLost(f"job {self.job_id}: lease lost")
-        if not self.mine().exists():
+        if not retrying(self.mine().exists):
             self._lost.set()
             raise LeaseLost(f"job {self.job_id}: ended or taken over meanwhile")
 

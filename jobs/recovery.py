@@ -23,9 +23,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.choices import JobState, LogLevel
+from jobs.kinds import kind_of
+from jobs.lease import new_owner
 from jobs.models import Job
 from jobs.queues import queue_for, send
-from jobs.runner import JobContext, append_log, release_unstarted
+from jobs.runner import UNDO_KEY, JobContext, append_log, release_unstarted
 
 ADVICE = "what it did on the hosts may be half-done: run `cluster verify`"
 # Not held by any run, and waiting for a message: queued, or waiting outside a worker.
@@ -33,6 +35,8 @@ UNCLAIMED = Q(state=JobState.QUEUED) | Q(state=JobState.RUNNING, owner="", wake_
 
 
 def _end(job: Job, still: Q, why: str) -> bool:
+    if job.state == JobState.RUNNING and job.step and _undone_after_loss(job):
+        return _hand_to_undo(job, still, why)
     message = f"{why}; {ADVICE}" if job.state == JobState.RUNNING else why
     with transaction.atomic():
         if not Job.objects.filter(still, pk=job.pk).update(
@@ -44,6 +48,27 @@ def _end(job: Job, still: Q, why: str) -> bool:
         if was_queued:
             release_unstarted(JobContext(job))
         append_log(job, f"Job errored: {message}", LogLevel.ERROR)
+    return True
+
+
+def _undone_after_loss(job: Job) -> bool:
+    kind = kind_of(job.kind)
+    return kind is not None and kind.undo_after_loss
+
+
+def _hand_to_undo(job: Job, still: Q, why: str) -> bool:
+    """A dead run of a kind that undoes itself: a worker undoes its steps (jobs/runner.py) from what
+    they recorded, and ends it ERRORED. Sent like a wake-up: whoever takes it, it runs once."""
+    wake = new_owner()
+    message = f"{why}; a worker undoes what it did"
+    with transaction.atomic():
+        if not Job.objects.filter(still, pk=job.pk).update(
+                owner="", lease_until=None, wake=wake, due_at=timezone.now(), resent_at=None,
+                context={**(job.context or {}), UNDO_KEY: why}):
+            return False
+        job.refresh_from_db()
+        append_log(job, f"Its run died: {message}", LogLevel.ERROR)
+        send(job, wake=wake)
     return True
 
 

@@ -16,6 +16,7 @@ its worker and the step is called again, on any worker, when its wake-up message
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,12 +30,16 @@ from django.utils import timezone
 from drivers import guard
 from drivers.errors import DriverError
 from jobs.choices import JobState, LogLevel
+from jobs.dbretry import retrying
 from jobs.events import publish
 from jobs.kinds import JobKind, JobPlan, job_kind, kind_of  # noqa: F401 - the kinds' registry, used here
 from jobs.lease import Lease, LeaseLost, new_owner
 from jobs.models import Job, JobLogEntry
 
 logger = logging.getLogger(__name__)
+# In a job's context: recovery handed the job of a dead run to a worker to undo (the message why).
+UNDO_KEY = "_undo_after_loss"
+UNDO_RETRY_DELAYS_S = (2.0, 5.0, 10.0)
 
 
 class JobFailed(Exception):
@@ -72,12 +77,18 @@ class JobContext:
         if self.lease is not None:
             self.lease.check()
 
+    def save(self) -> None:
+        """Keep `data` with the job now: a step calls it after recording what it is about to do on a
+        host, so that if its worker dies the undo run elsewhere knows (jobs/recovery.py)."""
+        if self.lease is not None:
+            _set(self, context=self.data)
+
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
         self.ensure_lease()
         return append_log(self.job, message, level, data)
 
     def cancel_requested(self) -> bool:
-        row = Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first()
+        row = retrying(Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first)
         if self.lease is not None and (row is None or row["owner"] != self.lease.owner
                                        or row["state"] != JobState.RUNNING):
             self.lease.lost()
@@ -96,11 +107,14 @@ class Step:
 
 
 def append_log(job: Job, message: str, level: str = LogLevel.INFO, data: dict | None = None) -> JobLogEntry:
-    last = job.log.order_by("-serial").values_list("serial", flat=True).first() or 0
-    entry = JobLogEntry.objects.create(
-        job=job, serial=last + 1, level=level, message=message,
-        step=job.step, total_steps=job.total_steps, data=data or {},
-    )
+    def write() -> JobLogEntry:
+        last = job.log.order_by("-serial").values_list("serial", flat=True).first() or 0
+        return JobLogEntry.objects.create(
+            job=job, serial=last + 1, level=level, message=message,
+            step=job.step, total_steps=job.total_steps, data=data or {},
+        )
+
+    entry = retrying(write)
     publish(job, entry)
     return entry
 
@@ -116,7 +130,7 @@ def _set(ctx: JobContext, **fields: Any) -> None:
     """Write the job's row only if this run still holds it (compare-and-set on the owner)."""
     job = ctx.job
     assert ctx.lease is not None
-    if not ctx.lease.mine().update(**fields):
+    if not retrying(lambda: ctx.lease.mine().update(**fields)):
         ctx.lease.lost()
     for name, value in fields.items():
         setattr(job, name, value)
@@ -165,6 +179,11 @@ def _run(ctx: JobContext) -> None:
     except JobFailed as exc:
         _finish(ctx, JobState.FAILED, str(exc), [], unstarted=not job.step)
         return
+    if UNDO_KEY in ctx.data:  # its earlier run died: undo what it did, from what its steps recorded
+        why = ctx.data.pop(UNDO_KEY)
+        ctx.log(f"Undoing what the run that died did, from step {job.step}/{len(steps)} back", LogLevel.WARNING)
+        _finish(ctx, JobState.ERRORED, why, steps[:job.step])
+        return
     resuming = job.step  # woken after a Later: that step is called again
     if resuming and len(steps) != job.total_steps:
         _finish(ctx, JobState.ERRORED, f"its plan has {len(steps)} steps now, {job.total_steps} when it began; "
@@ -173,7 +192,7 @@ def _run(ctx: JobContext) -> None:
     _set(ctx, total_steps=len(steps))
     done: list[Step] = steps[:max(resuming - 1, 0)]
     for number, step in enumerate(steps[len(done):], start=len(done) + 1):
-        _set(ctx, step=number)
+        _set(ctx, step=number, context=ctx.data)
         if ctx.cancel_requested():
             # A step woken from a wait had begun: its own undo runs too.
             begun = [*done, step] if number == resuming else done
@@ -225,16 +244,32 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step], *, unst
             continue
         ctx.log(f"Undoing: {step.title}", LogLevel.WARNING)
         try:
-            step.undo(ctx)
+            _undo_with_retries(ctx, step)
         except Exception as exc:  # keep undoing the rest; say loudly what is left behind
             ctx.undo_failures.append(step.title)
             ctx.log(f"Undoing {step.title} failed, clean up by hand: {exc}", LogLevel.ERROR)
     if ctx.undo_failures:
         message += " (undo incomplete: see the log)"
     _set(ctx, state=state, message=message, finished_at=timezone.now(), owner="", lease_until=None, context={})
-    job.reservations.all().delete()  # memory the allocator held for it (vms/placement.py) is free again
+    retrying(job.reservations.all().delete)  # memory the allocator held for it (vms/placement.py) is free again
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     append_log(job, f"Job {state}: {message}", level)
+
+
+def _undo_with_retries(ctx: JobContext, step: Step) -> None:
+    """Undos are idempotent, so one that failed for a passing reason (a host that did not answer,
+    a dropped SSH connection: the fault that failed the step often fails its undo too) is tried
+    again a few times before anything is left behind."""
+    assert step.undo is not None
+    for delay in (*UNDO_RETRY_DELAYS_S, None):
+        try:
+            step.undo(ctx)
+            return
+        except DriverError as exc:
+            if exc.permanent or delay is None:
+                raise
+            ctx.log(f"Undoing {step.title} failed ({exc}): trying again in {delay:g} s", LogLevel.WARNING)
+            time.sleep(delay)
 
 
 def _note_lost(ctx: JobContext, exc: LeaseLost) -> None:

@@ -63,6 +63,8 @@ class HostStatus:
     libvirt_uri: str | None = None
     # The management link is cut (`lab partition`): the host runs but the panel cannot reach it.
     partitioned: bool = False
+    # Its SAN link is cut (`lab partition HOST --san`): it runs and answers, but reaches no disk.
+    san_partitioned: bool = False
 
     def as_dict(self) -> dict[str, str | bool]:
         data: dict[str, str | bool] = {"name": self.name, "role": self.role, "address": self.address,
@@ -70,6 +72,7 @@ class HostStatus:
         if self.libvirt_uri is not None:
             data["libvirt_uri"] = self.libvirt_uri
         data["partitioned"] = self.partitioned
+        data["san_partitioned"] = self.san_partitioned
         return data
 
 
@@ -124,7 +127,7 @@ def host_running(lab_host: LabHost) -> bool:
 
 def _host_status(lab_host: LabHost) -> HostStatus:
     return HostStatus(lab_host.name, lab_host.role, lab_host.address, lab_host.netns, lab_host.libvirt_uri,
-                      network.is_partitioned(lab_host))
+                      network.is_partitioned(lab_host), network.is_partitioned(lab_host, "san"))
 
 
 def status() -> LabStatus:
@@ -156,8 +159,7 @@ def _up(out: Output) -> LabStatus:
             detach_lab_loops()  # nothing of the lab runs, so every lab loop device is stale
         _start_hosts(to_start)
     for lab_host in running:
-        if network.is_partitioned(lab_host):  # `lab up` means everything reachable again
-            network.heal(lab_host)
+        network.heal(lab_host)  # `lab up` means everything reachable again
     with ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
         checks = list(pool.map(_check_host, HOSTS))
     for lab_host, detail in zip(HOSTS, checks, strict=True):
@@ -333,14 +335,14 @@ def kill_host(name: str, *, with_bmc: bool = False) -> None:
         kill_hosts([lab_host], grace=0)
 
 
-def partition_host(name: str) -> None:
-    """Cut the host's management link; it keeps running and stays on the SAN. `heal_host` (or
-    `up()`) restores it."""
+def partition_host(name: str, link: str = "mgmt") -> None:
+    """Cut the host's management link (it keeps running and stays on the SAN), or with
+    link="san" its SAN link (it stays reachable). `heal_host` (or `up()`) restores it."""
     require_root()
     lab_host = host(name)
     if not host_running(lab_host):
         raise LabError(f"{name} is not running")
-    network.partition(lab_host)
+    network.partition(lab_host, link)
 
 
 def heal_host(name: str) -> None:

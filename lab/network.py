@@ -109,7 +109,7 @@ def host_network_ok(lab_host: LabHost) -> bool:
     )
 
 
-# --- partition: the host keeps running and stays on the SAN, the management network is cut ----
+# --- partitions: the host keeps running, one of its links is cut ----------------------------
 
 IFF_UP = 0x1
 
@@ -121,19 +121,25 @@ def _link_up(name: str) -> bool:
         return False
 
 
-def partition(lab_host: LabHost) -> None:
-    """Set the root-side end of the host's management veth down: the host sees no carrier on
-    mgmt0, the panel's packets to it go nowhere. Its SAN link and processes are left alone."""
-    sh(["ip", "link", "set", lab_host.mgmt_veth, "down"])
+def _veth(lab_host: LabHost, link: str) -> str:
+    return {"mgmt": lab_host.mgmt_veth, "san": lab_host.san_veth}[link]
+
+
+def partition(lab_host: LabHost, link: str = "mgmt") -> None:
+    """Set the root-side end of the host's management (or SAN) veth down: the host sees no carrier
+    on that interface, packets to it go nowhere. Its other link and its processes are left alone."""
+    sh(["ip", "link", "set", _veth(lab_host, link), "down"])
 
 
 def heal(lab_host: LabHost) -> None:
-    sh(["ip", "link", "set", lab_host.mgmt_veth, "up"])
+    for link in ("mgmt", "san"):
+        if is_partitioned(lab_host, link):
+            sh(["ip", "link", "set", _veth(lab_host, link), "up"])
 
 
-def is_partitioned(lab_host: LabHost) -> bool:
+def is_partitioned(lab_host: LabHost, link: str = "mgmt") -> bool:
     """Derived from the link itself (no state file to drift): the veth exists but is down."""
-    return link_exists(lab_host.mgmt_veth) and not _link_up(lab_host.mgmt_veth)
+    return link_exists(_veth(lab_host, link)) and not _link_up(_veth(lab_host, link))
 
 
 # --- BMCs: one small namespace per BMC, on the management bridge only -----------------------

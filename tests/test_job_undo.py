@@ -91,6 +91,13 @@ def disks(monkeypatch) -> FakeDisks:
     return fake
 
 
+@pytest.fixture(autouse=True)
+def _undo_retries_at_once(monkeypatch) -> None:
+    from jobs import runner
+
+    monkeypatch.setattr(runner, "UNDO_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+
+
 def _create(name: str = "web", **kwargs) -> Job:
     return create_vm(VmRequest(name=name, vcpus=1, memory_mib=256, disk_mib=64, **kwargs))
 
@@ -119,6 +126,29 @@ def test_when_undo_cannot_reach_a_disk_server_the_rows_stay_and_the_slot_stays_t
     assert sorted(AoEExport.objects.filter(mirror__vm=vm).values_list("slot", flat=True)) == [0, 0]
     disks.unreachable.clear()
     assert {leg.slot for leg in AoEExport.objects.filter(mirror__vm=_create("next").vm)} == {1}
+
+
+def test_an_undo_that_fails_for_a_passing_reason_is_tried_again(disks, monkeypatch):
+    """The fault that failed the step (a dropped SSH connection) often fails its undo too: found by
+    the fault suite, which left a VM marked failed with its exports still running."""
+    disks.acts_then_times_out.add("10.0.1.2")
+    disks.cut_off_after_timeout.add("10.0.1.2")
+    real_stop = disks.stop_export
+
+    def back_after_one_try(target, shelf, slot, *, timeout=30):
+        try:
+            real_stop(target, shelf, slot, timeout=timeout)
+        finally:
+            disks.unreachable.discard(target.host)  # the next try reaches it
+
+    monkeypatch.setattr(vblade, "stop_export", back_after_one_try)
+    job = _create()
+    run_job(job.pk)
+    job.refresh_from_db()
+    assert job.state == JobState.FAILED and "undo incomplete" not in job.message, job.message
+    assert disks.left_behind() == {}
+    assert job.log.filter(message__contains="trying again in 0 s").exists()
+    assert not VirtualMachine.objects.exists()
 
 
 def test_a_permanent_refusal_is_not_undone_as_if_the_host_had_acted(disks):

@@ -20,6 +20,7 @@ from ha.monitor import (
     DECLARE_DEAD,
     RETURNED,
     SAN_SUSPECT,
+    STRANDED,
     WELL_AFTER_EVACUATION,
     CheckResult,
     Decision,
@@ -28,10 +29,12 @@ from ha.monitor import (
     decide,
     decide_bmc,
     decide_san,
+    decide_stranded,
     decide_well_again,
 )
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from jobs.models import Job
 from storage.choices import ExportState, MirrorState
 from storage.models import AoEExport, Mirror
 from vms.choices import VmState
@@ -238,6 +241,33 @@ def test_a_cpu_server_blind_on_the_san_is_suspect_and_evacuated_once(cluster, fa
     assert _state(CpuServer, "cpu1") == (HostState.UP, 0)
 
 
+def test_decide_stranded_only_when_cut_from_the_san_its_evacuation_failed_and_guests_remain():
+    suspect = Decision(HostState.SUSPECT, 0)
+    assert decide_stranded(suspect, True, True, True) == Decision(HostState.DEAD, 0, STRANDED)
+    for args in [(False, True, True), (True, False, True), (True, True, False)]:
+        assert decide_stranded(suspect, *args) == suspect
+    silent = Decision(HostState.SUSPECT, 1)
+    assert decide_stranded(silent, True, True, True) == silent  # management silent: its path decides
+
+
+def test_a_cpu_server_cut_from_the_san_whose_evacuation_failed_is_declared_dead(cluster, fake, calls):
+    """Found by the fault suite: live migration cannot move a guest whose disk I/O hangs, and the
+    host stayed suspect for good with the guest serving nothing."""
+    monitor = _monitor(fake)
+    fake.san_blind = {"cpu1"}
+    _cycles(monitor, DEAD_AFTER)
+    assert _state(CpuServer, "cpu1") == (HostState.SUSPECT, 0) and calls["evacuate"]
+    monitor.cycle()
+    assert _state(CpuServer, "cpu1") == (HostState.SUSPECT, 0) and calls["failover"] == []  # no evacuation ended
+    cpu1 = CpuServer.objects.get(name="cpu1")
+    Job.objects.create(kind="host.evacuate", target_name="cpu1", params={"host": "cpu1"}, state="failed",
+                       message="0 of 1 guests moved")
+    monitor.cycle()
+    assert CpuServer.objects.get(pk=cpu1.pk).state == HostState.DEAD
+    incident = Incident.objects.get(kind=IncidentKind.CPU_SERVER_FAILED)
+    assert "cut from the SAN" in incident.summary and calls["failover"] == [incident.pk]
+
+
 def test_a_dead_disk_server_degrades_mirrors_and_its_return_heals_them(cluster, fake, calls):
     monitor = _monitor(fake)
     monitor.cycle()
@@ -326,7 +356,6 @@ def op_client(django_user_model):
 def test_incident_pages_list_open_first_and_the_fence_button_confirms(cluster, op_client, monkeypatch):
     import ha.failover
     from ha.incidents import close, open_incident
-    from jobs.models import Job
 
     old, _ = open_incident(cluster["disk1"], IncidentKind.DISK_SERVER_FAILED, "disk1 missed 3 checks")
     close(old, "back")
@@ -377,7 +406,6 @@ def test_host_buttons_are_for_operators_only_and_others_see_no_incident_of_no_vm
 
 def test_host_pages_show_checks_and_the_maintenance_buttons(cluster, op_client, monkeypatch):
     import ha.maintenance
-    from jobs.models import Job
 
     CpuServer.objects.filter(name="cpu2").update(missed_checks=2, state=HostState.SUSPECT,
                                                  last_check_error="cpu2: SSH failed: no answer")
@@ -593,7 +621,6 @@ def test_an_evacuated_host_well_again_goes_to_maintenance_not_up(cluster, fake, 
     moved the guests away, the host's recovery does not put it back into placement by itself."""
     from ha.maintenance import EVACUATE, active_evacuation
     from jobs.choices import JobState
-    from jobs.models import Job
 
     monitor = _bmc_monitor(fake)
     if policy == "bmc":

@@ -215,6 +215,34 @@ def test_a_host_in_maintenance_never_fenced_returns_without_being_asked(dead, fa
     assert CpuServer.objects.get(name="cpu3").state == HostState.UP
 
 
+def test_a_host_back_from_an_ipmi_fence_loses_the_definitions_of_guests_restarted_elsewhere(dead, fake):
+    """Powered off, its guests do not run, but its libvirt kept their definitions: a start by hand
+    or an autostart would boot a second copy. Found by the fault suite (tests/chaos/)."""
+    _guest(dead, "web")
+    fake.domains["fake:///cpu2"]["not-ours"] = "shutoff"
+    job = failover.start_failover(open_incident(CpuServer.objects.get(name="cpu2"),
+                                                IncidentKind.CPU_SERVER_FAILED, "cpu2 is silent")[0])
+    run_job(job.pk)
+    assert Job.objects.get(pk=job.pk).state == "succeeded"
+    fake.domains["fake:///cpu2"]["xa-web"] = "shutoff"  # the power came back; the definition stayed
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.MAINTENANCE)
+    fake.unreachable.add("fake:///cpu2")
+    with pytest.raises(ValidationError, match="cpu2 stays in maintenance: the panel cannot ask it"):
+        leave_maintenance(CpuServer.objects.get(name="cpu2"))
+    assert CpuServer.objects.get(name="cpu2").state == HostState.MAINTENANCE
+
+    fake.unreachable.discard("fake:///cpu2")
+    done = leave_maintenance(CpuServer.objects.get(name="cpu2"))
+    assert fake.domains["fake:///cpu2"] == {"not-ours": "shutoff"}
+    assert len(done) == 1 and done[0].startswith("web: the stale copy on cpu2 was destroyed and undefined")
+    assert CpuServer.objects.get(name="cpu2").state == HostState.UP
+    # Returned once: a later plain maintenance does not need the host to answer.
+    CpuServer.objects.filter(name="cpu2").update(state=HostState.MAINTENANCE)
+    fake.unreachable.add("fake:///cpu2")
+    leave_maintenance(CpuServer.objects.get(name="cpu2"))
+    assert CpuServer.objects.get(name="cpu2").state == HostState.UP
+
+
 # --- an operator's confirmation ----------------------------------------------------------------
 
 def _unfenced_incident(host_state: str) -> Incident:

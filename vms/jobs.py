@@ -77,12 +77,13 @@ def release_reservation(ctx: JobContext) -> None:
 
 
 @contextmanager
-def _intent(done: list[int], pk: int) -> Iterator[None]:
+def _intent(ctx: JobContext, done: list[int], pk: int) -> Iterator[None]:
     """Record `pk` in `done` before the host call, so that the step's undo covers a call that
     acted and then timed out; forget it again if the host refused (a permanent DriverError: the
     remote scripts change nothing when they refuse), so that the undo never removes a volume or
     stops an export this job did not make."""
     done.append(pk)
+    ctx.save()
     try:
         yield
     except DriverError as exc:
@@ -94,7 +95,7 @@ def _intent(done: list[int], pk: int) -> Iterator[None]:
 def create_volumes(ctx: JobContext) -> None:
     created: list[int] = ctx.data.setdefault("volumes", [])
     for leg in _legs(_vm(ctx)):
-        with _intent(created, leg.pk):
+        with _intent(ctx, created, leg.pk):
             vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
         ctx.log(f"created {leg.size_mib} MiB volume {leg.backing_path} on {leg.disk_server.name}")
 
@@ -127,7 +128,7 @@ def start_exports(ctx: JobContext) -> None:
         disk = leg.disk_server
         spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
         try:
-            with _intent(started, leg.pk):
+            with _intent(ctx, started, leg.pk):
                 # With the MAC list fencing says: a host fenced through storage may still run old
                 # guests that have this shelf.slot attached (a deleted VM's, reused).
                 running = fencing.start_export(ssh_target(disk), spec)
@@ -177,6 +178,7 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
 def attach_exports(ctx: JobContext) -> None:
     vm = _vm(ctx)
     ctx.data["attached_on"] = vm.cpu_server.pk
+    ctx.save()
     # A start (not a create) boots on one leg if the other's disk server is down.
     legs = guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log, degraded_ok=ctx.job.kind != "vm.create")
     ctx.data["legs"] = [leg.pk for leg in legs]
@@ -261,7 +263,7 @@ def wait_for_boot(ctx: JobContext) -> None:
             f"({reason}); {vm.name} runs, its mirror health will tell more", LogLevel.WARNING)
 
 
-@job_kind("vm.create", release=release_reservation)
+@job_kind("vm.create", release=release_reservation, undo_after_loss=True)
 def plan_create(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     cpu = vm.cpu_server.name

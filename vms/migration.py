@@ -122,10 +122,14 @@ def _hosts(ctx: JobContext) -> tuple[CpuServer, CpuServer]:
     return CpuServer.objects.get(name=params["source"]), CpuServer.objects.get(name=params["target"])
 
 
+# How long undo asks a host where the guest is: a dead source must not hold the undo for long.
+WHERE_TIMEOUT_S = 15.0
+
+
 def _where(uri: str, name: str) -> hypervisor.DomainInfo | None | str:
     """The domain on one host, or the error text if the host cannot say (undo must not raise)."""
     try:
-        return hypervisor.domain_info(uri, name)
+        return hypervisor.domain_info(uri, name, timeout=WHERE_TIMEOUT_S)
     except DriverError as exc:
         return f"unknown ({exc})"
 
@@ -178,6 +182,7 @@ def attach_on_target(ctx: JobContext) -> None:
     for leg in _legs(vm):
         # Recorded before the call: a leg attached just before a timeout is still detached on undo.
         attached.append(leg.name)
+        ctx.save()
         guest_setup.attach_legs(vm, [leg], target, ctx.log)
 
 
@@ -246,6 +251,11 @@ def after_failed_migration(ctx: JobContext) -> None:
     aborted), but say where the guest is; if it did reach the target, record that."""
     vm = _vm(ctx)
     source, target = _hosts(ctx)
+    try:  # run by recovery after the worker died: libvirt may be migrating it still
+        if hypervisor.abort_migration_in_flight(source.libvirt_uri, vm.domain_name, timeout=WHERE_TIMEOUT_S):
+            ctx.log(f"the migration of {vm.name} still running on {source.name} was aborted", LogLevel.WARNING)
+    except DriverError as exc:
+        ctx.log(f"could not ask {source.name} whether the migration still runs: {exc}", LogLevel.WARNING)
     on_source = _where(source.libvirt_uri, vm.domain_name)
     on_target = _where(target.libvirt_uri, vm.domain_name)
     if isinstance(on_source, hypervisor.DomainInfo) and on_source.state == "running":
@@ -254,6 +264,10 @@ def after_failed_migration(ctx: JobContext) -> None:
         VirtualMachine.objects.filter(pk=vm.pk).update(cpu_server=target)
         ctx.log(f"{vm.name} runs on {target.name}: the migration had completed; the inventory says so",
                 LogLevel.WARNING)
+        try:
+            detach_from_source(ctx)
+        except DriverError as exc:
+            ctx.log(f"its exports stay attached on {source.name}: {exc}", LogLevel.WARNING)
     else:
         ctx.log(f"{vm.name} runs on neither {source.name} ({_state(on_source)}) nor {target.name} "
                 f"({_state(on_target)}): check by hand", LogLevel.ERROR)
@@ -294,7 +308,7 @@ def confirm_migrated(ctx: JobContext) -> None:
     ctx.log(f"{vm.domain_name} runs on {target.name} (persistent) and is not defined on {source.name}")
 
 
-@job_kind("vm.migrate")
+@job_kind("vm.migrate", undo_after_loss=True)
 def plan_migrate(ctx: JobContext) -> list[Step]:
     vm = _vm(ctx)
     source, target = ctx.job.params["source"], ctx.job.params["target"]

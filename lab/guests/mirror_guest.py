@@ -11,9 +11,10 @@ machine's packages (busybox-static, mdadm, qemu-guest-agent and the kernel's mod
    RAID1, metadata 1.2, `--bitmap=internal` (a returning leg is re-added and only the regions
    written meanwhile are copied; docs/storage.md);
 3. runs `qemu-ga` on the `org.qemu.guest_agent.0` virtio port (respawned if it exits);
-4. keeps writing numbered records spread over the whole array (so that a leg that was away
-   really has something to catch up on), and every few seconds re-adds a leg that came back
-   (a block device not in the array: what a hot-plug rule does in a real guest).
+4. keeps writing numbered, checksummed records spread over the whole array (so that a leg that
+   was away really has something to catch up on; the fault suite, tests/chaos/, reads every
+   acknowledged one back), and every few seconds re-adds a leg that came back (a block device
+   not in the array: what a hot-plug rule does in a real guest).
 
 Kernel command line knobs (read by /init): `mirror.resync_kbps=N` caps md's resync speed so that a
 test can watch the progress; `mirror.write_interval=S` the pause between records.
@@ -113,16 +114,30 @@ readd() {
 
 say "ready"
 sectors=$(cat /sys/block/md0/size 2>/dev/null || echo 0)
-n=0
+# Records are numbered from the clock (the RTC is the host's) and at most one a second, so that a
+# later boot of the same disks (a restart elsewhere) numbers on from every earlier boot's records
+# and never overwrites them; each carries this boot's id, so that a copy that ran on beside another
+# shows as records of two boots interleaved. /run/records holds the last one written and synced
+# (acknowledged), /run/boot this boot's id and first number.
+boot=$(cat /proc/sys/kernel/random/boot_id)
+n=$(date +%s)
+echo "$boot $n" > /run/boot
+count=0
 while true; do
   if [ "$sectors" -gt 0 ]; then
+    body="xarec $n $boot"
+    sum=$(printf '%s' "$body" | md5sum | cut -c1-8)
     # A prime stride spreads the records over the array: every bitmap region gets written.
-    printf 'record %010d\n' $n | dd of=/dev/md0 bs=512 count=1 seek=$(( (n * 2053) % sectors )) \
+    printf '%s %s\n' "$body" "$sum" | dd of=/dev/md0 bs=512 count=1 seek=$(( (n * 2053) % sectors )) \
       conv=sync,notrunc,fsync 2> /dev/null && echo $n > /run/records
   fi
-  n=$((n + 1))
-  [ $((n % 3)) -eq 0 ] && readd
+  count=$((count + 1))
+  [ $((count % 3)) -eq 0 ] && readd
   sleep "$WRITE_INTERVAL"
+  # Never faster than the clock: the numbers of the next boot must start past this one's.
+  now=$(date +%s)
+  n=$((n + 1))
+  while [ "$n" -gt "$now" ]; do sleep 0.2; now=$(date +%s); done
 done
 """
 

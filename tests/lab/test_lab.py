@@ -50,10 +50,10 @@ def test_status_json_lists_every_host(lab_cluster):
     assert (client["role"], client["netns"], client["address"]) == ("client", "xa-client", "10.214.0.1")
     for lab_host in HOSTS:
         entry = by_name[lab_host.name]
-        expected = {"name", "role", "address", "netns", "partitioned"} | (
+        expected = {"name", "role", "address", "netns", "partitioned", "san_partitioned"} | (
             {"libvirt_uri"} if lab_host.role == "cpu" else set())
         assert set(entry) == expected
-        assert entry["partitioned"] is False
+        assert entry["partitioned"] is False and entry["san_partitioned"] is False
         assert (entry["role"], entry["address"], entry["netns"]) == (lab_host.role, lab_host.address,
                                                                      f"xa-{lab_host.name}")
     assert by_name["cpu1"]["libvirt_uri"].startswith("qemu+libssh://root@10.213.0.21/system?")

@@ -166,6 +166,21 @@ def test_a_partitioned_disk_host_keeps_serving_aoe(lab_cluster, on_host, vblade,
     assert run(target, ["hostname"], timeout=15).stdout.strip() == "disk2"
 
 
+def test_a_cpu_host_cut_from_the_san_answers_but_finds_no_export(lab_cluster, on_host, vblade, restore_lab):
+    vblade("disk1", 1, 13)
+    cluster.partition_host("cpu2", "san")
+    try:
+        status = cluster.status().host("cpu2")
+        assert status.san_partitioned and not status.partitioned
+        assert on_host("cpu2", "hostname").stdout.strip() == "cpu2"  # the management link works
+        found = on_host("cpu2", "aoe-discover; test -b /dev/etherd/e1.13 && echo found || echo missing")
+        assert found.stdout.strip().endswith("missing")
+    finally:
+        cluster.heal_host("cpu2")
+    assert not cluster.status().host("cpu2").san_partitioned
+    on_host("cpu2", "aoe-discover && test -b /dev/etherd/e1.13 && aoe-flush e1.13")
+
+
 def test_up_heals_a_partition(lab_cluster):
     cluster.partition_host("disk1")
     try:

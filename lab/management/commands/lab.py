@@ -34,6 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("drill", nargs="?", choices=list(bmc.DRILLS),
                             help="bmc: fail or restore its power supply PS1 or its fan Fan1")
         parser.add_argument("--with-bmc", action="store_true", help="kill: the host's BMC loses power too")
+        parser.add_argument("--san", action="store_true", help="partition: cut the host's SAN link instead")
         parser.add_argument("--json", action="store_true", help="print the lab's hosts as JSON")
         parser.add_argument("--no-register", action="store_true", help="up: do not add the hosts to the database")
 
@@ -60,7 +61,7 @@ class Command(BaseCommand):
                 if options["action"] == "kill":
                     cluster.kill_host(options["host"], with_bmc=options["with_bmc"])
                 elif options["action"] == "partition":
-                    cluster.partition_host(options["host"])
+                    cluster.partition_host(options["host"], "san" if options["san"] else "mgmt")
                 else:
                     cluster.heal_host(options["host"])
                 result = cluster.status()
@@ -77,7 +78,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result.as_dict(), indent=2))
         elif options["action"] == "status":
             for h in result.hosts:
-                cut = " PARTITIONED" if h.partitioned else ""
+                cut = (" PARTITIONED" if h.partitioned else "") + (" SAN-CUT" if h.san_partitioned else "")
                 self.stdout.write(f"{h.name:<6} {h.role:<4} {h.address:<12} {h.netns:<9}{cut} {h.libvirt_uri or ''}")
             if not result.complete:
                 missing = sorted({h.name for h in HOSTS} - {h.name for h in result.hosts})
