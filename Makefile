@@ -36,6 +36,7 @@ bench: install
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.job_history
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.vm_list
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.console
 
 clean: stop
 	rm -rf .run staticfiles

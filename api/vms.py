@@ -6,6 +6,7 @@ user sees but may not act on is a 403; the services check everything again thems
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import django_filters
 from django.db.models import QuerySet
@@ -67,6 +68,8 @@ class VmSerializer(serializers.Serializer):
     legs = LegsField(required=False, help_text="Operators only: the mirror's legs.")
     actions = serializers.SerializerMethodField(help_text="What this user may do to it.")
     url = serializers.SerializerMethodField()
+    console_url = serializers.SerializerMethodField(
+        help_text="Its serial console's websocket (binary frames, docs/api.md); null if you may not use it.")
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -86,6 +89,12 @@ class VmSerializer(serializers.Serializer):
 
     def get_url(self, vm: VirtualMachine) -> str:
         return reverse("api:vm-detail", args=[vm.name], request=self.context["request"])
+
+    def get_console_url(self, vm: VirtualMachine) -> str | None:
+        request = self.context["request"]
+        if not may_run(request.user, "console"):
+            return None
+        return f"{'wss' if request.is_secure() else 'ws'}://{request.get_host()}/ws/vms/{quote(vm.name)}/console/serial/"
 
 
 class VmCreateSerializer(serializers.Serializer):

@@ -35,5 +35,5 @@ class TokenAuthMiddleware(BaseMiddleware):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         key = _token_key(scope)
         if key is not None:
-            scope = dict(scope, user=await _user_for(key))
+            scope = dict(scope, user=await _user_for(key), token_auth=True)
         return await super().__call__(scope, receive, send)

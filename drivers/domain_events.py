@@ -51,7 +51,7 @@ class DomainEvent:
     detail: str  # "migrated", "destroyed", ... or ""
 
 
-def _ensure_event_loop() -> None:
+def ensure_event_loop() -> None:
     """libvirt needs its event loop registered before connections are opened, once a process."""
     global _loop_started
     with _loop_lock:
@@ -78,7 +78,7 @@ class DomainEventWatcher:
         self.on_connection = on_connection or (lambda name, up, error: None)
 
     def run(self, stop: threading.Event) -> None:
-        _ensure_event_loop()
+        ensure_event_loop()
         threads = [
             threading.Thread(target=self._watch, args=(name, uri, stop), name=f"events {name}", daemon=True)
             for name, uri in self.servers.items()

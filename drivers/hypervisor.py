@@ -34,6 +34,7 @@ _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _BRIDGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
 MAX_DISKS = 26  # vda..vdz / xvda..xvdz
 GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+VNC_LISTEN = "127.0.0.1"
 
 STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "nostate",
@@ -133,7 +134,8 @@ class DomainInfo:
 def domain_xml(spec: DomainSpec) -> str:
     """Domain XML for `spec`: an HVM guest whose disks are raw block devices (AoE exports) with no
     host cache, so that libvirt treats them as shared storage and live migration is safe; a
-    serial console on a pty; bridged NICs; an optional read-only seed disk; on KVM/QEMU a
+    serial console on a pty; a VNC display on the server's loopback; bridged NICs; an optional
+    read-only seed disk; on KVM/QEMU a
     virtio-serial channel for the QEMU guest agent (`org.qemu.guest_agent.0`: how the panel reads
     the guest's RAID1, drivers/guest_agent.py; Xen has no such agent channel, so a Xen guest's
     mirror health stays unknown). Built with ElementTree, so names are escaped."""
@@ -197,6 +199,12 @@ def domain_xml(spec: DomainSpec) -> str:
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
     ET.SubElement(console, "target", type="serial", port="0")
+    # The graphical console: VNC on the CPU server's loopback only (any free port), reached by the
+    # panel through SSH (drivers/vnc.py), never from the network. Loopback exists on every server, so
+    # a live migration keeps it.
+    graphics = ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes")
+    ET.SubElement(graphics, "listen", type="address", address=VNC_LISTEN)
+    ET.SubElement(ET.SubElement(devices, "video"), "model", type="vga" if not xen else "cirrus")
     if not xen:
         # libvirt picks the socket path itself (per domain, under /var/lib/libvirt/qemu/channel)
         # and connects its agent client to it; it survives live migration.
@@ -514,6 +522,32 @@ def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float =
                               libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
     _call(uri, f"plug {device} into {name!r}", timeout, call)
+
+
+@dataclass(frozen=True)
+class VncDisplay:
+    address: str  # where it listens on the CPU server (the loopback, VNC_LISTEN)
+    port: int
+
+
+def vnc_display(uri: str, name: str, *, timeout: float = 20) -> VncDisplay:
+    """The running domain's VNC display, from its live XML. DriverError if it has none (not
+    running, or defined before the panel gave its guests one: it gets one at its next start)."""
+
+    def call(conn: libvirt.virConnect) -> VncDisplay:
+        dom = _lookup_or_fail(conn, uri, name)
+        if not dom.isActive():
+            raise DriverError(f"{uri}: {name!r} is not running", permanent=True)
+        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        graphics = root.find("devices/graphics[@type='vnc']")
+        port = int(graphics.get("port", "-1")) if graphics is not None else -1
+        if port <= 0:
+            raise DriverError(f"{uri}: {name!r} has no VNC display", permanent=True)
+        listen = graphics.find("listen")
+        address = (listen.get("address") if listen is not None else None) or graphics.get("listen") or VNC_LISTEN
+        return VncDisplay(address, port)
+
+    return _call(uri, f"VNC display of {name!r}", timeout, call)
 
 
 def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bool:

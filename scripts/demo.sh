@@ -70,6 +70,8 @@ XenAoE Panel is running.
 Create a VM ("Create VM"): it boots Debian 12 from its mirrored disk in about half a minute; its page
 shows its address and the command to log in from the lab's guest network, e.g.
   ip netns exec xa-client ssh -i $RUN/demo-ssh/id_ed25519 debian@10.214.0.100
+To watch it boot and log in from the browser, tick "Also give the login user a password" in the wizard,
+then "Console" (serial) or "Screen" (graphical) on the VM's page; log in as debian with that password.
 Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;

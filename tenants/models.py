@@ -14,8 +14,10 @@ TENANT_ACTIONS = {
     "reboot": "Reboot",
     "force_off": "Force off",
     "delete": "Delete",
+    # The VM's serial console in the browser or through the API (vms/console.py).
+    "console": "Console",
 }
-DEFAULT_ACTIONS = ["start", "shutdown", "reboot"]
+DEFAULT_ACTIONS = ["start", "shutdown", "reboot", "console"]
 
 tenant_slug_validator = RegexValidator(
     r"^[a-z][a-z0-9-]{0,62}\Z",

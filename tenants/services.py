@@ -84,7 +84,12 @@ def set_permissions(tenant: Tenant, *, may_create_vms: bool | None = None, allow
     if allowed_actions is not None:
         changes["allowed_actions"] = check_actions(allowed_actions)
     if changes:
-        Tenant.objects.filter(pk=tenant.pk).update(**changes)
+        with transaction.atomic():
+            Tenant.objects.filter(pk=tenant.pk).update(**changes)
+            if tenant.allows("console") and "console" not in changes.get("allowed_actions", ["console"]):
+                # Open consoles end (with the users' other sockets, which reconnect and are let in again).
+                for user_id in Membership.objects.filter(tenant=tenant).values_list("user_id", flat=True):
+                    end_user_streams(user_id, "console no longer allowed")
         tenant.refresh_from_db()
     return tenant
 

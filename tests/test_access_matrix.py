@@ -163,6 +163,10 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "vm-detail": [Rule(TENANT, vm())],
     "vm-action": [Rule(TENANT, vm(), "post", {"action": "reboot"}, JOB_STARTED_PAGE)],
     "vm-migrate": [Rule(OPERATOR, vm(), "post", ok=JOB_STARTED_PAGE)],
+    # Another tenant's: 404; the user's own without the tenant's `console` permission: 403
+    # (tests/test_console_unit.py).
+    "vm-console": [Rule(TENANT, vm())],
+    "vm-console-vnc": [Rule(TENANT, vm())],
     "vm-delete": [Rule(TENANT, vm(VmState.STOPPED)),
                   Rule(TENANT, vm(VmState.STOPPED), "post", {"confirm_name": "*"}, JOB_STARTED_PAGE)],
     "job-list": [Rule(SIGNED_IN)],
@@ -348,6 +352,9 @@ def test_the_admin_is_for_staff_only(world):
 WS_RULES: dict[str, Rule] = {
     "ws/jobs/<int:job_id>/": Rule(TENANT, lambda w, whose: {"job_id": w.jobs[whose].pk}),
     "ws/vms/": Rule(SIGNED_IN),
+    # Accepted, then the console opens (or says why not: libvirt's test driver has none).
+    "ws/vms/<str:name>/console/serial/": Rule(TENANT, vm()),
+    "ws/vms/<str:name>/console/vnc/": Rule(TENANT, vm()),
     "ws/hosts/": Rule(OPERATOR),
     "ws/incidents/": Rule(SIGNED_IN),
     "ws/incidents/<int:incident_id>/": Rule(TENANT, lambda w, whose: {"incident_id": w.incidents[whose].pk}),

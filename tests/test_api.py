@@ -426,7 +426,7 @@ def test_me_tells_a_tenant_its_quota_use_and_what_it_may_do(world, alice, op):
     me = alice.get("/api/me/").json()
     vms = next(q for q in me["quotas"] if q["resource"] == "vms")
     assert vms["used"] == 1 and vms["limit"] == 10
-    assert me["may"] == {"create_vms": True, "vm_actions": ["start", "shutdown", "reboot"],
+    assert me["may"] == {"create_vms": True, "vm_actions": ["start", "shutdown", "reboot", "console"],
                          "see_cpu_servers": False, "operate_cluster": False}
     mine = op.get("/api/me/").json()
     assert mine["is_operator"] and mine["tenant"] is None and mine["quotas"] is None

@@ -1,6 +1,7 @@
 """Virtual machines: a guest with one mirrored disk, running on one CPU server."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.urls import reverse
@@ -76,7 +77,6 @@ class VirtualMachine(StateColourMixin, models.Model):
         return f"xa-{self.name}"
 
 
-
 class Reservation(models.Model):
     """Memory and vCPUs the allocator (vms/placement.py) handed a job on a CPU server for a VM that
     is not recorded there: a live migration's target (and its source, once the VM is recorded on the
@@ -96,3 +96,29 @@ class Reservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.memory_mib} MiB on {self.cpu_server_id} for {self.vm_id} (job #{self.job_id})"
+
+
+class ConsoleSession(models.Model):
+    """Somebody attached to a VM's serial console (vms/console.py): who, when, from where, until when.
+    Written before the console is opened and closed when it ends, so that a crash leaves an open row."""
+
+    VIA_CHOICES = [("browser", "browser"), ("token", "API token"), ("cli", "manage.py")]
+    KIND_CHOICES = [("serial", "serial"), ("vnc", "graphical (VNC)")]
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="console_sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                             related_name="console_sessions")
+    username = models.CharField(max_length=150, blank=True)  # kept when the user is deleted
+    via = models.CharField(max_length=8, choices=VIA_CHOICES)
+    kind = models.CharField(max_length=8, choices=KIND_CHOICES, default="serial")
+    client = models.CharField(max_length=255, blank=True, help_text="The address it came from (or the CLI's host).")
+    opened_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-pk"]
+        indexes = [models.Index(fields=["vm", "-opened_at"], name="console_vm_opened")]
+
+    def __str__(self) -> str:
+        return f"console of {self.vm_id} by {self.username or '?'} at {self.opened_at:%Y-%m-%d %H:%M:%S}"

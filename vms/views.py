@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views import View
@@ -10,6 +10,7 @@ from django.views.generic import DetailView, FormView, ListView, TemplateView
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of, visible_jobs, visible_vms
 from tenants.models import Tenant
 from tenants.quotas import usage
+from vms.console import recent_sessions
 from vms.filters import VmFilterForm
 from vms.forms import VmCreateForm
 from vms.models import VirtualMachine
@@ -18,6 +19,7 @@ from vms.placement import cpu_candidates, headroom
 from vms.serializers import vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, vm_action
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
+from xenaoe_panel.security_headers import content_security_policy
 
 
 class VmListView(LoginRequiredMixin, ListView):
@@ -85,7 +87,47 @@ class VmDetailView(LoginRequiredMixin, DetailView):
         # The allocator's view of the other up servers: their free memory counts what it holds.
         context["migration_targets"] = [c for c in cpu_candidates() if c.server.pk != vm.cpu_server_id
                                         ] if operator else []
+        context["may_console"] = may_run(user, "console")
+        context["console_sessions"] = [_console_row(session, operator) for session in recent_sessions(vm)]
         return context
+
+
+def _console_row(session, operator: bool) -> dict:
+    """One console session as the VM page shows it: a tenant's users see who of theirs opened it and
+    from where, and only that an operator did (not which one, nor from where)."""
+    by_operator = session.via == "cli" or (session.user is not None and session.user.is_staff)
+    hidden = by_operator and not operator
+    return {"who": "an operator" if hidden else (session.username or "-"), "via": session.get_via_display(),
+            "kind": session.get_kind_display(),
+            "client": "" if hidden else session.client, "opened_at": session.opened_at,
+            "closed_at": session.closed_at, "end_reason": session.end_reason}
+
+
+class VmConsoleView(LoginRequiredMixin, TemplateView):
+    """The serial console in the browser (static/js/console.js over ws/vms/<name>/console/serial/).
+    Another tenant's VM: 404; the user's own without the tenant's `console` permission: 403."""
+
+    template_name = "vms/vm_console.html"
+    graphical = False
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        vm = _visible_vm(self.request, kwargs["name"])
+        if not may_run(self.request.user, "console"):
+            raise PermissionDenied("Your tenant may not use the console.")
+        context.update(object=vm, login_user=vm.image.login_user if vm.image_id else "", graphical=self.graphical)
+        return context
+
+    def get_template_names(self):
+        return ["vms/vm_vnc.html" if self.graphical else self.template_name]
+
+    def render_to_response(self, context, **kwargs):
+        response = super().render_to_response(context, **kwargs)
+        # xterm.js sizes its cells and draws its theme through <style> elements it creates: this
+        # page alone allows them (scripts stay 'self' only).
+        if not self.graphical:
+            response["Content-Security-Policy"] = content_security_policy(self.request, inline_style_elements=True)
+        return response
 
 
 class VmCreateView(HiddenUnlessAllowedMixin, FormView):

@@ -28,7 +28,11 @@ POLICY = (
 )
 
 
-def content_security_policy(request: HttpRequest) -> str:
+def content_security_policy(request: HttpRequest, *, inline_style_elements: bool = False) -> str:
+    policy = POLICY
+    if inline_style_elements:
+        policy = tuple("style-src-elem 'self' 'unsafe-inline'" if part == "style-src-elem 'self'" else part
+                       for part in POLICY)
     connect = "connect-src 'self'"
     try:
         host = request.get_host()
@@ -37,7 +41,7 @@ def content_security_policy(request: HttpRequest) -> str:
     if host:
         # Older Safari does not count ws:/wss: to the page's own host as 'self'.
         connect += f" {'wss' if request.is_secure() else 'ws'}://{host}"
-    return "; ".join((*POLICY, connect))
+    return "; ".join((*policy, connect))
 
 
 class ContentSecurityPolicyMiddleware(MiddlewareMixin):

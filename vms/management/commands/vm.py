@@ -1,4 +1,4 @@
-"""`manage.py vm create|delete|list|show`: the VM services for operators and scripts."""
+"""`manage.py vm create|delete|list|show|console`: the VM services for operators and scripts."""
 from __future__ import annotations
 
 import json
@@ -62,6 +62,9 @@ class Command(BaseCommand):
         show = sub.add_parser("show", help="one VM in detail")
         show.add_argument("name")
         show.add_argument("--json", action="store_true")
+        console = sub.add_parser("console", help="attach this terminal to the VM's serial console (exit with Ctrl-])")
+        console.add_argument("name")
+        console.add_argument("--force", action="store_true", help="take the console over from another session")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"do_{options['action'].replace('-', '_')}")(options)
@@ -151,3 +154,16 @@ class Command(BaseCommand):
             self.stdout.write(f"leg          e{leg['shelf']}.{leg['slot']} on {leg['disk_server']} ({leg['state']})")
         for index, nic in enumerate(summary["nics"]):
             self.stdout.write(f"eth{index:<9} {nic['mac']} on {nic['network']}, {nic['ip'] or 'DHCP'}")
+
+    def do_console(self, options: dict) -> None:
+        from vms.console import BUSY, GONE, TAKEN_OVER
+        from vms.console_cli import attach
+
+        vm = VirtualMachine.objects.filter(name=options["name"]).first()
+        if vm is None:
+            raise CommandError(f"no VM named {options['name']!r}")
+        reason = attach(vm, force=options["force"])
+        if reason == BUSY:
+            raise CommandError(f"{reason} (--force takes it over)")
+        if reason in (TAKEN_OVER, GONE):
+            raise CommandError(reason)
