@@ -29,7 +29,7 @@ start)
   $PY manage.py migrate --noinput >/dev/null
   $PY manage.py collectstatic --noinput >/dev/null
   $PY manage.py lab up
-  # The default image VMs boot: built from Debian packages on the first run (about 2 minutes, with
+  # The default image VMs boot: built from Debian packages on the first run (about 5 minutes here, with
   # a progress bar), cached after that; copied to both disk servers once (checksum verified).
   $PY manage.py image build debian-12 --default
   # A key pair for the demo's users: VMs they create let it in, from the lab's client namespace.
