@@ -79,8 +79,10 @@ class JobContext:
 
     def save(self) -> None:
         """Keep `data` with the job now: a step calls it after recording what it is about to do on a
-        host, so that if its worker dies the undo run elsewhere knows (jobs/recovery.py)."""
-        if self.lease is not None:
+        host, so that if its worker dies the undo run elsewhere knows (jobs/recovery.py). Only for
+        kinds undone after a loss; their data must be JSON."""
+        kind = kind_of(self.job.kind)
+        if self.lease is not None and kind is not None and kind.undo_after_loss:
             _set(self, context=self.data)
 
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
@@ -192,7 +194,8 @@ def _run(ctx: JobContext) -> None:
     _set(ctx, total_steps=len(steps))
     done: list[Step] = steps[:max(resuming - 1, 0)]
     for number, step in enumerate(steps[len(done):], start=len(done) + 1):
-        _set(ctx, step=number, context=ctx.data)
+        # Kept with the job for an undo after the run's loss (JSON: only such kinds' data is).
+        _set(ctx, step=number, **({"context": ctx.data} if kind.undo_after_loss else {}))
         if ctx.cancel_requested():
             # A step woken from a wait had begun: its own undo runs too.
             begun = [*done, step] if number == resuming else done
