@@ -115,8 +115,9 @@ def test_live_migration_reports_progress_and_leaves_the_guest_only_on_the_target
     assert processed == sorted(processed), "memory processed went backwards"
     assert final["phase"] == "completed" and final["memory_remaining"] == 0 and final["percent"] == 100
     # The guest wrote every page before and kept dirtying pages during the copy: more than its
-    # whole memory was sent, and QEMU measured the dirtying while it went.
-    assert final["memory_processed"] > final["memory_total"] >= MEMORY_MIB << 20
+    # whole memory was sent, and QEMU measured the dirtying while it went. (The total also counts
+    # the video RAM of its VNC display, mostly zero pages that are not sent.)
+    assert final["memory_processed"] > MEMORY_MIB << 20 and final["memory_total"] >= MEMORY_MIB << 20
     assert any(s["dirty_bytes_per_second"] > 0 for s in running)
     assert all(s["bytes_per_second"] <= CAP_MIB_PER_S * 1.2 * (1 << 20) for s in running)
     assert final["downtime_ms"] is not None and 0 < final["downtime_ms"] < 2000
