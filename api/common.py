@@ -7,13 +7,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework import permissions, serializers, status
+from rest_framework import permissions, serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
-from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
-from jobs.models import Job
 from tenants.access import is_operator
 
 
@@ -55,10 +53,3 @@ def service_call() -> Iterator[None]:
     except DjangoValidationError as exc:
         raise serializers.ValidationError(error_dict(exc)) from exc
 
-
-def accepted(job: Job, request: Request) -> Response:
-    """202: the job is queued; its representation, and where to follow it."""
-    from api.jobs import JobAcceptedSerializer
-
-    data = JobAcceptedSerializer(job, context={"request": request}).data
-    return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["job_url"]})

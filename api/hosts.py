@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.common import IsOperator, accepted, service_call
-from api.jobs import JobAcceptedSerializer
+from api.common import IsOperator, service_call
+from api.jobs import JobAcceptedSerializer, accepted
 from hosts.choices import HostState, Hypervisor
 from hosts.models import CpuServer, DiskServer
 from hosts.verify import start_verify

@@ -14,8 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
-from api.common import accepted, service_call
-from api.jobs import JobAcceptedSerializer
+from api.common import service_call
+from api.jobs import JobAcceptedSerializer, accepted
 from api.schema import DETAIL
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident

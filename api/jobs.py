@@ -104,6 +104,12 @@ class JobAcceptedSerializer(JobSerializer):
         return self.get_url(job)
 
 
+def accepted(job: Job, request: Request) -> Response:
+    """202: the job is queued; its representation, and where to follow it."""
+    data = JobAcceptedSerializer(job, context={"request": request}).data
+    return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["job_url"]})
+
+
 class LogEntrySerializer(serializers.Serializer):
     serial = serializers.IntegerField()
     time = serializers.DateTimeField()

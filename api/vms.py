@@ -18,8 +18,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
-from api.common import accepted, service_call, viewer
-from api.jobs import JobAcceptedSerializer
+from api.common import service_call, viewer
+from api.jobs import JobAcceptedSerializer, accepted
 from storage.models import AoEExport
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, visible_vms
 from tenants.models import TENANT_ACTIONS
