@@ -128,6 +128,23 @@ def web_server(django_db_setup, tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
+def monitor_process(lab_hosts, tmp_path) -> Iterator[Path]:
+    """`manage.py monitor` as its own process on the test database, checking every second; yields
+    its log. Its queues are this test's (the environment at the time it starts)."""
+    from django.conf import settings
+
+    log = tmp_path / "monitor.log"
+    env = _child_env(settings.DATABASES["default"]["NAME"])
+    env["XENAOE_MONITOR_INTERVAL_S"] = "1"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    yield log
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture
 def lab_hosts(lab_cluster, transactional_db):
     """The lab's hosts registered in the (flushed after each test) test database."""
     from hosts.models import CpuServer, DiskServer

@@ -135,20 +135,11 @@ def records_vm(lab_whole) -> Iterator[callable]:
 
 
 @pytest.fixture
-def monitor(lab_whole, tmp_path) -> Iterator[Path]:
-    """`manage.py monitor` as its own process, checking every second; yields its log."""
-    from tests.conftest import REPO, _child_env
-
-    log = tmp_path / "monitor.log"
-    env = _child_env(settings.DATABASES["default"]["NAME"])
-    env["XENAOE_MONITOR_INTERVAL_S"] = "1"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    time.sleep(3)  # it has seen every host up
-    yield log
-    proc.terminate()
-    proc.wait(timeout=20)
+def monitor(lab_whole, monitor_process) -> Path:
+    """The monitor (tests/conftest.py), started after this case's worker set the queues, once it has
+    seen every host up; its log."""
+    time.sleep(3)
+    return monitor_process
 
 
 @dataclass

@@ -4,8 +4,6 @@ its guests on the survivor; when the host boots again it waits in maintenance, r
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import libvirt
@@ -36,23 +34,6 @@ def _running_on(uri: str) -> set[str]:
 def guests_on_cpu2(lab_hosts, celery_worker_process):
     with on_the_hosts.guests_on_cpu2(NAMES) as guests:
         yield guests
-
-
-@pytest.fixture
-def monitor_process(lab_hosts, tmp_path):
-    from django.conf import settings
-
-    from tests.conftest import REPO, _child_env
-
-    log = tmp_path / "monitor.log"
-    env = _child_env(settings.DATABASES["default"]["NAME"])
-    env["XENAOE_MONITOR_INTERVAL_S"] = "1"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    yield log
-    proc.terminate()
-    proc.wait(timeout=20)
 
 
 def test_a_pulled_plug_brings_the_guests_back_on_the_survivor_after_a_fence(guests_on_cpu2, monitor_process):
