@@ -177,6 +177,11 @@ start_vblade() {  # shelf slot interface path macs
 	return "$EX_REFUSED"
 }
 
+exit_state() {  # pid: "gone", "zombie" or "running"
+	es_state=$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)
+	case $es_state in '') echo gone ;; Z | X) echo zombie ;; *) echo running ;; esac
+}
+
 stop_vblade() {  # eS.L
 	if sp_pid=$(running_pid "$1"); then
 		kill "$sp_pid" 2>/dev/null
@@ -190,6 +195,14 @@ stop_vblade() {  # eS.L
 				return "$EX_TEMPORARY"
 			fi
 			sleep 0.1
+		done
+		# The command line empties when the exiting vblade drops its memory, before the kernel
+		# closes its socket and backing file: wait for the zombie (or nothing), 2 s at most, so
+		# a start right after this one never overlaps the old export.
+		sp_i=0
+		while [ "$sp_i" -lt 20 ] && [ "$(exit_state "$sp_pid")" = running ]; do
+			sleep 0.1
+			sp_i=$((sp_i + 1))
 		done
 		echo "$(date '+%Y-%m-%dT%H:%M:%S') stopped $1 (pid $sp_pid)" >>"$LOG_DIR/vblade-$1.log"
 	fi
