@@ -39,6 +39,8 @@ class ExportSpec:
     slot: int
     interface: str
     path: str
+    # Writes refused on the wire (vblade -r): an ISO that many guests read at once.
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class RunningExport:
     path: str
     pid: int
     macs: tuple[str, ...]  # the vblade ACL; empty means every initiator may use the export
+    read_only: bool = False
+
+    @property
+    def spec(self) -> ExportSpec:
+        """What restarts it as it is (with another ACL: how a fence changes who may use it)."""
+        return ExportSpec(self.shelf, self.slot, self.interface, self.path, self.read_only)
 
     @property
     def name(self) -> str:
@@ -83,7 +91,8 @@ def start_export(
     (permanent): shelf.slot already serves or is configured for another file, or the file is
     already exported under another shelf.slot."""
     _check_spec(spec)
-    args = [str(spec.shelf), str(spec.slot), spec.interface, spec.path]
+    args = ["-r"] if spec.read_only else []
+    args += [str(spec.shelf), str(spec.slot), spec.interface, spec.path]
     if allowed_macs is not None:
         args.append(",".join(_normalise_macs(allowed_macs)))
     lines = _parse_lines(target, _run(target, "vblade-export.sh", args, timeout))
@@ -130,9 +139,11 @@ def _parse_lines(target: SSHTarget, stdout: str) -> list[RunningExport]:
     for line in stdout.splitlines():
         fields = line.split("\t")
         try:
-            shelf, slot, interface, path, pid, macs = fields
+            shelf, slot, interface, path, pid, macs, read_only = fields
+            if read_only not in ("0", "1"):
+                raise ValueError(read_only)
             exports.append(RunningExport(int(shelf), int(slot), interface, path, int(pid),
-                                         tuple(m for m in macs.split(",") if m)))
+                                         tuple(m for m in macs.split(",") if m), read_only == "1"))
         except ValueError as exc:
             raise DriverError(f"{target.host}: unexpected line from a vblade script: {line!r}") from exc
     return exports

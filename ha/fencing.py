@@ -201,8 +201,7 @@ def _fence_disk(disk_name: str, target: object, macs: list[str]) -> _DiskResult:
         for export in vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S):
             if sorted(export.macs) == macs:
                 continue
-            spec = vblade.ExportSpec(export.shelf, export.slot, export.interface, export.path)
-            vblade.start_export(target, spec, allowed_macs=macs, timeout=STORAGE_TIMEOUT_S)
+            vblade.start_export(target, export.spec, allowed_macs=macs, timeout=STORAGE_TIMEOUT_S)
             changed += 1
         # Confirmation is what the disk server says now, not what we asked for.
         return _DiskResult(disk_name, tuple(vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S)), changed=changed)
@@ -270,8 +269,7 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[st
             current = sorted(_mac(m) for m in export.macs) or None
             if current == acl:
                 continue
-            spec = vblade.ExportSpec(export.shelf, export.slot, export.interface, export.path)
-            vblade.start_export(target, spec, allowed_macs=acl, timeout=STORAGE_TIMEOUT_S)
+            vblade.start_export(target, export.spec, allowed_macs=acl, timeout=STORAGE_TIMEOUT_S)
             changed.append(f"e{export.shelf}.{export.slot} on {disk.name}: ACL {','.join(acl) if acl else 'open'}")
     return changed
 

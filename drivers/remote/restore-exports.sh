@@ -25,7 +25,7 @@ for conf in "$EXPORTS_DIR"/e*.conf; do
 		continue
 	fi
 	running_pid "$name" >/dev/null && continue
-	if start_vblade "$conf_shelf" "$conf_slot" "$conf_iface" "$conf_path" "$conf_macs"; then
+	if start_vblade "$conf_shelf" "$conf_slot" "$conf_iface" "$conf_path" "$conf_macs" "$conf_ro"; then
 		print_running "$name"
 	else
 		failed=$((failed + 1))

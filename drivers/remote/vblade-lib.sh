@@ -55,8 +55,8 @@ valid_spec() {  # shelf slot interface path macs
 	esac
 }
 
-# Parse /proc/PID/cmdline of a vblade started by start_vblade: `vblade [-m MACS] S L IFACE FILE`.
-# Sets cmd_macs cmd_shelf cmd_slot cmd_iface cmd_path; fails for anything else.
+# Parse /proc/PID/cmdline of a vblade started by start_vblade: `vblade [-r] [-m MACS] S L IFACE FILE`.
+# Sets cmd_ro (1: read-only, else 0) cmd_macs cmd_shelf cmd_slot cmd_iface cmd_path; fails for anything else.
 read_cmdline() {
 	[ -r "/proc/$1/cmdline" ] || return 1
 	rc_ifs=$IFS
@@ -69,6 +69,11 @@ read_cmdline() {
 	IFS=$rc_ifs
 	[ $# -ge 5 ] && [ "${1##*/}" = vblade ] || return 1
 	shift
+	cmd_ro=0
+	if [ "$1" = -r ]; then
+		cmd_ro=1
+		shift
+	fi
 	cmd_macs=
 	if [ "$1" = -m ]; then
 		shift
@@ -98,16 +103,18 @@ running_pid() {
 }
 
 # One tab-separated line per running export, the format vblade.py parses:
-# shelf slot interface path pid macs
+# shelf slot interface path pid macs read-only(0|1)
 print_running() {  # $1 = eS.L
 	pr_pid=$(running_pid "$1") || return 1
 	read_cmdline "$pr_pid" || return 1
-	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$cmd_shelf" "$cmd_slot" "$cmd_iface" "$cmd_path" "$pr_pid" "$cmd_macs"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$cmd_shelf" "$cmd_slot" "$cmd_iface" "$cmd_path" "$pr_pid" "$cmd_macs" \
+		"$cmd_ro"
 }
 
-# Sets conf_shelf conf_slot conf_iface conf_path conf_macs from a config file; fails if invalid.
+# Sets conf_shelf conf_slot conf_iface conf_path conf_macs conf_ro from a config file; fails if invalid.
+# A config without a readonly line (written before read-only exports existed) is read-write.
 read_conf() {
-	conf_shelf= conf_slot= conf_iface= conf_path= conf_macs=
+	conf_shelf= conf_slot= conf_iface= conf_path= conf_macs= conf_ro=0
 	while IFS= read -r rc_line || [ -n "$rc_line" ]; do
 		case $rc_line in
 		shelf=*) conf_shelf=${rc_line#shelf=} ;;
@@ -115,13 +122,15 @@ read_conf() {
 		interface=*) conf_iface=${rc_line#interface=} ;;
 		path=*) conf_path=${rc_line#path=} ;;
 		macs=*) conf_macs=${rc_line#macs=} ;;
+		readonly=*) conf_ro=${rc_line#readonly=} ;;
 		esac
 	done <"$1"
+	case $conf_ro in 0 | 1) ;; *) echo "bad readonly: $conf_ro" >&2; return 1 ;; esac
 	valid_spec "$conf_shelf" "$conf_slot" "$conf_iface" "$conf_path" "$conf_macs"
 }
 
 # Written to a temporary file and renamed, so that a crash never leaves half a config behind.
-write_conf() {  # shelf slot interface path macs
+write_conf() {  # shelf slot interface path macs read-only(0|1)
 	wc_file=$EXPORTS_DIR/e$1.$2.conf
 	{
 		echo "# Written by the XenAoE panel; started at boot by restore-exports.sh."
@@ -130,6 +139,7 @@ write_conf() {  # shelf slot interface path macs
 		echo "interface=$3"
 		echo "path=$4"
 		echo "macs=$5"
+		echo "readonly=${6:-0}"
 	} >"$wc_file.tmp" && mv -f "$wc_file.tmp" "$wc_file"
 }
 
@@ -137,7 +147,7 @@ write_conf() {  # shelf slot interface path macs
 # holding the SSH channel would hang the panel's session (as vbladed does). The pid file is
 # written by the process itself just before it becomes vblade, so it is right even if setsid forks.
 # `sleep 0.1` needs a sleep that takes fractions (coreutils, busybox), as on every Debian host.
-start_vblade() {  # shelf slot interface path macs
+start_vblade() {  # shelf slot interface path macs [read-only: 1]
 	sv_name=e$1.$2
 	sv_pidfile=$PID_DIR/$sv_name.pid
 	sv_log=$LOG_DIR/vblade-$sv_name.log
@@ -146,12 +156,15 @@ start_vblade() {  # shelf slot interface path macs
 		return "$EX_REFUSED"
 	fi
 	rm -f "$sv_pidfile"
-	echo "$(date '+%Y-%m-%dT%H:%M:%S') starting $sv_name: interface $3, file $4, macs ${5:-any}" >>"$sv_log"
+	sv_ro=${6:-0}
+	echo "$(date '+%Y-%m-%dT%H:%M:%S') starting $sv_name: interface $3, file $4, macs ${5:-any}," \
+		"$([ "$sv_ro" = 1 ] && echo read-only || echo read-write)" >>"$sv_log"
 	if [ -n "$5" ]; then
 		set -- -m "$5" "$1" "$2" "$3" "$4"
 	else
 		set -- "$1" "$2" "$3" "$4"
 	fi
+	[ "$sv_ro" = 1 ] && set -- -r "$@"
 	# 9>&-: the lock's descriptor must not live on in vblade, or the lock would never be released.
 	setsid sh -c 'echo $$ >"$0" && exec vblade "$@"' "$sv_pidfile" "$@" </dev/null >>"$sv_log" 2>&1 9>&- &
 	# vblade prints "pid N: eS.L, ..." once it has opened the file and the interface; it exits at

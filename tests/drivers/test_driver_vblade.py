@@ -6,6 +6,7 @@ unless the lab is up); see conftest.py.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from conftest import REPO, TEST_SHELF, Site
@@ -206,6 +207,28 @@ def test_a_dead_vblade_is_not_listed_and_restore_brings_it_back(site):
                                                (site.cpu_mac,))
     assert ours(vblade.list_exports(site.disk)) == restored
     assert ours(vblade.restore_exports(site.disk)) == []  # already running
+
+
+def test_a_read_only_export_stays_read_only_through_an_acl_change_and_a_restore(site):
+    """An ISO shared by many guests is served with vblade -r; a fence restarting it with another MAC
+    list (from what the list says) and a restore after a crash must keep it read-only."""
+    restore_is_safe(site)
+    vblade.create_volume(site.disk, volume(site, "cd.iso"), SIZE_MIB)
+    spec = ExportSpec(site.shelf, 5, site.disk_interface, volume(site, "cd.iso"), read_only=True)
+    export = vblade.start_export(site.disk, spec)
+    assert export.read_only and export.spec == spec
+    assert "-r" in site.disk_run(["cat", f"/proc/{export.pid}/cmdline"]).stdout.split("\0")
+
+    fenced = vblade.start_export(site.disk, export.spec, allowed_macs=[site.cpu_mac])
+    assert (fenced.read_only, fenced.macs) == (True, (site.cpu_mac,)) and fenced.pid != export.pid
+    assert vblade.start_export(site.disk, fenced.spec, allowed_macs=[site.cpu_mac]).pid == fenced.pid
+
+    kill(site, fenced.pid)
+    [restored] = ours(vblade.restore_exports(site.disk))
+    assert restored.read_only and restored.macs == (site.cpu_mac,) and is_our_vblade(site, restored)
+    # Read-write again on request: a changed mode restarts it.
+    writable = vblade.start_export(site.disk, replace(spec, read_only=False), allowed_macs=[site.cpu_mac])
+    assert not writable.read_only and writable.pid != restored.pid
 
 
 def test_restore_works_when_run_directly_on_the_host_after_a_reboot(site):
