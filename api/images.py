@@ -19,6 +19,7 @@ NAME_REGEX = r"[a-z0-9][a-z0-9.-]{0,62}"
 
 class ImageSerializer(serializers.Serializer):
     name = serializers.CharField()
+    kind = serializers.CharField(help_text="'disk': a VM boots it; 'iso': an installer for a new VM's CD drive.")
     os = serializers.CharField()
     os_version = serializers.CharField()
     login_user = serializers.CharField(help_text="The user a VM's SSH keys go to.")
@@ -45,7 +46,9 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     lookup_value_regex = NAME_REGEX
 
     def get_queryset(self) -> QuerySet[Image]:
-        return visible_images(self.request.user).prefetch_related("copies__disk_server")
+        images = visible_images(self.request.user).prefetch_related("copies__disk_server")
+        kind = self.request.query_params.get("kind")
+        return images.filter(kind=kind) if kind else images
 
 
 class NetworkSerializer(serializers.Serializer):

@@ -27,7 +27,7 @@ from vms.choices import VmState
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
-from vms.services import VmRequest, create_vm, delete_vm, vm_action
+from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
 
 NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
 OPERATOR_ACTIONS = [*TENANT_ACTIONS, "migrate"]
@@ -68,6 +68,8 @@ class VmSerializer(serializers.Serializer):
     legs = LegsField(required=False, help_text="Operators only: the mirror's legs.")
     actions = serializers.SerializerMethodField(help_text="What this user may do to it.")
     url = serializers.SerializerMethodField()
+    iso = serializers.CharField(source="iso.name", allow_null=True, default=None,
+                                help_text="The ISO in its CD drive (installing), or null.")
     console_url = serializers.SerializerMethodField(
         help_text="Its serial console's websocket (binary frames, docs/api.md); null if you may not use it.")
 
@@ -114,6 +116,9 @@ class VmCreateSerializer(serializers.Serializer):
     image = serializers.CharField(required=False, allow_blank=True, max_length=63,
                                   help_text="An image's name (GET /api/images/); empty: the site's default; "
                                             "'none': an empty disk (operators).")
+    iso = serializers.CharField(required=False, allow_blank=True, max_length=63,
+                                help_text="An ISO's name (GET /api/images/?kind=iso): in the VM's CD drive, booted "
+                                          "before its empty disk; install on the console, then POST .../eject/.")
     networks = serializers.ListField(child=serializers.CharField(max_length=63), required=False, max_length=8,
                                      help_text="One NIC on each (GET /api/networks/); none: the default network.")
     ssh_keys = serializers.ListField(child=serializers.CharField(max_length=16384), required=False, max_length=32,
@@ -129,7 +134,7 @@ class VmCreateSerializer(serializers.Serializer):
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"], disk_mib=data["disk_mib"],
             cpu_server=data.get("cpu_server") or None, kernel_path=data.get("kernel_path", ""),
             allow_n_plus_one_break=data["allow_n_plus_one_break"], tenant=data.get("tenant") or None,
-            image=data.get("image", ""), networks=tuple(data.get("networks", ())),
+            image=data.get("image", ""), iso=data.get("iso", ""), networks=tuple(data.get("networks", ())),
             ssh_keys=tuple(data.get("ssh_keys", ())), password=password,
         )
 
@@ -181,7 +186,7 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
     lookup_value_regex = NAME_REGEX
 
     def get_queryset(self) -> QuerySet[VirtualMachine]:
-        vms = visible_vms(self.request.user).select_related("tenant", "cpu_server")
+        vms = visible_vms(self.request.user).select_related("tenant", "cpu_server", "iso")
         if is_operator(self.request.user):
             vms = vms.prefetch_related("mirror__legs__disk_server")
         return vms
@@ -237,6 +242,16 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
     @action(detail=True, methods=["post"], filter_backends=[])
     def force_off(self, request: Request, name: str | None = None) -> Response:
         return self._lifecycle(request, "force_off")
+
+    @extend_schema(request=None, responses=_ACCEPTED,
+                   summary="Eject the ISO from the VM's CD drive: it boots from its disk from then on")
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def eject(self, request: Request, name: str | None = None) -> Response:
+        vm = self.get_object()
+        _refuse_unless_may(request.user, "console")
+        with service_call():
+            job = eject_cd(vm.name, user=request.user)
+        return accepted(job, request)
 
     @extend_schema(request=MigrateSerializer, responses=_ACCEPTED,
                    summary="Live-migrate a running VM to another CPU server (operators)")

@@ -115,6 +115,9 @@ class DomainSpec:
     # A read-only disk with the first-boot settings (a NoCloud seed, images/seed.py); empty: none.
     seed: str = ""
     nics: tuple[NicSpec, ...] = ()
+    # An installer ISO in a CD drive (a read-only block device, e.g. an AoE export): booted first,
+    # then the first disk. Empty: no CD drive.
+    cdrom: str = ""
 
 
 SEED_SERIAL = "xenaoe-seed"
@@ -156,6 +159,8 @@ def domain_xml(spec: DomainSpec) -> str:
         if spec.cmdline:
             ET.SubElement(os_element, "cmdline").text = spec.cmdline
     else:
+        if spec.cdrom:
+            ET.SubElement(os_element, "boot", dev="cdrom")
         ET.SubElement(os_element, "boot", dev="hd")
     features = ET.SubElement(domain, "features")
     for feature in ("acpi", "apic", "pae") if xen else ("acpi", "apic"):
@@ -185,6 +190,8 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + len(spec.disks)), bus=bus)
         ET.SubElement(disk, "readonly")
         ET.SubElement(disk, "serial").text = SEED_SERIAL
+    if spec.cdrom:
+        devices.append(cdrom_element(spec.cdrom, xen))
     for nic in spec.nics:
         interface = ET.SubElement(devices, "interface", type="bridge")
         ET.SubElement(interface, "mac", address=nic.mac)
@@ -212,6 +219,38 @@ def domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+CDROM_TARGET = "hdc"  # an IDE CD drive: what every installer and BIOS (SeaBIOS, Xen's hvmloader) knows
+
+
+def cdrom_element(source: str, xen: bool) -> ET.Element:
+    """A read-only IDE CD drive holding `source` (empty: no medium)."""
+    disk = ET.Element("disk", type="block", device="cdrom")
+    ET.SubElement(disk, "driver", **({"name": "phy"} if xen else {"name": "qemu", "type": "raw"}))
+    if source:
+        ET.SubElement(disk, "source", dev=source)
+    ET.SubElement(disk, "target", dev=CDROM_TARGET, bus="ide")
+    ET.SubElement(disk, "readonly")
+    return disk
+
+
+def eject_cdrom(uri: str, name: str, *, timeout: float = 60) -> bool:
+    """Empty the running domain's CD drive (forced, as an installer may have locked the tray).
+    False when it has no CD drive or the drive is already empty."""
+
+    def call(conn: libvirt.virConnect) -> bool:
+        dom = _lookup_or_fail(conn, uri, name)
+        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        drive = root.find("devices/disk[@device='cdrom']")
+        if drive is None or drive.find("source") is None:
+            return False
+        xen = root.get("type") == "xen"
+        dom.updateDeviceFlags(ET.tostring(cdrom_element("", xen), encoding="unicode"),
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
+        return True
+
+    return _call(uri, f"eject the CD of {name!r}", timeout, call)
 
 
 def define(uri: str, xml: str, *, timeout: float = 30) -> DomainInfo:
@@ -444,6 +483,10 @@ def _check_spec(spec: DomainSpec) -> None:
     problems += [f"bad disk serial {s!r}" for s in spec.disk_serials if not _SERIAL.fullmatch(s)]
     if spec.seed and (not spec.seed.startswith("/") or any(ord(c) < 32 for c in spec.seed)):
         problems.append(f"the seed must be an absolute path, not {spec.seed!r}")
+    if spec.cdrom and (not spec.cdrom.startswith("/") or any(ord(c) < 32 for c in spec.cdrom)):
+        problems.append(f"the CD must be an absolute device path, not {spec.cdrom!r}")
+    if spec.cdrom and spec.kernel:
+        problems.append("a CD to boot from and a kernel to boot directly exclude each other")
     for nic in spec.nics:
         if not _MAC.fullmatch(nic.mac):
             problems.append(f"bad MAC address {nic.mac!r}")

@@ -251,10 +251,10 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
 
 
 def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
-    legs = guest_setup.prepare_host(vm, _legs(vm), target, lambda message: ctx.log(f"{vm.name}: {message}"),
-                                    degraded_ok=True)
+    prepared = guest_setup.prepare_host(vm, _legs(vm), target, lambda message: ctx.log(f"{vm.name}: {message}"),
+                                        degraded_ok=True)
     # The definition is the guest's own, rebuilt for the target's hypervisor.
-    spec = replace(domain_spec(vm, legs), hypervisor=target.hypervisor)
+    spec = replace(domain_spec(vm, prepared.legs, prepared.cdrom), hypervisor=target.hypervisor)
     hypervisor.define(target.libvirt_uri, hypervisor.domain_xml(spec))
     try:
         hypervisor.start(target.libvirt_uri, vm.domain_name)

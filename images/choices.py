@@ -1,6 +1,13 @@
 from django.db import models
 
 
+class ImageKind(models.TextChoices):
+    # An operating system a VM boots from its own disk (written onto both legs).
+    DISK = "disk", "Disk image"
+    # An installer a VM boots from its CD drive, exported read-only over AoE (docs/images.md).
+    ISO = "iso", "ISO (installer)"
+
+
 class ImageState(models.TextChoices):
     PENDING = "pending", "Being copied to the disk servers"
     READY = "ready", "Ready"

@@ -34,8 +34,8 @@ class ImportError_(Exception):  # noqa: N801 - "ImportError" is Python's own
 @dataclass(frozen=True)
 class Imported:
     disk: Path
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None for an ISO: it boots itself from the VM's CD drive
+    initrd: Path | None
     size_mib: int
     sha256: str
     kernel_version: str
@@ -44,6 +44,23 @@ class Imported:
     os_version: str
     login_user: str  # "" when the image has no obvious one
     warnings: tuple[str, ...]
+    kind: str = "disk"  # images.choices.ImageKind
+
+
+# An ISO 9660 filesystem: its primary volume descriptor at 32 KiB starts with type 1 and "CD001";
+# the volume label follows at byte 40 of it (32 characters, space-padded).
+ISO_MAGIC_OFFSET = 0x8001
+ISO_LABEL = slice(0x8028 - 0x8001, 0x8028 - 0x8001 + 32)
+
+
+def iso_label(path: Path) -> str | None:
+    """The volume label if `path` is an ISO 9660 image (a CD or a hybrid installer image), else None."""
+    with path.open("rb") as f:
+        f.seek(ISO_MAGIC_OFFSET)
+        head = f.read(ISO_LABEL.stop)
+    if head[:5] != b"CD001":
+        return None
+    return head[ISO_LABEL].decode("ascii", "replace").strip()
 
 
 def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
@@ -164,6 +181,9 @@ def import_file(source: Path, output: Path, progress: Progress) -> Imported:
     """Convert `source` into an image in the directory `output` (created)."""
     if not source.is_file():
         raise ImportError_(f"{source} is not a file")
+    label = iso_label(source)
+    if label is not None:
+        return _import_iso(source, output, label, progress)
     fmt = probe_format(source)
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output) as tmp:
@@ -195,3 +215,14 @@ def import_file(source: Path, output: Path, progress: Progress) -> Imported:
     size_mib = -(-disk.stat().st_size // MIB)
     return Imported(disk, output / "vmlinuz", output / "initrd.img", size_mib, file_sha256(disk), version, fmt,
                     os_name, os_version, login_user, tuple(warnings))
+
+
+def _import_iso(source: Path, output: Path, label: str, progress: Progress) -> Imported:
+    """An installer ISO is kept as it is: VMs boot it from their CD drive."""
+    output.mkdir(parents=True, exist_ok=True)
+    iso = output / "cdrom.iso"
+    progress(20, f"ISO 9660 image {label!r}")
+    _run(["cp", "--reflink=auto", str(source), str(iso)], "copying the ISO")
+    progress(60, "checksum")
+    size_mib = -(-iso.stat().st_size // MIB)
+    return Imported(iso, None, None, size_mib, file_sha256(iso), "", "iso", label or "ISO", "", "", (), kind="iso")

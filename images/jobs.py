@@ -10,15 +10,19 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from drivers import images as image_files
+from drivers import vblade
 from drivers.errors import DriverError
+from ha import fencing
 from hosts.models import DiskServer
 from hosts.targets import ssh_target
 from images import importer
 from images.choices import CopyState, ImageState
 from images.models import Image, ImageCopy
-from images.services import ImageFiles, ImageRequest, register_image
+from images.services import register_imported
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
+from storage.choices import ExportState
+from storage.models import AoEExport
 
 PROGRESS_EVERY_S = 1.0
 MIB = 1 << 20
@@ -41,7 +45,7 @@ def copy_to(disk_name: str):  # noqa: ANN201 - a step function
         if problem is None:
             ctx.log(f"{disk.name} already has {copy.path} with the right checksum")
         else:
-            source = image.store_dir / "disk.raw"
+            source = image.store_dir / image.store_file
             total = source.stat().st_size
             ctx.log(f"copying {total // MIB} MiB to {disk.name}:{copy.path} ({problem})", percent=0)
             last = 0.0
@@ -67,9 +71,28 @@ def copy_to(disk_name: str):  # noqa: ANN201 - a step function
                 ImageCopy.objects.filter(pk=copy.pk).update(state=CopyState.FAILED, detail=str(exc)[:255])
                 raise
             ctx.log(f"{disk.name}: received in {time.monotonic() - started:.1f} s, checksum verified there")
+        if image.is_iso:
+            serve_iso(ctx, copy, restart=problem is not None)
         ImageCopy.objects.filter(pk=copy.pk).update(state=CopyState.READY, detail="", verified_at=timezone.now())
 
     return step
+
+
+def serve_iso(ctx: JobContext, copy: ImageCopy, *, restart: bool) -> None:
+    """Serve an ISO's copy read-only at its shelf.slot, with the MAC list every export gets; a copy
+    just (re)written is served afresh (a running vblade would still hold the file it replaced)."""
+    export = AoEExport.objects.select_related("disk_server").get(image_copy=copy)
+    disk = export.disk_server
+    target = ssh_target(disk)
+    if restart:
+        vblade.stop_export(target, export.shelf, export.slot)
+    spec = vblade.ExportSpec(export.shelf, export.slot, disk.san_interface, copy.path, read_only=True)
+    try:
+        running = fencing.start_export(target, spec)
+    except fencing.UnsafeAcl as exc:
+        raise JobFailed(f"{export.name} not exported: {exc}") from exc
+    AoEExport.objects.filter(pk=export.pk).update(state=ExportState.EXPORTED)
+    ctx.log(f"{disk.name}: served read-only as {export.name} (vblade pid {running.pid}) for VMs' CD drives")
 
 
 def describe_image(ctx: JobContext) -> None:
@@ -105,11 +128,14 @@ def plan_copy(ctx: JobContext) -> list[Step]:
 
 
 def remove_copies(ctx: JobContext) -> None:
-    for disk_name, path in ctx.job.params["copies"]:
+    for disk_name, path, *address in ctx.job.params["copies"]:
         disk = DiskServer.objects.filter(name=disk_name).first()
         if disk is None:
             continue
         try:
+            if address:  # an ISO's copy: served until now
+                vblade.stop_export(ssh_target(disk), *address)
+                ctx.log(f"e{address[0]}.{address[1]} no longer served on {disk_name}")
             image_files.remove_file(ssh_target(disk), path)
             ctx.log(f"removed {path} on {disk_name}")
         except DriverError as exc:
@@ -132,18 +158,14 @@ def import_upload(ctx: JobContext) -> None:
         found = importer.import_file(upload, work, lambda percent, message: ctx.log(message, percent=percent))
         for warning in found.warnings:
             ctx.log(warning, LogLevel.WARNING)
-        login_user = params.get("login_user") or found.login_user
-        if not login_user:
-            raise JobFailed("the image has no user with uid 1000: say which user logs in")
-        files = ImageFiles(found.disk, found.kernel, found.initrd, found.size_mib, found.kernel_version, found.sha256)
-        req = ImageRequest(name=params["image"], os_name=params.get("os") or found.os_name,
-                           os_version=params.get("os_version") or found.os_version, login_user=login_user,
-                           source=f"uploaded as {params.get('filename', 'a file')}", source_format=found.source_format)
         try:
-            copy = register_image(req, files, user=ctx.job.user)
+            copy = register_imported(found, name=params["image"], os_name=params.get("os", ""),
+                                     os_version=params.get("os_version", ""), login_user=params.get("login_user", ""),
+                                     source=f"uploaded as {params.get('filename', 'a file')}", user=ctx.job.user)
         except ValidationError as exc:
             raise JobFailed("; ".join(exc.messages)) from exc
-        ctx.data["result"] = f"{req.name} imported ({found.size_mib} MiB); copying it: job #{copy.pk}"
+        what = "ISO" if found.kind == "iso" else "image"
+        ctx.data["result"] = f"{params['image']} imported ({what}, {found.size_mib} MiB); copying it: job #{copy.pk}"
         ctx.log(ctx.data["result"], copy_job=copy.pk)
     except importer.ImportError_ as exc:
         raise JobFailed(str(exc)) from exc

@@ -15,7 +15,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.urls import reverse
 
-from images.choices import COPY_STATE_COLOURS, IMAGE_STATE_COLOURS, CopyState, ImageState
+from images.choices import COPY_STATE_COLOURS, IMAGE_STATE_COLOURS, CopyState, ImageKind, ImageState
 from xenaoe_panel.colours import StateColourMixin
 
 image_name_validator = RegexValidator(
@@ -32,21 +32,30 @@ class ImageQuerySet(models.QuerySet["Image"]):
     def usable(self) -> ImageQuerySet:
         return self.filter(state=ImageState.READY)
 
+    def disks(self) -> ImageQuerySet:
+        return self.filter(kind=ImageKind.DISK)
+
+    def isos(self) -> ImageQuerySet:
+        return self.filter(kind=ImageKind.ISO)
+
 
 class Image(StateColourMixin, models.Model):
     STATE_COLOURS = IMAGE_STATE_COLOURS
     name = models.CharField(max_length=63, unique=True, validators=[image_name_validator])
     os_name = models.CharField("OS", max_length=63)
     os_version = models.CharField("version", max_length=63, blank=True)
+    # A disk image boots the VM made from it; an ISO is put in a new VM's CD drive to install from
+    # (no kernel, initramfs or login user of its own: those fields stay empty).
+    kind = models.CharField(max_length=8, choices=ImageKind.choices, default=ImageKind.DISK)
     # How it reached the panel: its disk is always stored raw (qemu-img converts imports).
     source_format = models.CharField(max_length=16, default="raw")
     source = models.CharField(max_length=255, blank=True, help_text="Built from a recipe, imported or uploaded.")
     size_mib = models.PositiveBigIntegerField(help_text="The filesystem's size: a VM's disk is at least this.")
     sha256 = models.CharField(max_length=64)
-    kernel_version = models.CharField(max_length=128)
-    kernel_sha256 = models.CharField(max_length=64)
-    initrd_sha256 = models.CharField(max_length=64)
-    login_user = models.CharField(max_length=32, validators=[login_user_validator])
+    kernel_version = models.CharField(max_length=128, blank=True)
+    kernel_sha256 = models.CharField(max_length=64, blank=True)
+    initrd_sha256 = models.CharField(max_length=64, blank=True)
+    login_user = models.CharField(max_length=32, blank=True, validators=[login_user_validator])
     state = models.CharField(max_length=16, choices=ImageState.choices, default=ImageState.PENDING)
     is_default = models.BooleanField("default", default=False)
     # Tenants see the public images and those published to them; operators see every image.
@@ -68,6 +77,15 @@ class Image(StateColourMixin, models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("image-detail", args=[self.name])
+
+    @property
+    def is_iso(self) -> bool:
+        return self.kind == ImageKind.ISO
+
+    @property
+    def store_file(self) -> str:
+        """The name of the image's disk (or ISO) in its store directory."""
+        return "cdrom.iso" if self.is_iso else "disk.raw"
 
     @property
     def min_disk_mib(self) -> int:

@@ -15,24 +15,28 @@ from django.db.models import Q, QuerySet
 
 from hosts.models import DiskServer
 from images.build import file_sha256
-from images.choices import CopyState, ImageState
+from images.choices import CopyState, ImageKind, ImageState
+from images.importer import Imported
 from images.models import Image, ImageCopy, image_name_validator, login_user_validator
 from jobs.models import Job
 from jobs.services import start_job
+from storage.models import AoEExport
 from tenants.access import is_operator, tenant_of
 from tenants.publishing import publish as publish_to
+from vms.placement import PlacementError, free_slot, lock_servers
 
 
 @dataclass(frozen=True)
 class ImageFiles:
-    """An image's three files, somewhere on the panel's machine, and what is known of them."""
+    """An image's three files (an ISO: one), somewhere on the panel's machine, and what is known of them."""
 
-    disk: Path
-    kernel: Path
-    initrd: Path
+    disk: Path  # or the ISO
+    kernel: Path | None
+    initrd: Path | None
     size_mib: int
     kernel_version: str
     sha256: str = ""  # of the disk; computed when empty
+    kind: str = ImageKind.DISK
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def default_image() -> Image | None:
     return Image.objects.filter(is_default=True).first()
 
 
-def validate_request(req: ImageRequest) -> None:
+def validate_request(req: ImageRequest, kind: str = ImageKind.DISK) -> None:
     errors: dict[str, str] = {}
     try:
         image_name_validator(req.name)
@@ -71,9 +75,12 @@ def validate_request(req: ImageRequest) -> None:
         if Image.objects.filter(name=req.name).exists():
             errors["name"] = f"an image named {req.name!r} already exists"
     try:
-        login_user_validator(req.login_user)
+        if kind == ImageKind.DISK or req.login_user:  # an ISO's installer makes its own users
+            login_user_validator(req.login_user)
     except ValidationError as exc:
         errors["login_user"] = exc.messages[0]
+    if kind == ImageKind.ISO and req.make_default:
+        errors["make_default"] = "an ISO cannot be the default image: VMs boot from a disk image by default"
     if not req.os_name.strip() or not req.os_name.isprintable():
         errors["os_name"] = "say which operating system it is"
     if errors:
@@ -83,28 +90,33 @@ def validate_request(req: ImageRequest) -> None:
 def register_image(req: ImageRequest, files: ImageFiles, user: AbstractBaseUser | None = None) -> Job:
     """Put the image's files into the panel's store, record it, and queue the job that copies its
     disk to every disk server. Raises ValidationError (nothing kept) for bad input."""
-    validate_request(req)
-    for what, path in (("disk", files.disk), ("kernel", files.kernel), ("initramfs", files.initrd)):
-        if not path.is_file():
+    validate_request(req, files.kind)
+    draft = Image(name=req.name, kind=files.kind)
+    wanted = [(files.disk, draft.store_file, "disk")]
+    if not draft.is_iso:
+        wanted += [(files.kernel, "vmlinuz", "kernel"), (files.initrd, "initrd.img", "initramfs")]
+    for path, _name, what in wanted:
+        if path is None or not path.is_file():
             raise ValidationError({"__all__": f"the image's {what} {path} is missing"})
-    sha256 = files.sha256 or file_sha256(files.disk)
-    draft = Image(name=req.name, sha256=sha256, initrd_sha256=file_sha256(files.initrd))
+    draft.sha256 = files.sha256 or file_sha256(files.disk)
+    draft.initrd_sha256 = file_sha256(files.initrd) if files.initrd and not draft.is_iso else ""
     store = draft.store_dir
     made_store = not store.exists()  # only what this call made is removed if it fails
     store.mkdir(parents=True, exist_ok=True)
     try:
-        for source, name in ((files.disk, "disk.raw"), (files.kernel, "vmlinuz"), (files.initrd, "initrd.img")):
+        for source, name, _what in wanted:
             if source.resolve() != (store / name).resolve():
                 # --sparse: the disk is mostly empty space, and a reflink where the filesystem can.
                 _copy(source, store / name)
         with transaction.atomic():
             image = Image.objects.create(
-                name=req.name, os_name=req.os_name.strip(), os_version=req.os_version.strip(),
-                source=req.source[:255], source_format=req.source_format, size_mib=files.size_mib, sha256=sha256,
-                kernel_version=files.kernel_version, kernel_sha256=file_sha256(store / "vmlinuz"),
+                name=req.name, kind=draft.kind, os_name=req.os_name.strip(), os_version=req.os_version.strip(),
+                source=req.source[:255], source_format=req.source_format, size_mib=files.size_mib,
+                sha256=draft.sha256, kernel_version=files.kernel_version,
+                kernel_sha256="" if draft.is_iso else file_sha256(store / "vmlinuz"),
                 initrd_sha256=draft.initrd_sha256, login_user=req.login_user,
             )
-            if req.make_default or not Image.objects.filter(is_default=True).exists():
+            if not image.is_iso and (req.make_default or not Image.objects.filter(is_default=True).exists()):
                 set_default(image.name)
             return copy_to_disk_servers(image, user=user)
     except IntegrityError as exc:
@@ -115,6 +127,19 @@ def register_image(req: ImageRequest, files: ImageFiles, user: AbstractBaseUser 
         if made_store:
             shutil.rmtree(store, ignore_errors=True)
         raise
+
+
+def register_imported(found: Imported, *, name: str, os_name: str = "", os_version: str = "", login_user: str = "",
+                      source: str, make_default: bool = False, user: AbstractBaseUser | None = None) -> Job:
+    """Register what importer.import_file made (the CLI's import and the upload's job alike)."""
+    if not found.kind == ImageKind.ISO and not (login_user or found.login_user):
+        raise ValidationError({"login_user": "the image has no user with uid 1000: say which user logs in"})
+    files = ImageFiles(found.disk, found.kernel, found.initrd, found.size_mib, found.kernel_version, found.sha256,
+                       found.kind)
+    req = ImageRequest(name=name, os_name=os_name or found.os_name, os_version=os_version or found.os_version,
+                       login_user=login_user or found.login_user, source=source, source_format=found.source_format,
+                       make_default=make_default)
+    return register_image(req, files, user=user)
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -135,18 +160,38 @@ def copy_to_disk_servers(image: Image, disk_servers: list[DiskServer] | None = N
     if not servers:
         raise ValidationError({"__all__": "no disk server to copy the image to"})
     with transaction.atomic():
+        if image.is_iso:
+            lock_servers(disk_servers=True)  # the slots of the ISO's exports: see reserve_iso_export
         for disk in servers:
-            ImageCopy.objects.update_or_create(
+            copy, _ = ImageCopy.objects.update_or_create(
                 image=image, disk_server=disk,
                 defaults={"path": disk_image_path(image), "state": CopyState.COPYING, "detail": ""},
             )
+            if image.is_iso:
+                reserve_iso_export(copy)
         Image.objects.filter(pk=image.pk).exclude(state=ImageState.READY).update(state=ImageState.PENDING)
         return start_job("image.copy", target_name=f"image {image.name}", user=user,
                          params={"image": image.name, "disk_servers": [d.name for d in servers]})
 
 
 def disk_image_path(image: Image) -> str:
-    return f"{settings.DISK_IMAGE_DIR.rstrip('/')}/{image.name}-{image.sha256[:12]}.raw"
+    return f"{settings.DISK_IMAGE_DIR.rstrip('/')}/{image.name}-{image.sha256[:12]}.{'iso' if image.is_iso else 'raw'}"
+
+
+def reserve_iso_export(copy: ImageCopy) -> AoEExport:
+    """The shelf.slot an ISO's copy is served at, read-only, on its disk server: taken from the top
+    of the shelf down (VMs take theirs from the bottom, the same slot on two shelves), under the
+    server locks every placement takes. Kept while the image exists."""
+    existing = AoEExport.objects.filter(image_copy=copy).first()
+    if existing is not None:
+        return existing
+    disk = copy.disk_server
+    try:
+        slot = free_slot([disk], from_top=True)
+    except PlacementError as exc:
+        raise ValidationError({"__all__": str(exc)}) from exc
+    return AoEExport.objects.create(disk_server=disk, image_copy=copy, leg=0, shelf=disk.aoe_shelf, slot=slot,
+                                    backing_path=copy.path, size_mib=copy.image.size_mib)
 
 
 def set_default(name: str) -> Image:
@@ -154,6 +199,8 @@ def set_default(name: str) -> Image:
         image = Image.objects.select_for_update().filter(name=name).first()
         if image is None:
             raise ValidationError({"name": f"no image named {name!r}"})
+        if image.is_iso:
+            raise ValidationError({"name": f"{name} is an ISO: VMs boot from a disk image by default"})
         Image.objects.filter(is_default=True).exclude(pk=image.pk).update(is_default=False)
         Image.objects.filter(pk=image.pk).update(is_default=True)
         image.is_default = True
@@ -175,8 +222,12 @@ def delete_image(name: str) -> None:
         used = list(image.vms.values_list("name", flat=True)[:5])
         if used:
             raise ValidationError({"name": f"{name} is used by {', '.join(used)}: delete those VMs first"})
+        in_drives = list(image.vms_with_cd.values_list("name", flat=True)[:5])
+        if in_drives:
+            raise ValidationError({"name": f"{name} is in the CD drive of {', '.join(in_drives)}: eject it first"})
         store = image.store_dir
-        start_job("image.remove", target_name=f"image {name}",
-                  params={"image": name, "copies": [[c.disk_server.name, c.path] for c in image.copies.all()]})
+        copies = [[c.disk_server.name, c.path, *((c.export.shelf, c.export.slot) if hasattr(c, "export") else ())]
+                  for c in image.copies.select_related("disk_server", "export")]
+        start_job("image.remove", target_name=f"image {name}", params={"image": name, "copies": copies})
         image.delete()
     shutil.rmtree(store, ignore_errors=True)

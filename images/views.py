@@ -72,7 +72,7 @@ class ImageActionView(OperatorRequiredMixin, View):
 
 
 class UploadForm(forms.Form):
-    file = forms.FileField(help_text="A raw or qcow2 disk image with an ext4 root filesystem.")
+    file = forms.FileField(help_text="A raw or qcow2 disk image with an ext4 root filesystem, or an installer ISO.")
     name = forms.CharField(max_length=63, validators=[image_name_validator])
     login_user = forms.CharField(max_length=32, required=False, validators=[login_user_validator],
                                  help_text="Who SSH keys go to (default: the image's user with uid 1000).")

@@ -70,6 +70,10 @@ class AoEExport(StateColourMixin, models.Model):
     STATE_COLOURS = EXPORT_STATE_COLOURS
     disk_server = models.ForeignKey("hosts.DiskServer", on_delete=models.PROTECT, related_name="exports")
     mirror = models.ForeignKey(Mirror, on_delete=models.CASCADE, related_name="legs", null=True, blank=True)
+    # Or: an ISO's copy on this disk server, served read-only to the CD drives of VMs installing
+    # from it (leg 0; never both this and a mirror).
+    image_copy = models.OneToOneField("images.ImageCopy", on_delete=models.CASCADE, related_name="export",
+                                      null=True, blank=True)
     leg = models.PositiveSmallIntegerField(validators=[MaxValueValidator(LEGS - 1)])
     # The shelf is the disk server's, copied here so that the database itself keeps shelf.slot
     # unique on the SAN.
@@ -87,6 +91,8 @@ class AoEExport(StateColourMixin, models.Model):
             models.UniqueConstraint(fields=["mirror", "leg"], name="mirror_leg_unique"),
             models.CheckConstraint(condition=models.Q(slot__lte=254), name="aoe_slot_range"),
             models.CheckConstraint(condition=models.Q(shelf__lte=65534), name="aoe_shelf_range"),
+            models.CheckConstraint(condition=models.Q(mirror__isnull=True) | models.Q(image_copy__isnull=True),
+                                   name="aoe_leg_or_iso"),
         ]
 
     def __str__(self) -> str:

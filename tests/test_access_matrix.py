@@ -163,6 +163,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "vm-detail": [Rule(TENANT, vm())],
     "vm-action": [Rule(TENANT, vm(), "post", {"action": "reboot"}, JOB_STARTED_PAGE)],
     "vm-migrate": [Rule(OPERATOR, vm(), "post", ok=JOB_STARTED_PAGE)],
+    "vm-eject": [Rule(TENANT, vm(), "post", ok=(302,))],
     # Another tenant's: 404; the user's own without the tenant's `console` permission: 403
     # (tests/test_console_unit.py).
     "vm-console": [Rule(TENANT, vm())],
@@ -211,6 +212,8 @@ API_RULES: dict[str, list[Rule]] = {
     "api:vm-reboot": [Rule(TENANT, vm(), "post", ok=JOB_STARTED_API)],
     "api:vm-force-off": [Rule(TENANT, vm(), "post", ok=JOB_STARTED_API)],
     "api:vm-migrate": [Rule(OPERATOR_ACTION, vm(), "post", ok=JOB_STARTED_API)],
+    # The matrix's VMs have no ISO in their drive: whoever may eject is told so (400), not refused.
+    "api:vm-eject": [Rule(TENANT, vm(), "post", ok=(400,))],
     "api:job-list": [Rule(SIGNED_IN)],
     "api:job-detail": [Rule(TENANT, job)],
     "api:job-cancel": [Rule(TENANT, job, "post", ok=JOB_STARTED_API)],

@@ -5,12 +5,13 @@ from hosts.models import CpuServer
 from images.choices import ImageState
 from images.services import visible_images
 from networks.services import usable_networks
-from tenants.access import is_operator
+from tenants.access import is_operator, may_run
 from tenants.models import Tenant
 from vms.models import vm_name_validator
 from vms.services import NO_IMAGE
 
 AUTOMATIC = ""
+ISO_PREFIX = "iso:"  # the image choice "iso:NAME": install from the ISO NAME
 NO_TENANT = ""
 
 
@@ -56,11 +57,16 @@ class VmCreateForm(forms.Form):
         for name in ("vcpus", "memory_mib", "disk_mib"):  # the browser checks the bounds too
             field = self.fields[name]
             field.widget.attrs.update({"min": field.min_value, "max": field.max_value})
-        images = visible_images(user).filter(state=ImageState.READY)
-        choices = [(image.name, f"{image.name}: {image.os_name} {image.os_version}, login {image.login_user}, "
-                                f"at least {image.min_disk_mib} MiB") for image in images]
+        images = visible_images(user).disks().filter(state=ImageState.READY)
+        choices: list = [(image.name, f"{image.name}: {image.os_name} {image.os_version}, login {image.login_user}, "
+                                      f"at least {image.min_disk_mib} MiB") for image in images]
         if user is None or is_operator(user):
             choices.append((NO_IMAGE, "None: an empty disk"))
+        isos = visible_images(user).isos().filter(state=ImageState.READY)
+        if isos and (user is None or may_run(user, "console")):
+            # An empty disk and the ISO in the CD drive, booted first: installed through the console.
+            choices = [("Images", choices), ("Install from an ISO (on the console), onto an empty disk", [
+                (ISO_PREFIX + iso.name, f"{iso.name}: {iso.os_name} {iso.os_version}".strip()) for iso in isos])]
         self.fields["image"].choices = choices
         default = next((i for i in images if i.is_default), None)
         if default is not None:
@@ -81,3 +87,10 @@ class VmCreateForm(forms.Form):
             if not isinstance(field, forms.BooleanField):
                 field.widget.attrs.setdefault(
                     "class", "form-select" if isinstance(field, forms.ChoiceField) else "form-control")
+
+
+def image_or_iso(choice: str) -> dict[str, str]:
+    """The VmRequest fields for the wizard's "Operating system" choice."""
+    if choice.startswith(ISO_PREFIX):
+        return {"image": NO_IMAGE, "iso": choice.removeprefix(ISO_PREFIX)}
+    return {"image": choice}

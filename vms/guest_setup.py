@@ -1,24 +1,27 @@
 """What a VM made from an image needs on the CPU server that runs it, and in its domain XML.
 
 The same for every way a VM lands on a CPU server (create, start, live migration, failover restart,
-evacuation): `prepare_host` attaches its two legs, puts its image's kernel and initramfs and its
-seed (first-boot settings, from the database: never only on the host that first booted it) there,
-and checks its networks' bridges exist. `boot` says how its domain boots. docs/images.md.
+evacuation): `prepare_host` attaches its two legs (and the ISO in its CD drive), puts its image's
+kernel and initramfs and its seed (first-boot settings, from the database: never only on the host
+that first booted it) there, and checks its networks' bridges exist. `boot` says how its domain boots. docs/images.md.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 
 from drivers import aoe, hostnet, hypervisor
 from drivers import images as host_files
 from drivers.errors import DriverError
+from hosts.choices import HostState
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images import seed
 from jobs.runner import JobFailed
 from networks.models import BridgeType
+from storage.choices import ExportState
 from storage.models import AoEExport
 from vms.models import VirtualMachine
 
@@ -39,12 +42,17 @@ def seed_path(vm: VirtualMachine) -> str:
     return f"{settings.CPU_SEED_DIR.rstrip('/')}/{vm.domain_name}.iso"
 
 
-def boot(vm: VirtualMachine, legs: list[AoEExport]) -> dict[str, object]:
+def boot(vm: VirtualMachine, legs: list[AoEExport], cdrom: AoEExport | None = None) -> dict[str, object]:
     """DomainSpec fields for how the VM boots from `legs` (both, or the one that answers): its image's
     kernel and initramfs with the root array's UUID (and, until the array exists, the word to create
-    it), its legs' serials, its seed."""
+    it), its legs' serials, its seed. A VM installing from an ISO: the CD (`cdrom`, the ISO's export
+    attached on its CPU server) first, then its first leg."""
     if vm.image_id is None:
-        return {"kernel": vm.kernel_path, "initrd": vm.initrd_path, "cmdline": vm.kernel_cmdline}
+        if vm.iso_id is None:
+            return {"kernel": vm.kernel_path, "initrd": vm.initrd_path, "cmdline": vm.kernel_cmdline}
+        if cdrom is None:
+            raise DriverError(f"{vm.name} installs from {vm.iso.name}, and no copy of it is attached")
+        return {"cdrom": cdrom.device_path}
     mirror = vm.mirror
     cmdline = f"{BOOT_CMDLINE} xenaoe.md={mirror.md_uuid_mdadm}" + ("" if mirror.md_created else " xenaoe.md_create=1")
     return {"kernel": f"{vm.image.boot_dir}/vmlinuz", "initrd": f"{vm.image.boot_dir}/initrd.img",
@@ -129,12 +137,50 @@ def attach_legs(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: 
     return attached
 
 
+def iso_exports(vm: VirtualMachine) -> list[AoEExport]:
+    """The exports of the ISO in the VM's CD drive, one per disk server that serves a copy (none
+    when the drive is empty), those of disk servers that are up first."""
+    if vm.iso_id is None:
+        return []
+    exports = AoEExport.objects.filter(image_copy__image_id=vm.iso_id, state=ExportState.EXPORTED)
+    return sorted(exports.select_related("disk_server"),
+                  key=lambda e: (e.disk_server.state in (HostState.DEAD, HostState.FENCED), e.disk_server.name))
+
+
+def attach_iso(vm: VirtualMachine, cpu: CpuServer, log: Log, *, wanted: str = "") -> AoEExport | None:
+    """Attach on `cpu` a copy of the ISO in the VM's CD drive: the first that answers, or the one
+    whose device is `wanted` (the drive's source on another server: a live migration needs the same
+    path). All copies are read-only and shared by every VM installing from the ISO; they stay
+    attached. None when the drive is empty; DriverError when no copy answers."""
+    exports = [e for e in iso_exports(vm) if not wanted or e.device_path == wanted]
+    if vm.iso_id is None or (wanted and not exports):
+        return None
+    problems = []
+    for export in exports:
+        try:
+            aoe.attach(ssh_target(cpu), export.shelf, export.slot)
+        except DriverError as exc:
+            problems.append(f"{export.name} on {export.disk_server.name}: {exc}")
+            continue
+        log(f"{vm.iso.name} (CD) is {export.device_path} on {cpu.name}, from {export.disk_server.name}")
+        return export
+    raise DriverError(f"no copy of {vm.iso.name} answers on {cpu.name} for {vm.name}'s CD drive: "
+                      + ("; ".join(problems) or "it is served by no disk server"))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    legs: list[AoEExport]  # attached: both, or one when a disk server is down and the array exists
+    cdrom: AoEExport | None  # the ISO's copy in the CD drive, if the VM has one
+
+
 def prepare_host(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log, *,
-                 degraded_ok: bool = False) -> list[AoEExport]:
-    """Everything `cpu` needs before the VM can run there; returns the legs it attached."""
+                 degraded_ok: bool = False) -> Prepared:
+    """Everything `cpu` needs before the VM can run there."""
     check_bridges(vm, cpu, log)
     put_boot_files(vm, cpu, log)
-    return attach_legs(vm, legs, cpu, log, degraded_ok=degraded_ok and vm.mirror.md_created)
+    attached = attach_legs(vm, legs, cpu, log, degraded_ok=degraded_ok and vm.mirror.md_created)
+    return Prepared(attached, attach_iso(vm, cpu, log))
 
 
 def plug_missing_legs(vm: VirtualMachine, legs: list[AoEExport], log: Log) -> list[str]:

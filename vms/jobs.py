@@ -36,11 +36,11 @@ def _legs(vm: VirtualMachine) -> list[AoEExport]:
     return list(AoEExport.objects.filter(mirror__vm=vm).select_related("disk_server").order_by("leg"))
 
 
-def domain_spec(vm: VirtualMachine, legs: list[AoEExport]) -> hypervisor.DomainSpec:
+def domain_spec(vm: VirtualMachine, legs: list[AoEExport], cdrom: AoEExport | None = None) -> hypervisor.DomainSpec:
     return hypervisor.DomainSpec(
         name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
         disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
-        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm, legs),  # type: ignore[arg-type]
+        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm, legs, cdrom),  # type: ignore[arg-type]
     )
 
 
@@ -180,8 +180,10 @@ def attach_exports(ctx: JobContext) -> None:
     ctx.data["attached_on"] = vm.cpu_server.pk
     ctx.save()
     # A start (not a create) boots on one leg if the other's disk server is down.
-    legs = guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log, degraded_ok=ctx.job.kind != "vm.create")
-    ctx.data["legs"] = [leg.pk for leg in legs]
+    prepared = guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log,
+                                        degraded_ok=ctx.job.kind != "vm.create")
+    ctx.data["legs"] = [leg.pk for leg in prepared.legs]
+    ctx.data["cdrom"] = prepared.cdrom.pk if prepared.cdrom else None
 
 
 def _legs_to_boot(ctx: JobContext, vm: VirtualMachine) -> list[AoEExport]:
@@ -198,7 +200,8 @@ def detach_exports(ctx: JobContext) -> None:
 
 def define_domain(ctx: JobContext) -> None:
     vm = _vm(ctx)
-    xml = hypervisor.domain_xml(domain_spec(vm, _legs_to_boot(ctx, vm)))
+    cdrom = AoEExport.objects.filter(pk=ctx.data.get("cdrom")).first() if ctx.data.get("cdrom") else None
+    xml = hypervisor.domain_xml(domain_spec(vm, _legs_to_boot(ctx, vm), cdrom))
     info = hypervisor.define(vm.cpu_server.libvirt_uri, xml)
     ctx.data["defined"] = True
     ctx.log(f"domain {info.name} defined on {vm.cpu_server.name}")
@@ -411,3 +414,37 @@ def plan_reboot(ctx: JobContext) -> list[Step]:
 @job_kind("vm.force_off")
 def plan_force_off(ctx: JobContext) -> list[Step]:
     return [Step("Force the domain off (power cut)", force_off)]
+
+
+# --- vm.eject: the end of an installation from an ISO ---------------------------------------------
+
+def eject_live(ctx: JobContext) -> None:
+    vm = _vm(ctx)
+    if vm.state != VmState.RUNNING:
+        ctx.log(f"{vm.name} is not running: nothing to eject live")
+        return
+    if hypervisor.eject_cdrom(vm.cpu_server.libvirt_uri, vm.domain_name):
+        ctx.log(f"CD drive of {vm.name} emptied on {vm.cpu_server.name}; a reboot of the guest boots its disk")
+    else:
+        ctx.log(f"the CD drive of {vm.name} on {vm.cpu_server.name} was already empty")
+
+
+def boot_from_disk(ctx: JobContext) -> None:
+    """From now on the VM has no CD drive: its definition is written again without one (the running
+    guest keeps its empty drive until it is next started)."""
+    vm = _vm(ctx)
+    iso = vm.iso.name if vm.iso_id else ctx.job.params.get("iso", "the ISO")
+    VirtualMachine.objects.filter(pk=vm.pk).update(iso=None)
+    vm = _vm(ctx)
+    if hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name) is not None:
+        hypervisor.define(vm.cpu_server.libvirt_uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
+    ctx.data["result"] = f"{iso} ejected: {vm.name} boots from its disk"
+    ctx.log(ctx.data["result"])
+
+
+@job_kind("vm.eject")
+def plan_eject(ctx: JobContext) -> list[Step]:
+    return [
+        Step("Empty the CD drive of the running guest", eject_live),
+        Step("Boot from the disk from now on (definition without the CD)", boot_from_disk),
+    ]

@@ -174,7 +174,7 @@ def precheck_target(ctx: JobContext) -> None:
 
 def attach_on_target(ctx: JobContext) -> None:
     vm = _vm(ctx)
-    _source, target = _hosts(ctx)
+    source, target = _hosts(ctx)
     attached: list[str] = ctx.data.setdefault("attached_on_target", [])
     # The seed and boot files first: the guest's definition names them, and libvirt opens them on
     # the target when the migration starts.
@@ -184,6 +184,12 @@ def attach_on_target(ctx: JobContext) -> None:
         attached.append(leg.name)
         ctx.save()
         guest_setup.attach_legs(vm, [leg], target, ctx.log)
+    if vm.iso_id is not None:
+        # The CD drive moves with the guest as it is on the source: the same ISO copy must be there.
+        in_drive = [path for path in hypervisor.disk_sources(source.libvirt_uri, vm.domain_name)
+                    if path in {e.device_path for e in guest_setup.iso_exports(vm)}]
+        for path in in_drive:
+            guest_setup.attach_iso(vm, target, ctx.log, wanted=path)
 
 
 def detach_from_target(ctx: JobContext) -> None:

@@ -42,6 +42,10 @@ class VirtualMachine(StateColourMixin, models.Model):
     # The operating system it was created from (its kernel and initramfs boot it; docs/images.md).
     # None: a VM with an empty disk or a kernel of the operator's (kernel_path).
     image = models.ForeignKey("images.Image", on_delete=models.PROTECT, related_name="vms", null=True, blank=True)
+    # The ISO in its CD drive (created to install from it): the domain boots the CD first, then
+    # the disk; "eject" empties the drive and boots the disk from then on. docs/images.md.
+    iso = models.ForeignKey("images.Image", on_delete=models.PROTECT, related_name="vms_with_cd", null=True,
+                            blank=True, verbose_name="ISO")
     # First-boot settings, kept here so that any CPU server the VM lands on gets the same seed:
     # the public keys for the image's login user, and the hash of a password shown once.
     ssh_keys = models.TextField(blank=True)

@@ -320,11 +320,12 @@ def choose_disk_servers(size_mib: int) -> list[DiskServer]:
     return fitting[:LEGS]
 
 
-def free_slot(disk_servers: list[DiskServer]) -> int:
-    """The lowest slot free on every one of these shelves, so a VM's legs share a slot number."""
+def free_slot(disk_servers: list[DiskServer], *, from_top: bool = False) -> int:
+    """The lowest slot free on every one of these shelves, so a VM's legs share a slot number; with
+    `from_top` the highest (an ISO's export: it leaves the low slots, shared by two shelves, to VMs)."""
     shelves = [s.aoe_shelf for s in disk_servers]
     taken = set(AoEExport.objects.filter(shelf__in=shelves).values_list("slot", flat=True))
-    for slot in range(MAX_SLOT + 1):
+    for slot in range(MAX_SLOT, -1, -1) if from_top else range(MAX_SLOT + 1):
         if slot not in taken:
             return slot
     raise PlacementError(f"no AoE slot is free on shelves {shelves}")

@@ -48,6 +48,7 @@ class VmRequest:
     networks: tuple[str, ...] = ()  # one NIC on each; none named: the default network (if there is one)
     ssh_keys: tuple[str, ...] = ()  # public keys for the image's login user, besides the creator's own
     password: str = ""  # a password for the login user (kept only hashed); "": none
+    iso: str = ""  # an installer ISO in its CD drive, booted first: the VM's disk starts empty
 
 
 NO_IMAGE = "none"
@@ -75,6 +76,8 @@ def validate_request(req: VmRequest) -> None:
         errors["initrd_path"] = f"the initramfs must be an absolute path, not {req.initrd_path!r}"
     if req.kernel_cmdline and not req.kernel_cmdline.isprintable():
         errors["kernel_cmdline"] = f"bad kernel command line {req.kernel_cmdline!r}"
+    if req.iso and req.kernel_path:
+        errors["iso"] = "a VM boots its ISO or a kernel, not both"
     if (req.initrd_path or req.kernel_cmdline) and not req.kernel_path:
         errors["kernel_path"] = "an initramfs or a kernel command line needs a kernel"
     if req.cpu_server and not CpuServer.objects.filter(name=req.cpu_server).exists():
@@ -122,14 +125,35 @@ class FirstBoot:
     networks: list[Network]
     ssh_keys: str
     password_hash: str
+    iso: Image | None = None
+
+
+def _iso(req: VmRequest, user: AbstractBaseUser | None) -> Image | None:
+    """The installer ISO for the new VM's CD drive, checked: one the user sees, ready, and (for a
+    tenant's user) a tenant allowed the console the installation is done through."""
+    if not req.iso:
+        return None
+    if req.image not in ("", NO_IMAGE):
+        raise ValidationError({"iso": "an ISO installs onto an empty disk: choose no image with it"})
+    iso = visible_images(user).isos().filter(name=req.iso).first()
+    if iso is None:
+        raise ValidationError({"iso": f"no ISO named {req.iso!r}"})
+    if iso.state != ImageState.READY:
+        raise ValidationError({"iso": f"ISO {iso.name} is not ready ({iso.get_state_display().lower()})"})
+    if user is not None and not may_run(user, "console"):
+        raise ValidationError({"iso": "installing from an ISO is done on the console, which your tenant's users "
+                                      "may not open; ask an operator"})
+    return iso
 
 
 def _image(req: VmRequest, user: AbstractBaseUser | None) -> Image | None:
+    if req.iso:
+        return None  # the installer on the ISO writes the disk (checked in _iso)
     if req.image == NO_IMAGE:
         if user is not None and not is_operator(user):
             raise ValidationError({"image": "only operators create VMs without an operating system"})
         return None
-    images = visible_images(user)
+    images = visible_images(user).disks()
     image = images.filter(name=req.image).first() if req.image else images.filter(is_default=True).first()
     if image is None:
         if req.image:
@@ -144,6 +168,7 @@ def _image(req: VmRequest, user: AbstractBaseUser | None) -> Image | None:
 
 
 def _first_boot(req: VmRequest, user: AbstractBaseUser | None) -> FirstBoot:
+    iso = _iso(req, user)
     image = _image(req, user)
     if req.networks:
         networks = resolve_networks(list(req.networks), user)
@@ -159,12 +184,14 @@ def _first_boot(req: VmRequest, user: AbstractBaseUser | None) -> FirstBoot:
     if req.password and not 12 <= len(req.password) <= 128:
         raise ValidationError({"password": "a password is 12 to 128 characters"})
     if image is None and (keys or req.password):
-        raise ValidationError({"image": "SSH keys and a password need an image to give them to"})
+        field = "iso" if iso else "image"
+        raise ValidationError({field: "SSH keys and a password need an image to give them to"
+                                      + (" (the ISO's installer asks for its own)" if iso else "")})
     if image is not None and user is not None and user.is_authenticated:
         keys += [key.key for key in SshKey.objects.filter(user=user)]  # the creator's own, from their profile
     unique = list(dict.fromkeys(keys))
     return FirstBoot(image, networks, "".join(k + "\n" for k in unique),
-                     hash_password(req.password) if req.password else "")
+                     hash_password(req.password) if req.password else "", iso)
 
 
 def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
@@ -201,6 +228,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 cpu_server=cpu, state=VmState.CREATING, domain_uuid=uuid.uuid4(), kernel_path=req.kernel_path,
                 initrd_path=req.initrd_path, kernel_cmdline=req.kernel_cmdline,
                 tenant=owner, image=boot.image, ssh_keys=boot.ssh_keys, password_hash=boot.password_hash,
+                iso=boot.iso,
             )
             mirror = Mirror.objects.create(vm=vm)
             nics = add_nics(vm, boot.networks)
@@ -216,6 +244,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                         "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic",
                         "tenant": owner.slug if owner else None,
                         "image": boot.image.name if boot.image else None,
+                        **({"iso": boot.iso.name} if boot.iso else {}),
                         "nics": [{"network": n.network.name, "mac": n.mac, "ip": n.ip} for n in nics],
                         "n_plus_one_override": [str(s) for s in shortfalls]},
             )
@@ -285,3 +314,15 @@ def vm_action(name: str, action: str, user: AbstractBaseUser | None = None, *,
         if vm.state not in spec.allowed_states:
             raise ValidationError({"name": f"{name} is {vm.get_state_display().lower()}: cannot {spec.phrase}"})
         return start_job(spec.kind, vm=vm, user=user, params={"timeout_s": timeout})
+
+
+def eject_cd(name: str, user: AbstractBaseUser | None = None) -> Job:
+    """Queue the job that takes the ISO out of the VM's CD drive (live, if it runs) and makes it boot
+    from its disk from then on: the end of an installation. Who may open the console may eject."""
+    with transaction.atomic():
+        vm = locked_vm(name, user, "console")
+        if vm.iso_id is None:
+            raise ValidationError({"name": f"{name}'s CD drive is empty"})
+        if vm.state not in (VmState.RUNNING, VmState.STOPPED):
+            raise ValidationError({"name": f"{name} is {vm.get_state_display().lower()}: cannot eject its CD now"})
+        return start_job("vm.eject", vm=vm, user=user, params={"iso": vm.iso.name})

@@ -9,6 +9,7 @@ urlpatterns = [
     path("quota.json", views.QuotaView.as_view(), name="vm-quota"),
     path("<str:name>/", views.VmDetailView.as_view(), name="vm-detail"),
     path("<str:name>/action/", views.VmActionView.as_view(), name="vm-action"),
+    path("<str:name>/eject/", views.VmEjectView.as_view(), name="vm-eject"),
     path("<str:name>/migrate/", views.VmMigrateView.as_view(), name="vm-migrate"),
     path("<str:name>/delete/", views.VmDeleteView.as_view(), name="vm-delete"),
     path("<str:name>/console/", views.VmConsoleView.as_view(), name="vm-console"),

@@ -12,12 +12,12 @@ from tenants.models import Tenant
 from tenants.quotas import usage
 from vms.console import recent_sessions
 from vms.filters import VmFilterForm
-from vms.forms import VmCreateForm
+from vms.forms import VmCreateForm, image_or_iso
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.placement import cpu_candidates, headroom
 from vms.serializers import vm_summary
-from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, vm_action
+from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
 from xenaoe_panel.security_headers import content_security_policy
 
@@ -69,7 +69,7 @@ class VmDetailView(LoginRequiredMixin, DetailView):
     template_name = "vms/vm_detail.html"
 
     def get_queryset(self):
-        return visible_vms(self.request.user).select_related("cpu_server", "tenant", "image")
+        return visible_vms(self.request.user).select_related("cpu_server", "tenant", "image", "iso")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -158,7 +158,7 @@ class VmCreateView(HiddenUnlessAllowedMixin, FormView):
             name=data["name"], vcpus=data["vcpus"], memory_mib=data["memory_mib"],
             disk_mib=data["disk_mib"], cpu_server=data.get("cpu_server") or None,
             allow_n_plus_one_break=data.get("allow_n_plus_one_break", False), tenant=data.get("tenant") or None,
-            image=data.get("image") or "", networks=(data["network"],) if data.get("network") else (),
+            **image_or_iso(data.get("image") or ""), networks=(data["network"],) if data.get("network") else (),
             ssh_keys=(data["ssh_keys"],) if data.get("ssh_keys") else (),
             password=generate_password() if data.get("generate_password") else "",
         )
@@ -260,6 +260,14 @@ class VmActionView(LoginRequiredMixin, View):
             shutdown_timeout_s=_optional_int(
                 request, "timeout", "The shutdown timeout must be a whole number of seconds"),
         ))
+
+
+class VmEjectView(LoginRequiredMixin, View):
+    """Take the ISO out of the VM's CD drive: the end of an installation (vms.services.eject_cd)."""
+
+    def post(self, request, name: str):
+        vm = _visible_vm(request, name)
+        return _submit(request, vm.name, lambda: eject_cd(vm.name, request.user))
 
 
 class VmMigrateView(OperatorRequiredMixin, View):

@@ -25,6 +25,7 @@ from images.services import (
     delete_image,
     publish,
     register_image,
+    register_imported,
     set_default,
 )
 from jobs.follow import follow
@@ -65,7 +66,7 @@ class Command(BaseCommand):
         make.add_argument("--name", default=None, help="the image's name (default: the recipe's)")
         make.add_argument("--refresh", action="store_true", help="build again even if a build is cached")
         make.add_argument("--default", action="store_true", help="make it the site's default image")
-        take = sub.add_parser("import", help="import a raw or qcow2 disk image")
+        take = sub.add_parser("import", help="import a raw or qcow2 disk image, or an installer ISO")
         take.add_argument("file", type=Path)
         take.add_argument("--name", required=True)
         take.add_argument("--login-user", default="", help="the user SSH keys go to (default: the image's uid 1000)")
@@ -132,16 +133,10 @@ class Command(BaseCommand):
             found = importer.import_file(options["file"], work, ProgressBar(self.stdout.write))
             for warning in found.warnings:
                 self.stderr.write(f"warning: {warning}")
-            login_user = options["login_user"] or found.login_user
-            if not login_user:
-                raise CommandError("the image has no user with uid 1000: say which user logs in (--login-user)")
-            files = ImageFiles(found.disk, found.kernel, found.initrd, found.size_mib, found.kernel_version,
-                               found.sha256)
-            req = ImageRequest(name=options["name"], os_name=options["os"] or found.os_name,
-                               os_version=options["os_version"] or found.os_version, login_user=login_user,
-                               source=f"imported from {options['file'].name}", source_format=found.source_format,
-                               make_default=options["default"])
-            self._run_copy(register_image(req, files))
+            self._run_copy(register_imported(
+                found, name=options["name"], os_name=options["os"], os_version=options["os_version"],
+                login_user=options["login_user"], source=f"imported from {options['file'].name}",
+                make_default=options["default"]))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

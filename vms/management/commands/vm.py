@@ -15,7 +15,7 @@ from jobs.services import WorkerUnavailable, check_workers
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.serializers import vm_summary
-from vms.services import VmRequest, create_vm, delete_vm, vm_action
+from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
 
 
 class Command(BaseCommand):
@@ -33,6 +33,8 @@ class Command(BaseCommand):
                             help="direct kernel boot from PATH on the CPU servers")
         create.add_argument("--tenant", default=None, metavar="SLUG", help="the tenant that owns it")
         create.add_argument("--image", default="", help="the image (default: the site's default; 'none': empty disk)")
+        create.add_argument("--iso", default="", help="an installer ISO in its CD drive, booted before its empty "
+                                                       "disk (install on the console, then `vm eject NAME`)")
         create.add_argument("--network", action="append", default=[], metavar="NAME",
                             help="a NIC on this network (repeat for more; default: the default network)")
         create.add_argument("--ssh-key-file", action="append", default=[], type=Path, metavar="FILE",
@@ -53,6 +55,9 @@ class Command(BaseCommand):
                 parser_.add_argument("--timeout", type=int, default=None, metavar="SECONDS",
                                      help="how long the guest gets before it is forced off")
             parser_.add_argument("--wait", action="store_true")
+        eject = sub.add_parser("eject", help="take the ISO out of the CD drive: the VM boots from its disk")
+        eject.add_argument("name")
+        eject.add_argument("--wait", action="store_true")
         migrate = sub.add_parser("migrate", help="live-migrate a running VM to another CPU server")
         migrate.add_argument("name")
         migrate.add_argument("--to", metavar="HOST", help="target CPU server (default: the panel chooses)")
@@ -101,11 +106,14 @@ class Command(BaseCommand):
         request = VmRequest(
             name=options["name"], vcpus=options["vcpus"], memory_mib=options["memory_mib"],
             disk_mib=options["disk_mib"], cpu_server=options["on"], kernel_path=options["kernel"],
-            tenant=options["tenant"], image=options["image"], networks=tuple(options["network"]),
+            tenant=options["tenant"], image=options["image"], iso=options["iso"], networks=tuple(options["network"]),
             ssh_keys=tuple(keys), password=password,
         )
         self._submit(options, lambda: create_vm(request), announce=(
             f"password of the login user (shown once): {password}" if password else ""))
+
+    def do_eject(self, options: dict) -> None:
+        self._submit(options, lambda: eject_cd(options["name"]))
 
     def do_delete(self, options: dict) -> None:
         self._submit(options, lambda: delete_vm(options["name"]))
