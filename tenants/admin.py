@@ -1,6 +1,10 @@
+"""Tenants in Django's admin. What the admin changes goes through the same rules as the services:
+a tenant that loses the console, or a user moved out of (or into another) tenant, loses its open
+websockets at once (xenaoe_panel/ws_guard.py), as with `manage.py tenant` and the API."""
 from django.contrib import admin
 
 from tenants.models import Membership, Tenant
+from xenaoe_panel.ws_guard import end_user_streams
 
 
 class MembershipInline(admin.TabularInline):
@@ -14,3 +18,23 @@ class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "may_create_vms", "quota_vms", "quota_vcpus", "quota_memory_mib", "quota_disk_mib"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+
+    def save_model(self, request, obj: Tenant, form, change: bool) -> None:
+        had_console = change and Tenant.objects.get(pk=obj.pk).allows("console")
+        super().save_model(request, obj, form, change)
+        if had_console and not obj.allows("console"):
+            for user_id in Membership.objects.filter(tenant=obj).values_list("user_id", flat=True):
+                end_user_streams(user_id, "console no longer allowed")
+
+    def save_formset(self, request, form, formset, change: bool) -> None:
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        # The users whose membership changes (moved here from elsewhere, or taken out): before saving.
+        before = {m.pk: m.user_id for m in Membership.objects.filter(tenant=form.instance)}
+        super().save_formset(request, form, formset, change)
+        after = set(Membership.objects.filter(tenant=form.instance).values_list("user_id", flat=True))
+        moved = (set(before.values()) - after) | {m.user_id for m in formset.new_objects}
+        moved |= {m.user_id for m, _fields in formset.changed_objects}
+        for user_id in moved:
+            end_user_streams(user_id, "moved to another tenant")

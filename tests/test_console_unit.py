@@ -218,7 +218,7 @@ async def test_a_console_another_session_holds_is_taken_over_only_on_request():
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("change", ["logout", "permission", "move"])
+@pytest.mark.parametrize("change", ["logout", "permission", "move", "admin-permission", "admin-move"])
 async def test_a_console_ends_when_its_user_logs_out_loses_the_permission_or_moves(change):
     world = await sync_to_async(_world)()
     client = await sync_to_async(_client)(world["alice"])
@@ -233,6 +233,10 @@ async def test_a_console_ends_when_its_user_logs_out_loses_the_permission_or_mov
             assert client.post("/logout/").status_code == 302
         elif change == "permission":
             set_permissions(world["acme"], allowed_actions=["start"])
+        elif change == "admin-permission":
+            _admin_save_acme(allowed_actions='["start"]')
+        elif change == "admin-move":
+            _admin_save_acme(remove_member=world["alice"])
         else:
             move_user(world["alice"], world["globex"])
 
@@ -247,7 +251,38 @@ async def test_a_console_ends_when_its_user_logs_out_loses_the_permission_or_mov
     await communicator.wait(timeout=5)
     # Opened again from scratch: refused now (except after a logout: signed out).
     again = await _open(CONSOLE.format("a1"), client=None if change == "logout" else client)
-    assert again[1:] == {"logout": (False, 4401), "permission": (False, 4403), "move": (False, 4404)}[change]
+    assert again[1:] == {"logout": (False, 4401), "permission": (False, 4403), "move": (False, 4404),
+                         "admin-permission": (False, 4403), "admin-move": (False, 4404)}[change]
+
+
+def _admin_save_acme(*, allowed_actions: str | None = None, remove_member=None) -> None:
+    """Save tenant acme's change form in Django's admin, as an operator would: every field as the
+    page shows it, with one change."""
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import Membership, Tenant
+
+    operator = get_user_model().objects.create_superuser("root-admin", password="admin-password-1")
+    admin = _client(operator)
+    tenant = Tenant.objects.get(slug="acme")
+    url = f"/admin/tenants/tenant/{tenant.pk}/change/"
+    form = admin.get(url).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields}
+    data = {name: ("on" if value is True else "" if value in (False, None) else value) for name, value in data.items()}
+    data = {name: value for name, value in data.items() if value != ""}
+    members = list(Membership.objects.filter(tenant=tenant).order_by("pk"))
+    prefix = "memberships"
+    data.update({f"{prefix}-TOTAL_FORMS": len(members), f"{prefix}-INITIAL_FORMS": len(members),
+                 f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000})
+    for i, member in enumerate(members):
+        data.update({f"{prefix}-{i}-id": member.pk, f"{prefix}-{i}-tenant": tenant.pk,
+                     f"{prefix}-{i}-user": member.user_id})
+        if remove_member is not None and member.user_id == remove_member.pk:
+            data[f"{prefix}-{i}-DELETE"] = "on"
+    if allowed_actions is not None:
+        data["allowed_actions"] = allowed_actions
+    response = admin.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors if response.context else response
 
 
 def test_the_console_page_and_the_sessions_on_the_vm_page(django_user_model):
