@@ -96,7 +96,8 @@ class DiskServerDetailView(OperatorRequiredMixin, DetailView):
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         context["capacity"] = disk_capacity(self.object.pk)[0]
-        context["exports"] = AoEExport.objects.filter(disk_server=self.object).select_related("mirror__vm")
+        context["exports"] = AoEExport.objects.filter(disk_server=self.object).select_related(
+            "mirror__vm", "image_copy__image")
         context["open_incidents"] = self.object.incidents.exclude(state=IncidentState.CLOSED)
         return context
 
@@ -108,5 +109,5 @@ class HostListView(OperatorRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         context["cpu_servers"] = CpuServer.objects.all()
         context["disk_servers"] = DiskServer.objects.all()
-        context["exports"] = AoEExport.objects.select_related("disk_server", "mirror__vm")
+        context["exports"] = AoEExport.objects.select_related("disk_server", "mirror__vm", "image_copy__image")
         return context

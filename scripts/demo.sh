@@ -32,6 +32,9 @@ start)
   # The default image VMs boot: built from Debian packages on the first run (about 5 minutes here, with
   # a progress bar), cached after that; copied to both disk servers once (checksum verified).
   $PY manage.py image build debian-12 --default
+  # An installer ISO (the lab's own, a few seconds to build): "Install from an ISO" in the wizard.
+  $PY manage.py image list --json | grep -q '"name": "lab-installer"' \
+    || $PY manage.py image import "$($PY manage.py lab installer-iso)" --name lab-installer --os "Lab installer"
   # A key pair for the demo's users: VMs they create let it in, from the lab's client namespace.
   [ -s "$RUN/demo-ssh/id_ed25519" ] || { mkdir -p "$RUN/demo-ssh"; ssh-keygen -q -t ed25519 -N "" -C demo@lab -f "$RUN/demo-ssh/id_ed25519"; }
   export XENAOE_VM_SSH_COMMAND="ip netns exec xa-client ssh -i $PWD/$RUN/demo-ssh/id_ed25519 {user}@{address}"

@@ -221,6 +221,29 @@ def default_image(lab_hosts, celery_worker_process):
 
 
 @pytest.fixture
+def installer_image(lab_hosts, celery_worker_process):
+    """The lab's installer ISO (lab/guests/installer_iso.py, cached), imported as the image
+    `lab-installer` the way an operator imports an ISO: copied to both disk servers, served there."""
+    import tempfile
+
+    from django.conf import settings
+
+    from images import importer
+    from images.models import Image
+    from images.services import register_imported
+    from lab.guests import installer_iso
+    from tests.integration.on_the_hosts import succeeded
+
+    path = installer_iso.build(Path(settings.IMAGE_BUILD_CACHE))
+    scratch = Path(settings.IMAGE_STORE) / "imports"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as work:
+        found = importer.import_file(path, Path(work), lambda percent, message: None)
+        succeeded(register_imported(found, name="lab-installer", os_name="Lab installer", source="test"))
+    return Image.objects.get(name="lab-installer")
+
+
+@pytest.fixture
 def no_worker_takes_jobs(settings):
     """Jobs this test queues go to queues no worker consumes. The session's Celery worker (started
     by the first lab or browser test; pytest-django runs transactional tests after the others, so

@@ -1,7 +1,9 @@
 """`manage.py lab up|down|status [--json]`, `lab kill HOST [--with-bmc]`, `lab partition|heal HOST`,
-`lab bmc HOST psu-fail|psu-ok|fan-fail|fan-ok`: the lab cluster (see docs/lab.md)."""
+`lab bmc HOST psu-fail|psu-ok|fan-fail|fan-ok`: the lab cluster (see docs/lab.md); `lab installer-iso`: the
+path of the lab's bootable installer ISO, built (and cached) if needed, for `image import`."""
 import json
 from argparse import ArgumentParser
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -27,7 +29,8 @@ class Command(BaseCommand):
     help = "Bring the lab cluster (2 disk servers, 2 CPU servers in network namespaces) up or down."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("action", choices=["up", "down", "status", "kill", "partition", "heal", "bmc"])
+        parser.add_argument("action", choices=["up", "down", "status", "kill", "partition", "heal", "bmc",
+                                                      "installer-iso"])
         parser.add_argument("host", nargs="?", help="kill: the host whose plug to pull (up restarts it); "
                             "partition/heal: the host whose management link to cut/restore; bmc: the CPU host "
                             "whose BMC reports a sensor failing or well again")
@@ -44,6 +47,13 @@ class Command(BaseCommand):
                 self.stdout.write(line)
 
         try:
+            if options["action"] == "installer-iso":
+                from django.conf import settings
+
+                from lab.guests import installer_iso
+
+                self.stdout.write(str(installer_iso.build(Path(settings.IMAGE_BUILD_CACHE))))
+                return
             if options["action"] == "up":
                 result = cluster.up(out=say)
                 if not options["no_register"]:
