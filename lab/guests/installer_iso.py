@@ -116,6 +116,9 @@ n=0
 until settled; do
   n=$((n + 1)); [ $n -ge 50 ] && { diag "block devices still missing after 5 s"; break; }; sleep 0.1
 done
+# From here on only errors from the kernel on the consoles: its notices would land in the middle
+# of the lines below, which the panel's tests read.
+dmesg -n 4
 
 disks=""
 for d in /sys/block/vd*; do [ -e "$d" ] && disks="$disks ${d##*/}"; done

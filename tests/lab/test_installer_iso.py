@@ -216,10 +216,11 @@ def test_install_from_the_cd_then_eject_and_boot_from_disk(iso: Path, tmp_path: 
     answer = guest.monitor("eject -f cd")
     assert "error" not in answer.lower(), answer
     assert "not inserted" in guest.monitor("info block cd"), "the CD is still in the drive"
-    start = guest.mark()
+    start, rebooted = guest.mark(), time.monotonic()
     guest.type("reboot")
     booted = guest.wait_for(rf"{re.escape(installer_iso.BOOTED_FROM_DISK)} (.*); no CD media", BOOT_TIMEOUT,
                             start=start, what="BOOTED_FROM_DISK after the reboot")
+    print(f"BOOTED_FROM_DISK {time.monotonic() - rebooted:.1f} s after `reboot` was typed")
     assert booted.group(1).startswith("vda (serial xenaoe-leg0, BIOS hd0)"), booted.group(0)
     assert installer_iso.INSTALLING not in guest.text(start)
     guest.wait_for(re.escape(installer_iso.PROMPT), SHELL_TIMEOUT, start=booted.end(), what="the shell's prompt")
@@ -250,3 +251,13 @@ def test_an_empty_cd_drive_then_the_iso_written_raw_on_a_disk(iso: Path, tmp_pat
     assert installer_iso.INSTALLING not in guest.text()
     guest.wait_for(re.escape(installer_iso.PROMPT), SHELL_TIMEOUT, start=booted.end(), what="the shell's prompt")
     guest.shell("cat /sys/block/sr0/removable", "1")
+    # The shell is respawned when it exits; `poweroff` powers the machine off.
+    start = guest.mark()
+    guest.type("exit")
+    guest.wait_for(re.escape(installer_iso.PROMPT), SHELL_TIMEOUT, start=start + 1, what="the respawned shell's prompt")
+    guest.shell("echo respawned", "respawned")
+    guest.type("poweroff")
+    try:
+        assert guest.process.wait(timeout=60) == 0, guest.tail()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running 60 s after poweroff; serial output:\n{guest.tail()}") from None
