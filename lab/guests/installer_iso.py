@@ -60,8 +60,8 @@ set timeout=1
 set timeout_style=menu
 set default=0
 menuentry "XenAoE lab installer" {
-  # linux16: the kernel's real-mode setup runs, which records the BIOS drives (EDD) and is ~10 s
-  # faster to decompress the kernel under TCG than the 32-bit entry of `linux`.
+  # linux16: the kernel's real-mode setup runs, which records the BIOS drives (EDD); and under TCG
+  # the kernel decompresses itself in ~7 s this way against ~12 s from the 32-bit entry of `linux`.
   echo "Loading the kernel..."
   linux16 /boot/vmlinuz @CMDLINE@ xenaoe.boot=$cmdpath
   echo "Loading the initramfs..."
@@ -238,6 +238,14 @@ def iso_name(kernel: Path, modules: Path) -> str:
 def build(cache_dir: Path, *, install_packages: bool = True) -> Path:
     """The path of the installer ISO under `cache_dir`, built on the first call for these inputs
     (later calls return at once). Installs the Debian packages it needs if missing and allowed."""
+    cache_dir = cache_dir.resolve()
+    try:  # built already: no need to ask dpkg about the packages
+        kernel, modules = debian_kernel()
+        iso = cache_dir / iso_name(kernel, modules)
+        if iso.is_file():
+            return iso
+    except (GuestBuildError, OSError):
+        pass
     if install_packages:
         ensure_packages()
     for tool in ("grub-mkrescue", "xorriso"):
@@ -246,10 +254,7 @@ def build(cache_dir: Path, *, install_packages: bool = True) -> Path:
     if not (GRUB_PC / "boot_hybrid.img").is_file():
         raise GuestBuildError(f"{GRUB_PC} is missing: install grub-pc-bin")
     kernel, modules = debian_kernel()
-    cache_dir = cache_dir.resolve()
     iso = cache_dir / iso_name(kernel, modules)
-    if iso.is_file():
-        return iso
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="installer-iso-", dir=cache_dir) as work:
         tree = Path(work) / "tree"
