@@ -54,7 +54,9 @@ BUILD_TIMEOUT_S = 300
 
 GRUB_CFG = r"""# GRUB of the lab's installer ISO (lab/guests/installer_iso.py)
 serial --unit=0 --speed=115200
-terminal_input console serial
+# The menu on the screen and the serial console both; keys from the keyboard (VNC) only: a byte
+# arriving on the serial line (a console client connecting) would stop the countdown for good.
+terminal_input console
 terminal_output console serial
 set timeout=1
 set timeout_style=menu
