@@ -138,7 +138,7 @@ def modules_in_load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[Pa
     return ordered
 
 
-def _module_bytes(path: Path) -> bytes:
+def module_bytes(path: Path) -> bytes:
     """A module's bytes, uncompressed: insmod of busybox reads plain .ko only."""
     data = path.read_bytes()
     if path.suffix == ".xz":
@@ -167,5 +167,5 @@ def build(modules_dir: Path, *, init: Path = GUEST_FILES / "init") -> bytes:
     for guest, source in sorted(binary_files(MDADM).items()):
         archive.file(guest, source.resolve().read_bytes())
     for name, path in zip(names, modules, strict=True):
-        archive.file(f"/lib/modules/{name}.ko", _module_bytes(path), mode=0o644)
+        archive.file(f"/lib/modules/{name}.ko", module_bytes(path), mode=0o644)
     return gzip.compress(archive.finish(), compresslevel=6, mtime=0)

@@ -30,8 +30,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from images.initramfs import Cpio, _module_bytes, modules_in_load_order
-from lab.guests.mirror_guest import APT_TIMEOUT_S, GuestBuildError, _installed, debian_kernel
+from images.initramfs import Cpio, module_bytes, modules_in_load_order
+from lab.guests.mirror_guest import APT_TIMEOUT_S, GuestBuildError, debian_kernel, installed
 
 INSTALLING = "xenaoe-lab-installer: installing"
 INSTALLED = "xenaoe-lab-installer: installed"
@@ -180,7 +180,7 @@ exec /bin/busybox init
 
 def ensure_packages() -> None:
     """Install the Debian packages the ISO is built from, if any is missing (needs root)."""
-    missing = [p for p in PACKAGES if not _installed(p)]
+    missing = [p for p in PACKAGES if not installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -217,7 +217,7 @@ def build_initramfs(modules: Path) -> bytes:
     archive.file("/etc/profile", _render(PROFILE).encode(), mode=0o644)
     archive.file("/bin/busybox", BUSYBOX.resolve().read_bytes())
     for name, path in zip(names, ordered, strict=True):
-        archive.file(f"/lib/modules/{name}.ko", _module_bytes(path), mode=0o644)
+        archive.file(f"/lib/modules/{name}.ko", module_bytes(path), mode=0o644)
     # mtime=0: the same inputs give the same bytes.
     return gzip.compress(archive.finish(), compresslevel=9, mtime=0)
 

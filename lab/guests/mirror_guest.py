@@ -155,7 +155,7 @@ class GuestBuildError(Exception):
 
 def ensure_packages() -> None:
     """Install the Debian packages the guest is built from, if any is missing (needs root)."""
-    missing = [p for p in PACKAGES if not _installed(p)]
+    missing = [p for p in PACKAGES if not installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -167,7 +167,7 @@ def ensure_packages() -> None:
         raise GuestBuildError(f"apt-get install {' '.join(missing)} failed: {result.stderr.strip()[-2000:]}")
 
 
-def _installed(package: str) -> bool:
+def installed(package: str) -> bool:
     result = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True,
                             check=False)
     return result.returncode == 0 and "install ok installed" in result.stdout

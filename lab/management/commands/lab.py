@@ -51,8 +51,12 @@ class Command(BaseCommand):
                 from django.conf import settings
 
                 from lab.guests import installer_iso
+                from lab.guests.mirror_guest import GuestBuildError
 
-                self.stdout.write(str(installer_iso.build(Path(settings.IMAGE_BUILD_CACHE))))
+                try:
+                    self.stdout.write(str(installer_iso.build(Path(settings.IMAGE_BUILD_CACHE))))
+                except GuestBuildError as exc:
+                    raise CommandError(str(exc)) from exc
                 return
             if options["action"] == "up":
                 result = cluster.up(out=say)
