@@ -37,6 +37,8 @@ bench: install
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.job_history
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.vm_list
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.console
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.scale
+	$(PY) -m bench.report
 
 clean: stop
 	rm -rf .run staticfiles

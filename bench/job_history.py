@@ -43,7 +43,7 @@ SPAN = datetime.timedelta(days=730)
 
 
 
-def _jobs(now: datetime.datetime, user_ids: list[int]) -> Iterator[dict[str, Any]]:
+def jobs_to_fill(now: datetime.datetime, user_ids: list[int]) -> Iterator[dict[str, Any]]:
     """Jobs oldest first: ids follow time, as they do for real."""
     rng = random.Random(42)
     rare = set(rng.sample(range(JOBS), RARE_COUNT))
@@ -81,11 +81,9 @@ def _log(jobs: list[dict[str, Any]]) -> Iterator[tuple]:
 
 def fill() -> None:
     from django.contrib.auth import get_user_model
-    from django.db import connection
     from django.utils import timezone
 
     from hosts.models import CpuServer, DiskServer
-    from jobs.models import Job
 
     user_model = get_user_model()
     user_ids = [user_model.objects.create_user(name).pk for name in USERS]
@@ -93,13 +91,22 @@ def fill() -> None:
         CpuServer.objects.create(name=name, address=name, libvirt_uri="test:///default", memory_mib=65536, vcpus=16)
     for n, name in enumerate(DISKS):
         DiskServer.objects.create(name=name, address=name, aoe_shelf=n + 1, capacity_mib=1 << 20)
+    started = time.perf_counter()
+    copy_jobs(list(jobs_to_fill(timezone.now(), user_ids)))
+    print(f"filled {JOBS:,} jobs and {JOBS * LOG_PER_JOB:,} log entries in {time.perf_counter() - started:.1f} s")
+
+
+def copy_jobs(jobs: list[dict[str, Any]]) -> None:
+    """Jobs (from _jobs) and LOG_PER_JOB log entries each into the database, with COPY."""
+    from django.db import connection
+
+    from jobs.models import Job
+
     # Columns added to Job after this bench was written get their model default.
     fields = list(Job._meta.concrete_fields)
     defaults = {f.attname: f.get_default() for f in fields}
     defaults = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in defaults.items()}
     columns = ", ".join(f.column for f in fields)
-    started = time.perf_counter()
-    jobs = list(_jobs(timezone.now(), user_ids))
     connection.ensure_connection()
     # COPY, not bulk_create: a million rows in seconds rather than minutes.
     with connection.connection.cursor() as cursor:
@@ -114,7 +121,6 @@ def fill() -> None:
         cursor.execute("SELECT setval(pg_get_serial_sequence('jobs_job', 'id'), (SELECT MAX(id) FROM jobs_job))")
         cursor.execute("VACUUM ANALYZE jobs_job")
         cursor.execute("VACUUM ANALYZE jobs_joblogentry")
-    print(f"filled {JOBS:,} jobs and {JOBS * LOG_PER_JOB:,} log entries in {time.perf_counter() - started:.1f} s")
 
 
 def _ms(seconds: float) -> str:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.views.generic import DetailView, TemplateView
@@ -102,6 +103,9 @@ class DiskServerDetailView(OperatorRequiredMixin, DetailView):
         return context
 
 
+EXPORTS_PER_PAGE = 100
+
+
 class HostListView(OperatorRequiredMixin, TemplateView):
     template_name = "hosts/host_list.html"
 
@@ -109,5 +113,9 @@ class HostListView(OperatorRequiredMixin, TemplateView):
         context = super().get_context_data(**kwargs)
         context["cpu_servers"] = CpuServer.objects.all()
         context["disk_servers"] = DiskServer.objects.all()
-        context["exports"] = AoEExport.objects.select_related("disk_server", "mirror__vm", "image_copy__image")
+        # A page of exports at a time: a site's SAN holds thousands (each disk server's own page lists
+        # all of its, at most a shelf's 255).
+        exports = AoEExport.objects.select_related("disk_server", "mirror__vm", "image_copy__image")
+        page = Paginator(exports, EXPORTS_PER_PAGE).get_page(self.request.GET.get("page"))
+        context.update(exports=page.object_list, page_obj=page, is_paginated=page.has_other_pages())
         return context

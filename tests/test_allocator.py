@@ -180,3 +180,51 @@ def test_a_domain_the_panel_did_not_make_is_counted_as_used_and_never_handed_out
     listings["fake:///cpu2"] = []
     reconcile()
     assert _used()["cpu2"] == 0 and not n_plus_one_shortfalls()
+
+
+def _shortfalls_by_packing_every_server(cluster, move=None) -> list:
+    """The N+1 check without its shortcut: every failed server's guests packed first-fit."""
+    from vms.placement import Shortfall
+
+    free, guests = dict(cluster.free), {pk: list(g) for pk, g in cluster.guests.items()}
+    if move is not None and move.target in free:
+        free[move.target] -= move.memory_mib
+        guests[move.target].append((move.name, move.memory_mib))
+        if move.source in free:
+            free[move.source] += move.memory_mib
+            guests[move.source] = [g for g in guests[move.source] if g[0] != move.name]
+    found = []
+    for failed, load in cluster.loads.items():
+        room = sorted((mib for pk, mib in free.items() if pk != failed), reverse=True)
+        homeless = []
+        for name, memory in sorted(guests[failed], key=lambda g: (-g[1], g[0])):
+            fit = next((i for i, mib in enumerate(room) if mib >= memory), None)
+            if fit is None:
+                homeless.append((name, memory))
+            else:
+                room[fit] -= memory
+        if homeless:
+            found.append(Shortfall(load.server.name, tuple(homeless)))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_n_plus_one_shortcut_gives_the_answers_of_packing_every_server(seed):
+    """The check skips packing a failed server whose guests all fit on the roomiest other one (first
+    fit would put them all there); on random clusters, tight and roomy, with moves in and out, its
+    answers are those of packing every server."""
+    import random
+
+    from vms.placement import Cluster, Load, Move
+
+    rng = random.Random(seed)
+    servers = [CpuServer(pk=n, name=f"cpu{n}", memory_mib=rng.choice([2048, 4096, 8192]), state=HostState.UP)
+               for n in range(1, rng.randint(1, 7) + 1)]
+    guests = {s.pk: [(f"vm{s.pk}-{i}", rng.choice([256, 512, 1024, 2048])) for i in range(rng.randint(0, 6))]
+              for s in servers}
+    loads = {s.pk: Load(s, guests_mib=sum(m for _n, m in guests[s.pk]), guests=len(guests[s.pk])) for s in servers}
+    cluster = Cluster(loads, guests)
+    moves = [None] + [Move("new", rng.choice([256, 1024, 4096]), rng.choice(servers).pk) for _ in range(3)]
+    moves += [Move(g[0], g[1], rng.choice(servers).pk, pk) for pk, gs in guests.items() for g in gs[:1]]
+    for move in moves:
+        assert cluster.shortfalls(move) == _shortfalls_by_packing_every_server(cluster, move), move

@@ -22,6 +22,7 @@ memory twice.
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,6 +167,7 @@ class Cluster:
                       and (leaving is None or pk != leaving.pk)}
         self.free = {pk: load.free_mib for pk, load in self.loads.items()}
         self.guests = {pk: list(guests.get(pk, [])) for pk in self.loads}
+        self.carried = {pk: sum(memory for _name, memory in carried) for pk, carried in self.guests.items()}
 
     @classmethod
     def load(cls, *, leaving: CpuServer | None = None, ignore_job: Job | None = None) -> Cluster:
@@ -179,18 +181,28 @@ class Cluster:
     def shortfalls(self, move: Move | None = None) -> list[Shortfall]:
         """N+1 as it stands, or as it would once `move` is done (its source no longer carries it).
         For each up server: could the others take every guest it carries if it died?"""
-        free, guests = dict(self.free), {pk: list(g) for pk, g in self.guests.items()}
+        # Copies of what the move changes only: this runs once per server for the dashboard.
+        free, carried, moved = dict(self.free), dict(self.carried), {}
         if move is not None and move.target in free:
             free[move.target] -= move.memory_mib
-            guests[move.target].append((move.name, move.memory_mib))
+            moved[move.target] = [*self.guests[move.target], (move.name, move.memory_mib)]
+            carried[move.target] += move.memory_mib
             if move.source in free:
                 free[move.source] += move.memory_mib
-                guests[move.source] = [g for g in guests[move.source] if g[0] != move.name]
+                moved[move.source] = [g for g in self.guests[move.source] if g[0] != move.name]
+                carried[move.source] = sum(memory for _name, memory in moved[move.source])
         found = []
+        # The two roomiest servers: a failed server whose guests together fit on the roomiest other
+        # one needs no packing (first fit, largest room first, would put them all there): what keeps
+        # the check linear in the number of servers on a large site, with the same answers.
+        roomiest = heapq.nlargest(2, free.items(), key=lambda item: item[1])
         for failed, load in self.loads.items():
+            elsewhere = next((mib for pk, mib in roomiest if pk != failed), None)
+            if elsewhere is not None and carried[failed] <= elsewhere:
+                continue
             room = sorted((mib for pk, mib in free.items() if pk != failed), reverse=True)
             homeless = []
-            for name, memory in sorted(guests[failed], key=lambda g: (-g[1], g[0])):
+            for name, memory in sorted(moved.get(failed, self.guests[failed]), key=lambda g: (-g[1], g[0])):
                 fit = next((i for i, mib in enumerate(room) if mib >= memory), None)
                 if fit is None:
                     homeless.append((name, memory))
@@ -235,6 +247,7 @@ class Cluster:
         """Count a placement made on this model (its source keeps the memory until the job ends)."""
         self.free[server.pk] -= memory_mib
         self.guests[server.pk].append((name, memory_mib))
+        self.carried[server.pk] += memory_mib
 
 
 def cpu_candidates() -> list[Load]:

@@ -1,0 +1,206 @@
+"""Benchmark figures as ratios against a baseline measured in the same run, and their report.
+
+These machines are noisy: an absolute time says little, the same time divided by a floor measured
+moments before on the same machine says what the panel adds. A bench measures its subject and its
+baseline interleaved (baseline, subject, baseline, subject, ...), so each round gives one ratio;
+a `Figure` keeps every sample, and the report shows medians, the p95 and the spread (p25-p75 of the
+ratios). Each bench saves its figures as JSON under .bench/ (`save`); `python -m bench.report`
+prints them as one table and writes docs/benchmarks.md with the machine they ran on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / ".bench"
+DOC = REPO / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Figure:
+    section: str  # e.g. "Pages and API at scale"
+    name: str  # what was measured
+    baseline: str  # what it is divided by
+    samples: list[float]  # seconds, one per round
+    baseline_samples: list[float]
+    target: float | None = None  # the ratio to stay under, if the issue set one
+    target_p95_s: float | None = None  # an absolute p95 to stay under, if set
+    notes: dict[str, object] = field(default_factory=dict)  # e.g. {"queries": 9}
+
+    @property
+    def ratios(self) -> list[float]:
+        return [s / b for s, b in zip(self.samples, self.baseline_samples, strict=True) if b > 0]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return percentile(self.ratios, 25), percentile(self.ratios, 75)
+
+    @property
+    def met(self) -> bool | None:
+        checks = []
+        if self.target is not None:
+            checks.append(self.ratio <= self.target)
+        if self.target_p95_s is not None:
+            checks.append(percentile(self.samples, 95) <= self.target_p95_s)
+        return all(checks) if checks else None
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Linear interpolation between the closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def interleaved(subject: Callable[[], object], baseline: Callable[[], object], rounds: int,
+                warm: int = 1) -> tuple[list[float], list[float]]:
+    """Time `baseline` then `subject`, `rounds` times (after `warm` untimed rounds of each)."""
+    for _ in range(warm):
+        baseline()
+        subject()
+    subject_s, baseline_s = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        baseline()
+        baseline_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        subject()
+        subject_s.append(time.perf_counter() - started)
+    return subject_s, baseline_s
+
+
+def _time(seconds: float) -> str:
+    if seconds >= 10:
+        return f"{seconds:.1f} s"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1000:.1f} ms"
+
+
+def row(figure: Figure) -> list[str]:
+    low, high = figure.spread
+    target = []
+    if figure.target is not None:
+        target.append(f"<= {figure.target:g}x")
+    if figure.target_p95_s is not None:
+        target.append(f"p95 <= {_time(figure.target_p95_s)}")
+    met = {True: "met", False: "NOT met", None: ""}[figure.met]
+    notes = ", ".join(f"{k} {v}" for k, v in figure.notes.items())
+    return [figure.name, _time(statistics.median(figure.samples)), _time(percentile(figure.samples, 95)),
+            figure.baseline, _time(statistics.median(figure.baseline_samples)), f"{figure.ratio:.2f}x",
+            f"{low:.2f}-{high:.2f}", f"{' '.join(target)} {met}".strip(), str(len(figure.samples)), notes]
+
+
+HEADER = ["measure", "p50", "p95", "baseline", "baseline p50", "ratio", "spread (p25-p75)", "target", "n", "notes"]
+
+
+def table(figures: list[Figure]) -> str:
+    """A plain-text table, one section after another."""
+    lines = []
+    for section in dict.fromkeys(f.section for f in figures):
+        rows = [HEADER] + [row(f) for f in figures if f.section == section]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+        lines += ["", section, ""]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(figures: list[Figure]) -> str:
+    lines = []
+    for section in dict.fromkeys(f.section for f in figures):
+        lines += [f"## {section}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+        lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row(f)) + " |"
+                  for f in figures if f.section == section]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save(name: str, figures: list[Figure]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"saved_at": time.time(), "machine": machine(),
+                                "figures": [asdict(f) for f in figures]}, indent=1))
+    print(table(figures))
+    return path
+
+
+def load() -> list[Figure]:
+    figures = []
+    for path in sorted(RESULTS.glob("*.json")):
+        figures += [Figure(**f) for f in json.loads(path.read_text())["figures"]]
+    return figures
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+    postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return {"cpu": f"{cpu}, {os.cpu_count()} cores", "memory": f"{memory_kib / 1024 / 1024:.0f} GiB",
+            "kernel": platform.release(), "python": platform.python_version(), "postgresql": postgres,
+            "os": _os_release()}
+
+
+def _os_release() -> str:
+    try:
+        fields = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
+    except OSError:
+        return platform.platform()
+    return fields.get("PRETTY_NAME", "").strip('"')
+
+
+INTRO = """# Benchmarks
+
+Written by `make bench` (`python -m bench.report`, from the figures each bench saved under
+`.bench/`): do not edit by hand. Every figure is a ratio against a baseline measured in the same
+run, interleaved with it, because these machines are noisy: the ratio says what the panel adds on
+top of what the machine itself allows. p50 and p95 are over the rounds; the spread is the p25-p75
+of the per-round ratios.
+"""
+
+
+def main() -> int:
+    figures = load()
+    if not figures:
+        print("no figures under .bench/: run make bench", file=sys.stderr)
+        return 1
+    info = machine()
+    ran = "; ".join(f"{k} {v}" for k, v in info.items())
+    text = f"{INTRO}\nMachine: {ran} ({time.strftime('%Y-%m-%d')}).\n\n"
+    DOC.write_text(text + markdown(figures) + EXPLANATIONS)
+    print(table(figures))
+    print(f"\nwritten to {DOC.relative_to(REPO)}")
+    return 0
+
+
+EXPLANATIONS = """
+## What bounds each figure
+- Pages and API at scale: the server time of one request through Django's test client (routing,
+  session, access rules, filters, queries, template or serializer; not the network), in a database
+  holding 10,000 VMs, 200 CPU servers, 20 disk servers, 100,000 jobs and a million log entries. The
+  baseline is the login page (the framework's own floor: middleware, session, a template). The
+  query counts are those of one request; the bench checks they are the same with a hundredth of the
+  rows (they must not grow with the data).
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
