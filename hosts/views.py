@@ -13,6 +13,7 @@ from ha.models import Incident
 from ha.storage_health import exposed_guests
 from hosts import history
 from hosts.capacity import cluster_capacity, cpu_capacity, disk_capacity
+from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
@@ -24,9 +25,24 @@ RECENT_JOBS_SHOWN = 5
 OPEN_INCIDENTS_SHOWN = 20
 
 
+# A large site's dashboard shows the servers that need a look: those not up, then the fullest; the
+# Hosts page lists every one. (200 servers drawn as bars made a 300 KB page rendered in 0.4 s.)
+DASHBOARD_SERVERS_SHOWN = 24
+
+
+def _needing_a_look(servers: list, fullness: Any) -> list:
+    if len(servers) <= DASHBOARD_SERVERS_SHOWN:
+        return servers
+    shown = sorted(servers, key=lambda c: (c.server.state == HostState.UP, -fullness(c)))[:DASHBOARD_SERVERS_SHOWN]
+    return sorted(shown, key=lambda c: c.server.name)
+
+
 def _capacity_context() -> dict[str, Any]:
     capacity = cluster_capacity()
-    return {"cpu_servers": capacity.cpu, "disk_servers": capacity.disk, "shortfalls": capacity.shortfalls}
+    cpu = _needing_a_look(capacity.cpu, lambda c: c.used_mib / max(c.server.memory_mib, 1))
+    disk = _needing_a_look(capacity.disk, lambda d: d.used_mib / max(d.server.capacity_mib, 1))
+    return {"cpu_servers": cpu, "disk_servers": disk, "shortfalls": capacity.shortfalls,
+            "cpu_servers_hidden": len(capacity.cpu) - len(cpu), "disk_servers_hidden": len(capacity.disk) - len(disk)}
 
 
 def _jobs_context() -> dict[str, Any]:

@@ -229,3 +229,20 @@ def test_placement_refuses_what_the_dashboard_shows_as_reserve(cluster):
         choose_cpu_server(c.usable_mib + 1, c.server)
     server, shortfalls = choose_cpu_server(c.usable_mib + 1, c.server, allow_n_plus_one_break=True)
     assert server == c.server and shortfalls
+
+
+def test_a_large_sites_dashboard_shows_the_servers_that_need_a_look_and_counts_the_rest(op_client):
+    """Past 24 CPU servers the dashboard draws those not up, then the fullest; the rest are counted
+    and linked to the Hosts page, which lists every one."""
+    servers = [cpu(f"cpu{n:02d}", 4096, 4) for n in range(1, 31)]
+    cpu("dead1", 4096, 4, HostState.DEAD)
+    full = servers[7]
+    VirtualMachine.objects.create(name="big", vcpus=1, memory_mib=3000, disk_mib=64, cpu_server=full,
+                                  state=VmState.RUNNING)
+    page = op_client.get("/").content.decode()
+    shown = re.findall(r'data-cpu-server="([^"]+)"', page)
+    assert len(shown) == 24 and "dead1" in shown and full.name in shown
+    assert shown == sorted(shown)
+    assert re.search(r"7 more CPU servers not shown here", page)
+    hosts = op_client.get("/hosts/").content.decode()
+    assert all(f">{s.name}<" in hosts for s in servers)
