@@ -38,6 +38,7 @@ bench: install
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.vm_list
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.console
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.scale
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.progress
 	$(PY) -m bench.report
 
 clean: stop

@@ -199,6 +199,11 @@ EXPLANATIONS = """
   baseline is the login page (the framework's own floor: middleware, session, a template). The
   query counts are those of one request; the bench checks they are the same with a hundredth of the
   rows (they must not grow with the data).
+- Progress to 200 open job pages: from the worker's write of a log entry (the row, the event on commit)
+  to its arrival at each of 200 websocket clients of one Daphne process, against a bare `group_send`
+  to 200 channels on the same Redis. One Daphne process serves every client in turn (each consumer
+  redacts and encodes the event for its user): that work, not Redis, is what grows with the clients;
+  more Daphne processes behind the proxy divide it.
 """
 
 
