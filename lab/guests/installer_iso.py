@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from images.initramfs import Cpio, module_bytes, modules_in_load_order
-from lab.guests.mirror_guest import APT_TIMEOUT_S, GuestBuildError, debian_kernel, installed
+from lab.guests.mirror_guest import GuestBuildError, debian_kernel, ensure_packages
 
 INSTALLING = "xenaoe-lab-installer: installing"
 INSTALLED = "xenaoe-lab-installer: installed"
@@ -178,20 +177,6 @@ exec /bin/busybox init
 """
 
 
-def ensure_packages() -> None:
-    """Install the Debian packages the ISO is built from, if any is missing (needs root)."""
-    missing = [p for p in PACKAGES if not installed(p)]
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        raise GuestBuildError(f"missing Debian packages {', '.join(missing)}: install them as root")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    result = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-                            capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S, check=False)
-    if result.returncode != 0:
-        raise GuestBuildError(f"apt-get install {' '.join(missing)} failed: {result.stderr.strip()[-2000:]}")
-
-
 def _render(text: str) -> str:
     for name, value in (("@INSTALLING@", INSTALLING), ("@INSTALLED@", INSTALLED),
                         ("@BOOTED_FROM_DISK@", BOOTED_FROM_DISK), ("@PROMPT@", PROMPT), ("@CMDLINE@", CMDLINE)):
@@ -249,7 +234,7 @@ def build(cache_dir: Path, *, install_packages: bool = True) -> Path:
     except (GuestBuildError, OSError):
         pass
     if install_packages:
-        ensure_packages()
+        ensure_packages(PACKAGES)
     for tool in ("grub-mkrescue", "xorriso"):
         if shutil.which(tool) is None:
             raise GuestBuildError(f"{tool} is missing: install grub-common and xorriso")

@@ -153,9 +153,9 @@ class GuestBuildError(Exception):
     """The machine lacks what the guest is built from, and it could not be installed."""
 
 
-def ensure_packages() -> None:
-    """Install the Debian packages the guest is built from, if any is missing (needs root)."""
-    missing = [p for p in PACKAGES if not installed(p)]
+def ensure_packages(packages: tuple[str, ...] = PACKAGES) -> None:
+    """Install the Debian packages a lab guest is built from, if any is missing (needs root)."""
+    missing = [p for p in packages if not installed(p)]
     if not missing:
         return
     if os.geteuid() != 0:
