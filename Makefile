@@ -39,6 +39,10 @@ bench: install
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.console
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.scale
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.progress
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.creation
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.provisioning
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.migration
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.failover
 	$(PY) -m bench.report
 
 clean: stop

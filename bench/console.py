@@ -136,7 +136,7 @@ def main() -> int:
     call_command("migrate", verbosity=0)
     from api.tokens import issue_token
     from images import build
-    from images.services import ImageFiles, ImageRequest, register_image
+    from images.services import register_built
     from jobs.follow import follow
     from jobs.services import WorkerUnavailable, check_workers
     from lab import cluster, register
@@ -174,11 +174,7 @@ def main() -> int:
         from images.models import Image
 
         if not Image.objects.filter(name="debian-12").exists():
-            files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version,
-                               built.sha256)
-            succeeded(register_image(ImageRequest(name="debian-12", os_name=recipe.os_name,
-                                                  os_version=recipe.os_version, login_user=recipe.login_user,
-                                                  source="bench", make_default=True), files))
+            succeeded(register_built(recipe, built, name="debian-12", source="bench", make_default=True))
         VirtualMachine.objects.filter(name=VM).delete()
         succeeded(create_vm(VmRequest(name=VM, vcpus=2, memory_mib=512, disk_mib=1024, cpu_server="cpu1",
                                       allow_n_plus_one_break=True, password=PASSWORD)))

@@ -24,7 +24,7 @@ import libvirt
 from drivers import guard
 from drivers.domain_events import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL_S, ensure_event_loop
 from drivers.errors import DriverError
-from drivers.hypervisor import PERMANENT_ERRORS
+from drivers.libvirt_calls import PERMANENT_ERRORS
 
 log = logging.getLogger(__name__)
 

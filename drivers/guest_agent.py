@@ -33,7 +33,7 @@ import libvirt
 import libvirt_qemu
 
 from drivers.errors import DriverError
-from drivers.hypervisor import _call, _lookup_or_fail
+from drivers.libvirt_calls import lookup_or_fail, with_connection
 from drivers.mdstat import MdStat, parse_mdstat
 
 MDSTAT = "/proc/mdstat"
@@ -71,7 +71,7 @@ def read_file(uri: str, domain: str, path: str, *, timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
 
     def call(conn: libvirt.virConnect) -> str:
-        dom = _lookup_or_fail(conn, uri, domain)
+        dom = lookup_or_fail(conn, uri, domain)
         if not dom.isActive():
             raise DriverError(f"{uri}: {domain} is not running", permanent=True)
         try:
@@ -80,7 +80,7 @@ def read_file(uri: str, domain: str, path: str, *, timeout: float = 10) -> str:
             return _read_with_exec(dom, path, deadline)
 
     try:
-        return _call(uri, f"read {path} in {domain!r} through the guest agent", timeout, call)
+        return with_connection(uri, f"read {path} in {domain!r} through the guest agent", timeout, call)
     except DriverError as exc:
         cause = exc.__cause__
         if isinstance(cause, libvirt.libvirtError) and cause.get_error_code() in NO_AGENT_ERRORS:
@@ -207,7 +207,7 @@ def addresses(uri: str, domain: str, *, timeout: float = 10) -> dict[str, set[st
     deadline = time.monotonic() + timeout
 
     def call(conn: libvirt.virConnect) -> dict[str, set[str]]:
-        dom = _lookup_or_fail(conn, uri, domain)
+        dom = lookup_or_fail(conn, uri, domain)
         reply = _agent(dom, "guest-network-get-interfaces", {}, deadline, max_reply=MAX_INTERFACES_REPLY_CHARS)
         found: dict[str, set[str]] = {}
         for interface in reply[:MAX_INTERFACES] if isinstance(reply, list) else []:
@@ -223,7 +223,7 @@ def addresses(uri: str, domain: str, *, timeout: float = 10) -> dict[str, set[st
         return found
 
     try:
-        return _call(uri, f"network interfaces of {domain!r} through the guest agent", timeout, call)
+        return with_connection(uri, f"network interfaces of {domain!r} through the guest agent", timeout, call)
     except DriverError as exc:
         cause = exc.__cause__
         if isinstance(cause, libvirt.libvirtError) and cause.get_error_code() in NO_AGENT_ERRORS:

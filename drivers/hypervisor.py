@@ -2,10 +2,8 @@
 cycle (live migration is drivers/migration.py, on the same connection helpers).
 
 Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh://...`, `test:///default`): it
-comes from configuration. Every call opens its own connection in a worker thread and gives up
-after an explicit timeout, because a libvirt call on a dead host can block for minutes and the
-panel's workers must not. On timeout the connection is closed and the thread left to finish on its
-own (a daemon thread: it cannot hold the process open).
+comes from configuration. Every call goes through drivers/libvirt_calls.py: a worker thread, an
+explicit timeout, a connection kept open per remote host.
 
 Idempotency is decided here (already running, already gone), not left to each hypervisor
 driver's wording: the test driver, for one, calls a second start an "internal error".
@@ -13,18 +11,16 @@ driver's wording: the test driver, for one, calls a second start an "internal er
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import libvirt
 
-from drivers import guard
 from drivers.errors import DriverError
+from drivers.libvirt_calls import lookup, lookup_or_fail, with_connection
 
 T = TypeVar("T")
 
@@ -47,45 +43,8 @@ STATES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
 
-# Errors that say the request itself is wrong: retrying the same call cannot help. Everything
-# else (connection, RPC, system errors, a hypervisor that failed to start a guest) may pass.
-PERMANENT_ERRORS = frozenset({
-    libvirt.VIR_ERR_NO_DOMAIN,
-    libvirt.VIR_ERR_INVALID_DOMAIN,
-    libvirt.VIR_ERR_XML_ERROR,
-    libvirt.VIR_ERR_XML_DETAIL,
-    libvirt.VIR_ERR_XML_INVALID_SCHEMA,
-    libvirt.VIR_ERR_OS_TYPE,
-    libvirt.VIR_ERR_NO_KERNEL,
-    libvirt.VIR_ERR_NO_ROOT,
-    libvirt.VIR_ERR_NO_SOURCE,
-    libvirt.VIR_ERR_NO_TARGET,
-    libvirt.VIR_ERR_NO_NAME,
-    libvirt.VIR_ERR_NO_OS,
-    libvirt.VIR_ERR_NO_DEVICE,
-    libvirt.VIR_ERR_INVALID_MAC,
-    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
-    libvirt.VIR_ERR_ACCESS_DENIED,
-    libvirt.VIR_ERR_CPU_INCOMPATIBLE,
-    libvirt.VIR_ERR_INVALID_ARG,
-    libvirt.VIR_ERR_OPERATION_INVALID,
-    libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
-    libvirt.VIR_ERR_NO_SUPPORT,
-    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
-    libvirt.VIR_ERR_OPERATION_DENIED,
-    libvirt.VIR_ERR_AUTH_FAILED,
-    libvirt.VIR_ERR_DOM_EXIST,
-})
-
 # Managed save images and snapshot metadata would otherwise make undefine fail.
 UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-
-
-def _ignore_libvirt_error(_userdata: object, _error: object) -> None:
-    """libvirt prints every error on stderr unless a handler is set; ours are raised instead."""
-
-
-libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
 
 @dataclass(frozen=True)
@@ -240,7 +199,7 @@ def eject_cdrom(uri: str, name: str, *, timeout: float = 60) -> bool:
     False when it has no CD drive or the drive is already empty."""
 
     def call(conn: libvirt.virConnect) -> bool:
-        dom = _lookup_or_fail(conn, uri, name)
+        dom = lookup_or_fail(conn, uri, name)
         root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
         drive = root.find("devices/disk[@device='cdrom']")
         if drive is None or drive.find("source") is None:
@@ -250,7 +209,7 @@ def eject_cdrom(uri: str, name: str, *, timeout: float = 60) -> bool:
                               libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
         return True
 
-    return _call(uri, f"eject the CD of {name!r}", timeout, call)
+    return with_connection(uri, f"eject the CD of {name!r}", timeout, call)
 
 
 def define(uri: str, xml: str, *, timeout: float = 30) -> DomainInfo:
@@ -265,13 +224,13 @@ def define(uri: str, xml: str, *, timeout: float = 30) -> DomainInfo:
     name, wanted_uuid = root.findtext("name"), root.findtext("uuid")
 
     def call(conn: libvirt.virConnect) -> DomainInfo:
-        existing = _lookup(conn, name) if name else None
+        existing = lookup(conn, name) if name else None
         if existing is not None and wanted_uuid and _same_uuid(existing.UUIDString(), wanted_uuid) is False:
             raise DriverError(f"{uri}: a domain named {name!r} already exists with UUID "
                               f"{existing.UUIDString()}", permanent=True)
         return _info(conn.defineXML(xml))
 
-    return _call(uri, f"define {name!r}", timeout, call)
+    return with_connection(uri, f"define {name!r}", timeout, call)
 
 
 def start(uri: str, name: str, *, timeout: float = 60) -> DomainInfo:
@@ -279,30 +238,30 @@ def start(uri: str, name: str, *, timeout: float = 60) -> DomainInfo:
     it is and its state returned."""
 
     def call(conn: libvirt.virConnect) -> DomainInfo:
-        dom = _lookup_or_fail(conn, uri, name)
+        dom = lookup_or_fail(conn, uri, name)
         if not dom.isActive():
             dom.create()
         return _info(dom)
 
-    return _call(uri, f"start {name!r}", timeout, call)
+    return with_connection(uri, f"start {name!r}", timeout, call)
 
 
 def destroy(uri: str, name: str, *, timeout: float = 30) -> None:
     """Force the domain off (power cut, no guest shutdown). Absent or already off is fine."""
 
     def call(conn: libvirt.virConnect) -> None:
-        dom = _lookup(conn, name)
+        dom = lookup(conn, name)
         if dom is None or not dom.isActive():
             return
         try:
             dom.destroy()
         except libvirt.libvirtError:
             # It may have stopped between the check and the call: that is what we wanted.
-            if _lookup(conn, name) is None or not dom.isActive():
+            if lookup(conn, name) is None or not dom.isActive():
                 return
             raise
 
-    _call(uri, f"destroy {name!r}", timeout, call)
+    with_connection(uri, f"destroy {name!r}", timeout, call)
 
 
 def shutdown(uri: str, name: str, *, timeout: float = 30) -> DomainInfo:
@@ -310,7 +269,7 @@ def shutdown(uri: str, name: str, *, timeout: float = 30) -> DomainInfo:
     state and forces the domain off (destroy) if the guest does not comply in time."""
 
     def call(conn: libvirt.virConnect) -> DomainInfo:
-        dom = _lookup_or_fail(conn, uri, name)
+        dom = lookup_or_fail(conn, uri, name)
         if dom.isActive():
             try:
                 dom.shutdown()
@@ -319,7 +278,7 @@ def shutdown(uri: str, name: str, *, timeout: float = 30) -> DomainInfo:
                     raise
         return _info(dom)
 
-    return _call(uri, f"shut down {name!r}", timeout, call)
+    return with_connection(uri, f"shut down {name!r}", timeout, call)
 
 
 def undefine(uri: str, name: str, *, timeout: float = 30) -> None:
@@ -327,22 +286,22 @@ def undefine(uri: str, name: str, *, timeout: float = 30) -> None:
     as a transient one (destroy it first to delete a guest)."""
 
     def call(conn: libvirt.virConnect) -> None:
-        dom = _lookup(conn, name)
+        dom = lookup(conn, name)
         if dom is None or not dom.isPersistent():
             return
         dom.undefineFlags(UNDEFINE_FLAGS)
 
-    _call(uri, f"undefine {name!r}", timeout, call)
+    with_connection(uri, f"undefine {name!r}", timeout, call)
 
 
 def domain_info(uri: str, name: str, *, timeout: float = 30) -> DomainInfo | None:
     """The domain's state, or None if the hypervisor does not know it."""
 
     def call(conn: libvirt.virConnect) -> DomainInfo | None:
-        dom = _lookup(conn, name)
+        dom = lookup(conn, name)
         return None if dom is None else _info(dom)
 
-    return _call(uri, f"look up {name!r}", timeout, call)
+    return with_connection(uri, f"look up {name!r}", timeout, call)
 
 
 def list_domains(uri: str, *, timeout: float = 30) -> list[DomainInfo]:
@@ -358,83 +317,7 @@ def list_domains(uri: str, *, timeout: float = 30) -> list[DomainInfo]:
                     raise
         return sorted(infos, key=lambda info: info.name)
 
-    return _call(uri, "list domains", timeout, call)
-
-
-class _Connection:
-    """One connection's life across the caller and its worker thread: whoever is last closes it,
-    exactly once (closing twice would hand libvirt a freed pointer)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._conn: libvirt.virConnect | None = None
-        self._abandoned = False
-
-    def adopt(self, conn: libvirt.virConnect) -> bool:
-        with self._lock:
-            if self._abandoned:
-                conn.close()
-                return False
-            self._conn = conn
-            return True
-
-    def close(self, abandon: bool = False) -> None:
-        with self._lock:
-            self._abandoned = self._abandoned or abandon
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
-
-
-def _call(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
-    """Open `uri`, run fn(conn) and close, all in a worker thread; DriverError after `timeout`."""
-    guard.before_host_call()
-    outcome: dict[str, object] = {}
-    holder = _Connection()
-
-    def work() -> None:
-        try:
-            conn = libvirt.open(uri)
-            if holder.adopt(conn):
-                outcome["result"] = fn(conn)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            outcome["error"] = exc
-        finally:
-            holder.close()
-
-    worker = threading.Thread(target=work, name=f"libvirt {what}", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        holder.close(abandon=True)
-        raise DriverError(f"{uri}: {what} timed out after {timeout:g} s")
-    error = outcome.get("error")
-    if isinstance(error, libvirt.libvirtError):
-        code = error.get_error_code()
-        raise DriverError(f"{uri}: {what}: {error.get_error_message() or error}",
-                          permanent=code in PERMANENT_ERRORS) from error
-    if isinstance(error, BaseException):
-        raise error
-    return outcome["result"]  # type: ignore[return-value]
-
-
-def _lookup(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
-
-
-def _lookup_or_fail(conn: libvirt.virConnect, uri: str, name: str) -> libvirt.virDomain:
-    dom = _lookup(conn, name)
-    if dom is None:
-        raise DriverError(f"{uri}: no domain named {name!r}", permanent=True)
-    return dom
+    return with_connection(uri, "list domains", timeout, call)
 
 
 def _info(dom: libvirt.virDomain) -> DomainInfo:
@@ -515,7 +398,7 @@ def host_info(uri: str, *, timeout: float = 30) -> HostInfo:
     def call(conn: libvirt.virConnect) -> HostInfo:
         return HostInfo(conn.getHostname(), conn.getType(), int(conn.getFreeMemory()), int(conn.getInfo()[2]))
 
-    return _call(uri, "host info", timeout, call)
+    return with_connection(uri, "host info", timeout, call)
 
 
 def interface_macs(uri: str, *, timeout: float = 30) -> dict[str, tuple[str, ...]]:
@@ -532,17 +415,17 @@ def interface_macs(uri: str, *, timeout: float = 30) -> dict[str, tuple[str, ...
                                              for m in root.findall("devices/interface/mac")))
         return found
 
-    return _call(uri, "list interface MACs", timeout, call)
+    return with_connection(uri, "list interface MACs", timeout, call)
 
 
 def disk_sources(uri: str, name: str, *, timeout: float = 30) -> list[str]:
     """The block devices and files the running domain's disks use."""
 
     def call(conn: libvirt.virConnect) -> list[str]:
-        root = ET.fromstring(_lookup_or_fail(conn, uri, name).XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        root = ET.fromstring(lookup_or_fail(conn, uri, name).XMLDesc(0))  # noqa: S314 - libvirt's own XML
         return [source.get("dev") or source.get("file") or "" for source in root.findall("devices/disk/source")]
 
-    return _call(uri, f"disks of {name!r}", timeout, call)
+    return with_connection(uri, f"disks of {name!r}", timeout, call)
 
 
 def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float = 60) -> None:
@@ -552,7 +435,7 @@ def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float =
         raise DriverError(f"bad disk {device!r} / serial {serial!r}", permanent=True)
 
     def call(conn: libvirt.virConnect) -> None:
-        dom = _lookup_or_fail(conn, uri, name)
+        dom = lookup_or_fail(conn, uri, name)
         root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
         taken = {t.get("dev") for t in root.findall("devices/disk/target")}
         target = next(f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in taken)
@@ -564,7 +447,7 @@ def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float =
         dom.attachDeviceFlags(ET.tostring(disk, encoding="unicode"),
                               libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
-    _call(uri, f"plug {device} into {name!r}", timeout, call)
+    with_connection(uri, f"plug {device} into {name!r}", timeout, call)
 
 
 @dataclass(frozen=True)
@@ -578,7 +461,7 @@ def vnc_display(uri: str, name: str, *, timeout: float = 20) -> VncDisplay:
     running, or defined before the panel gave its guests one: it gets one at its next start)."""
 
     def call(conn: libvirt.virConnect) -> VncDisplay:
-        dom = _lookup_or_fail(conn, uri, name)
+        dom = lookup_or_fail(conn, uri, name)
         if not dom.isActive():
             raise DriverError(f"{uri}: {name!r} is not running", permanent=True)
         root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
@@ -590,7 +473,7 @@ def vnc_display(uri: str, name: str, *, timeout: float = 20) -> VncDisplay:
         address = (listen.get("address") if listen is not None else None) or graphics.get("listen") or VNC_LISTEN
         return VncDisplay(address, port)
 
-    return _call(uri, f"VNC display of {name!r}", timeout, call)
+    return with_connection(uri, f"VNC display of {name!r}", timeout, call)
 
 
 def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bool:
@@ -601,17 +484,19 @@ def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bo
     deadline = time.monotonic() + timeout
 
     def job_type(conn: libvirt.virConnect) -> int:
-        dom = _lookup(conn, name)
+        dom = lookup(conn, name)
         return libvirt.VIR_DOMAIN_JOB_NONE if dom is None else dom.jobInfo()[0]
 
-    if _call(uri, f"job of {name}", timeout, job_type) == libvirt.VIR_DOMAIN_JOB_NONE:
+    if with_connection(uri, f"job of {name}", timeout, job_type) == libvirt.VIR_DOMAIN_JOB_NONE:
         return False
     try:
-        _call(uri, f"abort the migration of {name}", timeout, lambda conn: _lookup_or_fail(conn, uri, name).abortJob())
+        with_connection(uri, f"abort the migration of {name}", timeout,
+                        lambda conn: lookup_or_fail(conn, uri, name).abortJob())
     except DriverError as exc:
         if exc.permanent is False:
             raise  # not answered: whether it still runs is not known
-    while _call(uri, f"job of {name}", max(1.0, deadline - time.monotonic()), job_type) != libvirt.VIR_DOMAIN_JOB_NONE:
+    while with_connection(uri, f"job of {name}", max(1.0, deadline - time.monotonic()),
+                          job_type) != libvirt.VIR_DOMAIN_JOB_NONE:
         if time.monotonic() > deadline:
             raise DriverError(f"{uri}: the migration of {name} still runs {timeout:g} s after it was aborted")
         time.sleep(0.5)

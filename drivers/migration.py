@@ -16,7 +16,7 @@ import libvirt
 
 from drivers import guard
 from drivers.errors import DriverError
-from drivers.hypervisor import PERMANENT_ERRORS, _call, _Connection, _lookup_or_fail
+from drivers.libvirt_calls import PERMANENT_ERRORS, Connection, lookup_or_fail, with_connection
 
 # PEER2PEER: the source libvirtd drives the migration itself and talks to the target directly,
 # so the panel's connections may drop without stranding it. PERSIST_DEST + UNDEFINE_SOURCE: the
@@ -141,7 +141,7 @@ def migrate(
     started = time.monotonic()
     poll = _Session(source_uri, call_timeout)
     try:
-        poll.call(f"look up {name!r}", lambda conn: _lookup_or_fail(conn, source_uri, name))
+        poll.call(f"look up {name!r}", lambda conn: lookup_or_fail(conn, source_uri, name))
         run = _MigrationThread(source_uri, migration_uri, name, max_bandwidth_mib)
         abort_reason = _watch(run, poll, name, started, on_progress, should_cancel, poll_interval, timeout)
     finally:
@@ -222,7 +222,7 @@ class _MigrationThread:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(max_bandwidth_mib)  # MiB/s
 
         def work() -> None:
-            holder = _Connection()
+            holder = Connection()
             try:
                 conn = libvirt.open(source_uri)
                 if holder.adopt(conn):
@@ -246,12 +246,12 @@ class _Session:
 
     def __init__(self, uri: str, timeout: float) -> None:
         self.uri, self.timeout = uri, timeout
-        self._holder = _Connection()
+        self._holder = Connection()
         self._conn: libvirt.virConnect | None = None
         self._connect()
 
     def _connect(self) -> None:
-        holder = _Connection()
+        holder = Connection()
         self._conn = self._bounded("connect", lambda: libvirt.open(self.uri), holder)
         self._holder = holder
 
@@ -261,7 +261,7 @@ class _Session:
         conn = self._conn
         return self._bounded(what, lambda: fn(conn))
 
-    def _bounded(self, what: str, fn: Callable[[], T], adopting: _Connection | None = None) -> T:
+    def _bounded(self, what: str, fn: Callable[[], T], adopting: Connection | None = None) -> T:
         outcome: dict[str, object] = {}
         holder = adopting or self._holder
 
@@ -333,9 +333,9 @@ def _completed_stats(target_uri: str, name: str, timeout: float) -> dict:
     the domain at once, but the target keeps the completed job's statistics (sent over in the
     migration cookie). Empty if the target cannot say: the migration itself has succeeded."""
     def call(conn: libvirt.virConnect) -> dict:
-        return _lookup_or_fail(conn, target_uri, name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        return lookup_or_fail(conn, target_uri, name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
 
     try:
-        return _call(target_uri, f"completed job stats of {name!r}", timeout, call)
+        return with_connection(target_uri, f"completed job stats of {name!r}", timeout, call)
     except DriverError:
         return {}

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 
 from hosts.models import DiskServer
-from images.build import file_sha256
+from images.build import BuiltImage, Recipe, file_sha256
 from images.choices import CopyState, ImageKind, ImageState
 from images.importer import Imported
 from images.models import Image, ImageCopy, image_name_validator, login_user_validator
@@ -139,6 +139,15 @@ def register_imported(found: Imported, *, name: str, os_name: str = "", os_versi
     req = ImageRequest(name=name, os_name=os_name or found.os_name, os_version=os_version or found.os_version,
                        login_user=login_user or found.login_user, source=source, source_format=found.source_format,
                        make_default=make_default)
+    return register_image(req, files, user=user)
+
+
+def register_built(recipe: Recipe, built: BuiltImage, *, name: str, source: str, make_default: bool = False,
+                   user: AbstractBaseUser | None = None) -> Job:
+    """Register what build.build made from `recipe` (the CLI's build, the tests' and the benches' image)."""
+    files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version, built.sha256)
+    req = ImageRequest(name=name, os_name=recipe.os_name, os_version=recipe.os_version, login_user=recipe.login_user,
+                       source=source, make_default=make_default)
     return register_image(req, files, user=user)
 
 

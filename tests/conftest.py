@@ -206,17 +206,14 @@ def default_image(lab_hosts, celery_worker_process):
 
     from images import build
     from images.models import Image
-    from images.services import ImageFiles, ImageRequest, register_image
+    from images.services import register_built
     from lab import register
     from tests.integration.on_the_hosts import succeeded
 
     recipe = build.RECIPES["debian-12"]
     built = build.build(recipe, Path(settings.IMAGE_BUILD_CACHE), lambda percent, message: print(percent, message))
     register.register_guest_network()
-    files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version, built.sha256)
-    job = register_image(ImageRequest(name="debian-12", os_name=recipe.os_name, os_version=recipe.os_version,
-                                      login_user=recipe.login_user, source="test", make_default=True), files)
-    succeeded(job)
+    succeeded(register_built(recipe, built, name="debian-12", source="test", make_default=True))
     return Image.objects.get(name="debian-12")
 
 

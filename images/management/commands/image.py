@@ -19,12 +19,10 @@ from images import build, importer
 from images.models import Image
 from images.serializers import image_summary
 from images.services import (
-    ImageFiles,
-    ImageRequest,
     copy_to_disk_servers,
     delete_image,
     publish,
-    register_image,
+    register_built,
     register_imported,
     set_default,
 )
@@ -119,11 +117,8 @@ class Command(BaseCommand):
         if existing is not None:
             raise CommandError(f"an image named {name} exists with other contents: choose --name, "
                                f"or delete it first (manage.py image delete {name})")
-        files = ImageFiles(built.disk, built.kernel, built.initrd, built.size_mib, built.kernel_version, built.sha256)
-        req = ImageRequest(name=name, os_name=recipe.os_name, os_version=recipe.os_version,
-                           login_user=recipe.login_user, make_default=options["default"],
-                           source=f"built from recipe {recipe.name} ({built.directory.name})")
-        self._run_copy(register_image(req, files))
+        self._run_copy(register_built(recipe, built, name=name, make_default=options["default"],
+                                      source=f"built from recipe {recipe.name} ({built.directory.name})"))
 
     def do_import(self, options: dict) -> None:
         scratch = Path(settings.IMAGE_STORE) / "imports"
