@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-export DJANGO_SETTINGS_MODULE := xenaoe_panel.settings
+# Every target here runs with the lab cluster: the lab's settings (xenaoe_panel/settings_lab.py).
+export DJANGO_SETTINGS_MODULE := xenaoe_panel.settings_lab
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/xenaoe
 

@@ -22,7 +22,7 @@ DB_NAME = "xenaoe_bench"
 SERVER_URL = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres").rsplit("/", 1)[0]
 os.environ["DATABASE_URL"] = f"{SERVER_URL}/{DB_NAME}"
 os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-{os.getpid()}"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings_lab")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 

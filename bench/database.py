@@ -27,7 +27,7 @@ def exists(name: str) -> bool:
 def set_up(name: str, *, reuse: bool = False) -> None:
     """Point Django at database `name` (made afresh unless `reuse`), set it up and migrate."""
     os.environ["DATABASE_URL"] = f"{SERVER_URL}/{name}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings_lab")
     if not reuse:
         drop(name)
         server_sql(f'CREATE DATABASE "{name}"')

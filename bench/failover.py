@@ -29,7 +29,7 @@ FLOOR_SLOTS = range(240, 240 + GUESTS)  # the floor's own legs, no VM of the ben
 
 
 def _monitor() -> subprocess.Popen:
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="xenaoe_panel.settings")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="xenaoe_panel.settings_lab")
     return subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -185,7 +185,7 @@ def prepare(bmc: LabBmc) -> None:
     env = {
         "PATH": SYSTEM_PATH,
         "LANG": "C.UTF-8",
-        "DJANGO_SETTINGS_MODULE": "xenaoe_panel.settings",
+        "DJANGO_SETTINGS_MODULE": "xenaoe_panel.settings_lab",
         "XENAOE_LAB_DIR": str(lab_dir()),
         "XENAOE_SSH_CONTROL_DIR": str(settings.SSH_CONTROL_DIR),
         "PYTHONDONTWRITEBYTECODE": "1",

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+# The lab's settings (xenaoe_panel/settings_lab.py): the lab app, and the panel's SSH key and known_hosts
+# from .lab/ssh. Every process started here inherits them.
+export DJANGO_SETTINGS_MODULE=xenaoe_panel.settings_lab
 RUN=.run
 PORT=${PORT:-8000}
 QUEUE=${CELERY_QUEUE:-xenaoe}  # settings.py: the default queue, and HA's own (docs/jobs.md)
@@ -75,6 +78,7 @@ shows its address and the command to log in from the lab's guest network, e.g.
   ip netns exec xa-client ssh -i $RUN/demo-ssh/id_ed25519 debian@10.214.0.100
 To watch it boot and log in from the browser, tick "Also give the login user a password" in the wizard,
 then "Console" (serial) or "Screen" (graphical) on the VM's page; log in as debian with that password.
+From the command line: export DJANGO_SETTINGS_MODULE=xenaoe_panel.settings_lab, then .venv/bin/python manage.py ...
 Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
 TXT
   ;;

@@ -44,7 +44,7 @@ def _child_env(database_name: str) -> dict[str, str]:
     parsed = dj_database_url.parse(url)
     env = dict(os.environ)
     env["DATABASE_URL"] = url.rsplit("/", 1)[0] + "/" + database_name if parsed["NAME"] else url
-    env["DJANGO_SETTINGS_MODULE"] = "xenaoe_panel.settings"
+    env["DJANGO_SETTINGS_MODULE"] = "xenaoe_panel.settings_lab"
     return env
 
 

@@ -51,7 +51,6 @@ INSTALLED_APPS = [
     "images",
     "networks",
     "sshkeys",
-    "lab",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -268,10 +267,10 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
-# Reaching the hosts. Secrets are files, never values: the defaults point at what `lab up` writes.
-LAB_DIR = env_path("XENAOE_LAB_DIR", BASE_DIR / ".lab")
-SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", LAB_DIR / "ssh" / "id_ed25519")
-SSH_KNOWN_HOSTS_FILE = env_path("XENAOE_SSH_KNOWN_HOSTS", LAB_DIR / "ssh" / "known_hosts")
+# Reaching the hosts. Secrets are files, never values: the panel's private key and the hosts' public
+# keys, in the panel's own configuration directory (the lab's are in settings_lab.py).
+SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", Path("/etc/xenaoe-panel/id_ed25519"))
+SSH_KNOWN_HOSTS_FILE = env_path("XENAOE_SSH_KNOWN_HOSTS", Path("/etc/xenaoe-panel/known_hosts"))
 # ControlMaster sockets: a root-only directory, short enough for a unix socket path.
 SSH_CONTROL_DIR = env_path(
     "XENAOE_SSH_CONTROL_DIR",

@@ -2,7 +2,7 @@
 
 `site` runs each such test twice: on throw-away xat- hosts made here ("local", needs root) and on
 the lab cluster's disk1 and cpu1 ("lab", skipped unless `python manage.py lab up` has been run;
-these tests never bring the lab up or down). No Django needed: paths follow the settings' defaults
+these tests never bring the lab up or down). No Django needed: paths follow settings_lab.py's defaults
 and can be overridden the same way (XENAOE_LAB_DIR, XENAOE_SSH_IDENTITY, XENAOE_SSH_KNOWN_HOSTS).
 """
 from __future__ import annotations
