@@ -39,11 +39,6 @@ from hosts.targets import ssh_target
 from storage.models import AoEExport
 
 IPMI, STORAGE, MANUAL = "ipmi", "storage", "manual"
-# How long the BMC may take to report "off" after the power-off command (real BMCs: seconds).
-IPMI_CONFIRM_TIMEOUT_S = getattr(settings, "FENCE_IPMI_CONFIRM_TIMEOUT_S", 30)
-IPMI_TIMEOUT_S = getattr(settings, "FENCE_IPMI_TIMEOUT_S", 10)
-# Per SSH call to a disk server: a dead one costs the SSH connect timeout, not this.
-STORAGE_TIMEOUT_S = getattr(settings, "FENCE_STORAGE_TIMEOUT_S", 20)
 # Hosts in these states may be running without the panel seeing them (dead: maybe only cut off)
 # or were fenced: no export lets them in. A storage-fenced host stays out in any state (below).
 LOCKED_OUT_STATES = (HostState.DEAD, HostState.FENCED)
@@ -104,9 +99,9 @@ def fence_by_ipmi(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
     except ImportError as exc:
         return FenceOutcome(IPMI, False, f"the IPMI driver is not installed ({exc})")
     target = ipmi.BmcTarget(host.bmc_address, host.bmc_port, host.bmc_user, host.bmc_password_file,
-                            IPMI_TIMEOUT_S)
+                            settings.FENCE_IPMI_TIMEOUT_S)
     try:
-        ipmi.power_off(target, confirm_timeout=IPMI_CONFIRM_TIMEOUT_S)
+        ipmi.power_off(target, confirm_timeout=settings.FENCE_IPMI_CONFIRM_TIMEOUT_S)
         # power_off confirms by itself; reading the status once more costs one round trip and is
         # the fact the restart rests on, so it is what we record.
         status = ipmi.power_status(target)
@@ -198,13 +193,14 @@ def _fence_disk(disk_name: str, target: object, macs: list[str]) -> _DiskResult:
     """Every export of one disk server restarted with `macs` as its ACL; the list read back after."""
     try:
         changed = 0
-        for export in vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S):
+        for export in vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S):
             if sorted(export.macs) == macs:
                 continue
-            vblade.start_export(target, export.spec, allowed_macs=macs, timeout=STORAGE_TIMEOUT_S)
+            vblade.start_export(target, export.spec, allowed_macs=macs, timeout=settings.FENCE_STORAGE_TIMEOUT_S)
             changed += 1
         # Confirmation is what the disk server says now, not what we asked for.
-        return _DiskResult(disk_name, tuple(vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S)), changed=changed)
+        return _DiskResult(disk_name, tuple(vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S)),
+                           changed=changed)
     except DriverError as exc:
         return _DiskResult(disk_name, error=str(exc))
 
@@ -265,11 +261,11 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[st
     changed = []
     for disk in disks:
         target = ssh_target(disk)
-        for export in vblade.list_exports(target, timeout=STORAGE_TIMEOUT_S):
+        for export in vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S):
             current = sorted(_mac(m) for m in export.macs) or None
             if current == acl:
                 continue
-            vblade.start_export(target, export.spec, allowed_macs=acl, timeout=STORAGE_TIMEOUT_S)
+            vblade.start_export(target, export.spec, allowed_macs=acl, timeout=settings.FENCE_STORAGE_TIMEOUT_S)
             changed.append(f"e{export.shelf}.{export.slot} on {disk.name}: ACL {','.join(acl) if acl else 'open'}")
     return changed
 

@@ -32,7 +32,6 @@ from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, reserve
 
 EVACUATE = "host.evacuate"
-DEFAULT_PARALLEL = 2  # two migrations share the link well; more only slows each one down
 POLL_S = 0.5
 RELAY_EVERY_S = 1.0  # a child's progress reaches the parent's log at most once a second per child
 # A child nobody picks up means every worker slot is taken (the parent holds one itself): say so
@@ -43,12 +42,12 @@ EVACUABLE = (HostState.UP, HostState.SUSPECT)
 
 
 def evacuate_parallel() -> int:
-    return max(1, int(getattr(settings, "EVACUATE_PARALLEL", DEFAULT_PARALLEL)))
+    return settings.EVACUATE_PARALLEL
 
 
 def _cap(max_mib_per_s: int | None) -> int | None:
     """Each migration's bandwidth cap (MiB/s): the caller's, else the site's setting, else none."""
-    cap = max_mib_per_s if max_mib_per_s is not None else getattr(settings, "EVACUATE_MAX_MIB_PER_S", None)
+    cap = max_mib_per_s if max_mib_per_s is not None else settings.EVACUATE_MAX_MIB_PER_S
     if cap is not None and (not isinstance(cap, int) or not 1 <= cap <= MAX_BANDWIDTH_MIB):
         raise ValidationError({"max_mib_per_s": f"the bandwidth cap must be between 1 and {MAX_BANDWIDTH_MIB} "
                                                 f"MiB/s, not {cap!r}"})

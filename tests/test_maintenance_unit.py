@@ -260,6 +260,12 @@ def test_the_parallelism_is_a_setting(cpus, monkeypatch):
     assert seen["max_active"] == 1
 
 
+@override_settings(EVACUATE_MAX_MIB_PER_S=32)
+def test_the_bandwidth_cap_is_a_setting_unless_the_evacuation_names_one(cpus):
+    assert enter_maintenance(cpus["cpu2"]).params["max_mib_per_s"] == 32
+    assert enter_maintenance(cpus["cpu3"], max_mib_per_s=8).params["max_mib_per_s"] == 8
+
+
 def test_the_evacuation_fails_listing_every_guest_that_could_not_move(cpus, monkeypatch):
     _guest("filler", cpus["cpu1"], 900)
     _guest("filler3", cpus["cpu3"], 900)

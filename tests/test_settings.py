@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vms.migration import MAX_BANDWIDTH_MIB
+
 REPO = Path(__file__).resolve().parent.parent
 # What the panel is made of: every package but the lab itself, the tests and the benches.
 NOT_THE_PANEL = {"lab", "tests", "bench", ".venv", ".git", ".lab", ".run", "staticfiles"}
@@ -19,19 +21,26 @@ import json, django
 django.setup()
 from django.conf import settings
 print(json.dumps({"apps": settings.INSTALLED_APPS, "lab_dir": str(getattr(settings, "LAB_DIR", "")),
-                  "identity": str(settings.SSH_IDENTITY_FILE), "known_hosts": str(settings.SSH_KNOWN_HOSTS_FILE)}))
+                  "identity": str(settings.SSH_IDENTITY_FILE), "known_hosts": str(settings.SSH_KNOWN_HOSTS_FILE),
+                  "evacuate_max_mib_per_s": settings.EVACUATE_MAX_MIB_PER_S}))
 """
 
 
-def _env(settings_module: str) -> dict[str, str]:
-    """This environment with the given settings and the defaults of every path asked about."""
-    unset = {"XENAOE_LAB_DIR", "XENAOE_SSH_IDENTITY", "XENAOE_SSH_KNOWN_HOSTS"}
-    return {**{k: v for k, v in os.environ.items() if k not in unset}, "DJANGO_SETTINGS_MODULE": settings_module}
+def _env(settings_module: str, **overrides: str) -> dict[str, str]:
+    """This environment with the given settings and the defaults of every setting asked about."""
+    unset = {"XENAOE_LAB_DIR", "XENAOE_SSH_IDENTITY", "XENAOE_SSH_KNOWN_HOSTS", "XENAOE_EVACUATE_MAX_MIB_PER_S"}
+    return {**{k: v for k, v in os.environ.items() if k not in unset}, "DJANGO_SETTINGS_MODULE": settings_module,
+            **overrides}
 
 
-def _settings(settings_module: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", SHOW_SETTINGS], cwd=REPO, env=_env(settings_module),
-                          capture_output=True, text=True, timeout=60, check=True)
+def _run_settings(settings_module: str, **overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SHOW_SETTINGS], cwd=REPO, env=_env(settings_module, **overrides),
+                          capture_output=True, text=True, timeout=60)
+
+
+def _settings(settings_module: str, **overrides: str) -> dict:
+    proc = _run_settings(settings_module, **overrides)
+    assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
@@ -46,6 +55,7 @@ def test_the_production_settings_have_no_lab_and_point_nowhere_into_the_checkout
     assert production["lab_dir"] == ""
     assert production["identity"] == "/etc/xenaoe-panel/id_ed25519"
     assert production["known_hosts"] == "/etc/xenaoe-panel/known_hosts"
+    assert production["evacuate_max_mib_per_s"] is None
     result = _help_lab("xenaoe_panel.settings")
     assert result.returncode != 0 and "Unknown command: 'lab'" in result.stderr
 
@@ -71,3 +81,12 @@ def test_no_module_of_the_panel_imports_the_lab():
                      else [])
             offenders += [f"{path.relative_to(REPO)}:{node.lineno}" for name in names if name.split(".")[0] == "lab"]
     assert offenders == []
+
+
+def test_the_evacuation_bandwidth_cap_takes_what_a_migration_takes_and_refuses_more():
+    assert _settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S="")["evacuate_max_mib_per_s"] is None
+    assert _settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S=str(MAX_BANDWIDTH_MIB))[
+        "evacuate_max_mib_per_s"] == MAX_BANDWIDTH_MIB
+    for bad in ("0", str(MAX_BANDWIDTH_MIB + 1), "fast"):
+        proc = _run_settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S=bad)
+        assert proc.returncode != 0 and f"XENAOE_EVACUATE_MAX_MIB_PER_S={bad}" in proc.stderr.replace("'", "")

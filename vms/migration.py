@@ -53,7 +53,7 @@ MIB = 1 << 20
 
 
 def migration_uri(target: CpuServer) -> str:
-    template = getattr(settings, "MIGRATION_URI_TEMPLATE", "") or MIGRATION_URI_TEMPLATES[target.hypervisor]
+    template = settings.MIGRATION_URI_TEMPLATE or MIGRATION_URI_TEMPLATES[target.hypervisor]
     port = "" if target.ssh_port == 22 else f":{target.ssh_port}"
     return template.format(user=target.ssh_user, address=target.address, port=port, name=target.name)
 

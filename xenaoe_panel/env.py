@@ -39,6 +39,13 @@ def env_int(name: str, default: int, minimum: int | None = None, maximum: int | 
     return value
 
 
+def env_optional_int(name: str, minimum: int | None = None, maximum: int | None = None) -> int | None:
+    """An integer, or None (no value) when the variable is unset or empty."""
+    if not os.environ.get(name, "").strip():
+        return None
+    return env_int(name, 0, minimum, maximum)
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
