@@ -23,7 +23,6 @@ PROBE_SCRIPT = Path(__file__).resolve().parent / "aoe_probe.py"
 REMOTE_DIR = Path(__file__).resolve().parent / "remote"
 ANY_SHELF = 0xFFFF
 ANY_SLOT = 0xFF
-PROBE_EXIT_UNUSABLE = 2  # aoe_probe.py: no such interface, no permission
 POLL_INTERVAL = 0.2  # seconds between checks in aoe-attach.sh / aoe-detach.sh
 # What one SSH round trip may cost on top of the waiting done on the host (a fresh connection
 # with host-key check, remote shell start): the host stops waiting this much before our timeout.

@@ -130,7 +130,6 @@ OK, FAILED, ABSENT = "ok", "failed", "absent"
 # Power supply states (sensor type 0x08, offsets 1-4) that mean it no longer feeds the board, or is
 # about to stop: ipmitool's own wording.
 PSU_FAILURES = ("Failure detected", "Predictive failure", "Power Supply AC lost", "AC lost or out-of-range")
-PSU_PRESENT = "Presence detected"
 # Threshold states at which a fan counts as failed: critical and non-recoverable. Non-critical
 # (lnc/unc) is a warning threshold, not a failure.
 FAN_FAILURES = frozenset({"lcr", "lnr", "ucr", "unr", "cr", "nr"})

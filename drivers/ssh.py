@@ -117,13 +117,6 @@ def run(
     return result
 
 
-def run_script(
-    target: SSHTarget, interpreter: list[str], script: str, args: list[str], *, timeout: float
-) -> CommandResult:
-    """Run a script shipped by the panel (sent on stdin, nothing installed on the host)."""
-    return run(target, [*interpreter, *args], timeout=timeout, stdin=script)
-
-
 def send(
     target: SSHTarget,
     argv: list[str],

@@ -13,7 +13,6 @@ host_name_validator = RegexValidator(
     r"^[a-z][a-z0-9-]{0,62}\Z", "Lower-case letters, digits and '-', starting with a letter."
 )
 interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}\Z", "Not a network interface name.")
-FENCE_METHODS = ("ipmi", "storage", "manual")
 fence_methods_validator = RegexValidator(
     r"^(ipmi|storage|manual)(,(ipmi|storage|manual))*\Z", "A comma-separated list of ipmi, storage, manual."
 )

@@ -10,7 +10,6 @@ migration, failover restart), so it never lives only where the VM first booted (
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import ipaddress
 import json
@@ -108,7 +107,3 @@ def iso(settings: SeedSettings) -> bytes:
     image.write_fp(out)
     image.close()
     return out.getvalue()
-
-
-def checksum(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

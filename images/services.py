@@ -61,10 +61,6 @@ def visible_images(user: AbstractBaseUser | None) -> QuerySet[Image]:
     return Image.objects.filter(Q(public=True) | Q(tenants=tenant)).distinct()
 
 
-def default_image() -> Image | None:
-    return Image.objects.filter(is_default=True).first()
-
-
 def validate_request(req: ImageRequest, kind: str = ImageKind.DISK) -> None:
     errors: dict[str, str] = {}
     try:

@@ -184,11 +184,6 @@ def _render(text: str) -> str:
     return text
 
 
-def module_names(modules: Path) -> list[str]:
-    """The modules /init loads, dependencies first (from the kernel's modules.dep)."""
-    return [path.name.split(".ko")[0] for path in modules_in_load_order(modules, MODULES)]
-
-
 def build_initramfs(modules: Path) -> bytes:
     archive = Cpio()
     for directory in ("/dev", "/proc", "/sys", "/run", "/tmp", "/etc", "/bin", "/sbin", "/root"):

@@ -142,7 +142,7 @@ def read_legs(vm_name: str) -> dict[str, list[tuple[int, str, bool]]]:
     leg order (the guest's vda, then vdb)."""
     legs = {}
     for leg in AoEExport.objects.filter(mirror__vm__name=vm_name).select_related("disk_server").order_by("leg"):
-        result = ssh.run_script(ssh_target(leg.disk_server), ["python3", "-"], SCAN, [leg.backing_path], timeout=120)
+        result = ssh.run(ssh_target(leg.disk_server), ["python3", "-", leg.backing_path], stdin=SCAN, timeout=120)
         legs[leg.name] = [(int(n), boot, ok) for n, boot, ok in json.loads(result.stdout) if n.isdigit()]
     return legs
 
