@@ -354,8 +354,6 @@ MONITOR_INTERVAL_S = env_int("XENAOE_MONITOR_INTERVAL_S", 2, minimum=1)
 MONITOR_DEAD_AFTER = env_int("XENAOE_MONITOR_DEAD_AFTER", 3, minimum=1)
 MONITOR_CHECK_TIMEOUT_MS = env_int("XENAOE_MONITOR_CHECK_TIMEOUT_MS", MONITOR_INTERVAL_S * 750, minimum=100)
 if MONITOR_CHECK_TIMEOUT_MS >= MONITOR_INTERVAL_S * 1000:
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured("XENAOE_MONITOR_CHECK_TIMEOUT_MS must be shorter than XENAOE_MONITOR_INTERVAL_S")
 # This panel machine's name in the monitors' leadership (logs, the dashboard, pg_stat_activity):
 # set it per machine where the hostname says nothing (a container's).
