@@ -7,7 +7,7 @@ export DJANGO_SETTINGS_MODULE := xenaoe_panel.settings_lab
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/xenaoe
 
-.PHONY: install demo stop test chaos lint bench clean
+.PHONY: install demo stop test chaos slow lint bench clean
 
 install:
 	scripts/install.sh
@@ -31,6 +31,12 @@ test: install
 chaos: install
 	scripts/services.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest tests/chaos -p no:cacheprovider $(PYTEST_ARGS)
+
+# What `make test` leaves out for time, besides the fault suite: full guest boots (an OS from the
+# default image, a RAID1 guest, an install from an ISO), each with its fast part in `make test`.
+slow: install
+	scripts/services.sh
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest -m "slow and not chaos" $(PYTEST_ARGS)
 
 bench: install
 	scripts/services.sh

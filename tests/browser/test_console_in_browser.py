@@ -17,7 +17,7 @@ from vms.console import MIGRATED
 from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 
-pytestmark = [pytest.mark.lab, pytest.mark.browser]
+pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.slow]  # a full Debian boot: `make slow`
 VM = "con2"
 
 

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from networks.models import Nic
 from vms.models import VirtualMachine
 
-pytestmark = [pytest.mark.lab, pytest.mark.browser]
+pytestmark = [pytest.mark.lab, pytest.mark.browser, pytest.mark.slow]  # a full Debian boot: `make slow`
 
 
 def test_the_wizard_offers_images_and_networks_and_the_vm_page_shows_its_address(page, operator, default_image):

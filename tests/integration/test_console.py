@@ -26,7 +26,7 @@ from vms.console import MIGRATED
 from vms.migration import migrate_vm
 from vms.models import ConsoleSession, VirtualMachine
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.slow]  # a full Debian boot: `make slow`
 VM = "con1"
 
 

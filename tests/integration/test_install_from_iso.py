@@ -26,7 +26,7 @@ from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.slow]  # an install and two boots: `make slow`
 VM = "inst1"
 BOOT_S = 240
 

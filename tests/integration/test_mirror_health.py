@@ -41,7 +41,7 @@ from tests.integration.on_the_hosts import clear_domain, clear_exports, domain_s
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.slow]  # a guest booting its RAID1: `make slow`
 
 VM_NAME = "mirrortest"
 DISK_MIB = 32

@@ -36,7 +36,7 @@ from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.slow]  # full Debian boots: `make slow`
 VM = "os1"
 SSH_TIMEOUT_S = 180
 

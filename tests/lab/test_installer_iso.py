@@ -190,6 +190,7 @@ def test_the_iso_is_a_small_cached_hybrid_image(iso: Path, tmp_path: Path):
     assert rebuilt.name == iso.name and rebuilt.stat().st_size > 0
 
 
+@pytest.mark.slow  # an install and two boots of an emulated PC: `make slow`
 def test_install_from_the_cd_then_eject_and_boot_from_disk(iso: Path, tmp_path: Path, guests):
     disks = blank_disks(tmp_path)
     guest = guests(disks=disks, cdrom=iso)
