@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +53,12 @@ def probe(
     identify: bool = True,
     timeout: float = 10.0,
     listen: float = 1.0,
+    expect: Iterable[tuple[int, int]] = (),
 ) -> list[AoEAnswer]:
     """Every export that answers a Query Config broadcast on `interface` of that host, sorted by
     shelf, slot. None means any shelf / slot. `listen` is how long the probe collects answers on
-    the wire (IDENTIFY may take as long again); `timeout` bounds the whole call. One export may
+    the wire (IDENTIFY may take as long again), or until shortly after every (shelf, slot) in
+    `expect` answered; `timeout` bounds the whole call. One export may
     appear more than once if it answers from several MACs (or if a shelf.slot is duplicated on
     the SAN, which is worth seeing). Target-side errors are logged, not raised."""
     if shelf is not None:
@@ -71,6 +74,8 @@ def probe(
             "--slot", str(ANY_SLOT if slot is None else slot), "--timeout", f"{listen:g}"]
     if identify:
         argv.append("--identify")
+    if expect:
+        argv += ["--expect", ",".join(f"{s}.{n}" for s, n in sorted(set(expect)))]
     result = ssh.run(target, argv, timeout=timeout, stdin=PROBE_SCRIPT.read_text(), check=False)
     for line in result.stderr.splitlines():
         if line.startswith("aoe_probe: warning: "):

@@ -11,6 +11,7 @@ nothing but python3 (3.7+). It is also imported by the panel's tests: frame buil
 pure functions, separate from the socket I/O.
 
 CLI: aoe_probe.py --interface IFACE [--shelf S] [--slot N] [--identify] [--timeout SECONDS]
+[--expect S.L,...] (stop collecting shortly after these answered)
 prints {"exports": [{"shelf", "slot", "mac", "bufcnt", "firmware", "sectors"}, ...]} sorted by
 shelf, slot; exit 0 even when nothing answered, 2 for a bad interface or missing permission. Error
 answers from targets are reported on stderr, one line each, and never abort the probe.
@@ -27,7 +28,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 ETH_P_AOE = 0x88A2
@@ -35,6 +36,8 @@ AOE_VERSION = 1
 BROADCAST = b"\xff" * 6
 ANY_SHELF = 0xFFFF
 ANY_SLOT = 0xFF
+# After every expected export answered: how long a duplicate still has to answer the broadcast.
+EXPECT_GRACE = 0.2
 MIN_FRAME = 60  # Ethernet minimum without FCS; short frames may be dropped by NICs or switches
 
 CMD_ATA = 0
@@ -261,10 +264,11 @@ def _send(sock: socket.socket, frame: bytes, interface: str) -> None:
         raise ProbeError(f"cannot send on {interface!r}: {exc.strerror or exc}") from exc
 
 
-def _frames_until(sock: socket.socket, deadline: float) -> Iterator[Frame]:
-    """AoE answers received before `deadline`; our own outgoing frames are skipped."""
+def _frames_until(sock: socket.socket, deadline: Callable[[], float]) -> Iterator[Frame]:
+    """AoE answers received before `deadline()` (asked again after each frame); our own outgoing
+    frames are skipped."""
     while True:
-        remaining = deadline - time.monotonic()
+        remaining = deadline() - time.monotonic()
         if remaining <= 0:
             return
         ready, _, _ = select.select([sock], [], [], remaining)
@@ -279,17 +283,24 @@ def _frames_until(sock: socket.socket, deadline: float) -> Iterator[Frame]:
 
 
 def _collect_config(sock: socket.socket, mac: bytes, interface: str, shelf: int, slot: int,
-                    timeout: float, tags: TagSource, errors: list) -> dict:
+                    timeout: float, tags: TagSource, errors: list, expect: frozenset = frozenset(),
+                    grace: float = EXPECT_GRACE) -> dict:
     """Every Query Config answer within `timeout`. The broadcast goes out twice (at the start and
-    half-way) so that one lost frame does not hide an export; answers are de-duplicated."""
+    half-way) so that one lost frame does not hide an export; answers are de-duplicated. With
+    `expect` ((shelf, slot) pairs), collecting ends `grace` seconds after the last of them
+    answered: time enough for a second target claiming one of them (a misconfigured SAN) to
+    answer the same broadcast, without waiting out the whole window."""
     answers: dict = {}
     sent: set = set()
     start = time.monotonic()
+    settled = float("inf")  # when collecting may end
     for round_end in (start + timeout / 2, start + timeout):
+        if time.monotonic() >= settled:
+            break
         tag = tags()
         sent.add(tag)
         _send(sock, build_query_config(mac, tag, shelf, slot), interface)
-        for frame in _frames_until(sock, round_end):
+        for frame in _frames_until(sock, lambda end=round_end: min(end, settled)):  # noqa: B023 - the latest
             if frame.tag not in sent or frame.command != CMD_CONFIG:
                 continue
             if frame.error is not None:
@@ -298,6 +309,8 @@ def _collect_config(sock: socket.socket, mac: bytes, interface: str, shelf: int,
             answer = parse_config_answer(frame)
             if answer is not None and wanted(shelf, slot, answer.shelf, answer.slot):
                 answers[(answer.shelf, answer.slot, answer.mac)] = answer
+                if expect and settled == float("inf") and expect <= {(s, n) for s, n, _mac in answers}:
+                    settled = time.monotonic() + grace
     return answers
 
 
@@ -316,7 +329,7 @@ def _identify_all(sock: socket.socket, mac: bytes, interface: str, answers: dict
             tag = tags()
             by_tag[tag] = key
             _send(sock, build_identify(mac, mac_from_str(target), shelf, slot, tag), interface)
-        for frame in _frames_until(sock, round_end):
+        for frame in _frames_until(sock, lambda end=round_end: end):
             key = by_tag.get(frame.tag)
             if key is None or key not in pending or mac_to_str(frame.src) != key[2]:
                 continue
@@ -342,7 +355,7 @@ def _identified_size(frame: Frame, errors: list) -> int | None:
 
 
 def probe(interface: str, shelf: int = ANY_SHELF, slot: int = ANY_SLOT, identify: bool = False,
-          timeout: float = 2.0) -> ProbeResult:
+          timeout: float = 2.0, expect: frozenset = frozenset()) -> ProbeResult:
     """Probe the SAN on `interface`. Raises ProbeError when the probe cannot run at all."""
     if timeout <= 0:
         raise ValueError("timeout must be positive")
@@ -350,7 +363,7 @@ def probe(interface: str, shelf: int = ANY_SHELF, slot: int = ANY_SLOT, identify
     errors: list = []
     tags = TagSource()
     try:
-        answers = _collect_config(sock, mac, interface, shelf, slot, timeout, tags, errors)
+        answers = _collect_config(sock, mac, interface, shelf, slot, timeout, tags, errors, expect)
         sectors = _identify_all(sock, mac, interface, answers, timeout, tags, errors) if identify else {}
     finally:
         sock.close()
@@ -377,6 +390,15 @@ def _positive(text: str) -> float:
     return value
 
 
+def _addresses(text: str) -> frozenset:
+    try:
+        pairs = [part.split(".") for part in text.split(",") if part]
+        found = frozenset((_number(ANY_SHELF - 1)(s), _number(ANY_SLOT - 1)(n)) for s, n in pairs)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of SHELF.SLOT") from exc
+    return found
+
+
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aoe_probe", description="Probe AoE exports on one interface.")
     parser.add_argument("--interface", required=True)
@@ -384,9 +406,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--slot", type=_number(ANY_SLOT), default=ANY_SLOT, help="255 = all")
     parser.add_argument("--identify", action="store_true", help="also read each export's size")
     parser.add_argument("--timeout", type=_positive, default=2.0, help="seconds to collect answers")
+    parser.add_argument("--expect", type=_addresses, default=frozenset(),
+                        help=f"S.L,S.L...: stop {EXPECT_GRACE:g} s after all of these answered")
     args = parser.parse_args(argv)
     try:
-        result = probe(args.interface, args.shelf, args.slot, args.identify, args.timeout)
+        result = probe(args.interface, args.shelf, args.slot, args.identify, args.timeout, args.expect)
     except ProbeError as exc:
         print(f"aoe_probe: {exc}", file=sys.stderr)
         return 2

@@ -165,7 +165,8 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
     legs = _legs(vm)
     # One Query Config for the slot on every shelf: both legs answer within one listening window,
     # and a second target answering to the same shelf.slot (a misconfigured SAN) shows up too.
-    answers = aoe.probe(ssh_target(cpu), cpu.san_interface, None, legs[0].slot, identify=True)
+    answers = aoe.probe(ssh_target(cpu), cpu.san_interface, None, legs[0].slot, identify=True,
+                        expect=[(leg.shelf, leg.slot) for leg in legs])
     for leg in legs:
         mine = [a for a in answers if (a.shelf, a.slot) == (leg.shelf, leg.slot)]
         if not mine:

@@ -316,3 +316,20 @@ def test_probe_filters_by_shelf_and_slot(vblade_san):
 def test_probe_on_a_silent_link_returns_nothing_and_exits_0(vblade_san):
     result = vblade_san.disk.run(["python3", "-", "--interface", "lo", "--timeout", "0.2"], input=PROBE.read_text())
     assert result.returncode == 0 and json.loads(result.stdout) == {"exports": []}
+
+
+def test_probe_with_expected_exports_stops_soon_after_they_answered(vblade_san):
+    started = time.monotonic()
+    exports = probe_from_cpu(vblade_san, "--expect", "7.3,7.6", "--identify", "--timeout", "10")["exports"]
+    took = time.monotonic() - started
+    assert [(e["slot"], e["sectors"]) for e in exports] == [(3, SECTORS), (6, SECTORS)]
+    assert took < 5, f"the probe waited {took:.1f} s: the 10 s window, not the answers"
+    # One that never answers: the whole window is waited, what answered is reported.
+    started = time.monotonic()
+    exports = probe_from_cpu(vblade_san, "--expect", "7.3,7.4", "--timeout", "1")["exports"]
+    assert time.monotonic() - started >= 1 and [e["slot"] for e in exports] == [3, 6]
+
+
+def test_cli_rejects_a_bad_expect_list():
+    for bad in ("7", "7.3.1", "x.3", "65535.1", "7.255"):
+        assert run_cli("--interface", "lo", "--expect", bad).returncode == 2
