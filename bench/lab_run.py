@@ -1,8 +1,9 @@
 """The lab cluster and Celery workers for a bench that drives real hosts.
 
-`lab()` brings the lab up (and down again afterwards if it was not up) and registers its hosts in
-the bench's database; `Workers` starts the panel's worker processes on this run's queue, the way
-scripts/demo.sh does, and waits until they answer.
+`lab()` brings the lab up (and down again afterwards if it was not up), registers its hosts in
+the bench's database and clears them of guests an interrupted run left; `Workers` starts the
+panel's worker processes on this run's queue, the way scripts/demo.sh does, and waits until they
+answer.
 """
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from bench.report import REPO
 
 @contextmanager
 def lab() -> Iterator[None]:
+    from hosts.models import CpuServer, DiskServer
     from lab import cluster, register
 
     was_up = cluster.status().complete
     register.register_hosts(cluster.up())
+    register.clear_guests(list(CpuServer.objects.all()), list(DiskServer.objects.all()))
     try:
         yield
     finally:

@@ -69,3 +69,38 @@ def register_guest_network() -> None:
         name=GUEST_NETWORK, bridge=GUEST_BRIDGE, cidr=GUEST_CIDR, gateway=GUEST_GATEWAY,
         pool=f"{GUEST_POOL[0]}-{GUEST_POOL[1]}", dns=GUEST_GATEWAY,
     ))
+
+
+def clear_guests(cpus: list, disks: list) -> None:
+    """A lab without guests: every domain, export and volume on the hosts removed. What a test or a
+    bench starts from: its database is new, so anything still on the hosts is what an interrupted
+    run left behind, and it would take the shelf slots the new VMs are given."""
+    from drivers import aoe, hypervisor, ssh, vblade
+    from drivers.errors import DriverError
+    from hosts.targets import ssh_target
+
+    stopped = []
+    for disk in disks:
+        try:
+            target = ssh_target(disk)
+            for export in vblade.list_exports(target):
+                vblade.stop_export(target, export.shelf, export.slot)
+                stopped.append((export.shelf, export.slot))
+            # Every volume, exported or not: a volume left behind makes the next create of that
+            # name refuse to overwrite it.
+            found = ssh.run(target, ["find", disk.volume_dir, "-maxdepth", "1", "-name", "*.img", "-type", "f"],
+                            timeout=30)
+            for path in found.stdout.split():
+                vblade.remove_volume(target, path)
+        except DriverError:
+            pass  # a host left down: whoever needs it brings the lab up
+    for cpu in cpus:
+        try:
+            for domain in hypervisor.list_domains(cpu.libvirt_uri):
+                if domain.name.startswith("xa-"):
+                    hypervisor.destroy(cpu.libvirt_uri, domain.name)
+                    hypervisor.undefine(cpu.libvirt_uri, domain.name)
+            for shelf, slot in stopped:
+                aoe.detach(ssh_target(cpu), shelf, slot)
+        except DriverError:
+            pass

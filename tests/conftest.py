@@ -152,43 +152,8 @@ def lab_hosts(lab_cluster, transactional_db):
 
     register.register_hosts(lab_cluster)
     hosts = {"cpu": list(CpuServer.objects.order_by("name")), "disk": list(DiskServer.objects.order_by("name"))}
-    _clear_guests_left_behind(hosts)
+    register.clear_guests(hosts["cpu"], hosts["disk"])
     return hosts
-
-
-def _clear_guests_left_behind(hosts: dict[str, list]) -> None:
-    """Start every test from a lab without guests. The database is emptied after each test, so a
-    domain, export or volume still on the hosts is what an interrupted test left behind, and it
-    would take the shelf slots the next test's VMs are given."""
-    from drivers import aoe, hypervisor, ssh, vblade
-    from drivers.errors import DriverError
-    from hosts.targets import ssh_target
-
-    stopped = []
-    for disk in hosts["disk"]:
-        try:
-            target = ssh_target(disk)
-            for export in vblade.list_exports(target):
-                vblade.stop_export(target, export.shelf, export.slot)
-                stopped.append((export.shelf, export.slot))
-            # Every volume, exported or not: a volume left behind makes the next create of that
-            # name refuse to overwrite it.
-            found = ssh.run(target, ["find", disk.volume_dir, "-maxdepth", "1", "-name", "*.img", "-type", "f"],
-                            timeout=30)
-            for path in found.stdout.split():
-                vblade.remove_volume(target, path)
-        except DriverError:
-            pass  # a host a test left down: the test that needs it brings the lab up
-    for cpu in hosts["cpu"]:
-        try:
-            for domain in hypervisor.list_domains(cpu.libvirt_uri):
-                if domain.name.startswith("xa-"):
-                    hypervisor.destroy(cpu.libvirt_uri, domain.name)
-                    hypervisor.undefine(cpu.libvirt_uri, domain.name)
-            for shelf, slot in stopped:
-                aoe.detach(ssh_target(cpu), shelf, slot)
-        except DriverError:
-            pass
 
 
 @pytest.fixture
