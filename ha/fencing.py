@@ -35,6 +35,7 @@ from ha.choices import IncidentKind, IncidentState
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from hosts.states import change_state
 from hosts.targets import ssh_target
 from storage.models import AoEExport
 
@@ -275,17 +276,7 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[st
 def mark_fenced(host: CpuServer) -> bool:
     """Compare-and-set the host's state (as read into `host`) to FENCED; False if someone changed
     it meanwhile (the caller re-reads and decides)."""
-    if host.state == HostState.FENCED:
-        return True
-    now = timezone.now()
-    changed = CpuServer.objects.filter(pk=host.pk, state=host.state).update(
-        state=HostState.FENCED, state_changed_at=now)
-    if changed:
-        host.state, host.state_changed_at = HostState.FENCED, now
-        from ha.monitor import publish_host
-
-        publish_host(host)
-    return bool(changed)
+    return host.state == HostState.FENCED or change_state(host, HostState.FENCED)
 
 
 def manual_confirmation_refused(incident: Incident, host: CpuServer | None) -> str | None:

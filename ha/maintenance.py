@@ -20,8 +20,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from drivers.errors import DriverError
+from ha import readmit
+from ha.fencing import restore_storage_access
 from hosts.choices import HostState
 from hosts.models import CpuServer
+from hosts.states import change_state
 from jobs.choices import ACTIVE_STATES, JobState, LogLevel
 from jobs.models import Job, JobLogEntry
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, append_log, job_kind
@@ -88,12 +91,7 @@ def enter_maintenance(host: CpuServer, user: AbstractBaseUser | None = None, *,
         locked = CpuServer.objects.select_for_update().get(pk=host.pk)
         if locked.state not in EVACUABLE:
             raise ValidationError(_cannot_evacuate(locked))
-        CpuServer.objects.filter(pk=host.pk, state__in=EVACUABLE).update(
-            state=HostState.MAINTENANCE, state_changed_at=timezone.now())
-        locked.state = HostState.MAINTENANCE
-        from ha.monitor import publish_host
-
-        publish_host(locked)
+        change_state(locked, HostState.MAINTENANCE)  # cannot miss under the row lock
         running = active_evacuation(locked)
         if running is not None:
             append_log(running, f"{host.name} entered maintenance (by {_who(user)}); this evacuation carries on")
@@ -125,23 +123,15 @@ def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> 
     be asked), and a storage fence is lifted only after that. Returns what was destroyed there."""
     with transaction.atomic():
         locked = _may_leave(host)
-    from ha.fencing import restore_storage_access
-    from ha.readmit import return_to_service
-
-    done = return_to_service(locked, user)
+    done = readmit.return_to_service(locked, user)
     try:  # every export's MAC list rebuilt: this host back in, or open again once no fence stands
         restore_storage_access()
     except DriverError as exc:
         raise ValidationError(f"{host.name} stays in maintenance: giving it its disks back failed: {exc}. "
                               "Return it to service again once the disk servers answer.") from exc
     with transaction.atomic():
-        _may_leave(host)
-        CpuServer.objects.filter(pk=host.pk, state=HostState.MAINTENANCE).update(
-            state=HostState.UP, state_changed_at=timezone.now())
+        change_state(_may_leave(host), HostState.UP)
     host.refresh_from_db(fields=["state", "state_changed_at", "storage_fenced_at"])
-    from ha.monitor import publish_host
-
-    publish_host(host)
     return done
 
 

@@ -438,7 +438,7 @@ async def test_incident_websocket_sends_the_backlog_then_live_events(django_user
     from django.test import Client
 
     from ha.incidents import open_incident, record
-    from ha.monitor import publish_host
+    from hosts.states import publish_host
     from xenaoe_panel.asgi import application
 
     def setup():
