@@ -89,13 +89,15 @@ class CpuServerViewSet(_HostViewSet):
                                                 max_mib_per_s=body.validated_data.get("max_mib_per_s"))
         return accepted(job, request)
 
-    @extend_schema(request=None, responses=CpuServerSerializer, summary="Maintenance -> up")
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer},
+                   summary="Return the CPU server to service: maintenance -> up (a host.return job; one "
+                           "already queued or running is returned)")
     @action(detail=True, methods=["post"], url_path="leave-maintenance")
     def leave_maintenance(self, request: Request, name: str | None = None) -> Response:
         host = self.get_object()
         with service_call():
-            maintenance.leave_maintenance(host, request.user)
-        return Response(self.get_serializer(self.get_object()).data)
+            job = maintenance.leave_maintenance(host, request.user)
+        return accepted(job, request)
 
 
 class DiskServerViewSet(_HostViewSet):

@@ -115,6 +115,9 @@ class EnterMaintenanceView(OperatorRequiredMixin, View):
 
 
 class ReturnToServiceView(OperatorRequiredMixin, View):
+    """A CPU server returns through a job (its stale guest copies destroyed, its disks given back
+    over SSH): the job's page follows it. A disk server returns at once (rows only)."""
+
     def post(self, request: HttpRequest, kind: str, pk: int) -> HttpResponse:
         if kind not in ("cpu", "disk"):
             raise Http404
@@ -122,15 +125,14 @@ class ReturnToServiceView(OperatorRequiredMixin, View):
         if host.state != HostState.MAINTENANCE:
             messages.error(request, f"{host.name} is {host.get_state_display().lower()}, not in maintenance.")
             return redirect(host)
-        done: list[str] = []
         try:
             if kind == "cpu":
-                done = maintenance.leave_maintenance(host, request.user) or []
-            else:
-                storage_health.return_to_service(host)
+                job = maintenance.leave_maintenance(host, request.user)
+                messages.success(request, f"Job #{job.pk} returns {host.name} to service.")
+                return redirect("job-detail", job.pk)
+            storage_health.return_to_service(host)
         except ValidationError as exc:
             messages.error(request, _errors(exc))
             return redirect(host)
-        # A storage-fenced host's stale guest copies went first: say which.
-        messages.success(request, f"{host.name} is back in service." + "".join(f" {line}." for line in done))
+        messages.success(request, f"{host.name} is back in service.")
         return redirect(host)
