@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from api.common import IsOperator, service_call
 from api.jobs import JobAcceptedSerializer, accepted
+from ha import maintenance, storage_health
 from hosts.choices import HostState, Hypervisor
 from hosts.models import CpuServer, DiskServer
 from hosts.verify import start_verify
@@ -80,24 +81,23 @@ class CpuServerViewSet(_HostViewSet):
                    summary="Put the CPU server in maintenance and evacuate its guests (a host.evacuate job)")
     @action(detail=True, methods=["post"], url_path="enter-maintenance")
     def enter_maintenance(self, request: Request, name: str | None = None) -> Response:
-        from ha.maintenance import enter_maintenance
-
         host = self.get_object()
         body = EnterMaintenanceSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         with service_call():
-            job = enter_maintenance(host, request.user, max_mib_per_s=body.validated_data.get("max_mib_per_s"))
+            job = maintenance.enter_maintenance(host, request.user,
+                                                max_mib_per_s=body.validated_data.get("max_mib_per_s"))
         return accepted(job, request)
 
-    @extend_schema(request=None, responses=CpuServerSerializer, summary="Maintenance -> up")
+    @extend_schema(request=None, responses={202: JobAcceptedSerializer},
+                   summary="Return the CPU server to service: maintenance -> up (a host.return job; one "
+                           "already queued or running is returned)")
     @action(detail=True, methods=["post"], url_path="leave-maintenance")
     def leave_maintenance(self, request: Request, name: str | None = None) -> Response:
-        from ha.maintenance import leave_maintenance
-
         host = self.get_object()
         with service_call():
-            leave_maintenance(host, request.user)
-        return Response(self.get_serializer(self.get_object()).data)
+            job = maintenance.leave_maintenance(host, request.user)
+        return accepted(job, request)
 
 
 class DiskServerViewSet(_HostViewSet):
@@ -110,11 +110,9 @@ class DiskServerViewSet(_HostViewSet):
                    summary="Maintenance -> up (refused while its failure incident is open)")
     @action(detail=True, methods=["post"], url_path="leave-maintenance")
     def leave_maintenance(self, request: Request, name: str | None = None) -> Response:
-        from ha.storage_health import return_to_service
-
         server = self.get_object()
         with service_call():
-            return_to_service(server)
+            storage_health.return_to_service(server)
         return Response(self.get_serializer(self.get_object()).data)
 
 

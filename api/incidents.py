@@ -18,6 +18,8 @@ from api.common import service_call
 from api.jobs import JobAcceptedSerializer, accepted
 from api.schema import DETAIL
 from ha.choices import EventKind, IncidentKind, IncidentState
+from ha.failover import confirm_fenced_manually
+from ha.fencing import manual_confirmation_refused
 from ha.models import Incident
 from ha.tenant_view import incident_summary, timeline
 from tenants.access import is_operator, tenant_of, visible_incidents
@@ -81,10 +83,7 @@ class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         incident = self.get_object()
         if not is_operator(request.user):
             raise PermissionDenied("only operators confirm a fence")
-        from ha.failover import confirm_fenced_manually
-        from ha.views import fence_confirmation_refused
-
-        refused = fence_confirmation_refused(incident)
+        refused = manual_confirmation_refused(incident, incident.cpu_server)
         if refused:
             return Response({"detail": refused}, status=status.HTTP_409_CONFLICT)
         with service_call():

@@ -124,12 +124,11 @@ def script_xml(vm_name: str, domain: str, legs_by_shelf: dict[int, str]) -> str:
     """The domain the panel defines for `vm_name`, as a script's own `domain`: another UUID, the
     script's legs, no NIC (its MAC is the panel VM's)."""
     from drivers import hypervisor
-    from storage.models import AoEExport
-    from vms.jobs import domain_spec
+    from vms.guest_setup import domain_spec, legs_of
     from vms.models import VirtualMachine
 
     vm = VirtualMachine.objects.select_related("cpu_server").get(name=vm_name)
-    legs = list(AoEExport.objects.filter(mirror__vm=vm).select_related("disk_server").order_by("leg"))
+    legs = legs_of(vm)
     spec = domain_spec(vm, legs)
     return hypervisor.domain_xml(dataclasses.replace(
         spec, name=domain, uuid=str(uuid.uuid4()), nics=(),

@@ -9,8 +9,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ha.incidents import INCIDENTS_GROUP, incident_group, tenant_incident_group, tenant_incidents_group
-from ha.monitor import HOSTS_GROUP
 from ha.tenant_view import incident_summary, timeline
+from hosts.states import HOSTS_GROUP
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, _after_serial
 from tenants.access import is_operator, tenant_of, visible_incidents
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -34,10 +33,8 @@ from jobs.choices import ACTIVE_STATES, LogLevel
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from jobs.services import start_job
-from vms import guest_setup
+from vms.bring_up import ACTIVE, bring_up
 from vms.choices import VmState
-from vms.events import set_vm_state
-from vms.jobs import _legs, domain_spec
 from vms.models import VirtualMachine
 from vms.placement import PlacementError, n_plus_one_shortfalls, release, reserve_move
 
@@ -50,7 +47,6 @@ DEAD_HOST_CHECK_TIMEOUT_S = 5
 SURVIVOR_CHECK_TIMEOUT_S = 15
 WAIT_FOR_EARLIER_JOB_S = 600  # a confirmation queued behind a running failover waits this long
 EARLIER_JOB_POLL_S = 2.0  # between two looks at the earlier job; no worker is held meanwhile
-RUNNING = {"running", "paused", "blocked"}
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +238,7 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
     def ask(server: CpuServer) -> set[str] | str:
         timeout = DEAD_HOST_CHECK_TIMEOUT_S if server.pk == dead.pk else SURVIVOR_CHECK_TIMEOUT_S
         try:
-            return {d.name for d in hypervisor.list_domains(server.libvirt_uri, timeout=timeout) if d.state in RUNNING}
+            return {d.name for d in hypervisor.list_domains(server.libvirt_uri, timeout=timeout) if d.state in ACTIVE}
         except DriverError as exc:
             return str(exc)
 
@@ -250,30 +246,6 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
         return dict(zip([s.name for s in asked], pool.map(ask, asked), strict=True))
 
 
-def _restart_on(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
-    prepared = guest_setup.prepare_host(vm, _legs(vm), target, lambda message: ctx.log(f"{vm.name}: {message}"),
-                                        degraded_ok=True)
-    # The definition is the guest's own, rebuilt for the target's hypervisor.
-    spec = replace(domain_spec(vm, prepared.legs, prepared.cdrom), hypervisor=target.hypervisor)
-    hypervisor.define(target.libvirt_uri, hypervisor.domain_xml(spec))
-    try:
-        hypervisor.start(target.libvirt_uri, vm.domain_name)
-        info = hypervisor.domain_info(target.libvirt_uri, vm.domain_name)
-        if info is None or info.state != "running":
-            raise JobFailed(f"{vm.domain_name} is {info.state if info else 'gone'} on {target.name} after start")
-    except (DriverError, JobFailed):
-        try:  # leave no stopped definition behind for cluster verify to trip over
-            if (hypervisor.domain_info(target.libvirt_uri, vm.domain_name) or _NOT_RUNNING).state not in RUNNING:
-                hypervisor.undefine(target.libvirt_uri, vm.domain_name)
-        except DriverError:
-            pass
-        raise
-    with transaction.atomic():
-        VirtualMachine.objects.filter(pk=vm.pk).update(cpu_server=target)
-        set_vm_state(vm.pk, VmState.RUNNING, booted=True)
-
-
-_NOT_RUNNING = hypervisor.DomainInfo("", "", "shutoff", False)
 # A start that fails for a passing reason is tried again on the same server: found by the fault
 # suite, a target still tearing down the incoming copy of a migration the dead host was driving
 # refuses the definition ("domain ... is already being removed") for a moment.
@@ -281,9 +253,11 @@ RESTART_RETRY_DELAYS_S = (2.0, 5.0)
 
 
 def _restart_with_retries(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
+    """Up on `target` from its disks, as a start brings a guest up (vms/bring_up.py); on its one leg
+    that answers when a disk server is down too."""
     for delay in (*RESTART_RETRY_DELAYS_S, None):
         try:
-            _restart_on(ctx, vm, target)
+            bring_up(vm, target, lambda message: ctx.log(f"{vm.name}: {message}"), degraded_ok=True)
             return
         except DriverError as exc:
             if exc.permanent or delay is None:

@@ -19,7 +19,7 @@ job are ha/failover.py's.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -35,6 +35,7 @@ from ha.choices import IncidentKind, IncidentState
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from hosts.states import change_state
 from hosts.targets import ssh_target
 from storage.models import AoEExport
 
@@ -246,12 +247,13 @@ def fence_by_storage(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
                         data={"allowed_macs": macs, "unreachable": [r.name for r in results if r.error]})
 
 
-def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[str]:
+def restore_storage_access(disks: Iterable[DiskServer] | None = None, *,
+                           log: Callable[[str], object] = lambda _message: None) -> list[str]:
     """Bring every running export (of `disks`, default every disk server that is not down) in line
     with storage_acl(): the lists after a host returned to service (its MAC back in, or every export
     open again once no fence stands), or after a disk server that missed a fence came back. Returns
-    what changed; raises DriverError when a disk server cannot be brought in line or no safe list
-    exists (the operator must know)."""
+    what changed, and `log`s it disk server by disk server; raises DriverError when a disk server
+    cannot be brought in line or no safe list exists (the operator must know)."""
     try:
         acl = storage_acl()
     except UnsafeAcl as exc:
@@ -261,12 +263,18 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[st
     changed = []
     for disk in disks:
         target = ssh_target(disk)
-        for export in vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S):
+        exports = vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S)
+        mine = []
+        for export in exports:
             current = sorted(_mac(m) for m in export.macs) or None
             if current == acl:
                 continue
             vblade.start_export(target, export.spec, allowed_macs=acl, timeout=settings.FENCE_STORAGE_TIMEOUT_S)
-            changed.append(f"e{export.shelf}.{export.slot} on {disk.name}: ACL {','.join(acl) if acl else 'open'}")
+            mine.append(f"e{export.shelf}.{export.slot} on {disk.name}: ACL {','.join(acl) if acl else 'open'}")
+        log(f"{disk.name}: {len(exports)} export{'' if len(exports) == 1 else 's'}, "
+            + (f"{len(mine)} restarted with the MAC list {','.join(acl) if acl else 'open to every initiator'}"
+               if mine else "every MAC list already right"))
+        changed += mine
     return changed
 
 
@@ -275,17 +283,7 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None) -> list[st
 def mark_fenced(host: CpuServer) -> bool:
     """Compare-and-set the host's state (as read into `host`) to FENCED; False if someone changed
     it meanwhile (the caller re-reads and decides)."""
-    if host.state == HostState.FENCED:
-        return True
-    now = timezone.now()
-    changed = CpuServer.objects.filter(pk=host.pk, state=host.state).update(
-        state=HostState.FENCED, state_changed_at=now)
-    if changed:
-        host.state, host.state_changed_at = HostState.FENCED, now
-        from ha.monitor import publish_host
-
-        publish_host(host)
-    return bool(changed)
+    return host.state == HostState.FENCED or change_state(host, HostState.FENCED)
 
 
 def manual_confirmation_refused(incident: Incident, host: CpuServer | None) -> str | None:

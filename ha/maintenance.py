@@ -1,15 +1,20 @@
-"""Maintenance and evacuation of a CPU server: its running guests live-migrated to the others.
+"""Maintenance and evacuation of a CPU server: its running guests live-migrated to the others,
+and its return to service.
 
 Entering maintenance, or the monitor's policy for a host that turned suspect, starts one
 "host.evacuate" job. It plans a target for every running guest (packed into the free memory of
 the other CPU servers that are up), starts one vm.migrate child job per guest, a few at a time
 (migrations compete for the link), waits for them and relays their progress into its own log.
 Guests that cannot move are listed with the reason; the job fails when there is any.
+Leaving maintenance starts one "host.return" job: the host's stale guest copies destroyed
+(ha/readmit.py), every export's MAC list rebuilt so that it has its disks, then up.
 Docs: docs/maintenance.md.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,8 +25,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from drivers.errors import DriverError
+from ha import readmit
+from ha.fencing import restore_storage_access
 from hosts.choices import HostState
 from hosts.models import CpuServer
+from hosts.states import change_state
 from jobs.choices import ACTIVE_STATES, JobState, LogLevel
 from jobs.models import Job, JobLogEntry
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, append_log, job_kind
@@ -32,6 +40,7 @@ from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, reserve
 
 EVACUATE = "host.evacuate"
+RETURN = "host.return"
 POLL_S = 0.5
 RELAY_EVERY_S = 1.0  # a child's progress reaches the parent's log at most once a second per child
 # A child nobody picks up means every worker slot is taken (the parent holds one itself): say so
@@ -56,6 +65,10 @@ def _cap(max_mib_per_s: int | None) -> int | None:
 
 def active_evacuation(host: CpuServer) -> Job | None:
     return Job.objects.filter(kind=EVACUATE, params__host=host.name, state__in=ACTIVE_STATES).order_by("pk").first()
+
+
+def active_return(host: CpuServer) -> Job | None:
+    return Job.objects.filter(kind=RETURN, params__host=host.name, state__in=ACTIVE_STATES).order_by("pk").first()
 
 
 def _who(user: AbstractBaseUser | None) -> str:
@@ -88,12 +101,7 @@ def enter_maintenance(host: CpuServer, user: AbstractBaseUser | None = None, *,
         locked = CpuServer.objects.select_for_update().get(pk=host.pk)
         if locked.state not in EVACUABLE:
             raise ValidationError(_cannot_evacuate(locked))
-        CpuServer.objects.filter(pk=host.pk, state__in=EVACUABLE).update(
-            state=HostState.MAINTENANCE, state_changed_at=timezone.now())
-        locked.state = HostState.MAINTENANCE
-        from ha.monitor import publish_host
-
-        publish_host(locked)
+        change_state(locked, HostState.MAINTENANCE)  # cannot miss under the row lock
         running = active_evacuation(locked)
         if running is not None:
             append_log(running, f"{host.name} entered maintenance (by {_who(user)}); this evacuation carries on")
@@ -118,31 +126,19 @@ def _may_leave(host: CpuServer) -> CpuServer:
     return locked
 
 
-def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
-    """Maintenance -> up, once the host has its disks. Refused while an evacuation of the host is
-    queued or running: a host taking new guests while its own are moved away would undo it. The host
-    first loses every stale guest copy, running or only defined (ha.readmit; refused when it cannot
-    be asked), and a storage fence is lifted only after that. Returns what was destroyed there."""
+def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> Job:
+    """Queue the return of `host` to service (a host.return job): maintenance -> up, once it has
+    its disks. Refused with a ValidationError saying why unless it is in maintenance with no
+    evacuation queued or running (a host taking new guests while its own are moved away would undo
+    it); a return already queued or running is returned. The job first destroys every stale guest
+    copy on the host, running or only defined (ha.readmit; it fails when the host cannot be asked),
+    and lifts a storage fence only after that."""
     with transaction.atomic():
         locked = _may_leave(host)
-    from ha.fencing import restore_storage_access
-    from ha.readmit import return_to_service
-
-    done = return_to_service(locked, user)
-    try:  # every export's MAC list rebuilt: this host back in, or open again once no fence stands
-        restore_storage_access()
-    except DriverError as exc:
-        raise ValidationError(f"{host.name} stays in maintenance: giving it its disks back failed: {exc}. "
-                              "Return it to service again once the disk servers answer.") from exc
-    with transaction.atomic():
-        _may_leave(host)
-        CpuServer.objects.filter(pk=host.pk, state=HostState.MAINTENANCE).update(
-            state=HostState.UP, state_changed_at=timezone.now())
-    host.refresh_from_db(fields=["state", "state_changed_at", "storage_fenced_at"])
-    from ha.monitor import publish_host
-
-    publish_host(host)
-    return done
+        running = active_return(locked)
+        if running is not None:
+            return running
+        return start_job(RETURN, target_name=host.name, user=user, params={"host": host.name})
 
 
 def evacuate_suspect(host: CpuServer, reason: str) -> Job | None:
@@ -408,4 +404,63 @@ def plan_evacuate(ctx: JobContext) -> list[Step]:
         Step(f"Plan: a target for every running guest of {host}", plan_step),
         Step(f"Migrate the guests off {host}", migrate_step),
         Step("Summary", summary_step),
+    ]
+
+
+# --- the return to service ---------------------------------------------------------------------
+
+@contextmanager
+def _refusal_fails() -> Iterator[None]:
+    """A service's refusal (ValidationError), inside a step: the job fails with its message."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise JobFailed("; ".join(exc.messages)) from exc
+
+
+def may_leave_step(ctx: JobContext) -> None:
+    with transaction.atomic(), _refusal_fails():
+        host = _may_leave(_host(ctx))
+    fence = (f"; left out of every export by a storage fence since {host.storage_fenced_at:%Y-%m-%d %H:%M:%S} UTC, "
+             "lifted once its stale guest copies are gone" if host.storage_fenced_at else "")
+    ctx.log(f"{host.name} is in maintenance, no evacuation under way{fence}")
+
+
+def stale_copies_step(ctx: JobContext) -> None:
+    host = _host(ctx)
+    with _refusal_fails():
+        destroyed = readmit.return_to_service(host, ctx.job.user)
+    for line in destroyed:
+        ctx.log(line, destroyed=True)
+    if not destroyed:
+        ctx.log(f"no stale guest copy on {host.name}")
+    ctx.data["destroyed"] = len(destroyed)
+
+
+def disks_step(ctx: JobContext) -> None:
+    host = _host(ctx)
+    try:  # this host back in every export's MAC list, or every export open again once no fence stands
+        restore_storage_access(log=ctx.log)
+    except DriverError as exc:
+        raise JobFailed(f"{host.name} stays in maintenance: giving it its disks back failed: {exc}. "
+                        "Return it to service again once the disk servers answer.") from exc
+
+
+def up_step(ctx: JobContext) -> None:
+    with transaction.atomic(), _refusal_fails():
+        change_state(_may_leave(_host(ctx)), HostState.UP)
+    destroyed = ctx.data.get("destroyed", 0)
+    ctx.data["result"] = f"{ctx.job.params['host']} is up: it takes guests again" + (
+        f" ({destroyed} stale guest cop{'y' if destroyed == 1 else 'ies'} destroyed first)" if destroyed else "")
+    ctx.log(ctx.data["result"])
+
+
+@job_kind(RETURN, ha=True)
+def plan_return(ctx: JobContext) -> list[Step]:
+    host = ctx.job.params["host"]
+    return [
+        Step(f"Check {host} may leave maintenance", may_leave_step),
+        Step(f"Remove the stale guest copies on {host}", stale_copies_step),
+        Step(f"Give {host} its disks back: every export's MAC list", disks_step),
+        Step(f"Return {host} to service", up_step),
     ]

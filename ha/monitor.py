@@ -3,9 +3,13 @@
 The checks are I/O (SSH, libvirt, an AoE probe on the SAN, the BMC's sensors) and sit behind
 injectable functions; the transitions are pure (`decide`, `decide_san`, `decide_bmc`,
 `decide_well_again`), so they are tested without a cluster. Every write
-to a host row is a compare-and-set on the state the cycle read (`filter(pk=..., state=old).update()`):
-two monitors running at once never both act on a transition, and a state set meanwhile by someone
-else (fencing, maintenance) is never overwritten — the next cycle reads it.
+to a host row is a compare-and-set on the state the cycle read (hosts/states.py, as for every other
+writer): two monitors running at once never both act on a transition, and a state set meanwhile by
+someone else (fencing, maintenance) is never overwritten — the next cycle reads it.
+
+The monitor decides and records (the host's state, an incident); what acts on a decision is a job
+it queues through the verbs of ha/failover.py and ha/maintenance.py, run by a worker. Nothing it
+queues calls back into it.
 
 Only the leading monitor checks and acts (ha/leadership.py: a PostgreSQL advisory lock); another one
 stands by, trying to take the lead each cycle. One that takes over first finishes the decisions its
@@ -27,7 +31,7 @@ from django.utils import timezone
 
 from drivers import aoe, hypervisor, ipmi, ssh
 from drivers.errors import DriverError
-from ha import storage_health, takeover
+from ha import failover, maintenance, storage_health, takeover
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident, record
 from ha.leadership import GAINED, LOST, Leadership, SoleLeadership
@@ -35,17 +39,15 @@ from ha.models import Incident
 from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
+from hosts.states import Host, change_state
 from hosts.targets import ssh_target
 from jobs.choices import JobState
 from jobs.models import Job
 from storage.guest_health import GuestHealthWatch
 from vms.models import VirtualMachine
-from xenaoe_panel.broadcast import send_on_commit
 
 logger = logging.getLogger(__name__)
-HOSTS_GROUP = "hosts"
 Address = tuple[int, int]  # (shelf, slot)
-Host = CpuServer | DiskServer
 # Hosts that are not expected to answer: they are still checked, an answer is news.
 DOWN = frozenset({HostState.DEAD, HostState.FENCED})
 DECLARE_DEAD, RETURNED, SAN_SUSPECT = "declare-dead", "returned", "san-suspect"
@@ -181,23 +183,6 @@ def read_bmc(host: CpuServer, timeout: float) -> BmcResult:
     except DriverError as exc:
         return BmcResult(error=str(exc))
     return BmcResult(tuple(sensor.describe() for sensor in sensors if sensor.failing))
-
-
-# --- publishing ----------------------------------------------------------------------------------
-
-def host_event(host: Host) -> dict[str, Any]:
-    return {"type": "host.state", "host": {
-        "kind": "cpu" if isinstance(host, CpuServer) else "disk", "id": host.pk, "name": host.name,
-        "state": host.state, "state_display": host.get_state_display(), "colour": host.state_colour,
-        "missed_checks": host.missed_checks, "last_check_error": host.last_check_error,
-        "last_seen_at": host.last_seen_at.isoformat() if host.last_seen_at else None,
-    }}
-
-
-def publish_host(host: Host) -> None:
-    """Push a host's state to the pages (group "hosts") after the transaction commits. Others who
-    change a host's state (fencing, maintenance) may call it; the monitor also notices within a cycle."""
-    send_on_commit([HOSTS_GROUP], host_event(host), f"the state of {host.name}")
 
 
 # --- the cycle -----------------------------------------------------------------------------------
@@ -461,35 +446,29 @@ class Monitor:
 
     def _evacuation_since_suspect(self, host: CpuServer) -> Job | None:
         """The host.evacuate job started since the host turned suspect, if any (the policy's)."""
-        from ha.maintenance import EVACUATE
-
-        jobs = Job.objects.filter(kind=EVACUATE, params__host=host.name)
+        jobs = Job.objects.filter(kind=maintenance.EVACUATE, params__host=host.name)
         if host.state_changed_at is not None:
             jobs = jobs.filter(created_at__gte=host.state_changed_at)
         return jobs.order_by("-pk").first()
 
     def _apply(self, host: Host, decision: Decision, answered: bool, error: str, report: CycleReport) -> None:
-        now = timezone.now()
         fields: dict[str, Any] = {"missed_checks": decision.missed, "last_check_error": error[:2000]}
         if answered:
-            fields["last_seen_at"] = now
-        if decision.state != host.state:
-            fields.update(state=decision.state, state_changed_at=now)
+            fields["last_seen_at"] = timezone.now()
+        # Published only when what the pages show changed: not every cycle for every host.
+        seen = (decision.state, decision.missed, fields["last_check_error"])
+        key = ("cpu" if isinstance(host, CpuServer) else "disk", host.pk)
+        news = self._published.get(key) != seen
+        old = host.state
         # Compare-and-set: someone else (a second monitor, fencing, maintenance) changed the state
         # since this cycle read it: do nothing, the next cycle reads the new state.
-        if not type(host).objects.filter(pk=host.pk, state=host.state).update(**fields):
+        if not change_state(host, decision.state, publish=news, **fields):
             return
-        old = host.state
-        for name, value in fields.items():
-            setattr(host, name, value)
+        if news:
+            self._published[key] = seen
         report.states[host.name] = host.state
         if old != host.state:
             report.changes.append(f"{host.name}: {old} -> {host.state}" + (f" ({error})" if error else ""))
-        seen = (host.state, host.missed_checks, host.last_check_error)
-        key = ("cpu" if isinstance(host, CpuServer) else "disk", host.pk)
-        if self._published.get(key) != seen:
-            self._published[key] = seen
-            publish_host(host)
         if decision.action == DECLARE_DEAD:
             self._declare_dead(host, f"{host.name} missed {decision.missed} checks: {error}", report)
         elif decision.action == STRANDED:
@@ -517,9 +496,7 @@ class Monitor:
             record(incident, EventKind.NOTE, f"{host.name} declared dead again while this incident is open")
             return
         report.changes.append(f"{host.name}: incident #{incident.pk} opened, starting failover")
-        from ha.failover import start_failover_noted
-
-        job = start_failover_noted(incident)
+        job = failover.start_failover_noted(incident)
         if job is not None:
             report.changes.append(f"{host.name}: failover job #{job.pk}")
 
@@ -543,9 +520,7 @@ class Monitor:
         if not (self.evacuate if evacuate is None else evacuate) or not isinstance(host, CpuServer):
             return
         try:
-            from ha.maintenance import evacuate_suspect
-
-            job = evacuate_suspect(host, reason)
+            job = maintenance.evacuate_suspect(host, reason)
         except Exception:
             logger.exception("evacuate_suspect failed for %s", host.name)
             return

@@ -6,7 +6,7 @@ never get its disks back: its writes would resume beside the new copy's. So befo
 MAC goes back in any export's list, the panel asks the host (libvirt) which domains it holds,
 forces off and undefines every panel domain that is not a guest placed on that host, and asks
 again to prove none is left. A host that cannot be asked stays fenced. Each copy destroyed is an
-event on the host's incident. ha.maintenance.leave_maintenance (the operator's "Return to
+event on the host's incident. The host.return job (ha/maintenance.py: the operator's "Return to
 service") calls `readmit` for a host with `storage_fenced_at` set.
 """
 from __future__ import annotations
@@ -68,8 +68,8 @@ def failed_over_since_its_return(host: CpuServer) -> bool:
 
 
 def return_to_service(host: CpuServer, user: AbstractBaseUser | None = None) -> list[str]:
-    """What a CPU server in maintenance goes through before it takes guests again (called by
-    ha.maintenance.leave_maintenance): a storage fence lifted (`readmit`); after any other fence,
+    """What a CPU server in maintenance goes through before it takes guests again (a step of the
+    host.return job, ha/maintenance.py): a storage fence lifted (`readmit`); after any other fence,
     its stale copies removed, and it cannot return while it cannot be asked; after a plain
     maintenance, stale copies removed if it answers (a failed migration may have left one; verify
     reports what stays)."""

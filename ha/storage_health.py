@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch, Q
 
 from drivers import vblade
@@ -23,6 +24,7 @@ from ha.incidents import close, open_incident, record, set_state
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import DiskServer
+from hosts.states import change_state
 from hosts.targets import ssh_target
 from storage.choices import ExportState, MirrorHealth, MirrorState
 from storage.models import AoEExport, Mirror
@@ -191,13 +193,9 @@ def _plug_back(server: DiskServer, incident: Incident) -> list[str]:
 def return_to_service(server: DiskServer) -> None:
     """Maintenance -> up for a disk server (an operator's decision). Refused while its failure
     incident is open: some mirror with a leg on it is not healthy yet."""
-    from django.core.exceptions import ValidationError
-    from django.utils import timezone
-
     open_incident_ = Incident.objects.filter(disk_server=server, kind=IncidentKind.DISK_SERVER_FAILED).exclude(
         state=IncidentState.CLOSED).first()
     if open_incident_ is not None:
         raise ValidationError(f"{server.name}: incident #{open_incident_.pk} is still open (mirrors not healthy yet)")
-    if not DiskServer.objects.filter(pk=server.pk, state=HostState.MAINTENANCE).update(
-            state=HostState.UP, state_changed_at=timezone.now(), missed_checks=0):
+    if not change_state(server, HostState.UP, expected=HostState.MAINTENANCE, missed_checks=0):
         raise ValidationError(f"{server.name} is not in maintenance")

@@ -24,6 +24,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.db.models import Q
 
+from ha import failover
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import record
 from ha.models import Incident
@@ -33,8 +34,6 @@ from jobs.models import Job
 from jobs.queues import send
 from jobs.recovery import UNCLAIMED
 from jobs.runner import append_log
-
-FAILOVER_JOB = "host.failover"  # ha.failover.JOB_KIND, not imported: the monitor imports failover lazily
 
 
 def _has_incident_since(host: CpuServer | DiskServer, kind: str) -> bool:
@@ -60,25 +59,23 @@ def dead_without_incident() -> list[CpuServer | DiskServer]:
 
 def incidents_without_failover() -> list[Incident]:
     """Open CPU-server incidents with no failover job at all, their host still dead."""
-    with_jobs = Job.objects.filter(kind=FAILOVER_JOB).values_list("params__incident", flat=True)
+    with_jobs = Job.objects.filter(kind=failover.JOB_KIND).values_list("params__incident", flat=True)
     return list(Incident.objects.filter(kind=IncidentKind.CPU_SERVER_FAILED, cpu_server__state=HostState.DEAD)
                 .exclude(state=IncidentState.CLOSED).exclude(pk__in=[pk for pk in with_jobs if pk is not None]))
 
 
 def resume_failover(incident: Incident, changes: list[str]) -> None:
     """Queue the failover the last leader did not; start_failover refuses a second one."""
-    from ha.failover import start_failover_noted
-
     record(incident, EventKind.NOTE, "the monitor that led stopped before starting the failover; "
                                      "the monitor now leading starts it")
-    job = start_failover_noted(incident)
+    job = failover.start_failover_noted(incident)
     if job is not None:
         changes.append(f"{incident.host_name}: incident #{incident.pk} resumed, failover job #{job.pk}")
 
 
 def resend_unclaimed_failovers(changes: list[str]) -> list[Job]:
     """Send again the message of every failover job still waiting for a worker."""
-    waiting = list(Job.objects.filter(UNCLAIMED, kind=FAILOVER_JOB))
+    waiting = list(Job.objects.filter(UNCLAIMED, kind=failover.JOB_KIND))
     for job in waiting:
         with transaction.atomic():
             append_log(job, "the monitor that led may have stopped before its message left: the monitor now "

@@ -14,10 +14,10 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, ListView
 
+from ha import failover, maintenance, storage_health
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.fencing import manual_confirmation_refused
 from ha.models import Incident
-from ha.storage_health import exposed_guests
 from ha.tenant_view import timeline
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
@@ -31,8 +31,8 @@ def open_first(queryset):
 
 
 def fence_confirmation_refused(incident: Incident) -> str | None:
-    """Why the page (or the API) offers no "I confirm it is off" now; None when it does. The verb
-    asks the same rule again under its locks."""
+    """Why the page offers no "I confirm it is off" now; None when it does. The API asks the same
+    rule, and the verb asks it again under its locks."""
     return manual_confirmation_refused(incident, incident.cpu_server)
 
 
@@ -81,7 +81,7 @@ class IncidentDetailView(LoginRequiredMixin, DetailView):
             context["fence_refused"] = fence_confirmation_refused(incident)
             context["can_confirm_fence"] = context["fence_refused"] is None
         if incident.kind == IncidentKind.DISK_SERVER_FAILED and incident.is_open:
-            context["exposed"] = exposed_guests()
+            context["exposed"] = storage_health.exposed_guests()
         return context
 
 
@@ -92,10 +92,8 @@ class ConfirmFencedView(OperatorRequiredMixin, View):
         if refused:
             messages.error(request, f"Nothing recorded: {refused}.")
             return redirect(incident)
-        from ha.failover import confirm_fenced_manually
-
         try:
-            job = confirm_fenced_manually(incident, request.user)
+            job = failover.confirm_fenced_manually(incident, request.user)
         except ValidationError as exc:
             messages.error(request, _errors(exc))
             return redirect(incident)
@@ -107,10 +105,8 @@ class ConfirmFencedView(OperatorRequiredMixin, View):
 class EnterMaintenanceView(OperatorRequiredMixin, View):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         host = get_object_or_404(CpuServer, pk=pk)
-        from ha.maintenance import enter_maintenance
-
         try:
-            job = enter_maintenance(host, request.user)
+            job = maintenance.enter_maintenance(host, request.user)
         except ValidationError as exc:
             messages.error(request, _errors(exc))
             return redirect(host)
@@ -119,6 +115,9 @@ class EnterMaintenanceView(OperatorRequiredMixin, View):
 
 
 class ReturnToServiceView(OperatorRequiredMixin, View):
+    """A CPU server returns through a job (its stale guest copies destroyed, its disks given back
+    over SSH): the job's page follows it. A disk server returns at once (rows only)."""
+
     def post(self, request: HttpRequest, kind: str, pk: int) -> HttpResponse:
         if kind not in ("cpu", "disk"):
             raise Http404
@@ -126,19 +125,14 @@ class ReturnToServiceView(OperatorRequiredMixin, View):
         if host.state != HostState.MAINTENANCE:
             messages.error(request, f"{host.name} is {host.get_state_display().lower()}, not in maintenance.")
             return redirect(host)
-        done: list[str] = []
         try:
             if kind == "cpu":
-                from ha.maintenance import leave_maintenance
-
-                done = leave_maintenance(host, request.user) or []
-            else:
-                from ha.storage_health import return_to_service
-
-                return_to_service(host)
+                job = maintenance.leave_maintenance(host, request.user)
+                messages.success(request, f"Job #{job.pk} returns {host.name} to service.")
+                return redirect("job-detail", job.pk)
+            storage_health.return_to_service(host)
         except ValidationError as exc:
             messages.error(request, _errors(exc))
             return redirect(host)
-        # A storage-fenced host's stale guest copies went first: say which.
-        messages.success(request, f"{host.name} is back in service." + "".join(f" {line}." for line in done))
+        messages.success(request, f"{host.name} is back in service.")
         return redirect(host)

@@ -31,6 +31,7 @@ from storage.choices import ExportState
 from storage.models import AoEExport
 from vms.choices import VmState
 from vms.events import publish_vm
+from vms.guest_setup import legs_of
 from vms.models import VirtualMachine
 
 DOMAIN_NAME = re.compile(rf"{DOMAIN_PREFIX}[a-z][a-z0-9-]{{0,62}}")  # the panel's names only
@@ -121,7 +122,7 @@ def start_domain(ctx: JobContext, args: dict[str, Any]) -> str:
     if _active(info):
         return f"nothing done: {vm.domain_name} is already {info.state} on {cpu.name}"
     # After a reboot of the CPU server its /dev/etherd devices are gone: the domain needs them.
-    for leg in AoEExport.objects.filter(mirror__vm=vm).order_by("leg"):
+    for leg in legs_of(vm):
         ctx.log(f"{leg.name} is {aoe.attach(ssh_target(cpu), leg.shelf, leg.slot)} on {cpu.name}")
     info = hypervisor.start(cpu.libvirt_uri, vm.domain_name)
     return f"{vm.domain_name} started on {cpu.name}: {info.state}"

@@ -179,7 +179,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "incident-confirm-fenced": [Rule(OPERATOR, unfenced_incident, "post", ok=(302,))],
     "host-enter-maintenance": [Rule(OPERATOR, lambda w, _: {"pk": w.cpu["cpu2"].pk}, "post", ok=(302,))],
     "host-return-to-service": [Rule(OPERATOR, lambda w, _: {"kind": "cpu", "pk": w.cpu["cpu3"].pk}, "post",
-                                    ok=(302,))],
+                                    ok=JOB_STARTED_PAGE)],
     "image-list": [Rule(SIGNED_IN)],
     "image-detail": [Rule(TENANT, lambda w, whose: {"name": w.images[whose].name})],
     "image-upload": [Rule(OPERATOR)],
@@ -224,9 +224,7 @@ API_RULES: dict[str, list[Rule]] = {
     "api:cpuserver-list": [Rule(OPERATOR)],
     "api:cpuserver-detail": [Rule(OPERATOR, cpu("cpu1"))],
     "api:cpuserver-enter-maintenance": [Rule(OPERATOR, cpu("cpu2"), "post", ok=JOB_STARTED_API)],
-    # Leaving maintenance gives the host its disks back over SSH, which these made-up addresses do
-    # not answer: the operator is let through, and told why it failed.
-    "api:cpuserver-leave-maintenance": [Rule(OPERATOR, cpu("cpu3"), "post", ok=(200, 400))],
+    "api:cpuserver-leave-maintenance": [Rule(OPERATOR, cpu("cpu3"), "post", ok=JOB_STARTED_API)],
     "api:diskserver-list": [Rule(OPERATOR)],
     "api:diskserver-detail": [Rule(OPERATOR, cpu("disk1"))],
     "api:diskserver-leave-maintenance": [Rule(OPERATOR, cpu("disk3"), "post")],

@@ -367,6 +367,11 @@ def test_verify_and_maintenance_start_jobs(world, op):
     assert again.status_code == 400 and "already in maintenance" in again.json()["non_field_errors"][0]
     busy = op.post("/api/cpu-servers/cpu1/leave-maintenance/")
     assert busy.status_code == 400 and "still being evacuated" in busy.json()["non_field_errors"][0]
+    Job.objects.filter(pk=evacuate.json()["id"]).update(state="succeeded")
+    back = op.post("/api/cpu-servers/cpu1/leave-maintenance/")
+    assert back.status_code == 202 and back.json()["kind"] == "host.return"
+    assert back["Location"] == back.json()["job_url"]
+    assert op.get("/api/cpu-servers/cpu1/").json()["state"] == "maintenance"  # until a worker runs the job
     not_in = op.post("/api/disk-servers/disk1/leave-maintenance/")
     assert not_in.status_code == 400 and "not in maintenance" in not_in.json()["non_field_errors"][0]
 

@@ -26,7 +26,7 @@ from networks.services import NetworkRequest, create_network, random_mac
 from sshkeys.validation import parse_key, parse_keys
 from storage.models import AoEExport
 from vms import guest_setup
-from vms.jobs import domain_spec
+from vms.guest_setup import domain_spec
 from vms.models import VirtualMachine
 from vms.passwords import generate_password, hash_password, sha512_crypt
 from vms.services import VmRequest, create_vm

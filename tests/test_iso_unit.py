@@ -23,7 +23,7 @@ from jobs.models import Job
 from storage.models import AoEExport
 from tenants.services import add_user, create_tenant
 from vms import guest_setup
-from vms.jobs import domain_spec
+from vms.guest_setup import domain_spec
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, eject_cd
 

@@ -17,6 +17,7 @@ from django.test import override_settings
 from ha import maintenance
 from ha.maintenance import (
     EVACUATE,
+    RETURN,
     Stay,
     active_evacuation,
     enter_maintenance,
@@ -26,7 +27,7 @@ from ha.maintenance import (
 )
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
-from jobs import runner
+from jobs import queues, runner
 from jobs.choices import JobState
 from jobs.models import Job
 from vms.choices import VmState
@@ -168,8 +169,47 @@ def test_leaving_maintenance_waits_for_the_evacuation(cpus):
     with pytest.raises(ValidationError, match=f"still being evacuated by job #{job.pk} \\(queued\\)"):
         leave_maintenance(host)
     Job.objects.filter(pk=job.pk).update(state=JobState.FAILED)
-    leave_maintenance(host)
-    assert host.state == HostState.UP == _state(host)
+    returned = leave_maintenance(host)
+    assert _run(returned).state == JobState.SUCCEEDED
+    assert _state(host) == HostState.UP
+
+
+def _run(job: Job) -> Job:
+    runner.run_job(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def test_leaving_maintenance_queues_a_job_that_returns_the_host_to_up(cpus):
+    host = cpus["cpu2"]
+    CpuServer.objects.filter(pk=host.pk).update(state=HostState.MAINTENANCE)
+    job = leave_maintenance(host)
+    # The request only queues it: no host is asked before a worker runs it.
+    assert (job.kind, job.state, job.target_name, job.params) == (RETURN, JobState.QUEUED, "cpu2", {"host": "cpu2"})
+    assert " cpu2 " in job.hosts and queues.is_ha(job)
+    assert _state(host) == HostState.MAINTENANCE
+    assert leave_maintenance(host) == job  # asked again while it waits: the same job, not a second
+    job = _run(job)
+    assert (job.state, job.message) == (JobState.SUCCEEDED, "cpu2 is up: it takes guests again")
+    assert _state(host) == HostState.UP
+    assert "cpu2" in [c.server.name for c in cpu_candidates()]
+    messages = list(job.log.order_by("serial").values_list("message", flat=True))
+    assert [m for m in messages if m.startswith("Step ")][:4] == [
+        "Step 1/4: Check cpu2 may leave maintenance", "Step 2/4: Remove the stale guest copies on cpu2",
+        "Step 3/4: Give cpu2 its disks back: every export's MAC list", "Step 4/4: Return cpu2 to service"]
+    assert "cpu2 is in maintenance, no evacuation under way" in messages
+    assert "no stale guest copy on cpu2" in messages
+
+
+def test_a_return_finding_the_host_no_longer_in_maintenance_fails_and_changes_nothing(cpus):
+    host = cpus["cpu2"]
+    CpuServer.objects.filter(pk=host.pk).update(state=HostState.MAINTENANCE)
+    job = leave_maintenance(host)
+    CpuServer.objects.filter(pk=host.pk).update(state=HostState.DEAD)  # the monitor, meanwhile
+    job = _run(job)
+    assert (job.state, job.message) == (JobState.FAILED, "Check cpu2 may leave maintenance failed: cpu2 is dead, "
+                                                         "not in maintenance")
+    assert _state(host) == HostState.DEAD
 
 
 def test_evacuate_suspect_starts_one_evacuation_and_leaves_the_host_suspect(cpus):
@@ -364,7 +404,9 @@ def test_the_host_command_shows_a_host_and_switches_maintenance(cpus):
     Job.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
     out = StringIO()
     call_command("host", "maintenance", "cpu2", "off", stdout=out)
-    assert "cpu2 is up" in out.getvalue()
+    back = Job.objects.get(kind=RETURN)
+    assert f"job #{back.pk} host.return cpu2 returns cpu2 to service" in out.getvalue()
+    assert _run(back).state == JobState.SUCCEEDED
     out = StringIO()
     call_command("host", "show", "cpu2", stdout=out)
     assert "guest             web (running, 256 MiB)" in out.getvalue()

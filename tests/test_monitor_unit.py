@@ -421,10 +421,10 @@ def test_host_pages_show_checks_and_the_maintenance_buttons(cluster, op_client, 
 
     left = []
     CpuServer.objects.filter(name="cpu1").update(state=HostState.MAINTENANCE)
-    monkeypatch.setattr(ha.maintenance, "leave_maintenance", lambda host, user: left.append(host.name))
+    monkeypatch.setattr(ha.maintenance, "leave_maintenance", lambda host, user: left.append(host.name) or job)
     assert "Return to service" in op_client.get(cpu1.get_absolute_url()).content.decode()
-    op_client.post(f"/incidents/hosts/cpu/{cpu1.pk}/return-to-service/")
-    assert left == ["cpu1"]
+    response = op_client.post(f"/incidents/hosts/cpu/{cpu1.pk}/return-to-service/")
+    assert left == ["cpu1"] and response.status_code == 302 and response.url == f"/jobs/{job.pk}/"
 
     dashboard = op_client.get("/").content.decode()
     assert 'data-host-state="disk2" data-host-kind="disk"' in dashboard and "Exposed guests" in dashboard
@@ -438,7 +438,7 @@ async def test_incident_websocket_sends_the_backlog_then_live_events(django_user
     from django.test import Client
 
     from ha.incidents import open_incident, record
-    from ha.monitor import publish_host
+    from hosts.states import publish_host
     from xenaoe_panel.asgi import application
 
     def setup():

@@ -3,7 +3,8 @@
 The same for every way a VM lands on a CPU server (create, start, live migration, failover restart,
 evacuation): `prepare_host` attaches its two legs (and the ISO in its CD drive), puts its image's
 kernel and initramfs and its seed (first-boot settings, from the database: never only on the host
-that first booted it) there, and checks its networks' bridges exist. `boot` says how its domain boots. docs/images.md.
+that first booted it) there, and checks its networks' bridges exist. `domain_spec` is its domain's
+definition; `boot` says how its domain boots. docs/images.md.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from storage.models import AoEExport
 from vms.models import VirtualMachine
 
 Log = Callable[[str], object]
+
+
+def legs_of(vm: VirtualMachine) -> list[AoEExport]:
+    """The VM's two legs (its mirror's exports), leg 0 first."""
+    return list(AoEExport.objects.filter(mirror__vm=vm).select_related("disk_server").order_by("leg"))
 
 
 def leg_serial(leg: AoEExport) -> str:
@@ -57,6 +63,17 @@ def boot(vm: VirtualMachine, legs: list[AoEExport], cdrom: AoEExport | None = No
     cmdline = f"{BOOT_CMDLINE} xenaoe.md={mirror.md_uuid_mdadm}" + ("" if mirror.md_created else " xenaoe.md_create=1")
     return {"kernel": f"{vm.image.boot_dir}/vmlinuz", "initrd": f"{vm.image.boot_dir}/initrd.img",
             "cmdline": cmdline, "disk_serials": tuple(leg_serial(leg) for leg in legs), "seed": seed_path(vm)}
+
+
+def domain_spec(vm: VirtualMachine, legs: list[AoEExport], cdrom: AoEExport | None = None,
+                cpu: CpuServer | None = None) -> hypervisor.DomainSpec:
+    """The VM's domain as `cpu` (default: the CPU server it is recorded on) defines it, booting from
+    `legs` (both, or the one that answers) and, installing from an ISO, `cdrom`."""
+    return hypervisor.DomainSpec(
+        name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+        disks=tuple(leg.device_path for leg in legs), hypervisor=(cpu or vm.cpu_server).hypervisor,
+        nics=nic_specs(vm), **boot(vm, legs, cdrom),  # type: ignore[arg-type]
+    )
 
 
 def nic_specs(vm: VirtualMachine) -> tuple[hypervisor.NicSpec, ...]:
@@ -174,12 +191,11 @@ class Prepared:
     cdrom: AoEExport | None  # the ISO's copy in the CD drive, if the VM has one
 
 
-def prepare_host(vm: VirtualMachine, legs: list[AoEExport], cpu: CpuServer, log: Log, *,
-                 degraded_ok: bool = False) -> Prepared:
+def prepare_host(vm: VirtualMachine, cpu: CpuServer, log: Log, *, degraded_ok: bool = False) -> Prepared:
     """Everything `cpu` needs before the VM can run there."""
     check_bridges(vm, cpu, log)
     put_boot_files(vm, cpu, log)
-    attached = attach_legs(vm, legs, cpu, log, degraded_ok=degraded_ok and vm.mirror.md_created)
+    attached = attach_legs(vm, legs_of(vm), cpu, log, degraded_ok=degraded_ok and vm.mirror.md_created)
     return Prepared(attached, attach_iso(vm, cpu, log))
 
 

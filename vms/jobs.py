@@ -20,37 +20,27 @@ from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from storage.choices import ExportState, MirrorState
 from storage.guest_health import GUEST_DISKS, record_view, view_from_mdstat
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
-from vms import guest_setup
+from vms import bring_up, guest_setup
 from vms.choices import VmState
 from vms.events import set_vm_state
+from vms.guest_setup import legs_of
 from vms.models import VirtualMachine
 from vms.placement import server_load
 
 
-def _vm(ctx: JobContext) -> VirtualMachine:
+def job_vm(ctx: JobContext) -> VirtualMachine:
+    """The VM a job acts on, with its CPU server; JobFailed when it is gone."""
     if ctx.job.vm_id is None:
         raise JobFailed(f"VM {ctx.job.target_name} no longer exists")
     return VirtualMachine.objects.select_related("cpu_server").get(pk=ctx.job.vm_id)
 
 
-def _legs(vm: VirtualMachine) -> list[AoEExport]:
-    return list(AoEExport.objects.filter(mirror__vm=vm).select_related("disk_server").order_by("leg"))
-
-
-def domain_spec(vm: VirtualMachine, legs: list[AoEExport], cdrom: AoEExport | None = None) -> hypervisor.DomainSpec:
-    return hypervisor.DomainSpec(
-        name=vm.domain_name, uuid=str(vm.domain_uuid), vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-        disks=tuple(leg.device_path for leg in legs), hypervisor=vm.cpu_server.hypervisor,
-        nics=guest_setup.nic_specs(vm), **guest_setup.boot(vm, legs, cdrom),  # type: ignore[arg-type]
-    )
-
-
 # --- vm.create --------------------------------------------------------------------------------
 
 def check_reservation(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     cpu = vm.cpu_server
-    legs = _legs(vm)
+    legs = legs_of(vm)
     free = server_load(cpu).free_mib
     ctx.log(
         f"{vm.name}: {vm.vcpus} vCPU, {vm.memory_mib} MiB on {cpu.name} "
@@ -95,7 +85,7 @@ def _intent(ctx: JobContext, done: list[int], pk: int) -> Iterator[None]:
 
 def create_volumes(ctx: JobContext) -> None:
     created: list[int] = ctx.data.setdefault("volumes", [])
-    for leg in _legs(_vm(ctx)):
+    for leg in legs_of(job_vm(ctx)):
         with _intent(ctx, created, leg.pk):
             vblade.create_volume(ssh_target(leg.disk_server), leg.backing_path, leg.size_mib)
         ctx.log(f"created {leg.size_mib} MiB volume {leg.backing_path} on {leg.disk_server.name}")
@@ -110,10 +100,10 @@ def remove_volumes(ctx: JobContext) -> None:
 def write_image(ctx: JobContext) -> None:
     """The image onto the start of each new volume, by each disk server from its own copy, both at
     once: two disk servers, two disks, no byte over the network."""
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     image = vm.image
     copies = {c.disk_server_id: c for c in image.copies.filter(state=CopyState.READY)}
-    legs = _legs(vm)
+    legs = legs_of(vm)
     for leg in legs:
         if leg.disk_server_id not in copies:
             raise JobFailed(f"image {image.name} is not on {leg.disk_server.name} yet: "
@@ -133,7 +123,7 @@ def write_image(ctx: JobContext) -> None:
 
 def start_exports(ctx: JobContext) -> None:
     started: list[int] = ctx.data.setdefault("exports", [])
-    for leg in _legs(_vm(ctx)):
+    for leg in legs_of(job_vm(ctx)):
         disk = leg.disk_server
         spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
         try:
@@ -156,13 +146,13 @@ def stop_exports(ctx: JobContext) -> None:
 
 
 def verify_exports(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     probe_legs(ctx, vm, vm.cpu_server)
 
 
 def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
     """Both legs answer on the wire from `cpu`, once each, with the right size."""
-    legs = _legs(vm)
+    legs = legs_of(vm)
     # One Query Config for the slot on every shelf: both legs answer within one listening window,
     # and a second target answering to the same shelf.slot (a misconfigured SAN) shows up too.
     answers = aoe.probe(ssh_target(cpu), cpu.san_interface, None, legs[0].slot, identify=True,
@@ -186,12 +176,11 @@ def probe_legs(ctx: JobContext, vm: VirtualMachine, cpu: CpuServer) -> None:
 
 
 def attach_exports(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     ctx.data["attached_on"] = vm.cpu_server.pk
     ctx.save()
     # A start (not a create) boots on one leg if the other's disk server is down.
-    prepared = guest_setup.prepare_host(vm, _legs(vm), vm.cpu_server, ctx.log,
-                                        degraded_ok=ctx.job.kind != "vm.create")
+    prepared = guest_setup.prepare_host(vm, vm.cpu_server, ctx.log, degraded_ok=ctx.job.kind != "vm.create")
     ctx.data["legs"] = [leg.pk for leg in prepared.legs]
     ctx.data["cdrom"] = prepared.cdrom.pk if prepared.cdrom else None
 
@@ -199,46 +188,40 @@ def attach_exports(ctx: JobContext) -> None:
 def _legs_to_boot(ctx: JobContext, vm: VirtualMachine) -> list[AoEExport]:
     """The legs the preparation attached (one, when the other's disk server is down), else both."""
     wanted = ctx.data.get("legs")
-    return [leg for leg in _legs(vm) if wanted is None or leg.pk in wanted]
+    return [leg for leg in legs_of(vm) if wanted is None or leg.pk in wanted]
 
 
 def detach_exports(ctx: JobContext) -> None:
-    vm = _vm(ctx)
-    for leg in _legs(vm):
+    vm = job_vm(ctx)
+    for leg in legs_of(vm):
         aoe.detach(ssh_target(vm.cpu_server), leg.shelf, leg.slot)
 
 
 def define_domain(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     cdrom = AoEExport.objects.filter(pk=ctx.data.get("cdrom")).first() if ctx.data.get("cdrom") else None
-    xml = hypervisor.domain_xml(domain_spec(vm, _legs_to_boot(ctx, vm), cdrom))
-    info = hypervisor.define(vm.cpu_server.libvirt_uri, xml)
+    bring_up.define(vm, vm.cpu_server, _legs_to_boot(ctx, vm), cdrom, ctx.log)
     ctx.data["defined"] = True
-    ctx.log(f"domain {info.name} defined on {vm.cpu_server.name}")
 
 
 def undefine_domain(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     hypervisor.undefine(vm.cpu_server.libvirt_uri, vm.domain_name)
 
 
 def start_domain(ctx: JobContext) -> None:
-    vm = _vm(ctx)
-    info = hypervisor.start(vm.cpu_server.libvirt_uri, vm.domain_name)
-    ctx.log(f"domain {info.name} is {info.state}")
+    vm = job_vm(ctx)
+    bring_up.start(vm, vm.cpu_server, ctx.log)
 
 
 def destroy_domain(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     hypervisor.destroy(vm.cpu_server.libvirt_uri, vm.domain_name)
 
 
 def confirm_running(ctx: JobContext) -> None:
-    vm = _vm(ctx)
-    info = hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name)
-    if info is None or info.state != "running":
-        raise JobFailed(f"{vm.domain_name} is {info.state if info else 'not defined'} on {vm.cpu_server.name}")
-    set_vm_state(vm.pk, VmState.RUNNING, booted=True)
+    vm = job_vm(ctx)
+    bring_up.confirm_running(vm, vm.cpu_server)
     ctx.data["result"] = f"{vm.name} runs on {vm.cpu_server.name}"
     ctx.log(ctx.data["result"])
 
@@ -251,7 +234,7 @@ def wait_for_boot(ctx: JobContext) -> None:
     exists from then on, so the VM's next boots are not told to create it. A guest that stays
     silent is not a failure (it runs; its mirror health will say more), only a warning. Between
     looks the job holds no worker (runner.Later): a slow boot costs the cluster nothing."""
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     uri = vm.cpu_server.libvirt_uri
     started = ctx.data.setdefault("boot_wait_from", time.time())
     try:
@@ -263,8 +246,8 @@ def wait_for_boot(ctx: JobContext) -> None:
     if array is not None:
         record_view(vm.mirror.pk, view_from_mdstat(mdstat))  # notes that the array exists
         # From now on its definition boots the array as it is (the running guest is not touched).
-        vm = _vm(ctx)
-        hypervisor.define(uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
+        vm = job_vm(ctx)
+        hypervisor.define(uri, hypervisor.domain_xml(guest_setup.domain_spec(vm, legs_of(vm))))
         ctx.log(f"{vm.name} booted in {time.time() - started:.0f} s: root array {array.name} "
                 f"[{array.slot_map}] seen through the guest agent", array=array.name, slots=array.slot_map)
         return
@@ -278,7 +261,7 @@ def wait_for_boot(ctx: JobContext) -> None:
 
 @job_kind("vm.create", release=release_reservation, undo_after_loss=True)
 def plan_create(ctx: JobContext) -> list[Step]:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     cpu = vm.cpu_server.name
     image = [Step(f"Write {vm.image.name} onto both legs (each disk server from its own copy)", write_image)] \
         if vm.image_id else []
@@ -300,7 +283,7 @@ def plan_create(ctx: JobContext) -> list[Step]:
 # --- vm.delete --------------------------------------------------------------------------------
 
 def forget_vm(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     name = vm.name
     vm.delete()
     ctx.data["result"] = f"{name} deleted: domain, exports and volumes removed"
@@ -308,12 +291,12 @@ def forget_vm(ctx: JobContext) -> None:
 
 
 def stop_all_exports(ctx: JobContext) -> None:
-    ctx.data["exports"] = [leg.pk for leg in _legs(_vm(ctx))]
+    ctx.data["exports"] = [leg.pk for leg in legs_of(job_vm(ctx))]
     stop_exports(ctx)
 
 
 def remove_all_volumes(ctx: JobContext) -> None:
-    ctx.data["volumes"] = [leg.pk for leg in _legs(_vm(ctx))]
+    ctx.data["volumes"] = [leg.pk for leg in legs_of(job_vm(ctx))]
     remove_volumes(ctx)
 
 
@@ -324,7 +307,7 @@ def restore_state_before_delete(ctx: JobContext) -> None:
 
 @job_kind("vm.delete", release=restore_state_before_delete)
 def plan_delete(ctx: JobContext) -> list[Step]:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     where = vm.cpu_server.name if vm.cpu_server else "its CPU server"
     # Deleting only goes forward: every step is idempotent, so a failed delete is finished by
     # running it again.
@@ -345,7 +328,7 @@ SHUTDOWN_REPORT_EVERY = 5
 
 
 def ask_shutdown(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     info = hypervisor.shutdown(vm.cpu_server.libvirt_uri, vm.domain_name)
     ctx.log(f"ACPI shutdown requested; {vm.domain_name} is {info.state}")
 
@@ -356,7 +339,7 @@ def wait_or_force_off(ctx: JobContext) -> None:
     The wait holds no worker (a tenant may ask for an hour): each look at the guest is one call of
     this step, and between looks the job waits outside any worker (runner.Later), its deadline in
     ctx.data, in wall-clock time."""
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     uri = vm.cpu_server.libvirt_uri
     timeout = int(ctx.job.params.get("timeout_s", 60))
     deadline = ctx.data.setdefault("force_off_at", time.time() + timeout)
@@ -379,7 +362,7 @@ def wait_or_force_off(ctx: JobContext) -> None:
 
 
 def force_off(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     hypervisor.destroy(vm.cpu_server.libvirt_uri, vm.domain_name)
     set_vm_state(ctx.job.vm_id, VmState.STOPPED)
     ctx.data["result"] = f"{vm.name} forced off"
@@ -408,7 +391,7 @@ def _shutdown_steps(ctx: JobContext) -> list[Step]:
 
 @job_kind("vm.start")
 def plan_start(ctx: JobContext) -> list[Step]:
-    return _start_steps(_vm(ctx).cpu_server.name)
+    return _start_steps(job_vm(ctx).cpu_server.name)
 
 
 @job_kind("vm.shutdown")
@@ -418,7 +401,7 @@ def plan_shutdown(ctx: JobContext) -> list[Step]:
 
 @job_kind("vm.reboot")
 def plan_reboot(ctx: JobContext) -> list[Step]:
-    return [*_shutdown_steps(ctx), *_start_steps(_vm(ctx).cpu_server.name)]
+    return [*_shutdown_steps(ctx), *_start_steps(job_vm(ctx).cpu_server.name)]
 
 
 @job_kind("vm.force_off")
@@ -429,7 +412,7 @@ def plan_force_off(ctx: JobContext) -> list[Step]:
 # --- vm.eject: the end of an installation from an ISO ---------------------------------------------
 
 def eject_live(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     if vm.state != VmState.RUNNING:
         ctx.log(f"{vm.name} is not running: nothing to eject live")
         return
@@ -442,12 +425,12 @@ def eject_live(ctx: JobContext) -> None:
 def boot_from_disk(ctx: JobContext) -> None:
     """From now on the VM has no CD drive: its definition is written again without one (the running
     guest keeps its empty drive until it is next started)."""
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     iso = vm.iso.name if vm.iso_id else ctx.job.params.get("iso", "the ISO")
     VirtualMachine.objects.filter(pk=vm.pk).update(iso=None)
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     if hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name) is not None:
-        hypervisor.define(vm.cpu_server.libvirt_uri, hypervisor.domain_xml(domain_spec(vm, _legs(vm))))
+        hypervisor.define(vm.cpu_server.libvirt_uri, hypervisor.domain_xml(guest_setup.domain_spec(vm, legs_of(vm))))
     ctx.data["result"] = f"{iso} ejected: {vm.name} boots from its disk"
     ctx.log(ctx.data["result"])
 

@@ -30,7 +30,8 @@ from tenants.access import is_operator
 from tenants.quotas import lock as quota_lock
 from vms import guest_setup
 from vms.choices import VmState
-from vms.jobs import _legs, _vm, probe_legs
+from vms.guest_setup import legs_of
+from vms.jobs import job_vm, probe_legs
 from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, n_plus_one_shortfalls, release, reserve, server_load
 
@@ -135,7 +136,7 @@ def _where(uri: str, name: str) -> hypervisor.DomainInfo | None | str:
 
 
 def precheck_target(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     if target.state != HostState.UP:
         raise JobFailed(f"{target.name} is {target.get_state_display().lower()}, not up")
@@ -173,13 +174,13 @@ def precheck_target(ctx: JobContext) -> None:
 
 
 def attach_on_target(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     attached: list[str] = ctx.data.setdefault("attached_on_target", [])
     # The seed and boot files first: the guest's definition names them, and libvirt opens them on
     # the target when the migration starts.
     guest_setup.put_boot_files(vm, target, ctx.log)
-    for leg in _legs(vm):
+    for leg in legs_of(vm):
         # Recorded before the call: a leg attached just before a timeout is still detached on undo.
         attached.append(leg.name)
         ctx.save()
@@ -193,7 +194,7 @@ def attach_on_target(ctx: JobContext) -> None:
 
 
 def detach_from_target(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     _source, target = _hosts(ctx)
     there = _where(target.libvirt_uri, vm.domain_name)
     if not isinstance(there, hypervisor.DomainInfo) and there is not None:
@@ -203,14 +204,14 @@ def detach_from_target(ctx: JobContext) -> None:
     if there is not None and there.state != "shutoff":
         ctx.log(f"the guest is {there.state} on {target.name}: its exports stay attached there", LogLevel.WARNING)
         return
-    for leg in _legs(vm):
+    for leg in legs_of(vm):
         if leg.name in ctx.data.get("attached_on_target", []):
             aoe.detach(ssh_target(target), leg.shelf, leg.slot)
             ctx.log(f"{leg.name} detached from {target.name}")
 
 
 def live_migrate(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     cap = ctx.job.params.get("max_mib_per_s")
     uri = migration_uri(target)
@@ -255,7 +256,7 @@ def live_migrate(ctx: JobContext) -> None:
 def after_failed_migration(ctx: JobContext) -> None:
     """Nothing to undo (libvirt keeps the guest on the source when a migration fails or is
     aborted), but say where the guest is; if it did reach the target, record that."""
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     try:  # run by recovery after the worker died: libvirt may be migrating it still
         if hypervisor.abort_migration_in_flight(source.libvirt_uri, vm.domain_name, timeout=WHERE_TIMEOUT_S):
@@ -280,7 +281,7 @@ def after_failed_migration(ctx: JobContext) -> None:
 
 
 def switch_inventory(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     VirtualMachine.objects.filter(pk=vm.pk).update(cpu_server=target)
     ctx.log(f"{vm.name} is recorded on {target.name} ({source.name} has {vm.memory_mib} MiB more free)")
@@ -289,15 +290,15 @@ def switch_inventory(ctx: JobContext) -> None:
 
 
 def detach_from_source(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, _target = _hosts(ctx)
-    for leg in _legs(vm):
+    for leg in legs_of(vm):
         aoe.detach(ssh_target(source), leg.shelf, leg.slot)
         ctx.log(f"{leg.name} detached from {source.name}")
 
 
 def confirm_migrated(ctx: JobContext) -> None:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = _hosts(ctx)
     there = hypervisor.domain_info(target.libvirt_uri, vm.domain_name)
     if there is None or there.state != "running" or not there.persistent:
@@ -316,7 +317,7 @@ def confirm_migrated(ctx: JobContext) -> None:
 
 @job_kind("vm.migrate", undo_after_loss=True)
 def plan_migrate(ctx: JobContext) -> list[Step]:
-    vm = _vm(ctx)
+    vm = job_vm(ctx)
     source, target = ctx.job.params["source"], ctx.job.params["target"]
     if vm.cpu_server is None or vm.cpu_server.name != source:
         raise JobFailed(f"{vm.name} is recorded on {vm.cpu_server or 'no CPU server'} now, not {source}")

@@ -10,6 +10,7 @@ import pytest
 from ha.maintenance import leave_maintenance
 from hosts.choices import HostState
 from hosts.models import CpuServer
+from jobs.follow import follow
 from jobs.models import Job
 from lab import cluster
 from tests.chaos.conftest import Outcome, check
@@ -70,7 +71,8 @@ def back_in_service(name: str) -> None:
         assert time.monotonic() < deadline, f"{name} is {host.state}, not in maintenance"
         time.sleep(0.5)
         host.refresh_from_db()
-    leave_maintenance(host)
+    returned = follow(leave_maintenance(host).pk, lambda _line: None)
+    assert returned.state == "succeeded", f"returning {name} to service: {returned.state}: {returned.message}"
 
 
 @pytest.mark.parametrize(("case", "source", "target", "killed"), [

@@ -89,7 +89,7 @@ def _cleanup(names: list[str]) -> None:
         request_cancel(running)
         follow(running.pk, print)
     if CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE:
-        leave_maintenance(cpu2)
+        follow(leave_maintenance(cpu2).pk, print)
     try:
         for name in names:
             if VirtualMachine.objects.filter(name=name).exists():
@@ -174,7 +174,8 @@ def test_maintenance_live_migrates_every_guest_away_and_stops_none(guests_on_cpu
 
     # Back in service.
     assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.MAINTENANCE
-    leave_maintenance(cpu2)
+    returned = follow(leave_maintenance(cpu2).pk, print)
+    assert returned.state == "succeeded", returned.message
     assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.UP
     assert [c.server.name for c in cpu_candidates()] == ["cpu1", "cpu2"]
 

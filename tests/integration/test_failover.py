@@ -286,7 +286,9 @@ def test_a_storage_fenced_host_stays_out_until_returned_and_its_stale_copy_goes_
     fencing.restore_storage_access()
     cpu2_out()
 
-    destroyed = leave_maintenance(CpuServer.objects.get(pk=cpu2.pk), operator)
+    returned = follow(leave_maintenance(CpuServer.objects.get(pk=cpu2.pk), operator).pk, print)
+    assert returned.state == "succeeded", returned.message
+    destroyed = list(returned.log.filter(data__destroyed=True).values_list("message", flat=True))
     assert destroyed == ["fo-r: the stale copy on cpu2 was destroyed and undefined (fo-r runs on cpu1)"]
     assert hypervisor.domain_info(cpu2.libvirt_uri, vm.domain_name) is None
     assert _running(cpu1.libvirt_uri, vm.domain_name)

@@ -65,5 +65,5 @@ def test_a_pulled_plug_brings_the_guests_back_on_the_survivor_after_a_fence(gues
         assert time.monotonic() < deadline, monitor_process.read_text()[-3000:]
         time.sleep(0.5)
     assert not ({f"xa-{n}" for n in NAMES} & _running_on(cpu2.libvirt_uri))
-    leave_maintenance(CpuServer.objects.get(pk=cpu2.pk))
+    on_the_hosts.succeeded(leave_maintenance(CpuServer.objects.get(pk=cpu2.pk)))
     assert CpuServer.objects.get(pk=cpu2.pk).state == HostState.UP

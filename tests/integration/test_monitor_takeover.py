@@ -146,4 +146,4 @@ def test_the_leader_killed_mid_failover_the_other_finishes_it_exactly_once(guest
               30, panel2)
     assert not ({f"xa-{n}" for n in NAMES} & _running_on(cpu2.libvirt_uri))
     assert Incident.objects.filter(host_name="cpu2").count() == 1 and failover_jobs.count() == 1
-    leave_maintenance(CpuServer.objects.get(pk=cpu2.pk))
+    on_the_hosts.succeeded(leave_maintenance(CpuServer.objects.get(pk=cpu2.pk)))

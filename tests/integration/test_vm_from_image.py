@@ -184,7 +184,7 @@ def test_a_vm_from_the_default_image_is_reachable_and_keeps_its_data_through_mig
     # A disk server dies: the guest runs on, on one leg.
     cpu1 = CpuServer.objects.get(name="cpu1")
     CpuServer.objects.filter(pk=cpu1.pk).update(state=HostState.MAINTENANCE)  # back from the dead: the
-    leave_maintenance(CpuServer.objects.get(pk=cpu1.pk))  # operator returns it (stale copies go first)
+    succeeded(leave_maintenance(CpuServer.objects.get(pk=cpu1.pk)))  # operator returns it (stale copies go first)
     leg_server = vm.mirror.legs.get(leg=1).disk_server
     monitor = Monitor(interval=2, timeout=1.5, bmc_interval=0)
     try:

@@ -1,7 +1,7 @@
 """`manage.py host list|show|maintenance`: hosts for operators and scripts.
 
 `host maintenance HOST on` moves the CPU server's running guests away (the host.evacuate job;
-docs/maintenance.md); `off` makes it take guests again.
+docs/maintenance.md); `off` makes it take guests again (the host.return job). `--wait` follows either.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class Command(BaseCommand):
         maintenance.add_argument("switch", choices=["on", "off"])
         maintenance.add_argument("--max-mib-per-s", type=int, default=None,
                                  help="cap each migration's bandwidth (default: XENAOE_EVACUATE_MAX_MIB_PER_S)")
-        maintenance.add_argument("--wait", action="store_true", help="follow the evacuation until it ends")
+        maintenance.add_argument("--wait", action="store_true", help="follow the job until it ends")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"do_{options['action']}")(options)
@@ -98,20 +98,19 @@ class Command(BaseCommand):
         if host is None:
             raise CommandError(f"no CPU server named {options['name']!r}")
         try:
-            if options["switch"] == "off":
-                for line in leave_maintenance(host):  # a storage-fenced host's stale copies, destroyed first
-                    self.stdout.write(line)
-                self.stdout.write(f"{host.name} is up: it takes guests again")
-                return
             if options["wait"]:
                 check_workers()
-            job = enter_maintenance(host, max_mib_per_s=options["max_mib_per_s"])
+            if options["switch"] == "off":
+                job = leave_maintenance(host)
+                self.stdout.write(f"job #{job.pk} {job.kind} {job.target_name} returns {host.name} to service")
+            else:
+                job = enter_maintenance(host, max_mib_per_s=options["max_mib_per_s"])
+                self.stdout.write(f"{host.name} is in maintenance; job #{job.pk} {job.kind} {job.target_name} "
+                                  f"moves its guests away")
         except WorkerUnavailable as exc:
             raise CommandError(str(exc)) from exc
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
-        self.stdout.write(f"{host.name} is in maintenance; job #{job.pk} {job.kind} {job.target_name} "
-                          f"moves its guests away")
         if options["wait"]:
             job = follow(job.pk, self.stdout.write)
             if job.state != "succeeded":

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import WorkerUnavailable, check_workers
+from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.serializers import vm_summary
@@ -134,8 +135,6 @@ class Command(BaseCommand):
         self._lifecycle(options, "force_off")
 
     def do_migrate(self, options: dict) -> None:
-        from vms.migration import migrate_vm
-
         self._submit(
             options, lambda: migrate_vm(options["name"], options["to"], max_mib_per_s=options["max_mib_per_s"])
         )
