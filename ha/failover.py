@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from django import db
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -252,19 +255,45 @@ def _running_where(servers: list[CpuServer], dead: CpuServer, skip_dead: bool) -
 RESTART_RETRY_DELAYS_S = (2.0, 5.0)
 
 
-def _restart_with_retries(ctx: JobContext, vm: VirtualMachine, target: CpuServer) -> None:
+def _restart_with_retries(vm: VirtualMachine, target: CpuServer, log: Callable[..., object]) -> None:
     """Up on `target` from its disks, as a start brings a guest up (vms/bring_up.py); on its one leg
     that answers when a disk server is down too."""
     for delay in (*RESTART_RETRY_DELAYS_S, None):
         try:
-            bring_up(vm, target, lambda message: ctx.log(f"{vm.name}: {message}"), degraded_ok=True)
+            bring_up(vm, target, lambda message: log(f"{vm.name}: {message}"), degraded_ok=True)
             return
         except DriverError as exc:
             if exc.permanent or delay is None:
                 raise
-            ctx.log(f"{vm.name}: starting it on {target.name} failed ({exc}): trying again in {delay:g} s",
-                    LogLevel.WARNING)
+            log(f"{vm.name}: starting it on {target.name} failed ({exc}): trying again in {delay:g} s",
+                LogLevel.WARNING)
             time.sleep(delay)
+
+
+def _restart_all(ctx: JobContext, planned: list[tuple[VirtualMachine, CpuServer]],
+                 ) -> Iterator[tuple[VirtualMachine, CpuServer, float, BaseException | None]]:
+    """Bring the planned guests up, FAILOVER_PARALLEL at once (each start is mostly waiting on the
+    hosts: six one after another cost seconds of downtime the last one need not wait); yields each
+    as it ends: the guest, its server, the seconds it took, what failed (or None)."""
+    def restart(vm: VirtualMachine, target: CpuServer) -> tuple[float, BaseException | None]:
+        started = time.monotonic()
+        try:
+            _restart_with_retries(vm, target, ctx.log)
+            return time.monotonic() - started, None
+        except (DriverError, JobFailed) as exc:
+            return time.monotonic() - started, exc
+        finally:
+            db.connection.close()  # the pool's thread ends here: its connection with it
+
+    if not planned:
+        return
+    with ThreadPoolExecutor(max_workers=min(settings.FAILOVER_PARALLEL, len(planned)),
+                            thread_name_prefix="failover-restart") as pool:
+        running = {pool.submit(restart, vm, target): (vm, target) for vm, target in planned}
+        for done in as_completed(running):
+            vm, target = running[done]
+            seconds, error = done.result()
+            yield vm, target, seconds, error
 
 
 def restart_guests(ctx: JobContext) -> None:
@@ -297,6 +326,7 @@ def restart_guests(ctx: JobContext) -> None:
     for name, answer in seen.items():
         if isinstance(answer, str):
             ctx.log(f"could not ask {name} which guests run there: {answer}", LogLevel.WARNING)
+    planned = []
     for vm in vms:
         elsewhere = sorted(name for name, running in seen.items()
                            if not isinstance(running, str) and vm.domain_name in running)
@@ -312,18 +342,16 @@ def restart_guests(ctx: JobContext) -> None:
             _event(ctx, incident, EventKind.NOT_RESTARTED, f"{vm.name} not restarted: {reason}", LogLevel.WARNING,
                    vm=vm.name, reason=reason)
             continue
-        started = time.monotonic()
-        try:
-            _restart_with_retries(ctx, vm, target)
-        except (DriverError, JobFailed) as exc:
+        planned.append((vm, target))
+    for vm, target, seconds, error in _restart_all(ctx, planned):
+        if error is not None:
             release(ctx.job, vm)
-            reason = f"could not start on {target.name}: {exc}"
+            reason = f"could not start on {target.name}: {error}"
             not_restarted[vm.name] = reason
             _event(ctx, incident, EventKind.NOT_RESTARTED, f"{vm.name} not restarted: {reason}", LogLevel.ERROR,
                    vm=vm.name, reason=reason, cpu_server=target.name)
             continue
         not_restarted.pop(vm.name, None)
-        seconds = time.monotonic() - started
         _event(ctx, incident, EventKind.RESTARTED, f"{vm.name} restarted on {target.name} in {seconds:.1f} s",
                vm=vm.name, cpu_server=target.name, seconds=round(seconds, 2))
 

@@ -16,6 +16,7 @@ its worker and the step is called again, on any worker, when its wake-up message
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -72,6 +73,9 @@ class JobContext:
     # Titles of the undos that failed: what is left on the hosts. An undo that would forget the
     # rows describing them (release_reservation) keeps them instead.
     undo_failures: list[str] = field(default_factory=list)
+    # A step may work on several guests at once (the failover's restarts): its threads log through
+    # here, and a job's entries are numbered one after another.
+    _log_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def ensure_lease(self) -> None:
         if self.lease is not None:
@@ -87,7 +91,8 @@ class JobContext:
 
     def log(self, message: str, level: str = LogLevel.INFO, **data: Any) -> JobLogEntry:
         self.ensure_lease()
-        return append_log(self.job, message, level, data)
+        with self._log_lock:
+            return append_log(self.job, message, level, data)
 
     def cancel_requested(self) -> bool:
         row = retrying(Job.objects.filter(pk=self.job.pk).values("cancel_requested", "owner", "state").first)

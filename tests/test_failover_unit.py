@@ -4,6 +4,7 @@ program (SSH to disk and CPU servers, libvirt, the BMC) by a small fake cluster 
 what was asked of it; the job runs in-process (jobs.runner.run_job)."""
 from __future__ import annotations
 
+import threading
 import time
 import types
 import uuid
@@ -28,7 +29,8 @@ from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm
 
-pytestmark = pytest.mark.django_db
+# Transactional: the failover brings guests up from a thread pool, whose connections must see the rows.
+pytestmark = pytest.mark.django_db(transaction=True)
 MAC = {"cpu1": "02:0a:d5:01:00:15", "cpu2": "02:0a:d5:01:00:16", "cpu3": "02:0a:d5:01:00:17"}
 
 
@@ -192,7 +194,8 @@ def _events(incident, *kinds: str) -> list[tuple[str, str]]:
     return list(events.values_list("kind", "message"))
 
 
-def test_ipmi_confirms_and_guests_restart_highest_priority_first_then_largest_then_by_name(dead, fake):
+def test_ipmi_confirms_and_guests_restart_highest_priority_first_then_largest_then_by_name(dead, fake, settings):
+    settings.FAILOVER_PARALLEL = 1  # one at a time: the order shows (several at once start in this order)
     for name, memory, priority in [("a", 128, 100), ("b", 64, 200), ("d", 256, 100), ("c", 256, 100)]:
         _guest(dead, name, memory, priority=priority)
     incident = _incident()
@@ -515,3 +518,37 @@ def test_a_start_refused_for_a_passing_reason_is_tried_again_on_the_same_server(
     assert job.state == "succeeded", job.message
     assert fake.started() == ["xa-web"] and len(refusals) == 1
     assert job.log.filter(message__contains="trying again in 0 s").exists()
+
+
+def test_guests_come_up_several_at_once_and_a_failed_one_does_not_hold_the_others(dead, fake, monkeypatch, settings):
+    settings.FAILOVER_PARALLEL = 3
+    for name in ("a", "b", "c", "d"):
+        _guest(dead, name, 64)
+    monkeypatch.setattr(failover, "RESTART_RETRY_DELAYS_S", ())
+    lock, at_once, most = threading.Lock(), [0], [0]
+
+    def slow_start(uri, name, *, timeout=60):
+        with lock:
+            at_once[0] += 1
+            most[0] = max(most[0], at_once[0])
+        try:
+            time.sleep(0.3)  # a start is mostly waiting on the host
+            if name == "xa-b":
+                raise DriverError(f"{uri}: b's start failed", permanent=True)
+            return fake.start(uri, name, timeout=timeout)
+        finally:
+            with lock:
+                at_once[0] -= 1
+
+    monkeypatch.setattr(hypervisor, "start", slow_start)
+    incident = _incident()
+    job = _run_failover(incident)
+    assert most[0] == 3, "the guests were started one after another"
+    assert sorted(fake.started()) == ["xa-a", "xa-c", "xa-d"]
+    restarted = sorted(m.split()[0] for _, m in _events(incident, EventKind.RESTARTED))
+    assert restarted == ["a", "c", "d"]
+    not_restarted = [m for _, m in _events(incident, EventKind.NOT_RESTARTED)]
+    assert any(m.startswith("b not restarted: could not start on") for m in not_restarted)
+    assert VirtualMachine.objects.get(name="b").cpu_server.name == "cpu2"  # left where it was, for the operator
+    serials = list(job.log.order_by("serial").values_list("serial", flat=True))
+    assert serials == list(range(1, len(serials) + 1))  # every thread's entries numbered in turn

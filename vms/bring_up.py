@@ -3,8 +3,8 @@ confirm it runs and record that it does.
 
 The same acts for every way a guest boots on a server: a new VM's create and a start (vms/jobs.py)
 run them as separate job steps, each logged and undone on its own when a later one fails; the
-failover's restart on a survivor (ha/failover.py) runs them at once with `bring_up`, guest after
-guest. A live migration moves a running guest instead (vms/migration.py).
+failover's restart on a survivor (ha/failover.py) runs them at once with `bring_up`, for several
+guests at a time. A live migration moves a running guest instead (vms/migration.py).
 """
 from __future__ import annotations
 

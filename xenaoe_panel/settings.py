@@ -381,6 +381,8 @@ MIRROR_CHECK_TIMEOUT_S = env_int("XENAOE_MIRROR_CHECK_TIMEOUT_S", 8, minimum=1)
 # bandwidth cap in MiB/s when the evacuation was started without one, as the monitor's always are
 # (None: uncapped; at most vms.migration.MAX_BANDWIDTH_MIB).
 EVACUATE_PARALLEL = env_int("XENAOE_EVACUATE_PARALLEL", 2, minimum=1)
+# A dead CPU server's guests brought up on the survivors at once (ha/failover.py).
+FAILOVER_PARALLEL = env_int("XENAOE_FAILOVER_PARALLEL", 8, minimum=1)
 EVACUATE_MAX_MIB_PER_S = env_optional_int("XENAOE_EVACUATE_MAX_MIB_PER_S", minimum=1, maximum=100_000)
 # Fencing (docs/fencing.md): how long one ipmitool call may take, and how long a power off has to
 # read "off" (real BMCs: seconds); how long each SSH call restarting a disk server's exports with a
