@@ -57,7 +57,7 @@ def by_hand(script: Path) -> tuple[float, float]:
     cpu1 = CpuServer.objects.get(name="cpu1")
     info = subprocess.run(["virsh", "-c", cpu1.libvirt_uri, "domjobinfo", "--completed", f"xa-{VM}"],
                           capture_output=True, text=True, check=True).stdout
-    downtime = re.search(r"Total downtime:\s+(\d+) ms", info)
+    downtime = re.search(r"Total downtime:\s+(\d+)\s+ms", info)
     if downtime is None:
         raise RuntimeError(f"no downtime in virsh domjobinfo: {info}")
     VirtualMachine.objects.filter(name=VM).update(cpu_server=cpu1)
