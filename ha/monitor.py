@@ -155,7 +155,7 @@ def check_host(host: Host, timeout: float) -> CheckResult:
     deadline = time.monotonic() + timeout
     target = replace(ssh_target(host), connect_timeout=max(1, int(timeout)))
     try:
-        ssh.run(target, ["true"], timeout=timeout)
+        ssh.ping(target, timeout=timeout)
         if isinstance(host, CpuServer):
             hypervisor.host_info(host.libvirt_uri, timeout=max(0.1, deadline - time.monotonic()))
     except DriverError as exc:
