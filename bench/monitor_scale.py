@@ -78,10 +78,15 @@ def _monitor():  # noqa: ANN202 - ha.monitor.Monitor, imported after Django's se
     return Monitor(san_probe=lambda cpu, listen: SanResult(), first_timeout=first_timeout)
 
 
-def _hosts_missing() -> int:
+def _hosts_missing(why: list[str] | None = None) -> int:
+    """How many hosts missed their last check; their errors appended to `why`."""
     from hosts.models import CpuServer, DiskServer
 
-    return sum(model.objects.filter(missed_checks__gt=0).count() for model in (CpuServer, DiskServer))
+    missing = [(name, error) for model in (CpuServer, DiskServer)
+               for name, error in model.objects.filter(missed_checks__gt=0).values_list("name", "last_check_error")]
+    if why is not None:
+        why += [f"{name}: {error}" for name, error in missing]
+    return len(missing)
 
 
 def _warm(monitor) -> tuple[int, float, int]:  # noqa: ANN001
@@ -121,7 +126,7 @@ def bench_cycle(fleet_hosts: list) -> report.Figure:
     target = fleet.ssh_target(fleet_hosts[0])
     try:
         warm_cycles, warm_s, warm_dead = _warm(monitor)  # every master and libvirt connection opened afresh
-        cycles, trips, missed, cpu = [], [], 0, []
+        cycles, trips, missed, cpu, why = [], [], 0, [], []
         for _ in range(ROUNDS):
             started = time.perf_counter()
             ssh.run(target, ["true"], timeout=10)
@@ -130,10 +135,12 @@ def bench_cycle(fleet_hosts: list) -> report.Figure:
             monitor.cycle()
             cycles.append(time.perf_counter() - started)
             cpu.append(_cpu_seconds() - cpu_before)
-            missed += _hosts_missing()
+            missed += _hosts_missing(why)
             time.sleep(max(0.0, monitor.interval - (time.perf_counter() - started)))
     finally:
         monitor.close()
+    for line in why[:5]:
+        print(f"missed: {line}", flush=True)
     return report.Figure(
         SECTION, f"one cycle over {len(fleet_hosts)} hosts", "one SSH round trip", cycles, trips,
         target_p95_s=monitor.interval,
