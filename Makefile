@@ -51,6 +51,7 @@ bench: install
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.migration
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.failover
 	BENCH_FAILOVER_INTERVAL_S=1 DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.failover
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m bench.monitor_scale
 	$(PY) -m bench.report
 
 clean: stop

@@ -11,12 +11,13 @@ import re
 import shlex
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drivers import guard
+from drivers import guard, ssh_mux
 from drivers.errors import DriverError
 
 # ssh exits 255 when it could not connect or authenticate; anything else is the remote command's.
@@ -104,17 +105,66 @@ def run(
         )
     except subprocess.TimeoutExpired as exc:
         raise DriverError(f"{target.label}: `{remote}` timed out after {timeout:g} s") from exc
-    result = CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
-    if proc.returncode == SSH_CONNECTION_FAILED:
-        raise DriverError(f"{target.label}: SSH failed: {proc.stderr.strip() or 'no answer'}")
-    if proc.returncode < 0:  # our ssh client was killed (a signal): the command's fate is unknown
-        raise DriverError(f"{target.label}: `{remote}`: the SSH connection was lost (signal {-proc.returncode})")
-    if check and proc.returncode != 0:
-        raise DriverError(
-            f"{target.label}: `{remote}` exited {proc.returncode}: {proc.stderr.strip()}",
-            permanent=True,
-        )
-    return result
+    _check_exit(target, remote, proc.returncode, proc.stderr, check)
+    return CommandResult(argv, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _check_exit(target: SSHTarget, remote: str, returncode: int, stderr: str, check: bool) -> None:
+    if returncode == SSH_CONNECTION_FAILED:
+        raise DriverError(f"{target.label}: SSH failed: {stderr.strip() or 'no answer'}")
+    if returncode < 0:  # our ssh client was killed (a signal): the command's fate is unknown
+        raise DriverError(f"{target.label}: `{remote}`: the SSH connection was lost (signal {-returncode})")
+    if check and returncode != 0:
+        raise DriverError(f"{target.label}: `{remote}` exited {returncode}: {stderr.strip()}", permanent=True)
+
+
+def ping(target: SSHTarget, *, timeout: float) -> None:
+    """`true` on the host in a new session: the host answers (the monitor's check of every host,
+    each cycle; one ping per host at a time). Through the host's ControlMaster directly when one
+    takes the session (drivers/ssh_mux.py: no `ssh` process), else through an `ssh` that starts a
+    master. Raises DriverError as `run` does."""
+    guard.before_host_call()
+    argv = command(target, ["true"])  # the same checks of the host and the user as `run`
+    remote = argv[-1]
+    deadline = time.monotonic() + timeout
+    try:
+        status = ssh_mux.run(ssh_mux.control_path(target.control_dir, target.host, target.port, target.user),
+                             remote, timeout)
+    except ssh_mux.NoSession:
+        _ping_opening_a_master(target, argv, deadline, timeout)
+        return
+    except TimeoutError as exc:
+        raise DriverError(f"{target.label}: `{remote}` timed out after {timeout:g} s") from exc
+    except ssh_mux.SessionLost as exc:
+        raise DriverError(f"{target.label}: `{remote}`: the SSH connection was lost ({exc})") from exc
+    _check_exit(target, remote, status, "", check=True)
+
+
+# The `ssh` processes ping() started to open a host's master, by host: each is left to finish its
+# handshake whatever the check's timeout (one cut short would start over at every check, and with
+# hundreds of hosts on a busy machine might never end), and the next ping waits for it.
+_opening: dict[tuple[str, int, str], subprocess.Popen] = {}
+_opening_lock = threading.Lock()
+
+
+def _ping_opening_a_master(target: SSHTarget, argv: list[str], deadline: float, timeout: float) -> None:
+    key = (target.host, target.port, target.user)
+    with _opening_lock:
+        proc = _opening.get(key)
+        if proc is None or proc.poll() is not None:  # none, or one whose answer came too late to count
+            if proc is not None:
+                proc.communicate()  # its pipes closed, the process reaped
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+            _opening[key] = proc
+    try:
+        _, stderr = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired as exc:
+        raise DriverError(f"{target.label}: `{argv[-1]}` timed out after {timeout:g} s") from exc
+    with _opening_lock:
+        if _opening.get(key) is proc:
+            del _opening[key]
+    _check_exit(target, argv[-1], proc.returncode, stderr, check=True)
 
 
 def send(

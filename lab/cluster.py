@@ -356,7 +356,7 @@ def heal_host(name: str) -> None:
 def stop_hosts(hosts: list[LabHost], *, grace: float = 3.0) -> None:
     """Stop hosts: every process in their namespaces (SIGTERM, SIGKILL after `grace` seconds),
     then their links and namespaces. With grace=0 it is a pulled plug."""
-    close_control_masters(hosts)
+    close_control_masters([h.address for h in hosts])
     if grace:
         for lab_host in hosts:
             anchor = _anchor(lab_host)

@@ -18,10 +18,13 @@ log() { echo "hostinit[$LAB_HOST]: $*"; }
 hostname "$LAB_HOST"
 # The copies of the root namespace's mounts under /run include /run/netns/*: they would pin every
 # other network namespace (other hosts', anyone's) for as long as this host lives.
-# One may be gone by the time it is reached (a namespace deleted meanwhile): that is as good.
-awk '$5 ~ "^/run(/|$)" { print $5 }' /proc/self/mountinfo | sort -r | while read -r mnt; do
-    umount -l "$mnt" 2>/dev/null || ! mountpoint -q "$mnt" || { log "cannot unmount $mnt"; exit 1; }
-done
+# Only the topmost ones: a lazy umount takes the mounts below with it (a fleet adds hundreds). One
+# may be gone by the time it is reached (a namespace deleted meanwhile): that is as good.
+awk '$5 ~ "^/run(/|$)" { print $5 }' /proc/self/mountinfo | sort -u |
+    awk '{ for (i = 1; i <= n; i++) if (index($0 "/", top[i] "/") == 1) next; top[++n] = $0; print }' |
+    while read -r mnt; do
+        umount -l "$mnt" 2>/dev/null || ! mountpoint -q "$mnt" || { log "cannot unmount $mnt"; exit 1; }
+    done
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/sshd /run/lock /run/xenaoe/vblade
 

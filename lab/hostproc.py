@@ -66,6 +66,15 @@ def host_pids(netns: str, lab_host: LabHost | None = None) -> list[int]:
     return sorted(pid for inode in inodes for pid in by_inode.get(inode, []))
 
 
+def pids_in_namespaces(netns_names: list[str]) -> list[int]:
+    """Every process in any of the named namespaces, from one pass over /proc (a fleet has hundreds)."""
+    inodes = {_netns_inode(f"/run/netns/{name}") for name in netns_names}
+    inodes.discard(None)
+    inodes.discard(_netns_inode("/proc/self/ns/net"))  # never the root namespace
+    by_inode = _processes_by_netns()
+    return sorted(pid for inode in inodes for pid in by_inode.get(inode, []))
+
+
 def kill_hosts(hosts: list[LabHost], grace: float) -> None:
     pids = [pid for lab_host in hosts for pid in host_pids(lab_host.netns, lab_host)]
     left = kill_and_wait(pids, timeout=grace)
@@ -73,18 +82,18 @@ def kill_hosts(hosts: list[LabHost], grace: float) -> None:
         raise LabError(f"processes survived SIGKILL: {left}")
 
 
-def close_control_masters(hosts: list[LabHost]) -> None:
-    """End the panel's ssh ControlMaster processes for these hosts (they would linger up to
-    ControlPersist seconds after the host is gone)."""
+def close_control_masters(addresses: list[str]) -> None:
+    """End the panel's ssh ControlMaster processes for the hosts at these addresses (they would
+    linger up to ControlPersist seconds after the host is gone)."""
     control_dir = Path(settings.SSH_CONTROL_DIR)
     if not control_dir.is_dir() or not any(control_dir.iterdir()):
         return
+    options = ssh_options(SSHTarget(host="", identity_file=panel_identity(), known_hosts_file=panel_known_hosts(),
+                                    control_dir=control_dir))
     procs = [
-        subprocess.Popen(
-            ["ssh", *ssh_options(ssh_target(h)), "-O", "exit", h.address],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for h in hosts
+        subprocess.Popen(["ssh", *options, "-O", "exit", address],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for address in addresses
     ]
     for proc in procs:
         try:

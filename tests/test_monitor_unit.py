@@ -342,6 +342,30 @@ def test_a_hung_check_is_a_miss_and_never_piles_up(cluster, calls):
         monitor.close()
 
 
+def test_the_first_cycle_it_leads_waits_first_timeout_for_connections_to_open(cluster, calls):
+    """Opening every host's master and libvirt connection takes longer than a check: the first
+    cycle a monitor leads gives its checks `first_timeout`; the cycles after, `timeout`."""
+    import time
+
+    given: list[float] = []
+
+    def slow(host, timeout):
+        given.append(timeout)
+        time.sleep(0.6)
+        return CheckResult(True)
+
+    monitor = Monitor(check=slow, san_probe=lambda h, listen: SanResult(), interval=1, dead_after=DEAD_AFTER,
+                      timeout=0.1, first_timeout=2, san_listen=0.1, evacuate=False)
+    try:
+        monitor.cycle()
+        assert set(given) == {2} and {_state(CpuServer, n) for n in ("cpu1", "cpu2")} == {(HostState.UP, 0)}
+        given.clear()
+        monitor.cycle()
+        assert set(given) == {0.1} and _state(CpuServer, "cpu1") == (HostState.SUSPECT, 1)
+    finally:
+        monitor.close()
+
+
 # --- pages and websockets ------------------------------------------------------------------------
 
 @pytest.fixture

@@ -31,8 +31,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         interval = options["interval"]
         timeout = min(settings.MONITOR_CHECK_TIMEOUT_MS / 1000, interval * 0.75)
+        # The first cycle it leads opens a connection to every host: as long as ssh allows one.
         monitor = Monitor(interval=interval, timeout=timeout, leadership=leadership_for(interval),
-                          guest_health=None if options["once"] else GuestHealthWatch())
+                          guest_health=None if options["once"] else GuestHealthWatch(),
+                          first_timeout=float(settings.SSH_CONNECT_TIMEOUT))
         try:
             if options["once"]:
                 report = monitor.cycle()
