@@ -97,6 +97,13 @@ class Connection:
             except libvirt.libvirtError:
                 pass
 
+    def abandon(self) -> None:
+        """The caller stopped waiting: the worker closes the connection when its call returns.
+        Never closed from here while a call may run on it: libvirt frees a closed connection at
+        once, and the call still running would use freed memory."""
+        with self._lock:
+            self._abandoned = True
+
 
 def is_remote(uri: str) -> bool:
     """A URI whose connection crosses the network (`driver+transport://host/...`)."""
@@ -181,7 +188,7 @@ def with_connection(uri: str, what: str, timeout: float, fn: Callable[[libvirt.v
         if pooled and (conn := outcome.get("conn")) is not None:
             _pool.drop(uri, conn)  # type: ignore[arg-type]
         elif not pooled:
-            holder.close(abandon=True)
+            holder.abandon()
         raise DriverError(f"{uri}: {what} timed out after {timeout:g} s")
     error = outcome.get("error")
     if isinstance(error, libvirt.libvirtError):

@@ -38,7 +38,8 @@ from vms.services import VmRequest, create_vm
 # The fake cluster (vblade, libvirt, the BMC at the driver boundary) and its fixtures: cpu1-3, disk1-2, cpu2 dead.
 cluster, fake, dead = failover_fakes.cluster, failover_fakes.fake, failover_fakes.dead
 
-pytestmark = pytest.mark.django_db
+# Transactional: the failover brings guests up from a thread pool, whose connections must see the rows.
+pytestmark = pytest.mark.django_db(transaction=True)
 SURVIVORS = (MAC["cpu1"], MAC["cpu3"])
 
 
