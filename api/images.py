@@ -8,10 +8,8 @@ from rest_framework import mixins, serializers, viewsets
 
 from images.models import Image
 from images.serializers import image_summary
-from images.services import visible_images
 from networks.models import Network
 from networks.serializers import network_summary
-from networks.services import usable_networks
 from tenants.access import is_operator
 
 NAME_REGEX = r"[a-z0-9][a-z0-9.-]{0,62}"
@@ -46,7 +44,7 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     lookup_value_regex = NAME_REGEX
 
     def get_queryset(self) -> QuerySet[Image]:
-        images = visible_images(self.request.user).prefetch_related("copies__disk_server")
+        images = Image.objects.visible_to(self.request.user).prefetch_related("copies__disk_server")
         kind = self.request.query_params.get("kind")
         return images.filter(kind=kind) if kind else images
 
@@ -79,4 +77,4 @@ class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     lookup_value_regex = r"[a-z][a-z0-9-]{0,62}"
 
     def get_queryset(self) -> QuerySet[Network]:
-        return usable_networks(self.request.user)
+        return Network.objects.visible_to(self.request.user)

@@ -22,7 +22,7 @@ from ha.failover import confirm_fenced_manually
 from ha.fencing import manual_confirmation_refused
 from ha.models import Incident
 from ha.tenant_view import incident_summary, timeline
-from tenants.access import is_operator, tenant_of, visible_incidents
+from tenants.access import is_operator, tenant_of
 
 
 class IncidentEventSerializer(serializers.Serializer):
@@ -71,7 +71,7 @@ class IncidentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     lookup_value_regex = r"[0-9]{1,18}"
 
     def get_queryset(self) -> QuerySet[Incident]:
-        return visible_incidents(self.request.user)
+        return Incident.objects.visible_to(self.request.user)
 
     def get_serializer_class(self) -> type[serializers.Serializer]:
         return IncidentSerializer if self.action == "list" else IncidentDetailSerializer

@@ -23,7 +23,7 @@ from jobs.long_poll import wait_for_job, waiting_slot
 from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
-from tenants.access import is_operator, visible_jobs
+from tenants.access import is_operator
 
 LOG_PAGE = 500  # entries per answer; a client asks again after next_after
 MAX_WAIT_S = 30.0
@@ -165,7 +165,7 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     filterset_class = JobFilter
 
     def get_queryset(self) -> QuerySet[Job]:
-        return visible_jobs(self.request.user).select_related("tenant", "user")
+        return Job.objects.visible_to(self.request.user).select_related("tenant", "user")
 
     @extend_schema(request=None, responses={202: JobSerializer, 403: DETAIL, 409: DETAIL},
                    summary="Ask a queued or running job to stop (it undoes its work)")

@@ -1,6 +1,6 @@
 """VMs over the API: list, read, create, delete and the lifecycle actions, each a job (202).
 
-The queryset is always tenants.access.visible_vms(user): another tenant's VM is a 404. A VM the
+The queryset is always VirtualMachine.objects.visible_to(user): another tenant's VM is a 404. A VM the
 user sees but may not act on is a 403; the services check everything again themselves.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from rest_framework.reverse import reverse
 from api.common import service_call, viewer
 from api.jobs import JobAcceptedSerializer, accepted
 from storage.models import AoEExport
-from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, visible_vms
+from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server
 from tenants.models import TENANT_ACTIONS
 from vms.choices import VmState
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
@@ -186,7 +186,7 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
     lookup_value_regex = NAME_REGEX
 
     def get_queryset(self) -> QuerySet[VirtualMachine]:
-        vms = visible_vms(self.request.user).select_related("tenant", "cpu_server", "iso")
+        vms = VirtualMachine.objects.visible_to(self.request.user).select_related("tenant", "cpu_server", "iso")
         if is_operator(self.request.user):
             vms = vms.prefetch_related("mirror__legs__disk_server")
         return vms

@@ -9,10 +9,11 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ha.incidents import INCIDENTS_GROUP, incident_group, tenant_incident_group, tenant_incidents_group
+from ha.models import Incident
 from ha.tenant_view import incident_summary, timeline
 from hosts.states import HOSTS_GROUP
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, _after_serial
-from tenants.access import is_operator, tenant_of, visible_incidents
+from tenants.access import is_operator, tenant_of
 
 
 class _GroupConsumer(AsyncJsonWebsocketConsumer):
@@ -72,7 +73,7 @@ class IncidentConsumer(_GroupConsumer):
 
     async def group_for(self, user: Any) -> str | None:
         self.incident_id = int(self.scope["url_route"]["kwargs"]["incident_id"])
-        visible = await database_sync_to_async(visible_incidents(user).filter(pk=self.incident_id).exists)()
+        visible = await database_sync_to_async(Incident.objects.visible_to(user).filter(pk=self.incident_id).exists)()
         if not visible:
             return None
         if self.operator:

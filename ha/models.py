@@ -6,7 +6,12 @@ from django.db import models
 from django.urls import reverse
 
 from ha.choices import INCIDENT_STATE_COLOURS, EventKind, IncidentKind, IncidentState
+from tenants.querysets import TenantScopedQuerySet
 from xenaoe_panel.colours import StateColourMixin
+
+
+class IncidentQuerySet(TenantScopedQuerySet):
+    tenant_field = "tenants"  # every tenant whose VMs it touched
 
 
 class Incident(StateColourMixin, models.Model):
@@ -25,6 +30,8 @@ class Incident(StateColourMixin, models.Model):
     fenced_by = models.CharField(max_length=16, blank=True, help_text="The fence method that confirmed.")
     opened_at = models.DateTimeField(auto_now_add=True, db_index=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = IncidentQuerySet.as_manager()
 
     class Meta:
         ordering = ["-opened_at", "-id"]

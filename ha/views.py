@@ -21,7 +21,7 @@ from ha.models import Incident
 from ha.tenant_view import timeline
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
-from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_incidents
+from tenants.access import is_operator, shows_cpu_server, tenant_of
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
 
@@ -48,7 +48,7 @@ class IncidentListView(LoginRequiredMixin, ListView):
     paginate_by = 50
 
     def get_queryset(self):
-        return open_first(visible_incidents(self.request.user))
+        return open_first(Incident.objects.visible_to(self.request.user))
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_context_data(**kwargs) | {"hide_hosts": not shows_cpu_server(self.request.user)}
@@ -58,7 +58,7 @@ class IncidentDetailView(LoginRequiredMixin, DetailView):
     context_object_name = "incident"
 
     def get_queryset(self):
-        return visible_incidents(self.request.user)
+        return Incident.objects.visible_to(self.request.user)
 
     def get_template_names(self) -> list[str]:
         return ["ha/incident_detail.html" if is_operator(self.request.user) else "ha/incident_tenant.html"]

@@ -16,6 +16,7 @@ from django.db import models
 from django.urls import reverse
 
 from images.choices import COPY_STATE_COLOURS, IMAGE_STATE_COLOURS, CopyState, ImageKind, ImageState
+from tenants.querysets import SharedQuerySet
 from xenaoe_panel.colours import StateColourMixin
 
 image_name_validator = RegexValidator(
@@ -28,7 +29,7 @@ login_user_validator = RegexValidator(r"\A[a-z_][a-z0-9_-]{0,31}\Z", "Not a Linu
 MD_RESERVE_MIB = 16
 
 
-class ImageQuerySet(models.QuerySet["Image"]):
+class ImageQuerySet(SharedQuerySet):
     def usable(self) -> ImageQuerySet:
         return self.filter(state=ImageState.READY)
 

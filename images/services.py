@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from hosts.models import DiskServer
 from images.build import BuiltImage, Recipe, file_sha256
@@ -21,7 +21,6 @@ from images.models import Image, ImageCopy, image_name_validator, login_user_val
 from jobs.models import Job
 from jobs.services import start_job
 from storage.models import AoEExport
-from tenants.access import is_operator, tenant_of
 from tenants.publishing import publish as publish_to
 from vms.placement import PlacementError, free_slot, lock_servers
 
@@ -51,14 +50,8 @@ class ImageRequest:
 
 
 def visible_images(user: AbstractBaseUser | None) -> QuerySet[Image]:
-    """Operators (and the CLI) see every image; a tenant's users the public ones and those
-    published to their tenant."""
-    if user is None or is_operator(user):
-        return Image.objects.all()
-    tenant = tenant_of(user)
-    if tenant is None:
-        return Image.objects.none()
-    return Image.objects.filter(Q(public=True) | Q(tenants=tenant)).distinct()
+    """The images `user` sees (Image.objects.visible_to), or every image for the CLI (no user)."""
+    return Image.objects.all() if user is None else Image.objects.visible_to(user)
 
 
 def validate_request(req: ImageRequest, kind: str = ImageKind.DISK) -> None:

@@ -17,7 +17,7 @@ from django.views import View
 from django.views.generic import DetailView, FormView, ListView
 
 from images.models import Image, image_name_validator, login_user_validator
-from images.services import copy_to_disk_servers, delete_image, set_default, visible_images
+from images.services import copy_to_disk_servers, delete_image, set_default
 from jobs.services import start_job
 from tenants.access import is_operator
 from xenaoe_panel.mixins import OperatorRequiredMixin
@@ -29,7 +29,7 @@ class ImageListView(LoginRequiredMixin, ListView):
     template_name = "images/image_list.html"
 
     def get_queryset(self):
-        return visible_images(self.request.user).prefetch_related("copies__disk_server")
+        return Image.objects.visible_to(self.request.user).prefetch_related("copies__disk_server")
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(**kwargs) | {"operator": is_operator(self.request.user)}
@@ -40,7 +40,7 @@ class ImageDetailView(LoginRequiredMixin, DetailView):
     slug_field = slug_url_kwarg = "name"
 
     def get_queryset(self):
-        return visible_images(self.request.user).prefetch_related("copies__disk_server", "tenants")
+        return Image.objects.visible_to(self.request.user).prefetch_related("copies__disk_server", "tenants")
 
     def get_context_data(self, **kwargs):
         operator = is_operator(self.request.user)

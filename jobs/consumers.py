@@ -10,7 +10,6 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from jobs.events import entry_event, job_group
 from jobs.models import Job
 from jobs.redaction import redactor_for
-from tenants.access import visible_jobs
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
@@ -36,7 +35,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json(self.redact(event))
 
     def _visible(self, user) -> bool:
-        return visible_jobs(user).filter(pk=self.job_id).exists()
+        return Job.objects.visible_to(user).filter(pk=self.job_id).exists()
 
     def _backlog(self, after: int) -> list[dict]:
         job = Job.objects.get(pk=self.job_id)

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs.choices import ACTIVE_STATES, FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
+from tenants.querysets import TenantScopedQuerySet
 from xenaoe_panel.colours import StateColourMixin
 
 # The params keys that name a host a job acts on (a name or a list of names). A job kind that
@@ -92,6 +93,8 @@ class Job(StateColourMixin, models.Model):
     # Every host the job touches, written once when the job is created (see `save`): the job
     # history filters on it, and it stays right after the VM has moved or is gone.
     hosts = models.TextField(blank=True, default="", editable=False)
+
+    objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

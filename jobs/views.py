@@ -17,7 +17,7 @@ from jobs.filters import JobFilterForm, kinds_present
 from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
-from tenants.access import is_operator, shows_cpu_server, tenant_of, visible_jobs
+from tenants.access import is_operator, shows_cpu_server, tenant_of
 
 LOG_PAGE = 500
 # Suggestions offered under the user filter; operators are a handful, this only bounds a mistake.
@@ -72,7 +72,7 @@ class JobListView(LoginRequiredMixin, ListView):
         return response
 
     def get_queryset(self) -> QuerySet[Job]:
-        jobs = visible_jobs(self.request.user).select_related("user")
+        jobs = Job.objects.visible_to(self.request.user).select_related("user")
         if not self.form.is_valid():
             self.form.mark_errors()
             return jobs.none()
@@ -109,7 +109,7 @@ class JobDetailView(LoginRequiredMixin, DetailView):
     template_name = "jobs/job_detail.html"
 
     def get_queryset(self) -> QuerySet[Job]:
-        return visible_jobs(self.request.user)
+        return Job.objects.visible_to(self.request.user)
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
@@ -124,7 +124,7 @@ class JobLogView(LoginRequiredMixin, View):
     """The log after a serial, as JSON: for clients without websockets and for scripts."""
 
     def get(self, request, pk: int):
-        job = get_object_or_404(visible_jobs(request.user), pk=pk)
+        job = get_object_or_404(Job.objects.visible_to(request.user), pk=pk)
         try:
             after = max(int(request.GET.get("after", 0)), 0)
         except ValueError:
@@ -138,7 +138,7 @@ class JobCancelView(LoginRequiredMixin, View):
     """Operators cancel any job; a tenant's user the jobs they started themselves."""
 
     def post(self, request, pk: int):
-        job = get_object_or_404(visible_jobs(request.user), pk=pk)
+        job = get_object_or_404(Job.objects.visible_to(request.user), pk=pk)
         if not (is_operator(request.user) or job.user_id == request.user.pk):
             messages.error(request, "Only an operator or whoever started this job can cancel it.")
             return redirect(job)

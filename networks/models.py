@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
+from tenants.querysets import SharedQuerySet
+
 network_name_validator = RegexValidator(
     r"\A[a-z][a-z0-9-]{0,62}\Z", "A network name is 1-63 lower-case letters, digits and '-', starting with a letter.")
 # A Linux interface name: at most 15 characters, never starting with '-' (it reaches ip(8) as argv).
@@ -38,6 +40,8 @@ class Network(models.Model):
     public = models.BooleanField(default=True)
     tenants = models.ManyToManyField("tenants.Tenant", blank=True, related_name="networks")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SharedQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

@@ -10,10 +10,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from networks.models import BridgeType, Network, Nic
-from tenants.access import is_operator, tenant_of
 from tenants.publishing import publish
 
 MAC_ATTEMPTS = 20
@@ -87,12 +86,8 @@ def publish_network(name: str, *, public: bool, tenants: list[str]) -> Network:
 
 
 def usable_networks(user: AbstractBaseUser | None) -> QuerySet[Network]:
-    if user is None or is_operator(user):
-        return Network.objects.all()
-    tenant = tenant_of(user)
-    if tenant is None:
-        return Network.objects.none()
-    return Network.objects.filter(Q(public=True) | Q(tenants=tenant)).distinct()
+    """The networks `user` may put VMs on (Network.objects.visible_to), or every one for the CLI (no user)."""
+    return Network.objects.all() if user is None else Network.objects.visible_to(user)
 
 
 def resolve_networks(names: list[str], user: AbstractBaseUser | None) -> list[Network]:

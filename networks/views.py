@@ -9,8 +9,8 @@ from django.db.models import Count, Q
 from django.shortcuts import redirect
 from django.views.generic import FormView, ListView
 
-from networks.models import BridgeType, bridge_name_validator, network_name_validator
-from networks.services import NetworkRequest, create_network, usable_networks
+from networks.models import BridgeType, Network, bridge_name_validator, network_name_validator
+from networks.services import NetworkRequest, create_network
 from tenants.access import is_operator
 from xenaoe_panel.mixins import OperatorRequiredMixin
 
@@ -19,7 +19,8 @@ class NetworkListView(LoginRequiredMixin, ListView):
     template_name = "networks/network_list.html"
 
     def get_queryset(self):
-        return usable_networks(self.request.user).annotate(used=Count("nics", filter=Q(nics__ip__isnull=False)))
+        networks = Network.objects.visible_to(self.request.user)
+        return networks.annotate(used=Count("nics", filter=Q(nics__ip__isnull=False)))
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(**kwargs) | {"operator": is_operator(self.request.user)}

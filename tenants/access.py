@@ -1,14 +1,13 @@
-"""Who sees and may do what. Every page, API view, websocket and search asks here.
+"""Who is who, and what they may do: every page, API view, websocket and search asks here.
 
 Operators (active staff) see everything. A tenant's user sees only the tenant's VMs, the jobs on
 them and the incidents that touched them; anything else does not exist for them (404, never 403).
-A signed-in user who is neither sees nothing.
+A signed-in user who is neither sees nothing. Which rows that is, is each model's queryset's to say
+(`Model.objects.visible_to(user)`, tenants/querysets.py), so this module imports no other app.
 """
 from __future__ import annotations
 
 from typing import Any
-
-from django.db.models import QuerySet
 
 from tenants.models import Tenant
 
@@ -25,31 +24,6 @@ def tenant_of(user: Any) -> Tenant | None:
         membership = getattr(user, "membership", None) if user.pk else None
         user._xenaoe_tenant = membership.tenant if membership is not None else None
     return user._xenaoe_tenant
-
-
-def _visible(objects: QuerySet, user: Any, tenant_lookup: str) -> QuerySet:
-    if is_operator(user):
-        return objects
-    tenant = tenant_of(user)
-    return objects.filter(**{tenant_lookup: tenant}) if tenant else objects.none()
-
-
-def visible_vms(user: Any) -> QuerySet:
-    from vms.models import VirtualMachine
-
-    return _visible(VirtualMachine.objects.all(), user, "tenant")
-
-
-def visible_jobs(user: Any) -> QuerySet:
-    from jobs.models import Job
-
-    return _visible(Job.objects.all(), user, "tenant")
-
-
-def visible_incidents(user: Any) -> QuerySet:
-    from ha.models import Incident
-
-    return _visible(Incident.objects.all(), user, "tenants")
 
 
 def shows_cpu_server(user: Any) -> bool:

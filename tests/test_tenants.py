@@ -1,7 +1,9 @@
 """Tenants: quotas, who may create and act, and what each user sees in pages and search."""
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -9,10 +11,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
+from ha.choices import IncidentKind
+from ha.models import Incident
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from storage.models import AoEExport
-from tenants.access import visible_jobs, visible_vms
 from tenants.models import Tenant
 from tenants.quotas import usage
 from tenants.services import add_user, create_tenant, set_quotas
@@ -138,15 +141,39 @@ def test_actions_follow_what_the_tenant_allows_and_other_tenants_vms_do_not_exis
     assert delete_vm("a1", alice).kind == "vm.delete"
 
 
-def test_visibility_of_vms_and_jobs(alice, bob, operator, acme):
+def test_visibility_of_vms_jobs_and_incidents_is_on_their_querysets(alice, bob, operator, acme, globex,
+                                                                     django_user_model):
     create_vm(_request("a1"), user=alice)
     create_vm(_request("b1", tenant="globex"), user=operator)
     create_vm(_request("ops1"), user=operator)
-    assert set(visible_vms(alice).values_list("name", flat=True)) == {"a1"}
-    assert set(visible_vms(bob).values_list("name", flat=True)) == {"b1"}
-    assert visible_vms(operator).count() == 3
-    assert set(visible_jobs(alice).values_list("target_name", flat=True)) == {"a1"}
-    assert set(visible_jobs(bob).values_list("target_name", flat=True)) == {"b1"}
+    incident = Incident.objects.create(kind=IncidentKind.CPU_SERVER_FAILED, host_name="cpu1")
+    incident.tenants.set([acme, globex])
+    Incident.objects.create(kind=IncidentKind.DISK_SERVER_FAILED, host_name="disk1").tenants.set([globex])
+    nobody = django_user_model.objects.create_user("nobody")
+    assert set(VirtualMachine.objects.visible_to(alice).values_list("name", flat=True)) == {"a1"}
+    assert set(VirtualMachine.objects.visible_to(bob).values_list("name", flat=True)) == {"b1"}
+    assert VirtualMachine.objects.visible_to(operator).count() == 3
+    assert set(Job.objects.visible_to(alice).values_list("target_name", flat=True)) == {"a1"}
+    assert set(Job.objects.visible_to(bob).values_list("target_name", flat=True)) == {"b1"}
+    assert list(Incident.objects.visible_to(alice)) == [incident]
+    assert Incident.objects.visible_to(bob).count() == 2 and Incident.objects.visible_to(operator).count() == 2
+    for model in (VirtualMachine, Job, Incident):  # a user of no tenant, an anonymous one, no user: nothing
+        assert not model.objects.visible_to(nobody).exists() and not model.objects.visible_to(None).exists()
+    # It narrows whatever it is chained to, and whatever is chained after it.
+    assert not VirtualMachine.objects.filter(name="b1").visible_to(alice).exists()
+    assert VirtualMachine.objects.visible_to(alice).filter(name="a1").exists()
+    deactivated = alice
+    deactivated.is_active = False
+    assert not VirtualMachine.objects.visible_to(deactivated).exists()
+
+
+def test_the_access_module_imports_no_model_of_another_app():
+    """Who-is-who (tenants/access.py) is imported by every app: it must not import theirs back."""
+    tree = ast.parse((Path(__file__).parent.parent / "tenants" / "access.py").read_text())
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    panel_apps = {"vms", "jobs", "ha", "hosts", "storage", "images", "networks", "sshkeys", "api", "xenaoe_panel"}
+    assert not [name for name in imported if name and name.split(".")[0] in panel_apps]
 
 
 def _client(user) -> Client:

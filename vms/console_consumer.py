@@ -27,9 +27,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from drivers.errors import DriverError
 from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
-from tenants.access import may_run, visible_vms
+from tenants.access import may_run
 from vms import console as console_service
 from vms import graphics
+from vms.models import VirtualMachine
 
 CLOSE_FORBIDDEN = 4403
 CLOSE_BUSY = 4409
@@ -44,7 +45,7 @@ NOTICE_CLOSE_CODES = {console_service.BUSY: CLOSE_BUSY, console_service.TAKEN_OV
 def _authorise(consumer: AsyncWebsocketConsumer, user, name: str, kind: str) -> int | bool | None:
     """The VM's pk if this user may open its console (the session recorded); None: no such VM for
     them (4404); False: not allowed (4403)."""
-    vm = visible_vms(user).filter(name=name).first()
+    vm = VirtualMachine.objects.visible_to(user).filter(name=name).first()
     if vm is None:
         return None
     if not may_run(user, "console"):

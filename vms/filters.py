@@ -1,5 +1,5 @@
 """The VM list's search and filters: a form that validates the query string and narrows a queryset
-the user may see (tenants.access.visible_vms). Each filter is an indexed column (VirtualMachine's
+the user may see (VirtualMachine.objects.visible_to). Each filter is an indexed column (VirtualMachine's
 indexes end in name, the list's order), so a page stays cheap with 10,000 VMs."""
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.urls import reverse
 
+from tenants.querysets import TenantScopedQuerySet
 from vms.choices import VM_STATE_COLOURS, VmState
 from xenaoe_panel.colours import StateColourMixin
 
@@ -55,6 +56,8 @@ class VirtualMachine(StateColourMixin, models.Model):
     restart_priority = models.PositiveSmallIntegerField(default=100, help_text="Higher restarts first.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TenantScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]

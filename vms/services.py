@@ -20,7 +20,7 @@ from networks.services import add_nics, resolve_networks, usable_networks
 from sshkeys.models import SshKey
 from sshkeys.validation import parse_keys
 from storage.models import AoEExport, Mirror
-from tenants.access import is_operator, may_run, tenant_of, visible_vms
+from tenants.access import is_operator, may_run, tenant_of
 from tenants.models import Tenant
 from tenants.quotas import lock as quota_lock
 from tenants.quotas import shortfalls as quota_shortfalls
@@ -90,7 +90,7 @@ def _name_taken(name: str, user: AbstractBaseUser | None) -> ValidationError:
     """VM names are unique across the cluster, but whose a name is, is not a tenant's to learn: a
     name used by a VM this user cannot see is "not available", and only said once everything else
     about the request was accepted (so no request probes names without creating a VM)."""
-    if user is None or visible_vms(user).filter(name=name).exists():
+    if user is None or VirtualMachine.objects.visible_to(user).filter(name=name).exists():
         return ValidationError({"name": f"a VM named {name!r} already exists"})
     return ValidationError({"name": f"the name {name!r} is not available; choose another"})
 
@@ -258,7 +258,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
 def locked_vm(name: str, user: AbstractBaseUser | None, action: str) -> VirtualMachine:
     """The VM row, locked, if `user` may see it and run `action` on it (no user: the CLI, which
     operators run). A VM the user may not see does not exist for them."""
-    vms = VirtualMachine.objects.all() if user is None else visible_vms(user)
+    vms = VirtualMachine.objects.all() if user is None else VirtualMachine.objects.visible_to(user)
     vm = vms.select_for_update().filter(name=name).first()
     if vm is None:
         raise ValidationError({"name": f"no VM named {name!r}"})

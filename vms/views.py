@@ -7,7 +7,8 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
 
-from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of, visible_jobs, visible_vms
+from jobs.models import Job
+from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of
 from tenants.models import Tenant
 from tenants.quotas import usage
 from vms.console import recent_sessions
@@ -37,7 +38,8 @@ class VmListView(LoginRequiredMixin, ListView):
         return response
 
     def get_queryset(self):
-        vms = visible_vms(self.request.user).select_related("cpu_server", "tenant").order_by("name")
+        vms = VirtualMachine.objects.visible_to(self.request.user).select_related("cpu_server", "tenant")
+        vms = vms.order_by("name")
         return self.form.filter(vms) if self.form.is_valid() else vms.none()
 
     def get_context_data(self, **kwargs):
@@ -61,7 +63,8 @@ def ssh_command(vm: VirtualMachine, nics: list) -> str:
 
 def _visible_vm(request, name: str) -> VirtualMachine:
     """The VM if this user may see it; a 404 otherwise, whether it exists or not."""
-    return get_object_or_404(visible_vms(request.user).select_related("cpu_server", "tenant"), name=name)
+    vms = VirtualMachine.objects.visible_to(request.user).select_related("cpu_server", "tenant")
+    return get_object_or_404(vms, name=name)
 
 
 class VmDetailView(LoginRequiredMixin, DetailView):
@@ -69,14 +72,15 @@ class VmDetailView(LoginRequiredMixin, DetailView):
     template_name = "vms/vm_detail.html"
 
     def get_queryset(self):
-        return visible_vms(self.request.user).select_related("cpu_server", "tenant", "image", "iso")
+        vms = VirtualMachine.objects.visible_to(self.request.user)
+        return vms.select_related("cpu_server", "tenant", "image", "iso")
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user, vm = self.request.user, self.object
         operator = is_operator(user)
         context["summary"] = vm_summary(vm)
-        context["jobs"] = visible_jobs(user).filter(vm=vm)[:20]
+        context["jobs"] = Job.objects.visible_to(user).filter(vm=vm)[:20]
         context["actions"] = [
             (name, action.label) for name, action in ACTIONS.items()
             if vm.state in action.allowed_states and may_run(user, name)
