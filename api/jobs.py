@@ -1,11 +1,8 @@
 """Jobs over the API: the history (filtered), one job, its log after a serial (long-poll), cancel."""
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
-import django_filters
-from django.core.validators import RegexValidator
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
@@ -18,7 +15,7 @@ from rest_framework.reverse import reverse
 from api.common import viewer
 from api.schema import DETAIL
 from jobs.choices import JobState, LogLevel
-from jobs.filters import VM_PATTERN, as_utc
+from jobs.filtersets import JobFilterSet
 from jobs.long_poll import wait_for_job, waiting_slot
 from jobs.models import Job
 from jobs.redaction import redactor_for
@@ -133,36 +130,11 @@ class LogQuerySerializer(serializers.Serializer):
                                   help_text="Seconds to wait for an entry when there is none yet (0-30).")
 
 
-class JobFilter(django_filters.FilterSet):
-    state = django_filters.ChoiceFilter(choices=JobState.choices)
-    kind = django_filters.CharFilter(max_length=32)
-    vm = django_filters.CharFilter(
-        method="filter_vm", max_length=64, help_text="A VM name, or the start of names followed by * (web*).",
-        validators=[RegexValidator(VM_PATTERN, "a VM name is lower-case letters, digits and '-' (end with * for "
-                                               "a prefix)")])
-    since = django_filters.IsoDateTimeFilter(method="filter_since",
-                                             help_text="Created at or after this ISO 8601 time.")
-
-    class Meta:
-        model = Job
-        fields = ["state", "kind", "vm", "since"]
-
-    def filter_since(self, jobs: QuerySet[Job], name: str, value: datetime.datetime) -> QuerySet[Job]:
-        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis),
-        # clamped to the calendar (0001-01-01T00:00+01:00 is in year 0).
-        return jobs.filter(created_at__gte=as_utc(value))
-
-    def filter_vm(self, jobs: QuerySet[Job], name: str, value: str) -> QuerySet[Job]:
-        if value.endswith("*"):
-            return jobs.filter(target_name__startswith=value[:-1])
-        return jobs.filter(target_name=value)
-
-
 class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Jobs this user may see: every job for operators, their tenant's for a tenant's users."""
 
     serializer_class = JobSerializer
-    filterset_class = JobFilter
+    filterset_class = JobFilterSet
 
     def get_queryset(self) -> QuerySet[Job]:
         return Job.objects.visible_to(self.request.user).select_related("tenant", "user")

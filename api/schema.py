@@ -2,8 +2,10 @@
 (so that a client, or schemathesis, finds each status it can receive documented)."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from drf_spectacular.contrib.django_filters import DjangoFilterExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
@@ -47,3 +49,20 @@ class PanelAutoSchema(AutoSchema):
 
     def _get_parameters_in_query(self) -> bool:
         return any(p.get("in") == "query" for p in self._get_parameters())
+
+
+class AliasedFilterExtension(DjangoFilterExtension):
+    """django-filter's query parameters, and beside each filter its other names (a filter set's
+    `aliases`, xenaoe_panel/filtersets.py), which the API takes too."""
+
+    priority = 1  # chosen over drf-spectacular's own
+
+    def get_schema_operation_parameters(self, auto_schema: AutoSchema, *args: Any, **kwargs: Any) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(auto_schema, *args, **kwargs)
+        aliases = getattr(getattr(auto_schema.view, "filterset_class", None), "aliases", {})
+        by_name = {parameter["name"]: parameter for parameter in parameters}
+        for alias, name in aliases.items():
+            if name in by_name:
+                parameters.append(copy.deepcopy(by_name[name]) | {
+                    "name": alias, "description": f"The same as `{name}` (which wins when both are given)."})
+        return parameters

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import django_filters
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, viewsets
@@ -24,6 +23,7 @@ from storage.models import AoEExport
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server
 from tenants.models import TENANT_ACTIONS
 from vms.choices import VmState
+from vms.filtersets import VmFilterSet
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
@@ -151,24 +151,6 @@ class MigrateSerializer(serializers.Serializer):
                                              max_value=MAX_BANDWIDTH_MIB, help_text="Bandwidth cap.")
 
 
-class VmFilter(django_filters.FilterSet):
-    state = django_filters.ChoiceFilter(choices=VmState.choices)
-    tenant = django_filters.CharFilter(field_name="tenant__slug", max_length=63, help_text="A tenant's short name.")
-    cpu_server = django_filters.CharFilter(method="filter_cpu_server", max_length=63,
-                                           help_text="Only for users shown CPU servers.")
-    q = django_filters.CharFilter(field_name="name", lookup_expr="icontains", max_length=63,
-                                  help_text="Part of the name.")
-
-    class Meta:
-        model = VirtualMachine
-        fields = ["state", "tenant", "cpu_server", "q"]
-
-    def filter_cpu_server(self, vms: QuerySet[VirtualMachine], name: str, value: str) -> QuerySet[VirtualMachine]:
-        if not shows_cpu_server(self.request.user):
-            raise serializers.ValidationError({"cpu_server": ["you are not shown which CPU server runs a VM"]})
-        return vms.filter(cpu_server__name=value)
-
-
 def _refuse_unless_may(user: Any, action_name: str) -> None:
     if action_name == "migrate" and not is_operator(user):
         raise PermissionDenied("only operators migrate VMs")
@@ -181,7 +163,7 @@ _ACCEPTED = {202: JobAcceptedSerializer}
 
 class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = VmSerializer
-    filterset_class = VmFilter
+    filterset_class = VmFilterSet
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
@@ -13,11 +12,11 @@ from django.views import View
 from django.views.generic import DetailView, ListView
 
 from hosts.models import CpuServer, DiskServer
-from jobs.filters import JobFilterForm, kinds_present
+from jobs.filtersets import JobFilterSet
 from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
-from tenants.access import is_operator, shows_cpu_server, tenant_of
+from tenants.access import is_operator, shows_cpu_server
 
 LOG_PAGE = 500
 # Suggestions offered under the user filter; operators are a handful, this only bounds a mistake.
@@ -48,7 +47,8 @@ class JobPaginator(Paginator):
 
 
 class JobListView(LoginRequiredMixin, ListView):
-    """The job history of the whole cluster, filtered by the query string (jobs.filters).
+    """The job history of the whole cluster, filtered by the query string (jobs/filtersets.py, which
+    the API's list uses too).
 
     /jobs/?vm=NAME is one VM's history. Bad filter values show the form's messages, with status
     400 and no jobs, rather than a list that silently ignores them.
@@ -57,26 +57,18 @@ class JobListView(LoginRequiredMixin, ListView):
     template_name = "jobs/job_list.html"
     paginate_by = 50
     paginator_class = JobPaginator
-    form: JobFilterForm
+    filterset: JobFilterSet
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        operator = is_operator(request.user)
-        tenant = tenant_of(request.user)
-        users = get_user_model().objects.all() if operator else get_user_model().objects.filter(
-            membership__tenant=tenant)
-        self.form = JobFilterForm(request.GET, kinds=kinds_present(), users=users,
-                                  with_hosts=shows_cpu_server(request.user))
+        jobs = Job.objects.visible_to(request.user).select_related("user")
+        self.filterset = JobFilterSet(request.GET, jobs, request=request)
         response = super().get(request, *args, **kwargs)
-        if self.form.errors:
+        if self.filterset.errors:
             response.status_code = 400
         return response
 
     def get_queryset(self) -> QuerySet[Job]:
-        jobs = Job.objects.visible_to(self.request.user).select_related("user")
-        if not self.form.is_valid():
-            self.form.mark_errors()
-            return jobs.none()
-        return self.form.filter(jobs)
+        return self.filterset.qs if self.filterset.is_valid() else self.filterset.queryset.none()
 
     def paginate_queryset(self, queryset: QuerySet[Job], page_size: int) -> tuple[Paginator, Page, Any, bool]:
         # get_page, not ListView's page(): a page number out of range or not a number shows the
@@ -92,13 +84,13 @@ class JobListView(LoginRequiredMixin, ListView):
         operator = is_operator(self.request.user)
         context.update(
             hide_hosts=not shows_cpu_server(self.request.user),
-            form=self.form,
+            form=self.filterset.form,
             job_count=count,
             count_text=f"{count:,} job{'' if count == 1 else 's'}",
             host_names=sorted(
                 [*CpuServer.objects.values_list("name", flat=True), *DiskServer.objects.values_list("name", flat=True)]
             ) if operator else [],
-            user_names=self.form.users.order_by("username").values_list("username", flat=True)[
+            user_names=self.filterset.form.users.order_by("username").values_list("username", flat=True)[
                 :MAX_USER_SUGGESTIONS
             ],
         )

@@ -13,7 +13,7 @@ from django.core.management.base import CommandError
 from drivers import ssh
 from drivers.errors import DriverError
 from hosts.models import CpuServer, DiskServer
-from jobs.filters import HOST_PATTERN, VM_PATTERN
+from jobs.filtersets import HOST_PATTERN, VM_PATTERN
 from jobs.models import _HOST_NAME
 from tenants.services import create_tenant
 from vms.models import VirtualMachine

@@ -109,7 +109,6 @@ def test_the_kind_filter_offers_the_kinds_present(staff_client, history):
 
 
 @pytest.mark.parametrize(("query", "message"), [
-    ("kind=vm.explode", "There is no job of kind “vm.explode”."),
     ("state=sleeping", "“sleeping” is not a job state."),
     ("vm=Bad%20Name!", "A VM name is lower-case letters"),
     ("vm=*", "A VM name is lower-case letters"),

@@ -220,8 +220,10 @@ def test_search_and_filters_only_ever_narrow_what_the_user_sees(alice, globex, o
     assert _vms_listed(_client(alice).get("/vms/?q=b")) == set()
     assert _vms_listed(_client(operator).get("/vms/?tenant=globex&q=2")) == {"b2"}
     assert _client(operator).get("/vms/?state=bogus").status_code == 400
-    # A tenant's user has no tenant filter: the parameter is ignored, never widened.
-    assert _vms_listed(_client(alice).get("/vms/?tenant=globex")) == {"a1"}
+    # A tenant's user is offered no tenant filter; given one (the API takes it), it narrows, never widens.
+    assert b'name="tenant"' not in _client(alice).get("/vms/").content
+    assert _vms_listed(_client(alice).get("/vms/?tenant=globex")) == set()
+    assert _vms_listed(_client(alice).get("/vms/?tenant=acme")) == {"a1"}
 
 
 def test_wizard_shows_the_quota_and_what_remains(alice, acme):

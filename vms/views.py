@@ -12,7 +12,7 @@ from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_serve
 from tenants.models import Tenant
 from tenants.quotas import usage
 from vms.console import recent_sessions
-from vms.filters import VmFilterForm
+from vms.filtersets import VmFilterSet
 from vms.forms import VmCreateForm, image_or_iso
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
@@ -24,30 +24,30 @@ from xenaoe_panel.security_headers import content_security_policy
 
 
 class VmListView(LoginRequiredMixin, ListView):
-    """The VMs the user may see, searched and filtered by the query string (vms.filters)."""
+    """The VMs the user may see, searched and filtered by the query string (vms/filtersets.py, which
+    the API's list uses too). Bad filter values: the form's messages, status 400 and no VMs."""
 
     template_name = "vms/vm_list.html"
     paginate_by = 50
-    form: VmFilterForm
+    filterset: VmFilterSet
 
     def get(self, request, *args, **kwargs):
-        self.form = VmFilterForm(request.GET, user=request.user)
+        vms = VirtualMachine.objects.visible_to(request.user).select_related("cpu_server", "tenant")
+        self.filterset = VmFilterSet(request.GET, vms.order_by("name"), request=request)
         response = super().get(request, *args, **kwargs)
-        if self.form.errors:
+        if self.filterset.errors:
             response.status_code = 400
         return response
 
     def get_queryset(self):
-        vms = VirtualMachine.objects.visible_to(self.request.user).select_related("cpu_server", "tenant")
-        vms = vms.order_by("name")
-        return self.form.filter(vms) if self.form.is_valid() else vms.none()
+        return self.filterset.qs if self.filterset.is_valid() else self.filterset.queryset.none()
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user = self.request.user
         tenant = tenant_of(user)
-        context.update(form=self.form, hide_cpu_server=not shows_cpu_server(user), show_tenant=is_operator(user),
-                       may_create=may_create_vms(user), tenant=tenant,
+        context.update(form=self.filterset.form, hide_cpu_server=not shows_cpu_server(user),
+                       show_tenant=is_operator(user), may_create=may_create_vms(user), tenant=tenant,
                        quota=usage(tenant) if tenant and not is_operator(user) else None)
         return context
 

@@ -1,0 +1,177 @@
+"""What every list's filter set shares (vms/filtersets.py, jobs/filtersets.py).
+
+One django-filter FilterSet per list, used by its page and by its API view alike (NetBox's
+filtersets), so that the two cannot disagree on what a filter means. The API reads its errors as
+400s (field -> messages); the page draws its form. The rules they share:
+
+- A name (a tenant, a CPU server, a job kind) that names nothing filters to nothing: no error, since
+  a host removed or a kind archived since is not a mistake. The page's select shows it anyway.
+- A filter on what the user is not told (which hosts) is refused, with a message on that filter.
+- A filter may have another name (`aliases`): the query string may use either; the filter's own
+  name wins when both are given.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import django_filters
+from django import forms
+from django.core.validators import MaxLengthValidator
+from django.forms.boundfield import BoundField
+from django.http import QueryDict
+
+
+class OpenSelect(forms.Select):
+    """A select that also shows a value not among its options (a name from a link or typed into the
+    address, a host removed since), so that the page says what it filters by."""
+
+    def optgroups(self, name: str, value: list[str], attrs: dict[str, Any] | None = None) -> list[Any]:
+        groups = super().optgroups(name, value, attrs)
+        known = {str(option["value"]) for _, options, _ in groups for option in options}
+        for other in (v for v in value if v and v not in known):
+            groups.append((None, [self.create_option(name, other, other, True, len(groups), attrs=attrs)], len(groups)))
+        return groups
+
+
+class _Once:
+    """Choices read from the database once per form (a select asks for them more than once)."""
+
+    def __init__(self, read: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self.read, self.choices = read, None
+
+    def __call__(self) -> list[tuple[str, str]]:
+        if self.choices is None:
+            self.choices = list(self.read())
+        return self.choices
+
+
+class OpenChoiceField(forms.ChoiceField):
+    """The names there are now to choose from, and any other name up to `max_length` accepted.
+    `choices` is a callable, called only when the page draws the select (never for the API)."""
+
+    widget = OpenSelect
+
+    def __init__(self, *, max_length: int, choices: Callable[[], Iterable[tuple[str, str]]], **kwargs: Any) -> None:
+        super().__init__(choices=_Once(choices), **kwargs)
+        self.validators.append(MaxLengthValidator(max_length))
+
+    def valid_value(self, value: str) -> bool:
+        return True
+
+
+class NameFilter(django_filters.CharFilter):
+    """A name compared exactly: a string in the API, a select of `choices` (a callable, evaluated only
+    when the page draws it) on the page."""
+
+    field_class = OpenChoiceField
+
+
+class LowerCaseField(forms.CharField):
+    """Names are lower case: "Web1" means web1."""
+
+    def to_python(self, value: Any) -> str:
+        return super().to_python(value).lower()
+
+
+class FilterForm(forms.Form):
+    """The form a filter set builds. Its page draws `shown` with Bootstrap's classes; a field in error
+    is marked for sight (is-invalid) and for screen readers (aria-invalid, aria-describedby)."""
+
+    compact = False  # small controls (the VM list)
+    page_help: ClassVar[tuple[str, ...]] = ()  # the fields whose help the page shows (the API's schema shows all)
+    # Set by the filter set before validation: the fields its page draws for this user, and the
+    # filters this user may not use, with why.
+    shown_names: list[str]
+    refused: dict[str, str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown_names, self.refused = list(self.fields), {}
+        size = "-sm" if self.compact else ""
+        for name, field in self.fields.items():
+            kind = "form-select" if isinstance(field.widget, forms.Select) else "form-control"
+            field.widget.attrs.setdefault("class", f"{kind} {kind}{size}" if size else kind)
+            if name not in self.page_help:
+                field.help_text = ""
+            if field.help_text:
+                field.widget.attrs["aria-describedby"] = f"id_{name}_help"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for name, why in self.refused.items():
+            if data.get(name) not in (None, ""):
+                self.add_error(name, why)
+        return data
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        for name in self.errors:
+            if name in self.fields:
+                attrs = self.fields[name].widget.attrs
+                attrs["aria-invalid"] = "true"
+                help_id = [f"id_{name}_help"] if self.fields[name].help_text else []
+                attrs["aria-describedby"] = " ".join([f"id_{name}_error", *help_id])
+                if "is-invalid" not in attrs["class"].split():
+                    attrs["class"] += " is-invalid"
+
+    @property
+    def shown(self) -> list[BoundField]:
+        return [self[name] for name in self.shown_names]
+
+    @property
+    def other_errors(self) -> list[str]:
+        """Messages the page has no field to put beside: the form's own, and those of filters it does not draw."""
+        return [f"{self.fields[name].label or name}: {message}" if name in self.fields else message
+                for name, messages in self.errors.items() if name not in self.shown_names for message in messages]
+
+    @property
+    def active(self) -> bool:
+        return self.is_valid() and any(value not in ("", None) for value in self.cleaned_data.values())
+
+
+class PanelFilterSet(django_filters.FilterSet):
+    """A list's filters, for its page and its API view. `request` is required: what a filter offers
+    or refuses depends on who asks."""
+
+    aliases: ClassVar[dict[str, str]] = {}  # another name -> the filter's
+
+    def __init__(self, data: Mapping[str, Any] | None = None, queryset: Any = None, *, request: Any,
+                 prefix: str | None = None) -> None:
+        super().__init__(_unaliased(data, self.aliases), queryset, request=request, prefix=prefix)
+        self.user = request.user
+
+    @property
+    def form(self) -> FilterForm:
+        if not hasattr(self, "_form"):
+            self.prepare_form(super().form)
+        return self._form
+
+    def prepare_form(self, form: FilterForm) -> None:
+        """Tell the new form what depends on the user (before it validates anything)."""
+        form.shown_names = [name for name in form.fields if self.shown_on_page(name)]
+        form.refused = self.refused()
+
+    def shown_on_page(self, name: str) -> bool:
+        """Whether the page draws this filter for this user (the API takes every filter)."""
+        return name not in self.refused()
+
+    def refused(self) -> dict[str, str]:
+        """The filters this user may not use, with why."""
+        return {}
+
+
+def _unaliased(data: Mapping[str, Any] | None, aliases: dict[str, str]) -> Mapping[str, Any] | None:
+    """The query string with each alias under its filter's name (unless that name is there too)."""
+    found = [(alias, name) for alias, name in aliases.items() if data and alias in data and name not in data]
+    if not found:
+        return data
+    if isinstance(data, QueryDict):
+        query = data.copy()
+        for alias, name in found:
+            query.setlist(name, query.pop(alias))
+        return query
+    plain = dict(data)
+    for alias, name in found:
+        plain[name] = plain.pop(alias)
+    return plain
