@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -19,69 +19,39 @@ from rest_framework.reverse import reverse
 
 from api.common import service_call, viewer
 from api.jobs import JobAcceptedSerializer, accepted
-from storage.models import AoEExport
-from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server
+from tenants.access import is_operator, may_create_vms, may_run
 from tenants.models import TENANT_ACTIONS
-from vms.choices import VmState
 from vms.filtersets import VmFilterSet
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
+from vms.serializers import Audience, VmSerializer
 from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
 
 NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
 OPERATOR_ACTIONS = [*TENANT_ACTIONS, "migrate"]
 
 
-class LegSerializer(serializers.Serializer):
-    disk_server = serializers.CharField(source="disk_server.name")
-    shelf = serializers.IntegerField()
-    slot = serializers.IntegerField()
-    state = serializers.CharField()
-    backing_path = serializers.CharField()
+@extend_schema_serializer(component_name="Vm")
+class VmApiSerializer(VmSerializer):
+    """A VM, as much of it as the caller may be told (the CPU server to users shown CPU servers, the
+    mirror's legs to operators), what the caller may do to it, and where to find it and its console."""
 
+    # Which fields the API gives; the fields themselves, and who is told them, are vms/serializers.py's.
+    API_FIELDS = ("name", "state", "tenant", "vcpus", "memory_mib", "disk_mib", "cpu_server", "running_since",
+                  "created_at", "legs", "actions", "url", "iso", "console_url")
 
-@extend_schema_field(LegSerializer(many=True))
-class LegsField(serializers.Field):
-    """The mirror's two legs (operators only): read from the prefetched rows."""
-
-    def get_attribute(self, vm: VirtualMachine) -> VirtualMachine:
-        return vm
-
-    def to_representation(self, vm: VirtualMachine) -> list[dict[str, Any]]:
-        mirror = getattr(vm, "mirror", None)
-        legs: list[AoEExport] = sorted(mirror.legs.all(), key=lambda leg: leg.leg) if mirror else []
-        return LegSerializer(legs, many=True).data
-
-
-class VmSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    state = serializers.ChoiceField(choices=VmState.choices)
-    tenant = serializers.CharField(source="tenant.slug", allow_null=True)
-    vcpus = serializers.IntegerField()
-    memory_mib = serializers.IntegerField()
-    disk_mib = serializers.IntegerField()
-    cpu_server = serializers.CharField(source="cpu_server.name", allow_null=True, required=False,
-                                       help_text="Only for users shown CPU servers.")
-    running_since = serializers.DateTimeField(allow_null=True)
-    created_at = serializers.DateTimeField()
-    legs = LegsField(required=False, help_text="Operators only: the mirror's legs.")
     actions = serializers.SerializerMethodField(help_text="What this user may do to it.")
     url = serializers.SerializerMethodField()
-    iso = serializers.CharField(source="iso.name", allow_null=True, default=None,
-                                help_text="The ISO in its CD drive (installing), or null.")
     console_url = serializers.SerializerMethodField(
         help_text="Its serial console's websocket (binary frames, docs/api.md); null if you may not use it.")
 
-    def get_fields(self) -> dict[str, serializers.Field]:
-        fields = super().get_fields()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, fields=self.API_FIELDS, **kwargs)
+
+    def get_audience(self) -> Audience | None:
         user = viewer(self)
-        if user is not None:
-            if not shows_cpu_server(user):
-                del fields["cpu_server"]
-            if not is_operator(user):
-                del fields["legs"]
-        return fields
+        return None if user is None else Audience.of(user)
 
     def get_actions(self, vm: VirtualMachine) -> list[str]:
         user = self.context["request"].user
@@ -162,7 +132,7 @@ _ACCEPTED = {202: JobAcceptedSerializer}
 
 
 class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = VmSerializer
+    serializer_class = VmApiSerializer
     filterset_class = VmFilterSet
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX

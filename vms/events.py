@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from vms.choices import VmState
 from vms.models import VirtualMachine
+from vms.serializers import OPERATORS, Audience, VmSerializer
 from xenaoe_panel.broadcast import send_on_commit
 
 VMS_GROUP = "vms"
@@ -14,18 +15,12 @@ def tenant_vms_group(tenant_id: int) -> str:
     return f"vms.tenant.{tenant_id}"
 
 
-def vm_event(vm: VirtualMachine, *, with_cpu_server: bool = True) -> dict:
-    return {
-        "type": "vm.state",
-        "vm": {
-            "name": vm.name,
-            "state": vm.state,
-            "state_display": vm.get_state_display(),
-            "colour": vm.state_colour,
-            "cpu_server": (vm.cpu_server.name if vm.cpu_server else None) if with_cpu_server else None,
-            "running_since": vm.running_since.isoformat() if vm.running_since else None,
-        },
-    }
+EVENT_FIELDS = ("name", "state", "state_display", "colour", "cpu_server", "running_since")
+
+
+def vm_event(vm: VirtualMachine, audience: Audience = OPERATORS) -> dict:
+    """A VM's state as a page's badge and uptime follow it (static/js/live-vms.js)."""
+    return {"type": "vm.state", "vm": dict(VmSerializer(vm, audience=audience, fields=EVENT_FIELDS).data)}
 
 
 def publish_vm(vm: VirtualMachine) -> None:
@@ -33,7 +28,7 @@ def publish_vm(vm: VirtualMachine) -> None:
     operators' pages, and its tenant's (which learn the CPU server only if the tenant may)."""
     send_on_commit([VMS_GROUP], vm_event(vm), f"the state of {vm.name}")
     if vm.tenant_id is not None:
-        send_on_commit([tenant_vms_group(vm.tenant_id)], vm_event(vm, with_cpu_server=vm.tenant.shows_cpu_server),
+        send_on_commit([tenant_vms_group(vm.tenant_id)], vm_event(vm, Audience.of_tenant(vm.tenant)),
                        f"the state of {vm.name} (tenant)")
 
 

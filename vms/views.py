@@ -17,7 +17,7 @@ from vms.forms import VmCreateForm, image_or_iso
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.placement import cpu_candidates, headroom
-from vms.serializers import vm_summary
+from vms.serializers import Audience, vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
 from xenaoe_panel.security_headers import content_security_policy
@@ -73,13 +73,14 @@ class VmDetailView(LoginRequiredMixin, DetailView):
 
     def get_queryset(self):
         vms = VirtualMachine.objects.visible_to(self.request.user)
-        return vms.select_related("cpu_server", "tenant", "image", "iso")
+        vms = vms.select_related("cpu_server", "tenant", "image", "iso", "mirror")
+        return vms.prefetch_related("mirror__legs__disk_server", "nics__network")  # the summary's
 
     def get_context_data(self, **kwargs):
         context = super().get_context_data(**kwargs)
         user, vm = self.request.user, self.object
         operator = is_operator(user)
-        context["summary"] = vm_summary(vm)
+        context["summary"] = vm_summary(vm, Audience.of(user))
         context["jobs"] = Job.objects.visible_to(user).filter(vm=vm)[:20]
         context["actions"] = [
             (name, action.label) for name, action in ACTIONS.items()

@@ -147,7 +147,7 @@ class Command(BaseCommand):
             )
 
     def do_show(self, options: dict) -> None:
-        vm = VirtualMachine.objects.select_related("cpu_server").filter(name=options["name"]).first()
+        vm = VirtualMachine.objects.select_related("cpu_server", "image").filter(name=options["name"]).first()
         if vm is None:
             raise CommandError(f"no VM named {options['name']!r}")
         summary = vm_summary(vm)
