@@ -94,6 +94,7 @@ def test_a_user_not_shown_cpu_servers_may_filter_on_them_neither_on_the_page_nor
     ("state=bogus", "state", "Select a valid choice. bogus is not one of the available choices."),
     (f"q={'x' * 64}", "q", "Ensure this value has at most 63 characters (it has 64)."),
     (f"tenant={'x' * 64}", "tenant", "Ensure this value has at most 63 characters (it has 64)."),
+    ("cpu_server=cpu%00", "cpu_server", "Null characters are not allowed."),
 ])
 def test_a_bad_vm_filter_is_the_same_400_on_the_page_and_in_the_api(world, query, field, message):
     status, names, html = _page(world["op"], query)

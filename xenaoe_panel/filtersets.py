@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import django_filters
 from django import forms
-from django.core.validators import MaxLengthValidator
+from django.core.validators import MaxLengthValidator, ProhibitNullCharactersValidator
 from django.forms.boundfield import BoundField
 from django.http import QueryDict
 
@@ -54,7 +54,8 @@ class OpenChoiceField(forms.ChoiceField):
 
     def __init__(self, *, max_length: int, choices: Callable[[], Iterable[tuple[str, str]]], **kwargs: Any) -> None:
         super().__init__(choices=_Once(choices), **kwargs)
-        self.validators.append(MaxLengthValidator(max_length))
+        # What a CharField checks: PostgreSQL takes no NUL in a string.
+        self.validators += [MaxLengthValidator(max_length), ProhibitNullCharactersValidator()]
 
     def valid_value(self, value: str) -> bool:
         return True
