@@ -63,7 +63,8 @@ class JobFilterForm(FilterForm):
         # Looked up once here, so that the list filters on the indexed user_id without a join.
         user = self.users.filter(username=value).first()
         if user is None:
-            raise ValidationError(f"There is no user named “{value}”.")
+            # With params, not formatted in: django-filter formats the message again for the API.
+            raise ValidationError("There is no user named “%(name)s”.", params={"name": value})
         return user
 
     def clean(self) -> dict:

@@ -192,6 +192,7 @@ def test_the_page_and_the_api_list_the_same_jobs_for_the_same_query(world, histo
     ("op", "host=-cpu1", "host", "A host name is lower-case letters, digits and '-', starting with a letter."),
     ("op", "user=nobody", "user", "There is no user named “nobody”."),
     ("alice", "user=op", "user", "There is no user named “op”."),  # a tenant's users name only their own
+    ("op", "user=%25s%25", "user", "There is no user named “%s%”."),  # found by schemathesis: a 500 in the API
     ("op", "date_from=2024-05-02&date_to=2024-05-01", "date_to", "“To” is before “From”."),
     ("alice", "host=cpu1", "host", "you are not shown which hosts a job acts on"),
 ])
