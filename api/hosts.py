@@ -18,8 +18,9 @@ from hosts.choices import HostState, Hypervisor
 from hosts.models import CpuServer, DiskServer
 from hosts.verify import start_verify
 from vms.placement import Load, server_loads
+from xenaoe_panel.names import NAME
 
-NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
+NAME_REGEX = NAME
 _HOST_FIELDS = ["name", "address", "state", "state_changed_at", "last_seen_at", "missed_checks", "last_check_error"]
 
 

@@ -11,6 +11,7 @@ from images.serializers import image_summary
 from networks.models import Network
 from networks.serializers import network_summary
 from tenants.access import is_operator
+from xenaoe_panel.names import NAME
 
 NAME_REGEX = r"[a-z0-9][a-z0-9.-]{0,62}"
 
@@ -74,7 +75,7 @@ class NetworkSerializer(serializers.Serializer):
 class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = NetworkSerializer
     lookup_field = "name"
-    lookup_value_regex = r"[a-z][a-z0-9-]{0,62}"
+    lookup_value_regex = NAME
 
     def get_queryset(self) -> QuerySet[Network]:
         return Network.objects.visible_to(self.request.user)

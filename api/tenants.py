@@ -21,8 +21,9 @@ from tenants import services
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of
 from tenants.models import TENANT_ACTIONS, Tenant
 from tenants.quotas import usage
+from xenaoe_panel.names import NAME
 
-SLUG_REGEX = r"[a-z][a-z0-9-]{0,62}"
+SLUG_REGEX = NAME
 USERNAME_REGEX = r"[\w.@+-]{1,150}"
 
 

@@ -27,8 +27,9 @@ from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.serializers import Audience, VmSerializer
 from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
+from xenaoe_panel.names import NAME
 
-NAME_REGEX = r"[a-z][a-z0-9-]{0,62}"
+NAME_REGEX = NAME
 OPERATOR_ACTIONS = [*TENANT_ACTIONS, "migrate"]
 
 

@@ -36,7 +36,7 @@ from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.states import change_state
-from hosts.targets import ssh_target
+from hosts.targets import bmc_target, ssh_target
 from storage.models import AoEExport
 
 IPMI, STORAGE, MANUAL = "ipmi", "storage", "manual"
@@ -99,8 +99,7 @@ def fence_by_ipmi(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
         ipmi = ipmi_driver()
     except ImportError as exc:
         return FenceOutcome(IPMI, False, f"the IPMI driver is not installed ({exc})")
-    target = ipmi.BmcTarget(host.bmc_address, host.bmc_port, host.bmc_user, host.bmc_password_file,
-                            settings.FENCE_IPMI_TIMEOUT_S)
+    target = bmc_target(host, settings.FENCE_IPMI_TIMEOUT_S)
     try:
         ipmi.power_off(target, confirm_timeout=settings.FENCE_IPMI_CONFIRM_TIMEOUT_S)
         # power_off confirms by itself; reading the status once more costs one round trip and is

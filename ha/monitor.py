@@ -40,7 +40,7 @@ from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.states import Host, change_state
-from hosts.targets import ssh_target
+from hosts.targets import bmc_target, ssh_target
 from jobs.choices import JobState
 from jobs.models import Job
 from storage.guest_health import GuestHealthWatch
@@ -177,9 +177,8 @@ def probe_san(host: CpuServer, listen: float) -> SanResult:
 def read_bmc(host: CpuServer, timeout: float) -> BmcResult:
     """The BMC's power supply and fan sensors, through ipmitool lanplus as for fencing (each call
     within `timeout`). It runs beside the cycle, at most one per CPU server in flight."""
-    target = ipmi.BmcTarget(host.bmc_address, host.bmc_port, host.bmc_user, host.bmc_password_file, timeout)
     try:
-        sensors = ipmi.read_sensors(target)
+        sensors = ipmi.read_sensors(bmc_target(host, timeout))
     except DriverError as exc:
         return BmcResult(error=str(exc))
     return BmcResult(tuple(sensor.describe() for sensor in sensors if sensor.failing))

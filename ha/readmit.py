@@ -21,8 +21,8 @@ from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import record
 from ha.models import Incident
 from hosts.models import CpuServer
-from hosts.verify_collect import DOMAIN_PREFIX
 from vms.models import VirtualMachine
+from xenaoe_panel.names import DOMAIN_PREFIX
 
 LIBVIRT_TIMEOUT_S = 30.0
 

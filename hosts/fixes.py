@@ -23,7 +23,7 @@ from ha import fencing
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
-from hosts.verify import DOMAIN_PREFIX, INACTIVE_STATES
+from hosts.verify import INACTIVE_STATES
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed
 from jobs.services import start_job
@@ -33,8 +33,9 @@ from vms.choices import VmState
 from vms.events import publish_vm
 from vms.guest_setup import legs_of
 from vms.models import VirtualMachine
+from xenaoe_panel.names import DOMAIN_PREFIX, NAME
 
-DOMAIN_NAME = re.compile(rf"{DOMAIN_PREFIX}[a-z][a-z0-9-]{{0,62}}")  # the panel's names only
+DOMAIN_NAME = re.compile(rf"{DOMAIN_PREFIX}{NAME}")  # the panel's names only
 LIBVIRT_TIMEOUT = 30.0
 MAX_LABEL = 200
 

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from drivers.hypervisor import DomainInfo
 from hosts.models import CpuServer
+from xenaoe_panel.names import DOMAIN_PREFIX
 
-DOMAIN_PREFIX = "xa-"
 # Xen lists its control domain as a domain; its memory is not in CpuServer.memory_mib to begin with.
 CONTROL_DOMAINS = frozenset({"Domain-0"})
 INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # hold no memory

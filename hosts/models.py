@@ -5,12 +5,14 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.urls import reverse
 
+from drivers.vblade import MAX_SHELF
 from hosts.choices import HOST_STATE_COLOURS, HostState, Hypervisor
 from hosts.validators import host_address_validator, libvirt_uri_validator, ssh_user_validator
 from xenaoe_panel.colours import StateColourMixin
+from xenaoe_panel.names import NAME
 
 host_name_validator = RegexValidator(
-    r"^[a-z][a-z0-9-]{0,62}\Z", "Lower-case letters, digits and '-', starting with a letter."
+    rf"^{NAME}\Z", "Lower-case letters, digits and '-', starting with a letter."
 )
 interface_validator = RegexValidator(r"^[A-Za-z0-9_.-]{1,15}\Z", "Not a network interface name.")
 fence_methods_validator = RegexValidator(
@@ -52,7 +54,7 @@ class Host(StateColourMixin, models.Model):
 
 class DiskServer(Host):
     aoe_shelf = models.PositiveIntegerField(
-        unique=True, validators=[MaxValueValidator(65534)],
+        unique=True, validators=[MaxValueValidator(MAX_SHELF)],
         help_text="AoE shelf (major) number of every export on this server; unique on the SAN.",
     )
     volume_dir = models.CharField(
@@ -63,7 +65,7 @@ class DiskServer(Host):
     class Meta(Host.Meta):
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(aoe_shelf__lte=65534), name="diskserver_shelf_range"
+                condition=models.Q(aoe_shelf__lte=MAX_SHELF), name="diskserver_shelf_range"
             )
         ]
 

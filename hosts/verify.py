@@ -23,14 +23,13 @@ from hosts import verify_networks
 from hosts.findings import Finding, Fix
 from hosts.foreign import holds_memory, is_foreign, record_listings
 from hosts.verify_collect import (
-    DOMAIN_PREFIX,
     Inventory,
     Note,
     Reality,
     VmRecord,
-    _quiet,
     collect,
     load_inventory,
+    quiet,
     settle,
 )
 from jobs.choices import ACTIVE_STATES
@@ -38,6 +37,7 @@ from jobs.models import Job
 from jobs.services import start_job
 from storage.models import SECTORS_PER_MIB
 from vms.choices import VmState
+from xenaoe_panel.names import DOMAIN_PREFIX
 
 SEVERITIES = ("critical", "error", "warning")
 
@@ -340,7 +340,7 @@ def checked_counts(inventory: Inventory, real: Reality) -> dict[str, int]:
     }
 
 
-def verify(note: Note = _quiet) -> Verification:
+def verify(note: Note = quiet) -> Verification:
     """Collect and compare in this process (the CLI: no worker needed, so cron works without one)."""
     before = load_inventory()
     real = collect(before, note)

@@ -16,7 +16,7 @@ from drivers.errors import DriverError
 from drivers.hypervisor import DomainInfo
 from drivers.vblade import RunningExport
 from hosts.choices import HostState
-from hosts.foreign import DOMAIN_PREFIX, is_foreign
+from hosts.foreign import is_foreign
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
 from jobs.choices import ACTIVE_STATES
@@ -24,6 +24,7 @@ from jobs.models import Job
 from storage.models import AoEExport
 from vms.models import VirtualMachine
 from vms.placement import Shortfall, n_plus_one_shortfalls
+from xenaoe_panel.names import DOMAIN_PREFIX
 
 T = TypeVar("T")
 Note = Callable[[str, str], None]  # (message, level): the job's log, or nothing for the CLI
@@ -167,11 +168,11 @@ def _parallel(calls: dict[str, Callable[[], T]]) -> dict[str, T | Exception]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def _quiet(_message: str, _level: str) -> None:
+def quiet(_message: str, _level: str) -> None:
     pass
 
 
-def collect_domains(real: Reality, cpus: Iterable[CpuServer], note: Note = _quiet) -> None:
+def collect_domains(real: Reality, cpus: Iterable[CpuServer], note: Note = quiet) -> None:
     results = _parallel({c.name: (lambda c=c: hypervisor.list_domains(c.libvirt_uri, timeout=LIBVIRT_TIMEOUT))
                          for c in cpus})
     for name, result in results.items():
@@ -186,7 +187,7 @@ def collect_domains(real: Reality, cpus: Iterable[CpuServer], note: Note = _quie
         note(f"{name}: {len(ours)} panel domains ({running} running), {foreign} the panel did not make", "info")
 
 
-def collect_disks(real: Reality, disks: Iterable[DiskServer], inventory: Inventory, note: Note = _quiet) -> None:
+def collect_disks(real: Reality, disks: Iterable[DiskServer], inventory: Inventory, note: Note = quiet) -> None:
     paths: dict[str, set[str]] = defaultdict(set)
     for vm in inventory.vms:
         for leg in vm.legs:
@@ -217,7 +218,7 @@ def collect_disks(real: Reality, disks: Iterable[DiskServer], inventory: Invento
         note(f"{name}: {len(exports)} exports running; volumes {checked}", "info")
 
 
-def probe_san(real: Reality, cpus: Iterable[CpuServer], note: Note = _quiet) -> None:
+def probe_san(real: Reality, cpus: Iterable[CpuServer], note: Note = quiet) -> None:
     """One Query Config per CPU server, every shelf and slot, with IDENTIFY for the sizes. CPU
     servers the database calls down are not asked: fenced out of the exports, they see nothing."""
     cpus = [c for c in cpus if c.state not in DOWN_STATES]
@@ -233,7 +234,7 @@ def probe_san(real: Reality, cpus: Iterable[CpuServer], note: Note = _quiet) -> 
         note(f"{name}: {len(result)} exports answer on the SAN", "info")
 
 
-def collect(inventory: Inventory, note: Note = _quiet) -> Reality:
+def collect(inventory: Inventory, note: Note = quiet) -> Reality:
     """Everything at once: CPU servers, disk servers and the SAN are asked in parallel."""
     real = Reality()
     cpus, disks = list(CpuServer.objects.all()), list(DiskServer.objects.all())

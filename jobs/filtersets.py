@@ -20,11 +20,12 @@ from jobs.choices import JobState
 from jobs.models import Job
 from tenants.access import is_operator, shows_cpu_server, tenant_of
 from xenaoe_panel.filtersets import FilterForm, LowerCaseField, NameFilter, PanelFilterSet
+from xenaoe_panel.names import NAME, NAME_RE
 
 # VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix. \Z, not $:
 # $ also matches before a final newline.
-VM_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\*?\Z")
-HOST_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+VM_PATTERN = re.compile(rf"^{NAME}\*?\Z")
+HOST_PATTERN = NAME_RE
 
 
 def kinds_present() -> list[str]:

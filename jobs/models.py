@@ -1,7 +1,6 @@
 """Jobs: every long operation, with numbered steps and a log persisted entry by entry."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,12 +13,13 @@ from django.utils import timezone
 from jobs.choices import ACTIVE_STATES, FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
 from tenants.querysets import TenantScopedQuerySet
 from xenaoe_panel.colours import StateColourMixin
+from xenaoe_panel.names import NAME_RE
 
 # The params keys that name a host a job acts on (a name or a list of names). A job kind that
 # touches a host under another key must add the key here, or the host filter will not find it.
 #   vm.create: cpu_server;  vm.migrate: source, target;  cluster.fix: cpu_server, disk_server.
 HOST_PARAM_KEYS = ("cpu_server", "cpu_servers", "disk_server", "disk_servers", "source", "target", "host", "hosts")
-_HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+_HOST_NAME = NAME_RE
 
 
 def host_names_in(params: dict[str, Any]) -> list[str]:

@@ -9,9 +9,10 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 
 from tenants.querysets import SharedQuerySet
+from xenaoe_panel.names import NAME
 
 network_name_validator = RegexValidator(
-    r"\A[a-z][a-z0-9-]{0,62}\Z", "A network name is 1-63 lower-case letters, digits and '-', starting with a letter.")
+    rf"\A{NAME}\Z", "A network name is 1-63 lower-case letters, digits and '-', starting with a letter.")
 # A Linux interface name: at most 15 characters, never starting with '-' (it reaches ip(8) as argv).
 bridge_name_validator = RegexValidator(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}\Z", "Not a bridge name (1-15 characters).")
 

@@ -9,9 +9,10 @@ from django.urls import reverse
 from tenants.querysets import TenantScopedQuerySet
 from vms.choices import VM_STATE_COLOURS, VmState
 from xenaoe_panel.colours import StateColourMixin
+from xenaoe_panel.names import DOMAIN_PREFIX, NAME
 
 vm_name_validator = RegexValidator(
-    r"^[a-z][a-z0-9-]{0,62}\Z",
+    rf"^{NAME}\Z",
     "A VM name is 1-63 lower-case letters, digits and '-', starting with a letter.",
 )
 
@@ -81,7 +82,7 @@ class VirtualMachine(StateColourMixin, models.Model):
     @property
     def domain_name(self) -> str:
         """The libvirt domain name: prefixed so that the panel's guests stand out on a host."""
-        return f"xa-{self.name}"
+        return f"{DOMAIN_PREFIX}{self.name}"
 
 
 class Reservation(models.Model):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.db.models import Sum
 
+from drivers.vblade import MAX_SLOT
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from jobs.choices import ACTIVE_STATES
@@ -37,7 +38,6 @@ from jobs.models import Job
 from storage.models import LEGS, AoEExport
 from vms.models import Reservation, VirtualMachine
 
-MAX_SLOT = 254
 NEW_VM = "(new VM)"
 
 
