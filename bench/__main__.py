@@ -26,7 +26,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xenaoe_panel.settings_lab")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
-def _ensure_database() -> None:
+def ensure_database() -> None:
     import psycopg
 
     with psycopg.connect(f"{SERVER_URL}/postgres", autocommit=True) as conn:
@@ -123,7 +123,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root: it uses the lab cluster", file=sys.stderr)
         return 2
-    _ensure_database()
+    ensure_database()
     import django
 
     django.setup()

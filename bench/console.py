@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.__main__ import REPO, _ensure_database
+from bench.__main__ import REPO, ensure_database
 from bench.websocket import WebSocket
 
 VM = "benchcon"
@@ -125,7 +125,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the console bench needs root: it uses the lab cluster", file=sys.stderr)
         return 2
-    _ensure_database()
+    ensure_database()
     import django
 
     django.setup()

@@ -34,7 +34,7 @@ SCRIPT_SLOT = 250  # the script's legs: a slot no VM of the bench takes
 SCRIPT_DOMAIN = "xa-benchscript"
 
 
-def _finished(job_pk: int, timeout: float = 180) -> datetime.datetime:
+def job_finished(job_pk: int, timeout: float = 180) -> datetime.datetime:
     """When the job ended (its own timestamp: the bench's polling adds nothing); fails unless it succeeded."""
     from jobs.models import Job
 
@@ -56,13 +56,13 @@ def create_through_panel(name: str) -> float:
 
     started = timezone.now()
     job = create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1", image="none"))
-    return (_finished(job.pk) - started).total_seconds()
+    return (job_finished(job.pk) - started).total_seconds()
 
 
 def delete_through_panel(name: str) -> None:
     from vms.services import delete_vm
 
-    _finished(delete_vm(name).pk)
+    job_finished(delete_vm(name).pk)
 
 
 class Script:
@@ -167,8 +167,8 @@ def create_many(prefix: str, at_once: bool) -> float:
         if at_once:
             jobs.append(job)
         else:
-            _finished(job.pk, timeout=300)
-    ended = max(_finished(job.pk, timeout=600) for job in jobs) if at_once else timezone.now()
+            job_finished(job.pk, timeout=300)
+    ended = max(job_finished(job.pk, timeout=600) for job in jobs) if at_once else timezone.now()
     addresses = list(AoEExport.objects.filter(mirror__vm__name__startswith=prefix).values_list(
         "disk_server_id", "shelf", "slot"))
     if len(addresses) != 2 * PARALLEL or len(set(addresses)) != len(addresses):
@@ -182,7 +182,7 @@ def delete_many(prefix: str) -> None:
 
     for job in [delete_vm(name) for name in VirtualMachine.objects.filter(
             name__startswith=prefix).values_list("name", flat=True)]:
-        _finished(job.pk, timeout=300)
+        job_finished(job.pk, timeout=300)
 
 
 def main() -> int:

@@ -37,12 +37,12 @@ def _monitor() -> subprocess.Popen:
 
 
 def _create_guests(prefix: str) -> list[str]:
-    from bench.creation import _finished
+    from bench.creation import job_finished
     from vms.services import VmRequest, create_vm
 
     names = [f"{prefix}{n}" for n in range(GUESTS)]
     for name in names:
-        _finished(create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu2",
+        job_finished(create_vm(VmRequest(name=name, vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu2",
                                       image="none", allow_n_plus_one_break=True)).pk)
     return names
 

@@ -34,13 +34,13 @@ def through_panel() -> tuple[float, float]:
     """cpu1 -> cpu2: seconds from the call to the job's end, and the downtime in seconds."""
     from django.utils import timezone
 
-    from bench.creation import _finished
+    from bench.creation import job_finished
     from jobs.models import Job
     from vms.migration import migrate_vm
 
     started = timezone.now()
     job = migrate_vm(VM, "cpu2")
-    ended = _finished(job.pk)
+    ended = job_finished(job.pk)
     final = [e.data["migration"] for e in Job.objects.get(pk=job.pk).log.order_by("serial")
              if "migration" in e.data][-1]
     return (ended - started).total_seconds(), final["downtime_ms"] / 1000
@@ -96,7 +96,7 @@ def main() -> int:
 
     from django.conf import settings
 
-    from bench.creation import _finished
+    from bench.creation import job_finished
     from bench.lab_run import Workers, lab
     from lab.guests import busy
     from vms.services import VmRequest, create_vm, delete_vm
@@ -104,7 +104,7 @@ def main() -> int:
     panel_total, panel_down, hand_total, hand_down = [], [], [], []
     with lab(), Workers(1), tempfile.TemporaryDirectory(prefix="bench-migration-") as workdir:
         kernel = busy.install_busy_kernel(Path(settings.LAB_DIR) / "guests", DIRTY_MIB_PER_S)
-        _finished(create_vm(VmRequest(name=VM, vcpus=1, memory_mib=MEMORY_MIB, disk_mib=16, cpu_server="cpu1",
+        job_finished(create_vm(VmRequest(name=VM, vcpus=1, memory_mib=MEMORY_MIB, disk_mib=16, cpu_server="cpu1",
                                       kernel_path=str(kernel), allow_n_plus_one_break=True)).pk)
         script = Path(workdir) / "migrate.sh"
         write_script(script)
@@ -118,7 +118,7 @@ def main() -> int:
                 hand_total.append(total)
                 hand_down.append(down)
         finally:
-            _finished(delete_vm(VM).pk)
+            job_finished(delete_vm(VM).pk)
     notes = {"guest": f"{MEMORY_MIB} MiB dirtying {DIRTY_MIB_PER_S:g} MiB/s"}
     report.save("migration", [
         report.Figure(SECTION, "live migration through the panel: call -> job done",

@@ -59,7 +59,7 @@ def main() -> int:
     database.set_up(DB_NAME)
     from django.conf import settings
 
-    from bench.creation import _finished, delete_many
+    from bench.creation import delete_many, job_finished
     from bench.lab_run import Workers, lab
     from images import build
     from images.models import Image
@@ -72,7 +72,7 @@ def main() -> int:
         recipe = build.RECIPES["debian-12"]
         built = build.build(recipe, Path(settings.IMAGE_BUILD_CACHE), lambda _p, message: print(message))
         register.register_guest_network()
-        _finished(register_built(recipe, built, name="debian-12", source="bench", make_default=True).pk, 900)
+        job_finished(register_built(recipe, built, name="debian-12", source="bench", make_default=True).pk, 900)
         image = Image.objects.get(name="debian-12")
         copy = image.copies.get(disk_server__name="disk1")
         disk_mib = max(1024, image.size_mib)
@@ -81,7 +81,7 @@ def main() -> int:
                 bare.append(dd_once(copy.path, disk_mib))
                 job = create_vm(VmRequest(name=f"prov{n}", vcpus=1, memory_mib=256, disk_mib=disk_mib,
                                           cpu_server="cpu1", allow_n_plus_one_break=True))
-                _finished(job.pk, 300)
+                job_finished(job.pk, 300)
                 panel.append(write_step_seconds(job.pk))
                 delete_many(f"prov{n}")
         finally:

@@ -134,11 +134,11 @@ def mac_from_str(text: str) -> bytes:
     return bytes(int(p, 16) for p in parts)
 
 
-def _pad(frame: bytes) -> bytes:
+def pad_frame(frame: bytes) -> bytes:
     return frame + b"\0" * (MIN_FRAME - len(frame)) if len(frame) < MIN_FRAME else frame
 
 
-def _header(dst: bytes, src: bytes, shelf: int, slot: int, command: int, tag: int) -> bytes:
+def frame_header(dst: bytes, src: bytes, shelf: int, slot: int, command: int, tag: int) -> bytes:
     if not 0 <= shelf <= ANY_SHELF or not 0 <= slot <= ANY_SLOT:
         raise ValueError(f"shelf {shelf} / slot {slot} out of range")
     return _ETH.pack(dst, src, ETH_P_AOE) + _AOE.pack(AOE_VERSION << 4, 0, shelf, slot, command, tag)
@@ -148,13 +148,13 @@ def build_query_config(src: bytes, tag: int, shelf: int = ANY_SHELF, slot: int =
                        dst: bytes = BROADCAST) -> bytes:
     """A Query Config request (command 1, config command 0 = read) with no config string."""
     body = _CFG.pack(0, 0, 0, (AOE_VERSION << 4) | CCMD_READ, 0)
-    return _pad(_header(dst, src, shelf, slot, CMD_CONFIG, tag) + body)
+    return pad_frame(frame_header(dst, src, shelf, slot, CMD_CONFIG, tag) + body)
 
 
 def build_identify(src: bytes, dst: bytes, shelf: int, slot: int, tag: int) -> bytes:
     """An ATA IDENTIFY DEVICE (0xEC) for one sector, addressed to one target's MAC."""
     body = _ATA.pack(0, 0, 1, ATA_IDENTIFY, b"\0" * 6)
-    return _pad(_header(dst, src, shelf, slot, CMD_ATA, tag) + body)
+    return pad_frame(frame_header(dst, src, shelf, slot, CMD_ATA, tag) + body)
 
 
 def parse_frame(frame: bytes) -> Frame | None:

@@ -12,7 +12,7 @@ from ha.incidents import INCIDENTS_GROUP, incident_group, tenant_incident_group,
 from ha.models import Incident
 from ha.tenant_view import incident_summary, timeline
 from hosts.states import HOSTS_GROUP
-from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, _after_serial
+from jobs.consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, after_serial
 from tenants.access import is_operator, tenant_of
 
 
@@ -81,7 +81,7 @@ class IncidentConsumer(_GroupConsumer):
         return tenant_incident_group(self.incident_id, self.tenant.pk)
 
     async def send_backlog(self) -> None:
-        after = _after_serial(self.scope.get("query_string", b""))
+        after = after_serial(self.scope.get("query_string", b""))
         for message in await database_sync_to_async(self._backlog)(after):
             await self.send_json(message)
 

@@ -7,4 +7,4 @@ class HostsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the cluster.verify and cluster.fix job kinds with the job runner.
-        from hosts import jobs  # noqa: F401
+        from hosts import steps  # noqa: F401

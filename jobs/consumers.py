@@ -30,7 +30,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         # and the browser drops what it has already seen by serial.
         await self.channel_layer.group_add(job_group(self.job_id), self.channel_name)
         await self.accept()
-        after = _after_serial(self.scope.get("query_string", b""))
+        after = after_serial(self.scope.get("query_string", b""))
         for event in await database_sync_to_async(self._backlog)(after):
             await self.send_json(self.redact(event))
 
@@ -53,7 +53,7 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(self.redact({"job": event["job"], "entry": event["entry"]}))
 
 
-def _after_serial(query_string: bytes) -> int:
+def after_serial(query_string: bytes) -> int:
     from urllib.parse import parse_qs
 
     values = parse_qs(query_string.decode()).get("after", ["0"])

@@ -56,7 +56,7 @@ def world(django_user_model):
 
 
 def _log_everything(job: Job) -> None:
-    """Entries as the job kinds write them (vms/jobs.py, vms/migration.py, the runner's ERRORED)."""
+    """Entries as the job kinds write them (vms/steps.py, vms/migration.py, the runner's ERRORED)."""
     legs = list(job.vm.mirror.legs.order_by("leg"))
     runner.append_log(job, f"a1: 1 vCPU, 256 MiB on cpu1 ({ADDRESS_CPU1})", data={"cpu_server": "cpu1"})
     for leg in legs:

@@ -32,7 +32,7 @@ from jobs.runner import JobContext, run_job
 from storage.models import AoEExport
 from tests import test_failover_unit as failover_fakes
 from tests.test_failover_unit import MAC, _guest
-from vms import jobs as vm_jobs
+from vms import steps as vm_steps
 from vms.services import VmRequest, create_vm
 
 # The fake cluster (vblade, libvirt, the BMC at the driver boundary) and its fixtures: cpu1-3, disk1-2, cpu2 dead.
@@ -140,7 +140,7 @@ def test_a_new_vms_exports_leave_out_a_dead_or_storage_fenced_host(dead, fake, h
         _fenced_then_back(fake)
     job = create_vm(VmRequest(name="new", vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1",
                               allow_n_plus_one_break=True))
-    vm_jobs.start_exports(JobContext(job))
+    vm_steps.start_exports(JobContext(job))
     legs = AoEExport.objects.filter(mirror__vm__name="new")
     assert legs.count() == 2
     for leg in legs.select_related("disk_server"):

@@ -13,8 +13,8 @@ from ha.incidents import open_incident, record
 from hosts.models import CpuServer
 from tenants.services import add_user, create_tenant
 from vms.choices import VmState
-from vms.events import set_vm_state
 from vms.models import VirtualMachine
+from vms.states import set_vm_state
 from xenaoe_panel.asgi import application
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]

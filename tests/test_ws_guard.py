@@ -15,8 +15,8 @@ from hosts.models import CpuServer
 from jobs.services import start_job
 from tenants.services import add_user, create_tenant, move_user, set_active
 from vms.choices import VmState
-from vms.events import set_vm_state
 from vms.models import VirtualMachine
+from vms.states import set_vm_state
 from xenaoe_panel.asgi import application
 from xenaoe_panel.ws_guard import CLOSE_ACCESS_CHANGED
 

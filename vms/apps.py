@@ -7,4 +7,4 @@ class VmsConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the VM job kinds with the job runner.
-        from vms import jobs, migration  # noqa: F401
+        from vms import migration, steps  # noqa: F401

@@ -1,7 +1,7 @@
 """Bring a VM up on a CPU server from its disks: prepare the server, define the domain, start it,
 confirm it runs and record that it does.
 
-The same acts for every way a guest boots on a server: a new VM's create and a start (vms/jobs.py)
+The same acts for every way a guest boots on a server: a new VM's create and a start (vms/steps.py)
 run them as separate job steps, each logged and undone on its own when a later one fails; the
 failover's restart on a survivor (ha/failover.py) runs them at once with `bring_up`, for several
 guests at a time. A live migration moves a running guest instead (vms/migration.py).
@@ -17,8 +17,8 @@ from jobs.runner import JobFailed
 from storage.models import AoEExport
 from vms import guest_setup
 from vms.choices import VmState
-from vms.events import set_vm_state
 from vms.models import VirtualMachine
+from vms.states import set_vm_state
 
 # libvirt's states of a domain that holds its disks open: never undefined behind a failed start.
 ACTIVE = frozenset({"running", "paused", "blocked"})

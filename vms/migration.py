@@ -31,9 +31,9 @@ from tenants.quotas import lock as quota_lock
 from vms import guest_setup
 from vms.choices import VmState
 from vms.guest_setup import legs_of
-from vms.jobs import job_vm, probe_legs
 from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, n_plus_one_shortfalls, release, reserve, server_load
+from vms.steps import job_vm, probe_legs
 
 MAX_BANDWIDTH_MIB = 100_000  # ~800 Gbit/s: above it a cap is surely a typo
 # How the source's libvirtd reaches the target for a peer-to-peer migration. It runs on the

@@ -22,10 +22,10 @@ from storage.guest_health import GUEST_DISKS, record_view, view_from_mdstat
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
 from vms import bring_up, guest_setup
 from vms.choices import VmState
-from vms.events import set_vm_state
 from vms.guest_setup import legs_of
 from vms.models import VirtualMachine
 from vms.placement import server_load
+from vms.states import set_vm_state
 
 
 def job_vm(ctx: JobContext) -> VirtualMachine:
@@ -37,7 +37,9 @@ def job_vm(ctx: JobContext) -> VirtualMachine:
 
 # --- vm.create --------------------------------------------------------------------------------
 
-def check_reservation(ctx: JobContext) -> None:
+def log_reservation(ctx: JobContext) -> None:
+    """create_vm reserved the name, memory, slot and volumes in the request (vms/services.py): the
+    first step writes down what it holds, where the job's page shows it; its undo gives it back."""
     vm = job_vm(ctx)
     cpu = vm.cpu_server
     legs = legs_of(vm)
@@ -267,7 +269,7 @@ def plan_create(ctx: JobContext) -> list[Step]:
         if vm.image_id else []
     booted = [Step("Wait for the OS to boot from its RAID1", wait_for_boot)] if vm.image_id else []
     return [
-        Step("Check and reserve name, memory and slot", check_reservation, release_reservation),
+        Step("Check and reserve name, memory and slot", log_reservation, release_reservation),
         Step("Create the backing volume on each disk server", create_volumes, remove_volumes),
         *image,
         Step("Export each volume with vblade", start_exports, stop_exports),

@@ -14,6 +14,7 @@ from tenants.quotas import usage
 from vms.console import recent_sessions
 from vms.filtersets import VmFilterSet
 from vms.forms import VmCreateForm, image_or_iso
+from vms.migration import migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
 from vms.placement import cpu_candidates, headroom
@@ -277,8 +278,6 @@ class VmEjectView(LoginRequiredMixin, View):
 
 class VmMigrateView(OperatorRequiredMixin, View):
     def post(self, request, name: str):
-        from vms.migration import migrate_vm
-
         vm = get_object_or_404(VirtualMachine, name=name)
         return _submit(request, vm.name, lambda: migrate_vm(
             vm.name, request.POST.get("target") or None, request.user,

@@ -16,11 +16,11 @@ from hosts.foreign import record_foreign_domains
 from hosts.models import CpuServer
 from jobs.choices import ACTIVE_STATES
 from vms.choices import VmState
-from vms.events import set_vm_state
 from vms.models import VirtualMachine
+from vms.states import set_vm_state
+from xenaoe_panel.names import DOMAIN_PREFIX
 
 log = logging.getLogger(__name__)
-DOMAIN_PREFIX = "xa-"
 # States the hypervisor's word may change; creating/deleting belong to their jobs.
 FOLLOWED_STATES = (VmState.RUNNING, VmState.STOPPED, VmState.UNKNOWN)
 RUNNING_STATES = {"running", "paused", "blocked"}

@@ -45,14 +45,14 @@ from drivers.aoe_probe import (
     Frame,
     ProbeError,
     TagSource,
-    _header,
-    _pad,
     build_identify,
     build_query_config,
     describe_error,
+    frame_header,
     identify_sectors,
     mac_to_str,
     open_socket,
+    pad_frame,
     parse_ata_answer,
     parse_config_answer,
     parse_frame,
@@ -113,7 +113,7 @@ def build_ata(src: bytes, dst: bytes, shelf: int, slot: int, tag: int, request: 
         raise ValueError(f"{len(request.data)} bytes of data for {request.count} sectors")
     aflags = AFLAG_EXTENDED | (AFLAG_WRITE if request.data else 0)
     ata = _ATA.pack(aflags, 0, request.count, request.command, request.lba.to_bytes(6, "little"))
-    return _pad(_header(dst, src, shelf, slot, CMD_ATA, tag) + ata + request.data)
+    return pad_frame(frame_header(dst, src, shelf, slot, CMD_ATA, tag) + ata + request.data)
 
 
 def split_request(command: int, lba: int, count: int, max_sectors: int, data: bytes = b"") -> list[AtaRequest]:
