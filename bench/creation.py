@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import database, report
+from bench import database, lab_run, report
 
 DB_NAME = "xenaoe_bench_create"
 ROUNDS = int(os.environ.get("BENCH_CREATE_ROUNDS", "5"))
@@ -186,11 +186,8 @@ def delete_many(prefix: str) -> None:
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("this bench needs root: it uses the lab cluster", file=sys.stderr)
+    if not lab_run.set_up(DB_NAME):
         return 2
-    os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-create-{os.getpid()}"
-    database.set_up(DB_NAME)
     from bench.lab_run import Workers, lab
 
     figures = []

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import database, report
+from bench import database, lab_run, report
 from bench.report import REPO
 
 DB_NAME = "xenaoe_bench_failover"
@@ -160,14 +160,10 @@ class Floor:
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("this bench needs root: it uses the lab cluster", file=sys.stderr)
-        return 2
-    os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-failover-{os.getpid()}"
-    os.environ["CACHE_PREFIX"] = os.environ["CELERY_QUEUE"]
     if INTERVAL_S:
         os.environ["XENAOE_MONITOR_INTERVAL_S"] = INTERVAL_S  # the monitor's (a child) and this process's
-    database.set_up(DB_NAME)
+    if not lab_run.set_up(DB_NAME):
+        return 2
     from django.conf import settings
 
     from bench.creation import delete_many

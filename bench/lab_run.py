@@ -13,7 +13,20 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from bench import database
 from bench.report import REPO
+
+
+def set_up(db_name: str) -> bool:
+    """What every lab bench starts with: root (the lab needs it: False, said on stderr, without),
+    queue, channel and cache prefixes of this run's own, and its database made and migrated."""
+    if os.geteuid() != 0:
+        print("this bench needs root: it uses the lab cluster", file=sys.stderr)
+        return False
+    prefix = f"{db_name}-{os.getpid()}"
+    os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = os.environ["CACHE_PREFIX"] = prefix
+    database.set_up(db_name)
+    return True
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import database, report
+from bench import database, lab_run, report
 
 DB_NAME = "xenaoe_bench_migration"
 ROUNDS = int(os.environ.get("BENCH_MIGRATION_ROUNDS", "5"))
@@ -87,11 +87,8 @@ def write_script(path: Path) -> None:
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("this bench needs root: it uses the lab cluster", file=sys.stderr)
+    if not lab_run.set_up(DB_NAME):
         return 2
-    os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-migration-{os.getpid()}"
-    database.set_up(DB_NAME)
     import tempfile
 
     from django.conf import settings

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import database, report
+from bench import database, lab_run, report
 
 DB_NAME = "xenaoe_bench_provisioning"
 ROUNDS = int(os.environ.get("BENCH_PROVISIONING_ROUNDS", "3"))
@@ -52,11 +52,8 @@ def dd_once(copy_path: str, size_mib: int) -> float:
 
 
 def main() -> int:
-    if os.geteuid() != 0:
-        print("this bench needs root: it uses the lab cluster", file=sys.stderr)
+    if not lab_run.set_up(DB_NAME):
         return 2
-    os.environ["CELERY_QUEUE"] = os.environ["CHANNELS_PREFIX"] = f"xenaoe-bench-provisioning-{os.getpid()}"
-    database.set_up(DB_NAME)
     from django.conf import settings
 
     from bench.creation import delete_many, job_finished
