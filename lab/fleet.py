@@ -23,7 +23,6 @@ guests, vblade and exports, BMCs (see docs/lab.md, "The fleet").
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -41,6 +40,7 @@ from django.conf import settings
 from drivers.ssh import SSHTarget
 from lab import hostconfig
 from lab.hostproc import close_control_masters, pids_in_namespaces
+from lab.mountpoints import is_mountpoint, load_state, save_state
 from lab.system import SYSTEM_PATH, LabError, ip_batch, kill_and_wait, link_exists, netns_names, pid_alive, read_pid, sh
 from lab.topology import LAB_CODE_DIR, lab_dir, panel_identity
 
@@ -125,7 +125,8 @@ def up(cpus: int, disks: int, *, out: Output = print) -> list[FleetHost]:
     hosts = fleet_hosts(cpus, disks)
     _prepare(hosts)
     _save_state({"hosts": [[h.name, h.role, h.address] for h in hosts],
-                 "made_run_netns": not _run_netns_mounted(), "made_run_netns_dir": not Path("/run/netns").exists()})
+                 "made_run_netns": not is_mountpoint("/run/netns"),
+                 "made_run_netns_dir": not Path("/run/netns").exists()})
     _create_bridges()
     _create_networks(hosts)
     if cpus:
@@ -296,7 +297,7 @@ def down(*, out: Output = print) -> None:
         for name in ("anchor.pid", "ready"):
             (host.state_dir / name).unlink(missing_ok=True)
     if state.get("made_run_netns") and not netns_names():  # else the lab's, or someone else's
-        if _run_netns_mounted():
+        if is_mountpoint("/run/netns"):
             sh(["umount", "/run/netns"])
         if state.get("made_run_netns_dir"):
             Path("/run/netns").rmdir()
@@ -317,25 +318,16 @@ def _veths() -> list[str]:
             if link.startswith(PREFIX) and link not in (MGMT_BRIDGE, SAN_BRIDGE)]
 
 
-def _run_netns_mounted() -> bool:
-    with open("/proc/self/mountinfo") as mountinfo:
-        return any(line.split()[4] == "/run/netns" for line in mountinfo)
-
-
 def _state_file() -> Path:
     return fleet_dir() / "state.json"
 
 
 def _load_state() -> dict:
-    try:
-        return json.loads(_state_file().read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+    return load_state(_state_file())
 
 
 def _save_state(state: dict) -> None:
-    fleet_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-    _state_file().write_text(json.dumps(state) + "\n")
+    save_state(_state_file(), state)
 
 
 def recorded() -> list[FleetHost]:

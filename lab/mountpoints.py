@@ -28,7 +28,7 @@ def make_mountpoints() -> None:
         for directory in reversed(missing):
             os.mkdir(directory, 0o755)
             made.append(directory)
-    if not _is_mountpoint("/run/netns") and not state.get("made_run_netns"):
+    if not is_mountpoint("/run/netns") and not state.get("made_run_netns"):
         state["made_run_netns"] = True
         state["made_run_netns_dir"] = not Path("/run/netns").exists()
     _save_state(state)
@@ -47,7 +47,7 @@ def remove_mountpoints(out: Output) -> None:
             kept.insert(0, directory)
     state["made_dirs"] = kept
     if state.get("made_run_netns") and not netns_names():
-        if _is_mountpoint("/run/netns"):
+        if is_mountpoint("/run/netns"):
             sh(["umount", "/run/netns"])
         if state.get("made_run_netns_dir"):
             os.rmdir("/run/netns")
@@ -55,9 +55,22 @@ def remove_mountpoints(out: Output) -> None:
     _save_state(state)
 
 
-def _is_mountpoint(path: str) -> bool:
+def is_mountpoint(path: str) -> bool:
     with open("/proc/self/mountinfo") as mountinfo:
         return any(line.split()[4] == path for line in mountinfo)
+
+
+def load_state(path: Path) -> dict:
+    """A state file the lab (or the fleet) keeps about what it made; {} when there is none yet."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2) + "\n")
 
 
 def _state_file() -> Path:
@@ -65,12 +78,8 @@ def _state_file() -> Path:
 
 
 def _load_state() -> dict:
-    try:
-        return json.loads(_state_file().read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+    return load_state(_state_file())
 
 
 def _save_state(state: dict) -> None:
-    lab_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
-    _state_file().write_text(json.dumps(state, indent=2) + "\n")
+    save_state(_state_file(), state)
