@@ -66,12 +66,23 @@ def sentinel(tmp_path: Path) -> Iterator[list[redis_ha.Address]]:
         _wait(lambda: int(watcher.sentinel_master(MASTER)["num-slaves"]) == 1, 20, "the sentinel sees the replica")
         _wait(lambda: redis.Redis(port=replica).info("replication")["master_link_status"] == "up", 20,
               "the replica in sync")
+        # Sentinel promotes only a replica it has itself connected to and read INFO from (else
+        # NOGOODSLAVE); seeing it listed in the primary's INFO comes earlier than that.
+        _wait(lambda: _promotable(watcher), 30, "the sentinel has the replica's INFO")
         yield [("127.0.0.1", sentinel_port)]
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=10)
+
+
+def _promotable(watcher: redis.Redis) -> bool:
+    replicas = watcher.sentinel_slaves(MASTER)
+    return bool(replicas) and all(
+        "disconnected" not in r["flags"] and "s_down" not in r["flags"] and r["master-link-status"] == "ok"
+        and 0 < int(r["info-refresh"]) < 10_000
+        for r in replicas)
 
 
 def _primary_port(sentinels: list[redis_ha.Address]) -> int:
