@@ -102,6 +102,16 @@ def attach(target: SSHTarget, shelf: int, slot: int, *, timeout: float = 20.0) -
     return _run(target, "aoe-attach.sh", shelf, slot, timeout).strip()
 
 
+def discover(target: SSHTarget, *, timeout: float = 10.0) -> None:
+    """One `aoe-discover` on the host: every export on the SAN becomes a device there (the kernel
+    makes them as the answers arrive). Before several attaches at once, so that each finds its
+    device instead of each starting a discovery of its own. DriverError if discovery fails."""
+    result = ssh.run(target, ["aoe-discover"], timeout=timeout, check=False)
+    if result.returncode != 0:
+        detail = result.stderr.strip() or f"exit status {result.returncode}"
+        raise DriverError(f"{target.host}: aoe-discover: {detail}")
+
+
 def detach(target: SSHTarget, shelf: int, slot: int, *, timeout: float = 20.0) -> None:
     """`aoe-flush eS.L` and wait until /dev/etherd/eS.L is gone; idempotent (absent is fine)."""
     check_address(shelf, slot)

@@ -24,7 +24,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from drivers import hypervisor
+from drivers import aoe, hypervisor
 from drivers.errors import DriverError
 from ha import fencing
 from ha.choices import EventKind, IncidentKind, IncidentState
@@ -32,6 +32,7 @@ from ha.incidents import close, record, set_state
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer
+from hosts.targets import ssh_target
 from jobs.choices import ACTIVE_STATES, LogLevel
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
@@ -270,6 +271,22 @@ def _restart_with_retries(vm: VirtualMachine, target: CpuServer, log: Callable[.
             time.sleep(delay)
 
 
+def _discover_once(ctx: JobContext, planned: list[tuple[VirtualMachine, CpuServer]]) -> None:
+    """One SAN discovery on each server taking several guests, before their attaches run at once:
+    each attach then finds its device made, where otherwise each would start a discovery of its own
+    (on the lab's initiator stand-in they queue one after another, 0.5 s each). A failed discovery
+    costs nothing but that: each attach discovers again, and reports its own failure."""
+    counts: dict[int, int] = {}
+    for _vm, target in planned:
+        counts[target.pk] = counts.get(target.pk, 0) + 1
+    for target in {target.pk: target for _vm, target in planned if counts[target.pk] > 1}.values():
+        try:
+            aoe.discover(ssh_target(target))
+        except DriverError as exc:
+            ctx.log(f"SAN discovery on {target.name} failed ({exc}): each guest's attach tries again",
+                    LogLevel.WARNING)
+
+
 def _restart_all(ctx: JobContext, planned: list[tuple[VirtualMachine, CpuServer]],
                  ) -> Iterator[tuple[VirtualMachine, CpuServer, float, BaseException | None]]:
     """Bring the planned guests up, FAILOVER_PARALLEL at once (each start is mostly waiting on the
@@ -287,6 +304,7 @@ def _restart_all(ctx: JobContext, planned: list[tuple[VirtualMachine, CpuServer]
 
     if not planned:
         return
+    _discover_once(ctx, planned)
     with ThreadPoolExecutor(max_workers=min(settings.FAILOVER_PARALLEL, len(planned)),
                             thread_name_prefix="failover-restart") as pool:
         running = {pool.submit(restart, vm, target): (vm, target) for vm, target in planned}

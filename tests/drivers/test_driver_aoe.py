@@ -110,6 +110,17 @@ def test_attach_makes_the_device_appear_and_detach_removes_it(initiator):
     aoe.detach(site.cpu, site.shelf, 3)  # already gone
 
 
+def test_one_discovery_makes_every_export_a_device_for_the_attaches_after_it(initiator):
+    site = initiator
+    for slot in (5, 6):
+        export(site, slot=slot)
+    aoe.discover(site.cpu)
+    devices = [f"/dev/etherd/e{site.shelf}.{slot}" for slot in (5, 6)]
+    assert all(cpu_has(site, device) for device in devices)
+    for slot in (5, 6):
+        aoe.detach(site.cpu, site.shelf, slot)
+
+
 def test_attach_of_an_export_nobody_serves_gives_up_in_time(initiator):
     site = initiator
     started = time.monotonic()

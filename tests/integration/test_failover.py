@@ -153,6 +153,8 @@ def test_guests_of_a_killed_cpu_server_run_on_the_survivor_after_the_fence(lab):
     kinds = _kinds(incident)
     assert kinds.index(EventKind.FENCED) < kinds.index(EventKind.RESTARTED)
     assert kinds.count(EventKind.RESTARTED) == 2
+    # Both guests go to cpu1: one SAN discovery there first, which must have worked.
+    assert not job.log.filter(message__startswith="SAN discovery").exists()
     assert seconds < 30
     if incident.fenced_by == fencing.STORAGE:
         cpu2_mac = CpuServer.objects.get(name="cpu2").san_mac
