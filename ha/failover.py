@@ -29,6 +29,7 @@ from drivers.errors import DriverError
 from ha import fencing
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import close, record, set_state
+from ha.job_params import FailoverParams
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer
@@ -72,7 +73,7 @@ def _locked_incident(incident: Incident) -> Incident:
 
 def _start(incident: Incident, user: AbstractBaseUser | None, why: str) -> Job:
     job = start_job(JOB_KIND, target_name=incident.host_name, user=user,
-                    params={"incident": incident.pk, "host": incident.host_name})
+                    params=FailoverParams(incident=incident.pk, host=incident.host_name))
     record(incident, EventKind.NOTE, f"failover job #{job.pk} queued: {why}", job=job)
     return job
 
@@ -124,7 +125,7 @@ def confirm_fenced_manually(incident: Incident, user: AbstractBaseUser | None) -
 # --- the job -------------------------------------------------------------------------------------
 
 def _incident(ctx: JobContext) -> Incident:
-    return Incident.objects.get(pk=ctx.job.params["incident"])
+    return Incident.objects.get(pk=FailoverParams.of(ctx.job).incident)
 
 
 def _host(incident: Incident) -> CpuServer:
@@ -411,7 +412,7 @@ def _note_n_plus_one(ctx: JobContext, incident: Incident) -> None:
         ctx.log(message, LogLevel.WARNING)
 
 
-@job_kind(JOB_KIND, ha=True)
+@job_kind(JOB_KIND, params=FailoverParams, ha=True)
 def plan_failover(ctx: JobContext) -> list[Step]:
     incident = _incident(ctx)
     host = _host(incident)

@@ -27,6 +27,7 @@ from django.utils import timezone
 from drivers.errors import DriverError
 from ha import readmit
 from ha.fencing import restore_storage_access
+from ha.job_params import EvacuateParams, ReturnParams
 from hosts.choices import HostState
 from hosts.models import CpuServer
 from hosts.states import change_state
@@ -35,6 +36,7 @@ from jobs.models import Job, JobLogEntry
 from jobs.runner import JobCancelled, JobContext, JobFailed, Step, append_log, job_kind
 from jobs.services import active_job_for, request_cancel, start_job
 from vms.choices import VmState
+from vms.job_params import VmMigrateParams
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, reserve
@@ -107,9 +109,8 @@ def enter_maintenance(host: CpuServer, user: AbstractBaseUser | None = None, *,
             append_log(running, f"{host.name} entered maintenance (by {_who(user)}); this evacuation carries on")
             job = running
         else:
-            job = start_job(EVACUATE, target_name=host.name, user=user, params={
-                "host": host.name, "reason": f"maintenance by {_who(user)}", "trigger": "maintenance",
-                "max_mib_per_s": cap})
+            job = start_job(EVACUATE, target_name=host.name, user=user, params=EvacuateParams(
+                host=host.name, reason=f"maintenance by {_who(user)}", trigger="maintenance", max_mib_per_s=cap))
     host.refresh_from_db(fields=["state", "state_changed_at"])
     return job
 
@@ -138,7 +139,7 @@ def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> 
         running = active_return(locked)
         if running is not None:
             return running
-        return start_job(RETURN, target_name=host.name, user=user, params={"host": host.name})
+        return start_job(RETURN, target_name=host.name, user=user, params=ReturnParams(host=host.name))
 
 
 def evacuate_suspect(host: CpuServer, reason: str) -> Job | None:
@@ -152,8 +153,8 @@ def evacuate_suspect(host: CpuServer, reason: str) -> Job | None:
                                   "is for suspect hosts (an up host would take new guests meanwhile)")
         if active_evacuation(locked) is not None:
             return None
-        return start_job(EVACUATE, target_name=host.name, params={
-            "host": host.name, "reason": reason, "trigger": "suspect", "max_mib_per_s": _cap(None)})
+        return start_job(EVACUATE, target_name=host.name, params=EvacuateParams(
+            host=host.name, reason=reason, trigger="suspect", max_mib_per_s=_cap(None)))
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -232,14 +233,16 @@ def reserve_plan(job: Job, host: CpuServer) -> EvacuationPlan:
 # --- the job -----------------------------------------------------------------------------------
 
 def _host(ctx: JobContext) -> CpuServer:
-    return CpuServer.objects.get(name=ctx.job.params["host"])
+    """The host an evacuation or a return is about."""
+    params = EvacuateParams.of(ctx.job) if ctx.job.kind == EVACUATE else ReturnParams.of(ctx.job)
+    return CpuServer.objects.get(name=params.host)
 
 
 def plan_step(ctx: JobContext) -> None:
     host = _host(ctx)
     if host.state not in (HostState.MAINTENANCE, HostState.SUSPECT):
         raise JobFailed(f"{host.name} is {host.get_state_display().lower()} now: nothing moved")
-    ctx.log(f"Evacuating {host.name}: {ctx.job.params.get('reason', '')}")
+    ctx.log(f"Evacuating {host.name}: {EvacuateParams.of(ctx.job).reason}")
     plan = reserve_plan(ctx.job, host)
     ctx.data["plan"] = plan.as_dict()
     for move in plan.moves:
@@ -248,7 +251,7 @@ def plan_step(ctx: JobContext) -> None:
         ctx.log(f"{stay.vm}: {stay.reason}", LogLevel.INFO if stay.stopped else LogLevel.WARNING, vm=stay.vm)
     for warning in plan.warnings:  # evacuating is better than not: warn and move anyway
         ctx.log(f"N+1 after the evacuation: {warning}", LogLevel.WARNING)
-    cap = ctx.job.params.get("max_mib_per_s")
+    cap = EvacuateParams.of(ctx.job).max_mib_per_s
     ctx.log(f"{len(plan.moves)} guest{'' if len(plan.moves) == 1 else 's'} to move, {evacuate_parallel()} at a time, "
             + (f"each capped at {cap} MiB/s" if cap else "no bandwidth cap"), plan=ctx.data["plan"])
 
@@ -264,7 +267,7 @@ class _Child:
 
 
 def _start_child(ctx: JobContext, move: Move, not_moved: list[list[Any]]) -> _Child | None:
-    cap = ctx.job.params.get("max_mib_per_s")
+    cap = EvacuateParams.of(ctx.job).max_mib_per_s
     for target in (move.target, None):
         try:
             job = migrate_vm(move.vm, target, user=ctx.job.user, parent=ctx.job, max_mib_per_s=cap)
@@ -277,8 +280,8 @@ def _start_child(ctx: JobContext, move: Move, not_moved: list[list[Any]]) -> _Ch
             if target is None or "target" not in getattr(exc, "error_dict", {}):
                 not_moved.append([move.vm, text])
                 return None
-    ctx.log(f"{move.vm}: migration job #{job.pk} to {job.params['target']} started",
-            child=job.pk, vm=move.vm, target=job.params["target"])
+    chosen = VmMigrateParams.of(job).target
+    ctx.log(f"{move.vm}: migration job #{job.pk} to {chosen} started", child=job.pk, vm=move.vm, target=chosen)
     return _Child(job, move)
 
 
@@ -360,7 +363,7 @@ def _finished(ctx: JobContext, child: _Child, moved: list[list[Any]], not_moved:
     job = child.job
     data = {"child": job.pk, "vm": child.move.vm, "child_state": job.state}
     if job.state == JobState.SUCCEEDED:
-        moved.append([child.move.vm, job.params["target"], job.pk])
+        moved.append([child.move.vm, VmMigrateParams.of(job).target, job.pk])
         ctx.log(f"job #{job.pk} ({child.move.vm}) succeeded: {job.message}", **data)
     else:
         not_moved.append([child.move.vm, f"migration job #{job.pk} {job.state}: {job.message}"])
@@ -397,9 +400,9 @@ def summary_step(ctx: JobContext) -> None:
         raise JobFailed(ctx.data["result"])
 
 
-@job_kind(EVACUATE, ha=True)
+@job_kind(EVACUATE, params=EvacuateParams, ha=True)
 def plan_evacuate(ctx: JobContext) -> list[Step]:
-    host = ctx.job.params["host"]
+    host = EvacuateParams.of(ctx.job).host
     return [
         Step(f"Plan: a target for every running guest of {host}", plan_step),
         Step(f"Migrate the guests off {host}", migrate_step),
@@ -450,14 +453,14 @@ def up_step(ctx: JobContext) -> None:
     with transaction.atomic(), _refusal_fails():
         change_state(_may_leave(_host(ctx)), HostState.UP)
     destroyed = ctx.data.get("destroyed", 0)
-    ctx.data["result"] = f"{ctx.job.params['host']} is up: it takes guests again" + (
+    ctx.data["result"] = f"{ReturnParams.of(ctx.job).host} is up: it takes guests again" + (
         f" ({destroyed} stale guest cop{'y' if destroyed == 1 else 'ies'} destroyed first)" if destroyed else "")
     ctx.log(ctx.data["result"])
 
 
-@job_kind(RETURN, ha=True)
+@job_kind(RETURN, params=ReturnParams, ha=True)
 def plan_return(ctx: JobContext) -> list[Step]:
-    host = ctx.job.params["host"]
+    host = ReturnParams.of(ctx.job).host
     return [
         Step(f"Check {host} may leave maintenance", may_leave_step),
         Step(f"Remove the stale guest copies on {host}", stale_copies_step),

@@ -21,6 +21,7 @@ from drivers.errors import DriverError
 from drivers.hypervisor import DomainInfo
 from ha import fencing
 from hosts.choices import HostState
+from hosts.job_params import FixParams
 from hosts.models import CpuServer, DiskServer
 from hosts.targets import ssh_target
 from hosts.verify import INACTIVE_STATES
@@ -270,19 +271,17 @@ def apply_fix(code: str, args: Any, user: AbstractBaseUser | None = None, *, lab
     vm = validate_fix(code, args)
     if not isinstance(label, str) or len(label) > MAX_LABEL:
         raise ValidationError("a fix's label is a short text")
-    # The host a fix acts on also goes at the top of params, where the job history looks for hosts.
-    hosts = {key: args[key] for key in ("cpu_server", "disk_server") if key in args}
-    return start_job("cluster.fix", vm=vm, target_name=_target_name(args)[:63], user=user,
-                     params={"fix": code, "args": args, "label": label or f"{code} {_target_name(args)}",
-                             "source": source or {}, **hosts})
+    return start_job("cluster.fix", vm=vm, target_name=_target_name(args)[:63], user=user, params=FixParams(
+        fix=code, args=args, label=label or f"{code} {_target_name(args)}", source=source or {},
+        cpu_server=args.get("cpu_server"), disk_server=args.get("disk_server")))
 
 
 def run_fix(ctx: JobContext) -> None:
     """The step of a cluster.fix job: validate again (the job may have waited), then act."""
-    params = ctx.job.params
+    params = FixParams.of(ctx.job)
     try:
-        validate_fix(params.get("fix", ""), params.get("args"))
+        validate_fix(params.fix, params.args)
     except ValidationError as exc:
         raise JobFailed("; ".join(exc.messages)) from exc
-    ctx.data["result"] = FIXES[params["fix"]].run(ctx, params["args"])
+    ctx.data["result"] = FIXES[params.fix].run(ctx, params.args)
     ctx.log(ctx.data["result"])

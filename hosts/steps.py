@@ -4,6 +4,7 @@ from __future__ import annotations
 from hosts import verify, verify_collect, verify_networks
 from hosts.fixes import FIXES, run_fix
 from hosts.foreign import record_listings
+from hosts.job_params import FixParams
 from hosts.models import CpuServer, DiskServer
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
@@ -65,9 +66,9 @@ def plan_verify(ctx: JobContext) -> list[Step]:
     ]
 
 
-@job_kind("cluster.fix")
+@job_kind("cluster.fix", params=FixParams)
 def plan_fix(ctx: JobContext) -> list[Step]:
-    code = ctx.job.params.get("fix")
-    if code not in FIXES:
-        raise JobFailed(f"unknown fix {code!r}")
-    return [Step(str(ctx.job.params.get("label") or code), run_fix)]
+    params = FixParams.of(ctx.job)
+    if params.fix not in FIXES:
+        raise JobFailed(f"unknown fix {params.fix!r}")
+    return [Step(params.label or params.fix, run_fix)]

@@ -16,6 +16,7 @@ from django.views import View
 from django.views.generic import TemplateView
 
 from hosts.fixes import apply_fix
+from hosts.job_params import FixParams
 from hosts.verify import Finding, start_verify
 from jobs.choices import ACTIVE_STATES, FINISHED_STATES
 from jobs.models import Job
@@ -45,7 +46,7 @@ class VerifyView(OperatorRequiredMixin, TemplateView):
         if job is None:
             return context
         fix_jobs = {
-            fix.params.get("source", {}).get("serial"): fix
+            FixParams.of(fix).source.get("serial"): fix
             for fix in Job.objects.filter(kind="cluster.fix", params__source__job=job.pk).order_by("created_at")
         }
         context["rows"] = [

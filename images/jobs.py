@@ -17,6 +17,7 @@ from hosts.models import DiskServer
 from hosts.targets import ssh_target
 from images import importer
 from images.choices import CopyState, ImageState
+from images.job_params import ImageCopyParams, ImageImportParams, ImageRemoveParams
 from images.models import Image, ImageCopy
 from images.services import register_imported
 from jobs.choices import LogLevel
@@ -29,9 +30,10 @@ MIB = 1 << 20
 
 
 def _image(ctx: JobContext) -> Image:
-    image = Image.objects.filter(name=ctx.job.params["image"]).first()
+    name = ImageCopyParams.of(ctx.job).image
+    image = Image.objects.filter(name=name).first()
     if image is None:
-        raise JobFailed(f"image {ctx.job.params['image']} no longer exists")
+        raise JobFailed(f"image {name} no longer exists")
     return image
 
 
@@ -112,13 +114,13 @@ def mark_ready(ctx: JobContext) -> None:
 
 
 def mark_failed(ctx: JobContext) -> None:
-    Image.objects.filter(name=ctx.job.params["image"]).exclude(state=ImageState.READY).update(
+    Image.objects.filter(name=ImageCopyParams.of(ctx.job).image).exclude(state=ImageState.READY).update(
         state=ImageState.FAILED)
 
 
-@job_kind("image.copy")
+@job_kind("image.copy", params=ImageCopyParams)
 def plan_copy(ctx: JobContext) -> list[Step]:
-    disks = ctx.job.params["disk_servers"]
+    disks = ImageCopyParams.of(ctx.job).disk_servers
     # The first step's undo marks the image failed if any copy fails: steps undo in reverse.
     return [
         Step("Check the image", describe_image, mark_failed),
@@ -128,7 +130,7 @@ def plan_copy(ctx: JobContext) -> list[Step]:
 
 
 def remove_copies(ctx: JobContext) -> None:
-    for disk_name, path, *address in ctx.job.params["copies"]:
+    for disk_name, path, *address in ImageRemoveParams.of(ctx.job).copies:
         disk = DiskServer.objects.filter(name=disk_name).first()
         if disk is None:
             continue
@@ -142,7 +144,7 @@ def remove_copies(ctx: JobContext) -> None:
             ctx.log(f"could not remove {path} on {disk_name}: {exc}", LogLevel.WARNING)
 
 
-@job_kind("image.remove")
+@job_kind("image.remove", params=ImageRemoveParams)
 def plan_remove(ctx: JobContext) -> list[Step]:
     return [Step("Remove the copies on the disk servers", remove_copies)]
 
@@ -151,21 +153,20 @@ def plan_remove(ctx: JobContext) -> list[Step]:
 
 def import_upload(ctx: JobContext) -> None:
     """Convert the uploaded file, register the image, and hand over to its copy job."""
-    params = ctx.job.params
-    upload = Path(params["upload"])
+    params = ImageImportParams.of(ctx.job)
+    upload = Path(params.upload)
     work = upload.with_suffix(".import")
     try:
         found = importer.import_file(upload, work, lambda percent, message: ctx.log(message, percent=percent))
         for warning in found.warnings:
             ctx.log(warning, LogLevel.WARNING)
         try:
-            copy = register_imported(found, name=params["image"], os_name=params.get("os", ""),
-                                     os_version=params.get("os_version", ""), login_user=params.get("login_user", ""),
-                                     source=f"uploaded as {params.get('filename', 'a file')}", user=ctx.job.user)
+            copy = register_imported(found, name=params.image, os_name=params.os, login_user=params.login_user,
+                                     source=f"uploaded as {params.filename}", user=ctx.job.user)
         except ValidationError as exc:
             raise JobFailed("; ".join(exc.messages)) from exc
         what = "ISO" if found.kind == "iso" else "image"
-        ctx.data["result"] = f"{params['image']} imported ({what}, {found.size_mib} MiB); copying it: job #{copy.pk}"
+        ctx.data["result"] = f"{params.image} imported ({what}, {found.size_mib} MiB); copying it: job #{copy.pk}"
         ctx.log(ctx.data["result"], copy_job=copy.pk)
     except importer.ImportError_ as exc:
         raise JobFailed(str(exc)) from exc
@@ -174,6 +175,6 @@ def import_upload(ctx: JobContext) -> None:
         upload.unlink(missing_ok=True)
 
 
-@job_kind("image.import")
+@job_kind("image.import", params=ImageImportParams)
 def plan_import(ctx: JobContext) -> list[Step]:
     return [Step("Convert the upload and take its kernel out", import_upload)]

@@ -17,6 +17,7 @@ from hosts.models import DiskServer
 from images.build import BuiltImage, Recipe, file_sha256
 from images.choices import CopyState, ImageKind, ImageState
 from images.importer import Imported
+from images.job_params import ImageCopyParams, ImageRemoveParams
 from images.models import Image, ImageCopy, image_name_validator, login_user_validator
 from jobs.models import Job
 from jobs.services import start_job
@@ -169,7 +170,7 @@ def copy_to_disk_servers(image: Image, disk_servers: list[DiskServer] | None = N
                 reserve_iso_export(copy)
         Image.objects.filter(pk=image.pk).exclude(state=ImageState.READY).update(state=ImageState.PENDING)
         return start_job("image.copy", target_name=f"image {image.name}", user=user,
-                         params={"image": image.name, "disk_servers": [d.name for d in servers]})
+                         params=ImageCopyParams(image=image.name, disk_servers=[d.name for d in servers]))
 
 
 def disk_image_path(image: Image) -> str:
@@ -226,6 +227,6 @@ def delete_image(name: str) -> None:
         store = image.store_dir
         copies = [[c.disk_server.name, c.path, *((c.export.shelf, c.export.slot) if hasattr(c, "export") else ())]
                   for c in image.copies.select_related("disk_server", "export")]
-        start_job("image.remove", target_name=f"image {name}", params={"image": name, "copies": copies})
+        start_job("image.remove", target_name=f"image {name}", params=ImageRemoveParams(image=name, copies=copies))
         image.delete()
     shutil.rmtree(store, ignore_errors=True)

@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import DetailView, FormView, ListView
 
+from images.job_params import ImageImportParams
 from images.models import Image, image_name_validator, login_user_validator
 from images.services import copy_to_disk_servers, delete_image, set_default
 from jobs.services import start_job
@@ -125,8 +126,8 @@ class ImageUploadView(OperatorRequiredMixin, FormView):
             target.unlink()
             form.add_error("sha256", f"the file's SHA-256 is {digest.hexdigest()}, not {data['sha256']}")
             return self.form_invalid(form)
-        job = start_job("image.import", target_name=f"image {data['name']}", user=self.request.user, params={
-            "upload": str(target), "image": data["name"], "login_user": data["login_user"], "os": data["os"],
-            "filename": Path(data["file"].name).name[:100], "sha256": digest.hexdigest(),
-        })
+        job = start_job("image.import", target_name=f"image {data['name']}", user=self.request.user,
+                        params=ImageImportParams(
+                            upload=str(target), image=data["name"], login_user=data["login_user"], os=data["os"],
+                            filename=Path(data["file"].name).name[:100], sha256=digest.hexdigest()))
         return redirect(job)

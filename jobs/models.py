@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -13,25 +11,6 @@ from django.utils import timezone
 from jobs.choices import ACTIVE_STATES, FINISHED_STATES, JOB_STATE_COLOURS, JobState, LogLevel
 from tenants.querysets import TenantScopedQuerySet
 from xenaoe_panel.colours import StateColourMixin
-from xenaoe_panel.names import NAME_RE
-
-# The params keys that name a host a job acts on (a name or a list of names). A job kind that
-# touches a host under another key must add the key here, or the host filter will not find it.
-#   vm.create: cpu_server;  vm.migrate: source, target;  cluster.fix: cpu_server, disk_server.
-HOST_PARAM_KEYS = ("cpu_server", "cpu_servers", "disk_server", "disk_servers", "source", "target", "host", "hosts")
-_HOST_NAME = NAME_RE
-
-
-def host_names_in(params: dict[str, Any]) -> list[str]:
-    """Host names under HOST_PARAM_KEYS; anything that is not a host name (e.g. "automatic") is skipped."""
-    found: list[str] = []
-    for key in HOST_PARAM_KEYS:
-        value = params.get(key)
-        candidates = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        for name in candidates:
-            if isinstance(name, str) and _HOST_NAME.match(name) and name not in found:
-                found.append(name)
-    return found
 
 
 def hosts_column(names: Iterable[str]) -> str:
@@ -41,16 +20,6 @@ def hosts_column(names: Iterable[str]) -> str:
     return f" {' '.join(names)} " if names else ""
 
 
-def _vm_placement(vm_id: int) -> list[str]:
-    """The CPU server and the disk servers (mirror legs) a VM uses now. Jobs such as vm.delete carry
-    no host in their params, yet act on exactly these hosts."""
-    vm_model = apps.get_model("vms", "VirtualMachine")
-    disk_model = apps.get_model("hosts", "DiskServer")
-    cpu = vm_model.objects.filter(pk=vm_id).values_list("cpu_server__name", flat=True).first()
-    disks = disk_model.objects.filter(exports__mirror__vm_id=vm_id).values_list("name", flat=True)
-    return [name for name in (cpu, *disks) if name]
-
-
 class Job(StateColourMixin, models.Model):
     STATE_COLOURS = JOB_STATE_COLOURS
     kind = models.CharField(max_length=32, db_index=True)
@@ -58,6 +27,7 @@ class Job(StateColourMixin, models.Model):
     vm = models.ForeignKey("vms.VirtualMachine", on_delete=models.SET_NULL, null=True, blank=True, related_name="jobs")
     # The VM's name stays readable after the VM is gone (a failed create, a delete).
     target_name = models.CharField(max_length=63, blank=True, db_index=True)
+    # Its kind's parameters (jobs/params.py) as JSON; read them through the kind's class.
     params = models.JSONField(default=dict, blank=True)
     # A job made of other jobs (an evacuation and its migrations) is their parent.
     parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
@@ -90,8 +60,9 @@ class Job(StateColourMixin, models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    # Every host the job touches, written once when the job is created (see `save`): the job
-    # history filters on it, and it stays right after the VM has moved or is gone.
+    # Every host the job touches, written once when the job is created (jobs.services.start_job:
+    # the hosts its parameters declare and where its VM is then): the job history filters on it,
+    # and it stays right after the VM has moved or is gone.
     hosts = models.TextField(blank=True, default="", editable=False)
 
     objects = TenantScopedQuerySet.as_manager()
@@ -122,16 +93,6 @@ class Job(StateColourMixin, models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("job-detail", args=[self.pk])
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self._state.adding and not self.hosts:
-            # Where the VM is when the job is created is where the job acts (a migration names
-            # both ends in its params). bulk_create skips this: callers set `hosts` themselves.
-            names = host_names_in(self.params or {})
-            if self.vm_id:
-                names += _vm_placement(self.vm_id)
-            self.hosts = hosts_column(names)
-        super().save(*args, **kwargs)
 
     @property
     def host_names(self) -> list[str]:

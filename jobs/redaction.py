@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from hosts.models import CpuServer, DiskServer
-from jobs.models import HOST_PARAM_KEYS
+from jobs.kinds import host_keys
 from tenants.access import is_operator, shows_cpu_server
 
 INTERNAL_ERROR = "internal error, reported to the operators"
@@ -29,8 +29,6 @@ HIDDEN_KEYS = {
     "device": "a device", "mac": "a MAC address", "macs": "MAC addresses", "san_mac": "a MAC address",
 }
 DROPPED_KEYS = {"traceback"}
-# Keys that name one of the panel's hosts (jobs.models.HOST_PARAM_KEYS): their role when names are hidden.
-HOST_KEYS = set(HOST_PARAM_KEYS)
 
 # The runner's words for an unexpected error (jobs/runner.py): "<step> raised <Type>: <text>" in the
 # entry that carries the traceback, "<step>: unexpected <Type>: <text>" in the job's message.
@@ -65,10 +63,13 @@ class Redactor:
     do_not_call_in_templates = True
 
     def __init__(self, *, hide: bool, roles: dict[str, str] | None = None,
-                 literals: dict[str, str] | None = None) -> None:
+                 literals: dict[str, str] | None = None, host_keys: frozenset[str] = frozenset()) -> None:
         self.hide = hide
         self.roles = roles or {}  # host name -> role, when names are hidden
         self.literals = literals or {}  # the inventory's addresses -> what a tenant reads instead
+        # Keys of an entry's data that name a host (those the job kinds declare as their hosts): a
+        # name there that the inventory no longer has is hidden too, when names are.
+        self.host_keys = host_keys
         self._names = _word_pattern(self.roles)
 
     def __call__(self, value: Any) -> Any:
@@ -110,7 +111,7 @@ class Redactor:
                     continue
                 if key in HIDDEN_KEYS:
                     found[text] = HIDDEN_KEYS[key]
-                elif key in HOST_KEYS and self.roles and text not in self.roles:
+                elif key in self.host_keys and self.roles and text not in self.roles:
                     found[text] = "a host"
         return found
 
@@ -154,4 +155,5 @@ def redactor_for(user: Any) -> Redactor:
     literals |= {a: "an address" for a in DiskServer.objects.values_list("address", flat=True) if a}
     for name in names:  # a host whose address is its name: the name rule decides
         literals.pop(name, None)
-    return Redactor(hide=True, roles={} if shows_cpu_server(user) else names, literals=literals)
+    return Redactor(hide=True, roles={} if shows_cpu_server(user) else names, literals=literals,
+                    host_keys=host_keys())

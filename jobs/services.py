@@ -1,7 +1,7 @@
 """Creating jobs: the row is written in the caller's transaction, the task is queued on commit."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -9,7 +9,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from jobs.choices import ACTIVE_STATES, JobState, LogLevel
-from jobs.models import Job
+from jobs.kinds import kind_of
+from jobs.models import Job, hosts_column
+from jobs.params import JobParams
 from jobs.queues import send
 from jobs.runner import JobContext, append_log, release_unstarted
 
@@ -18,18 +20,38 @@ class WorkerUnavailable(Exception):
     """No Celery worker answered: a job queued now would wait for one."""
 
 
+class JobVm(Protocol):
+    """The VM a job acts on (vms.models.VirtualMachine, which jobs/ does not import)."""
+
+    name: str
+    tenant_id: int | None
+
+    def host_names(self) -> list[str]:
+        """The hosts it uses now: a job on it acts on them even when its parameters name none."""
+
+
 def start_job(
-    kind: str, *, vm: Any = None, target_name: str = "", params: dict | None = None,
+    kind: str, *, vm: JobVm | None = None, target_name: str = "", params: JobParams | None = None,
     user: AbstractBaseUser | None = None, parent: Job | None = None,
 ) -> Job:
-    """Write a job and queue it on commit (jobs/queues.py: the HA queue or the default one). A VM
-    with a job in progress refuses a second one (ValidationError naming the running job): the
-    database's one_active_job_per_vm decides."""
+    """Write a job and queue it on commit (jobs/queues.py: the HA queue or the default one).
+    `params` must be the parameters the kind declares (none: a kind that takes none); bad ones raise
+    a ValidationError and write nothing. The job's hosts, for the history, are those its parameters
+    name and those its VM uses now. A VM with a job in progress refuses a second one
+    (ValidationError naming the running job): the database's one_active_job_per_vm decides."""
+    declared = kind_of(kind)
+    if declared is None:
+        raise ValidationError(f"no job kind {kind!r}")
+    params = params if params is not None else declared.params.from_json({})
+    if type(params) is not declared.params:
+        raise TypeError(f"{kind} takes {declared.params.__name__}, not {type(params).__name__}")
+    hosts = [*params.hosts(), *(vm.host_names() if vm is not None else [])]
     try:
         with transaction.atomic():
             job = Job.objects.create(
                 kind=kind, vm=vm, target_name=target_name or (vm.name if vm else ""),
-                params=params or {}, user=user if user is not None and user.is_authenticated else None,
+                params=params.to_json(), hosts=hosts_column(hosts),
+                user=user if user is not None and user.is_authenticated else None,
                 parent=parent, tenant_id=vm.tenant_id if vm is not None else (parent.tenant_id if parent else None),
             )
     except IntegrityError as exc:

@@ -13,12 +13,14 @@ import redis
 from django.conf import settings
 
 from drivers import hypervisor
+from ha.job_params import EvacuateParams, FailoverParams
 from hosts.models import CpuServer
 from jobs.choices import JobState
 from jobs.models import Job
 from jobs.runner import run_job
 from jobs.services import start_job
 from vms.choices import VmState
+from vms.job_params import VmPowerParams
 from vms.models import VirtualMachine
 from vms.services import vm_action
 
@@ -102,11 +104,12 @@ def test_ha_jobs_go_to_their_own_queue_and_tenant_jobs_to_the_default_one():
     assert default != ha
     broker.delete(default, ha)
     try:
-        start_job("host.failover", target_name="cpu9", params={"incident": 0, "host": "cpu9"})
-        start_job("host.evacuate", target_name="cpu9", params={"host": "cpu9"})
+        start_job("host.failover", target_name="cpu9", params=FailoverParams(incident=0, host="cpu9"))
+        start_job("host.evacuate", target_name="cpu9",
+                  params=EvacuateParams(host="cpu9", reason="test", trigger="suspect"))
         assert (broker.llen(ha), broker.llen(default)) == (2, 0)
         vm = VirtualMachine.objects.create(name="t1", vcpus=1, memory_mib=64, disk_mib=32)
-        start_job("vm.shutdown", vm=vm, params={"timeout_s": 3600})
+        start_job("vm.shutdown", vm=vm, params=VmPowerParams(timeout_s=3600))
         assert (broker.llen(ha), broker.llen(default)) == (2, 1)
     finally:
         broker.delete(default, ha)

@@ -12,6 +12,7 @@ from jobs.choices import JobState
 from jobs.models import Job
 from jobs.services import start_job
 from vms.choices import VmState
+from vms.job_params import VmCreateParams
 from vms.models import VirtualMachine
 
 pytestmark = pytest.mark.django_db
@@ -105,7 +106,9 @@ def test_a_waiting_job_whose_wake_up_was_lost_is_woken_again_with_the_same_token
 
 def test_a_queued_create_no_worker_takes_is_ended_and_gives_back_its_vm():
     vm = VirtualMachine.objects.create(name="new", vcpus=1, memory_mib=64, disk_mib=32, state=VmState.CREATING)
-    job = start_job("vm.create", vm=vm)
+    job = start_job("vm.create", vm=vm, params=VmCreateParams(
+        vcpus=1, memory_mib=64, disk_mib=32, cpu_server="cpu1", requested_cpu_server="automatic", tenant=None,
+        image=None, nics=[]))
     other = start_job("test.two_steps")
     _age(job, hours=2)
     _age(other, minutes=10)

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from hosts.models import CpuServer
 from jobs.choices import JobState
-from jobs.models import Job
+from jobs.models import Job, hosts_column
 from tenants.services import add_user, create_tenant, set_permissions
 from vms.choices import VmState
 from vms.models import VirtualMachine
@@ -136,18 +136,18 @@ def history(world) -> dict[str, Job]:
     op, alice = User.objects.get(username="op"), User.objects.get(username="alice")
     acme = alice.membership.tenant
 
-    def job(kind: str, target: str, *, state: str = JobState.SUCCEEDED, user=None, params=None, tenant=None,
+    def job(kind: str, target: str, *, state: str = JobState.SUCCEEDED, user=None, hosts=(), tenant=None,
             days_ago: float = 0) -> Job:
-        made = Job.objects.create(kind=kind, state=state, target_name=target, user=user, params=params or {},
+        made = Job.objects.create(kind=kind, state=state, target_name=target, user=user, hosts=hosts_column(hosts),
                                   tenant=tenant)
         Job.objects.filter(pk=made.pk).update(created_at=timezone.now() - datetime.timedelta(days=days_ago))
         return made
 
     return {
-        "create_web1": job("vm.create", "web1", user=alice, params={"cpu_server": "cpu1"}, tenant=acme, days_ago=2),
+        "create_web1": job("vm.create", "web1", user=alice, hosts=["cpu1"], tenant=acme, days_ago=2),
         "reboot_web1": job("vm.reboot", "web1", state=JobState.RUNNING, user=alice, tenant=acme),
-        "migrate_db1": job("vm.migrate", "db1", user=op, params={"source": "cpu1", "target": "cpu2"}),
-        "fix": job("cluster.fix", "", state=JobState.FAILED, params={"disk_server": "disk2"}, days_ago=10),
+        "migrate_db1": job("vm.migrate", "db1", user=op, hosts=["cpu1", "cpu2"]),
+        "fix": job("cluster.fix", "", state=JobState.FAILED, hosts=["disk2"], days_ago=10),
     }
 
 

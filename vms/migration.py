@@ -31,6 +31,7 @@ from tenants.quotas import lock as quota_lock
 from vms import guest_setup
 from vms.choices import VmState
 from vms.guest_setup import legs_of
+from vms.job_params import VmMigrateParams
 from vms.models import VirtualMachine
 from vms.placement import Cluster, PlacementError, lock_servers, n_plus_one_shortfalls, release, reserve, server_load
 from vms.steps import job_vm, probe_legs
@@ -108,10 +109,10 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
                                           scope="other ").server
         except PlacementError as exc:
             raise ValidationError({"target": str(exc)}) from exc
-        job = start_job("vm.migrate", vm=vm, user=user, parent=parent, params={
-            "source": source.name, "target": chosen.name, "requested_target": target or "automatic",
-            "max_mib_per_s": max_mib_per_s,
-        })
+        job = start_job("vm.migrate", vm=vm, user=user, parent=parent, params=VmMigrateParams(
+            source=source.name, target=chosen.name, requested_target=target or "automatic",
+            max_mib_per_s=max_mib_per_s,
+        ))
         reserve(job, vm, [chosen, source])
         return job
 
@@ -119,8 +120,8 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
 # --- the job -----------------------------------------------------------------------------------
 
 def _hosts(ctx: JobContext) -> tuple[CpuServer, CpuServer]:
-    params = ctx.job.params
-    return CpuServer.objects.get(name=params["source"]), CpuServer.objects.get(name=params["target"])
+    params = VmMigrateParams.of(ctx.job)
+    return CpuServer.objects.get(name=params.source), CpuServer.objects.get(name=params.target)
 
 
 # How long undo asks a host where the guest is: a dead source must not hold the undo for long.
@@ -213,7 +214,7 @@ def detach_from_target(ctx: JobContext) -> None:
 def live_migrate(ctx: JobContext) -> None:
     vm = job_vm(ctx)
     source, target = _hosts(ctx)
-    cap = ctx.job.params.get("max_mib_per_s")
+    cap = VmMigrateParams.of(ctx.job).max_mib_per_s
     uri = migration_uri(target)
     ctx.log(f"{source.name} -> {target.name} over {uri}, "
             + (f"capped at {cap} MiB/s" if cap else "no bandwidth cap"), migration_uri=uri)
@@ -315,10 +316,11 @@ def confirm_migrated(ctx: JobContext) -> None:
     ctx.log(f"{vm.domain_name} runs on {target.name} (persistent) and is not defined on {source.name}")
 
 
-@job_kind("vm.migrate", undo_after_loss=True)
+@job_kind("vm.migrate", params=VmMigrateParams, undo_after_loss=True)
 def plan_migrate(ctx: JobContext) -> list[Step]:
     vm = job_vm(ctx)
-    source, target = ctx.job.params["source"], ctx.job.params["target"]
+    params = VmMigrateParams.of(ctx.job)
+    source, target = params.source, params.target
     if vm.cpu_server is None or vm.cpu_server.name != source:
         raise JobFailed(f"{vm.name} is recorded on {vm.cpu_server or 'no CPU server'} now, not {source}")
     return [

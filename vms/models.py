@@ -84,6 +84,13 @@ class VirtualMachine(StateColourMixin, models.Model):
         """The libvirt domain name: prefixed so that the panel's guests stand out on a host."""
         return f"{DOMAIN_PREFIX}{self.name}"
 
+    def host_names(self) -> list[str]:
+        """Where it is now, as the database says: its CPU server and its legs' disk servers. A job
+        on it acts on these (jobs.services.start_job records them), whatever its parameters name."""
+        rows = VirtualMachine.objects.filter(pk=self.pk).values_list(
+            "cpu_server__name", "mirror__legs__disk_server__name")
+        return sorted({name for row in rows for name in row if name})
+
 
 class Reservation(models.Model):
     """Memory and vCPUs the allocator (vms/placement.py) handed a job on a CPU server for a VM that

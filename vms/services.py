@@ -26,6 +26,7 @@ from tenants.quotas import lock as quota_lock
 from tenants.quotas import shortfalls as quota_shortfalls
 from vms.choices import VmState
 from vms.events import publish_vm
+from vms.job_params import NicParams, VmCreateParams, VmDeleteParams, VmEjectParams, VmPowerParams
 from vms.models import VirtualMachine, vm_name_validator
 from vms.passwords import hash_password
 from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot, lock_servers
@@ -238,16 +239,14 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                     size_mib=req.disk_mib,
                     backing_path=f"{disk.volume_dir.rstrip('/')}/{vm.name}-e{disk.aoe_shelf}.{slot}.img",
                 )
-            return start_job(
-                "vm.create", vm=vm, user=user,
-                params={"vcpus": req.vcpus, "memory_mib": req.memory_mib, "disk_mib": req.disk_mib,
-                        "cpu_server": cpu.name, "requested_cpu_server": req.cpu_server or "automatic",
-                        "tenant": owner.slug if owner else None,
-                        "image": boot.image.name if boot.image else None,
-                        **({"iso": boot.iso.name} if boot.iso else {}),
-                        "nics": [{"network": n.network.name, "mac": n.mac, "ip": n.ip} for n in nics],
-                        "n_plus_one_override": [str(s) for s in shortfalls]},
-            )
+            return start_job("vm.create", vm=vm, user=user, params=VmCreateParams(
+                vcpus=req.vcpus, memory_mib=req.memory_mib, disk_mib=req.disk_mib,
+                cpu_server=cpu.name, requested_cpu_server=req.cpu_server or "automatic",
+                tenant=owner.slug if owner else None, image=boot.image.name if boot.image else None,
+                iso=boot.iso.name if boot.iso else None,
+                nics=[NicParams(network=n.network.name, mac=n.mac, ip=n.ip) for n in nics],
+                n_plus_one_override=[str(s) for s in shortfalls],
+            ))
     except PlacementError as exc:
         raise ValidationError({"cpu_server" if req.cpu_server else "__all__": str(exc)}) from exc
     except IntegrityError as exc:
@@ -272,7 +271,7 @@ def delete_vm(name: str, user: AbstractBaseUser | None = None) -> Job:
     """Queue the job that removes the domain, both exports and both volumes."""
     with transaction.atomic():
         vm = locked_vm(name, user, "delete")
-        job = start_job("vm.delete", vm=vm, user=user, params={"state_before": vm.state})
+        job = start_job("vm.delete", vm=vm, user=user, params=VmDeleteParams(state_before=vm.state))
         vm.state = VmState.DELETING
         vm.save(update_fields=["state", "updated_at"])
         publish_vm(vm)
@@ -313,7 +312,7 @@ def vm_action(name: str, action: str, user: AbstractBaseUser | None = None, *,
             raise ValidationError({"name": f"{name} has no CPU server"})
         if vm.state not in spec.allowed_states:
             raise ValidationError({"name": f"{name} is {vm.get_state_display().lower()}: cannot {spec.phrase}"})
-        return start_job(spec.kind, vm=vm, user=user, params={"timeout_s": timeout})
+        return start_job(spec.kind, vm=vm, user=user, params=VmPowerParams(timeout_s=timeout))
 
 
 def eject_cd(name: str, user: AbstractBaseUser | None = None) -> Job:
@@ -325,4 +324,4 @@ def eject_cd(name: str, user: AbstractBaseUser | None = None) -> Job:
             raise ValidationError({"name": f"{name}'s CD drive is empty"})
         if vm.state not in (VmState.RUNNING, VmState.STOPPED):
             raise ValidationError({"name": f"{name} is {vm.get_state_display().lower()}: cannot eject its CD now"})
-        return start_job("vm.eject", vm=vm, user=user, params={"iso": vm.iso.name})
+        return start_job("vm.eject", vm=vm, user=user, params=VmEjectParams(iso=vm.iso.name))

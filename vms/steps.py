@@ -23,6 +23,7 @@ from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
 from vms import bring_up, guest_setup
 from vms.choices import VmState
 from vms.guest_setup import legs_of
+from vms.job_params import VmCreateParams, VmDeleteParams, VmEjectParams, VmPowerParams
 from vms.models import VirtualMachine
 from vms.placement import server_load
 from vms.states import set_vm_state
@@ -51,7 +52,7 @@ def log_reservation(ctx: JobContext) -> None:
     )
     for leg in legs:
         ctx.log(f"leg {leg.leg}: {leg.name} on {leg.disk_server.name}, {leg.size_mib} MiB at {leg.backing_path}")
-    for shortfall in ctx.job.params.get("n_plus_one_override", []):
+    for shortfall in VmCreateParams.of(ctx.job).n_plus_one_override:
         who = ctx.job.user.username if ctx.job.user else "the requester"
         ctx.log(f"N+1 broken on purpose ({who} overrode the check): {shortfall}", LogLevel.WARNING)
 
@@ -261,7 +262,7 @@ def wait_for_boot(ctx: JobContext) -> None:
             f"({reason}); {vm.name} runs, its mirror health will tell more", LogLevel.WARNING)
 
 
-@job_kind("vm.create", release=release_reservation, undo_after_loss=True)
+@job_kind("vm.create", params=VmCreateParams, release=release_reservation, undo_after_loss=True)
 def plan_create(ctx: JobContext) -> list[Step]:
     vm = job_vm(ctx)
     cpu = vm.cpu_server.name
@@ -304,10 +305,10 @@ def remove_all_volumes(ctx: JobContext) -> None:
 
 def restore_state_before_delete(ctx: JobContext) -> None:
     """A delete cancelled before it began: the VM is back in the state it was in (not 'deleting')."""
-    set_vm_state(ctx.job.vm_id, ctx.job.params.get("state_before", VmState.UNKNOWN))
+    set_vm_state(ctx.job.vm_id, VmDeleteParams.of(ctx.job).state_before)
 
 
-@job_kind("vm.delete", release=restore_state_before_delete)
+@job_kind("vm.delete", params=VmDeleteParams, release=restore_state_before_delete)
 def plan_delete(ctx: JobContext) -> list[Step]:
     vm = job_vm(ctx)
     where = vm.cpu_server.name if vm.cpu_server else "its CPU server"
@@ -343,7 +344,7 @@ def wait_or_force_off(ctx: JobContext) -> None:
     ctx.data, in wall-clock time."""
     vm = job_vm(ctx)
     uri = vm.cpu_server.libvirt_uri
-    timeout = int(ctx.job.params.get("timeout_s", 60))
+    timeout = VmPowerParams.of(ctx.job).timeout_s
     deadline = ctx.data.setdefault("force_off_at", time.time() + timeout)
     info = hypervisor.domain_info(uri, vm.domain_name)
     if info is None or info.state != "running":
@@ -384,29 +385,29 @@ def _start_steps(cpu: str) -> list[Step]:
 
 
 def _shutdown_steps(ctx: JobContext) -> list[Step]:
-    timeout = int(ctx.job.params.get("timeout_s", 60))
+    timeout = VmPowerParams.of(ctx.job).timeout_s
     return [
         Step("Ask the guest to shut down (ACPI)", ask_shutdown),
         Step(f"Wait for it to stop (forced off after {timeout} s)", wait_or_force_off),
     ]
 
 
-@job_kind("vm.start")
+@job_kind("vm.start", params=VmPowerParams)
 def plan_start(ctx: JobContext) -> list[Step]:
     return _start_steps(job_vm(ctx).cpu_server.name)
 
 
-@job_kind("vm.shutdown")
+@job_kind("vm.shutdown", params=VmPowerParams)
 def plan_shutdown(ctx: JobContext) -> list[Step]:
     return _shutdown_steps(ctx)
 
 
-@job_kind("vm.reboot")
+@job_kind("vm.reboot", params=VmPowerParams)
 def plan_reboot(ctx: JobContext) -> list[Step]:
     return [*_shutdown_steps(ctx), *_start_steps(job_vm(ctx).cpu_server.name)]
 
 
-@job_kind("vm.force_off")
+@job_kind("vm.force_off", params=VmPowerParams)
 def plan_force_off(ctx: JobContext) -> list[Step]:
     return [Step("Force the domain off (power cut)", force_off)]
 
@@ -428,7 +429,7 @@ def boot_from_disk(ctx: JobContext) -> None:
     """From now on the VM has no CD drive: its definition is written again without one (the running
     guest keeps its empty drive until it is next started)."""
     vm = job_vm(ctx)
-    iso = vm.iso.name if vm.iso_id else ctx.job.params.get("iso", "the ISO")
+    iso = vm.iso.name if vm.iso_id else VmEjectParams.of(ctx.job).iso
     VirtualMachine.objects.filter(pk=vm.pk).update(iso=None)
     vm = job_vm(ctx)
     if hypervisor.domain_info(vm.cpu_server.libvirt_uri, vm.domain_name) is not None:
@@ -437,7 +438,7 @@ def boot_from_disk(ctx: JobContext) -> None:
     ctx.log(ctx.data["result"])
 
 
-@job_kind("vm.eject")
+@job_kind("vm.eject", params=VmEjectParams)
 def plan_eject(ctx: JobContext) -> list[Step]:
     return [
         Step("Empty the CD drive of the running guest", eject_live),
