@@ -107,7 +107,7 @@ def mark_ready(ctx: JobContext) -> None:
         Image.objects.filter(pk=image.pk).update(state=ImageState.FAILED)
         raise JobFailed(f"{image.name} is not on {', '.join(missing)}")
     Image.objects.filter(pk=image.pk).update(state=ImageState.READY)
-    ctx.data["result"] = f"{image.name} is on {', '.join(sorted(image.disk_servers))}, checksum verified"
+    ctx.data["result"] = f"{image.name} is on {', '.join(image.disk_servers)}, checksum verified"
     ctx.log(ctx.data["result"])
 
 
