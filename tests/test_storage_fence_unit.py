@@ -10,7 +10,9 @@ cluster of tests/test_failover_unit.py; the monitor's checks are faked at its in
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -182,6 +184,21 @@ def test_a_safe_list_is_refused_rather_than_cutting_off_a_host_with_no_mac(dead,
         storage_access.storage_acl()
     CpuServer.objects.filter(name="cpu2").update(state=HostState.UP)
     assert storage_access.storage_acl() is None  # no fence stands: every initiator, MACs recorded or not
+
+
+def test_the_rule_is_storages_and_the_vm_jobs_import_nothing_from_high_availability():
+    """storage/access.py holds who may reach the exports; a VM's jobs start theirs with it and need
+    nothing of ha/ (which sits above them: docs/architecture.md)."""
+    repo = Path(__file__).resolve().parent.parent
+    imported = set()
+    for path in (repo / "vms").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert "storage" in imported and "ha" not in imported
+    assert fencing.storage_acl is storage_access.storage_acl  # the fence builds its lists with the same rule
 
 
 # --- returning a storage-fenced host -----------------------------------------------------------
