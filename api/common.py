@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
 from tenants.access import is_operator
+from xenaoe_panel.serializers import OperatorFieldsSerializer
 
 
 class IsOperator(permissions.BasePermission):
@@ -35,6 +36,14 @@ def viewer(serializer: serializers.BaseSerializer) -> Any:
     if request is None or getattr(view, "swagger_fake_view", False):
         return None
     return request.user
+
+
+class ForViewerSerializer(OperatorFieldsSerializer):
+    """Put before an app's OperatorFieldsSerializer in the API: it is for the request's user."""
+
+    def is_for_operator(self) -> bool | None:
+        user = viewer(self)
+        return None if user is None else is_operator(user)
 
 
 def error_dict(exc: DjangoValidationError) -> dict[str, list[str]]:

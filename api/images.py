@@ -3,44 +3,27 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, serializers, viewsets
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from rest_framework import mixins, viewsets
 
+from api.common import ForViewerSerializer
 from images.models import Image
-from images.serializers import image_summary
+from images.serializers import ImageSerializer
 from networks.models import Network
-from networks.serializers import network_summary
-from tenants.access import is_operator
+from networks.serializers import NetworkSerializer
 from xenaoe_panel.names import NAME
 
 NAME_REGEX = r"[a-z0-9][a-z0-9.-]{0,62}"
 
 
-class ImageSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    kind = serializers.CharField(help_text="'disk': a VM boots it; 'iso': an installer for a new VM's CD drive.")
-    os = serializers.CharField()
-    os_version = serializers.CharField()
-    login_user = serializers.CharField(help_text="The user a VM's SSH keys go to.")
-    size_mib = serializers.IntegerField()
-    min_disk_mib = serializers.IntegerField(help_text="A VM's disk must be at least this.")
-    sha256 = serializers.CharField()
-    kernel_version = serializers.CharField()
-    state = serializers.CharField()
-    default = serializers.BooleanField()
-    disk_servers = serializers.ListField(child=serializers.CharField(), help_text="Where its copies are (operators).")
-
-    def to_representation(self, image: Image) -> dict:
-        data = image_summary(image)
-        if not is_operator(self.context["request"].user):
-            data.pop("disk_servers")
-            data.pop("source")
-        return data
+@extend_schema_serializer(component_name="Image")
+class ImageApiSerializer(ForViewerSerializer, ImageSerializer):
+    """An image, as much of it as the caller may be told (images/serializers.py)."""
 
 
 @extend_schema(tags=["images"])
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = ImageSerializer
+    serializer_class = ImageApiSerializer
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
 
@@ -50,30 +33,14 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return images.filter(kind=kind) if kind else images
 
 
-class NetworkSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    cidr = serializers.CharField()
-    gateway = serializers.CharField(allow_null=True)
-    dns = serializers.ListField(child=serializers.CharField())
-    range = serializers.CharField()
-    dhcp = serializers.BooleanField()
-    default = serializers.BooleanField()
-    addresses_used = serializers.IntegerField()
-    pool_size = serializers.IntegerField()
-    bridge = serializers.CharField(help_text="Operators only.")
-    vlan = serializers.IntegerField(allow_null=True, help_text="Operators only.")
-
-    def to_representation(self, network: Network) -> dict:
-        data = network_summary(network)
-        if not is_operator(self.context["request"].user):
-            for hidden in ("bridge", "bridge_type", "vlan", "public"):
-                data.pop(hidden)
-        return data
+@extend_schema_serializer(component_name="Network")
+class NetworkApiSerializer(ForViewerSerializer, NetworkSerializer):
+    """A network, as much of it as the caller may be told (networks/serializers.py)."""
 
 
 @extend_schema(tags=["networks"])
 class NetworkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    serializer_class = NetworkSerializer
+    serializer_class = NetworkApiSerializer
     lookup_field = "name"
     lookup_value_regex = NAME
 

@@ -12,10 +12,9 @@ in the order the host's `fence_methods` lists them (docs/fencing.md says what ea
 - manual: an operator's explicit "I confirm this host is off" (confirm_fenced_manually); the job
   does not block on it, it ends UNFENCED and the confirmation starts the restart.
 
-Who may use the storage is one rule, `storage_acl()`, derived from the CPU servers' rows: every
-path that starts or restarts an export (a fence, a new VM, cluster verify, a returning host or disk
-server) asks it. This module talks to the BMC and the disk servers; the incident timeline and the
-job are ha/failover.py's.
+Who may use the storage is one rule, `storage_acl()` in storage/access.py: a fence rebuilds the
+lists with it, the host being fenced also out. This module talks to the BMC and the disk servers;
+the incident timeline and the job are ha/failover.py's.
 """
 from __future__ import annotations
 
@@ -25,24 +24,20 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from drivers import vblade
 from drivers.errors import DriverError
-from drivers.ssh import SSHTarget
 from ha.choices import IncidentKind, IncidentState
 from ha.models import Incident
 from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from hosts.states import change_state
 from hosts.targets import bmc_target, ssh_target
+from storage.access import LOCKED_OUT_STATES, UnsafeAcl, normalise_mac, storage_acl
 from storage.models import AoEExport
 
 IPMI, STORAGE, MANUAL = "ipmi", "storage", "manual"
-# Hosts in these states may be running without the panel seeing them (dead: maybe only cut off)
-# or were fenced: no export lets them in. A storage-fenced host stays out in any state (below).
-LOCKED_OUT_STATES = (HostState.DEAD, HostState.FENCED)
 
 
 @dataclass
@@ -117,42 +112,6 @@ def fence_by_ipmi(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
 
 # --- storage ------------------------------------------------------------------------------------
 
-class UnsafeAcl(Exception):
-    """No MAC list can be built that keeps the locked-out hosts out without cutting off another."""
-
-
-def locked_out() -> QuerySet[CpuServer]:
-    """The CPU servers no export may let in: dead or fenced, and every one a storage fence left out
-    and no operator has returned to service since (its old guests may still run, I/O waiting)."""
-    return CpuServer.objects.filter(Q(state__in=LOCKED_OUT_STATES) | Q(storage_fenced_at__isnull=False))
-
-
-def storage_acl(*, also_out: CpuServer | None = None) -> list[str] | None:
-    """The MAC list every export must run with now: None (every initiator) only while no CPU server
-    is locked out; else the SAN MACs of all the others. `also_out`: a host being fenced right now.
-    UnsafeAcl when a host that keeps access has no SAN MAC recorded (the list would cut it off from
-    its own guests' disks), when no host would keep access (vblade reads an empty list as "everyone"),
-    or when the list is longer than vblade holds."""
-    out = {c.pk: c for c in locked_out()}
-    if also_out is not None:
-        out[also_out.pk] = also_out
-    if not out:
-        return None
-    keep = list(CpuServer.objects.exclude(pk__in=out).order_by("name"))
-    missing = [c.name for c in keep if not c.san_mac]
-    names = ", ".join(sorted(c.name for c in out.values()))
-    if missing:
-        raise UnsafeAcl(f"no SAN MAC recorded for {', '.join(missing)}: a MAC list keeping {names} out "
-                        "would cut them off too")
-    # Set difference too: two rows sharing a MAC (a mistake) must not let a locked-out host in.
-    macs = sorted({_mac(c.san_mac) for c in keep} - {_mac(c.san_mac) for c in out.values() if c.san_mac})
-    if not macs:
-        raise UnsafeAcl(f"no CPU server but {names} may keep access (an empty vblade ACL lets everyone in)")
-    if len(macs) > vblade.MAX_MACS:
-        raise UnsafeAcl(f"{len(macs)} CPU servers keep access; a vblade ACL holds {vblade.MAX_MACS}")
-    return macs
-
-
 def allowed_macs(host: CpuServer) -> tuple[list[str], str | None]:
     """The SAN MACs that keep access while `host` is fenced through storage. Second value: why no
     safe ACL can be built (None when it can)."""
@@ -162,23 +121,6 @@ def allowed_macs(host: CpuServer) -> tuple[list[str], str | None]:
         return storage_acl(also_out=host) or [], None
     except UnsafeAcl as exc:
         return [], str(exc)
-
-
-def start_export(target: SSHTarget, spec: vblade.ExportSpec, *, timeout: float = 30) -> vblade.RunningExport:
-    """Start (or restart) one export with the MAC list storage_acl() gives: how a new VM's exports and
-    cluster verify's fix start one. UnsafeAcl, before anything starts, when no safe list exists."""
-    acl = storage_acl()
-    running = vblade.start_export(target, spec, allowed_macs=acl, timeout=timeout)
-    # A host may have been declared dead, or fenced, while this export started (after a fence had
-    # listed the exports it restarts): look again, the list it needs now wins.
-    now = storage_acl()
-    if now != acl:
-        running = vblade.start_export(target, spec, allowed_macs=now, timeout=timeout)
-    return running
-
-
-def _mac(value: str) -> str:
-    return value.strip().lower().replace("-", ":")
 
 
 @dataclass(frozen=True)
@@ -213,7 +155,7 @@ def fence_by_storage(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
     # exports of a disk server that misses this fence and those started while it runs, until an
     # operator returns the host to service (ha/readmit.py). Its guests keep running, I/O blocked.
     CpuServer.objects.filter(pk=host.pk, storage_fenced_at__isnull=True).update(storage_fenced_at=timezone.now())
-    dead_mac = _mac(host.san_mac)
+    dead_mac = normalise_mac(host.san_mac)
     disks = list(DiskServer.objects.order_by("name"))
     # Every disk server at once: a dead one costs its SSH timeout once, not once per server.
     with ThreadPoolExecutor(max_workers=max(len(disks), 1)) as pool:
@@ -221,7 +163,7 @@ def fence_by_storage(host: CpuServer, guests: list[Guest]) -> FenceOutcome:
     by_disk = {r.name: r for r in results}
     fenced_exports = {
         (r.name, e.shelf, e.slot) for r in results if not r.error
-        for e in r.exports if e.macs and dead_mac not in {_mac(m) for m in e.macs}
+        for e in r.exports if e.macs and dead_mac not in {normalise_mac(m) for m in e.macs}
     }
     covered: set[int] = set()
     uncovered: dict[str, str] = {}
@@ -265,7 +207,7 @@ def restore_storage_access(disks: Iterable[DiskServer] | None = None, *,
         exports = vblade.list_exports(target, timeout=settings.FENCE_STORAGE_TIMEOUT_S)
         mine = []
         for export in exports:
-            current = sorted(_mac(m) for m in export.macs) or None
+            current = sorted(normalise_mac(m) for m in export.macs) or None
             if current == acl:
                 continue
             vblade.start_export(target, export.spec, allowed_macs=acl, timeout=settings.FENCE_STORAGE_TIMEOUT_S)

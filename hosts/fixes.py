@@ -19,7 +19,6 @@ from django.core.exceptions import ValidationError
 from drivers import aoe, hypervisor, vblade
 from drivers.errors import DriverError
 from drivers.hypervisor import DomainInfo
-from ha import fencing
 from hosts.choices import HostState
 from hosts.job_params import FixParams
 from hosts.models import CpuServer, DiskServer
@@ -28,6 +27,7 @@ from hosts.verify import INACTIVE_STATES
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed
 from jobs.services import start_job
+from storage import access as storage_access
 from storage.choices import ExportState
 from storage.models import AoEExport
 from vms.choices import VmState
@@ -146,8 +146,8 @@ def start_export(ctx: JobContext, args: dict[str, Any]) -> str:
         return f"nothing done: {leg.name} already runs on {disk.name} (pid {running[0].pid})"
     spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
     try:  # never open to all while a fence stands: its config on the disk server may say otherwise
-        export = fencing.start_export(target, spec)
-    except fencing.UnsafeAcl as exc:
+        export = storage_access.start_export(target, spec)
+    except storage_access.UnsafeAcl as exc:
         raise JobFailed(f"refused: {exc}") from exc
     AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
     cpu = leg.mirror.vm.cpu_server if leg.mirror else None

@@ -12,7 +12,6 @@ from django.utils import timezone
 from drivers import images as image_files
 from drivers import vblade
 from drivers.errors import DriverError
-from ha import fencing
 from hosts.models import DiskServer
 from hosts.targets import ssh_target
 from images import importer
@@ -22,6 +21,7 @@ from images.models import Image, ImageCopy
 from images.services import register_imported
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Step, job_kind
+from storage import access as storage_access
 from storage.choices import ExportState
 from storage.models import AoEExport
 
@@ -90,8 +90,8 @@ def serve_iso(ctx: JobContext, copy: ImageCopy, *, restart: bool) -> None:
         vblade.stop_export(target, export.shelf, export.slot)
     spec = vblade.ExportSpec(export.shelf, export.slot, disk.san_interface, copy.path, read_only=True)
     try:
-        running = fencing.start_export(target, spec)
-    except fencing.UnsafeAcl as exc:
+        running = storage_access.start_export(target, spec)
+    except storage_access.UnsafeAcl as exc:
         raise JobFailed(f"{export.name} not exported: {exc}") from exc
     AoEExport.objects.filter(pk=export.pk).update(state=ExportState.EXPORTED)
     ctx.log(f"{disk.name}: served read-only as {export.name} (vblade pid {running.pid}) for VMs' CD drives")
@@ -109,7 +109,7 @@ def mark_ready(ctx: JobContext) -> None:
         Image.objects.filter(pk=image.pk).update(state=ImageState.FAILED)
         raise JobFailed(f"{image.name} is not on {', '.join(missing)}")
     Image.objects.filter(pk=image.pk).update(state=ImageState.READY)
-    ctx.data["result"] = f"{image.name} is on {', '.join(sorted(image.disk_servers))}, checksum verified"
+    ctx.data["result"] = f"{image.name} is on {', '.join(image.disk_servers)}, checksum verified"
     ctx.log(ctx.data["result"])
 
 

@@ -106,7 +106,8 @@ class Image(StateColourMixin, models.Model):
 
     @property
     def disk_servers(self) -> list[str]:
-        return [c.disk_server.name for c in self.copies.all() if c.state == CopyState.READY]
+        """The disk servers holding a verified copy, by name (read from prefetched copies if any)."""
+        return sorted(c.disk_server.name for c in self.copies.all() if c.state == CopyState.READY)
 
 
 class ImageCopy(StateColourMixin, models.Model):

@@ -1,9 +1,10 @@
 #!/bin/sh
 # First process of a lab host. `lab up` starts it as
 #   ip netns exec xa-NAME unshare --mount --uts --propagation private /bin/sh hostinit.sh
-# so it runs in the host's own network, mount and UTS namespaces. It makes the host's private
-# directories, starts the host's daemons, then stays as the host's anchor process: killing every
-# process of the namespace is "pulling the plug".
+# so it runs in the host's own network, mount and UTS namespaces. It becomes the host (the start
+# every lab host shares: lab/hostinit-common.sh), makes the host's private directories, starts the
+# host's daemons, then stays as the host's anchor process: killing every process of the namespace
+# is "pulling the plug".
 #
 # Environment (set by lab/cluster.py): LAB_HOST, LAB_ROLE (disk|cpu), LAB_STATE (the host's state
 # dir under LAB_DIR), LAB_EMPTY (an empty file), LAB_ETC_HOSTS (the lab's /etc/hosts),
@@ -11,21 +12,10 @@
 # re-running a disk server's exports; skipped if missing), LAB_PRIVATE_DIRS (lines
 # "MOUNTPOINT STATE_SUBDIR").
 set -eu
+# shellcheck source=lab/hostinit-common.sh
+. "$(dirname -- "$0")/hostinit-common.sh"
 
-echo $$ >"$LAB_STATE/anchor.pid"
-log() { echo "hostinit[$LAB_HOST]: $*"; }
-
-hostname "$LAB_HOST"
-# The copies of the root namespace's mounts under /run include /run/netns/*: they would pin every
-# other network namespace (other hosts', anyone's) for as long as this host lives.
-# Only the topmost ones: a lazy umount takes the mounts below with it (a fleet adds hundreds). One
-# may be gone by the time it is reached (a namespace deleted meanwhile): that is as good.
-awk '$5 ~ "^/run(/|$)" { print $5 }' /proc/self/mountinfo | sort -u |
-    awk '{ for (i = 1; i <= n; i++) if (index($0 "/", top[i] "/") == 1) next; top[++n] = $0; print }' |
-    while read -r mnt; do
-        umount -l "$mnt" 2>/dev/null || ! mountpoint -q "$mnt" || { log "cannot unmount $mnt"; exit 1; }
-    done
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+become_host "$LAB_HOST" "$LAB_STATE" "$LAB_EMPTY"
 mkdir -p /run/sshd /run/lock /run/xenaoe/vblade
 
 echo "$LAB_PRIVATE_DIRS" | while read -r target sub; do
@@ -33,10 +23,6 @@ echo "$LAB_PRIVATE_DIRS" | while read -r target sub; do
     mount --bind "$LAB_STATE/$sub" "$target"
 done
 mount --bind "$LAB_ETC_HOSTS" /etc/hosts
-# A login shell's ~/.bashrc costs ~200 ms per SSH command; hosts have none.
-if [ -e /root/.bashrc ]; then
-    mount --bind "$LAB_EMPTY" /root/.bashrc
-fi
 
 if [ "$LAB_ROLE" = cpu ]; then
     # The AoE initiator stand-in (the lab kernel has no aoe driver): see lab/README.md.
@@ -51,15 +37,7 @@ if [ "$LAB_ROLE" = cpu ]; then
     # Debian 12's libvirtd does not start virtlogd by itself.
     virtlogd -d
     libvirtd -d
-    n=0
-    until [ -S /run/libvirt/libvirt-sock ]; do
-        n=$((n + 1))
-        if [ "$n" -gt 600 ]; then
-            log "libvirtd did not create its socket in 30 s"
-            exit 1
-        fi
-        sleep 0.05
-    done
+    wait_for_libvirtd
 else
     mkdir -p /etc/xenaoe/exports /var/log/xenaoe /srv/xenaoe/volumes
     if [ -f "$LAB_RESTORE_EXPORTS" ]; then

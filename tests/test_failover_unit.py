@@ -23,6 +23,7 @@ from hosts.choices import HostState
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from jobs.runner import run_job
+from storage import access as storage_access
 from storage.models import AoEExport, Mirror
 from vms.choices import VmState
 from vms.migration import migrate_vm
@@ -488,12 +489,12 @@ def test_returning_a_fenced_host_gives_it_its_storage_back(monkeypatch):
 
     monkeypatch.setattr(vblade, "list_exports", list_exports)
     monkeypatch.setattr(vblade, "start_export", start_export)
-    assert fencing.storage_acl() == ["02:00:00:00:00:01"]
+    assert storage_access.storage_acl() == ["02:00:00:00:00:01"]
     fencing.restore_storage_access()
     assert restarted == [((1, 1), ["02:00:00:00:00:01"])]  # the open export gets the fence's list
     restarted.clear()
     CpuServer.objects.filter(pk=cpu2.pk).update(state=HostState.UP)
-    assert fencing.storage_acl() is None
+    assert storage_access.storage_acl() is None
     fencing.restore_storage_access()
     assert restarted == [((1, 0), None), ((1, 1), None)]  # both open again: cpu2 is back
 

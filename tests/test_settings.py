@@ -83,6 +83,43 @@ def test_no_module_of_the_panel_imports_the_lab():
     assert offenders == []
 
 
+def _read_at_import(tree: ast.Module) -> list[ast.AST]:
+    """The nodes of a module that run when it is imported: its statements and class bodies, and the
+    default values and decorators of its functions, not the functions' bodies."""
+    found: list[ast.AST] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            pending += [d for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None]
+            pending += [] if isinstance(node, ast.Lambda) else node.decorator_list
+        else:
+            pending += ast.iter_child_nodes(node)
+    return found
+
+
+def test_settings_are_read_where_used_with_their_one_default_in_settings_py():
+    """A copy taken at import (`TIMEOUT = settings.X`, a default argument, a class attribute) keeps its
+    value when a test or a site changes the setting, and `getattr(settings, "X", default)` is a second
+    default that drifts from settings.py's. AUTH_USER_MODEL is Django's own: models name it at import."""
+    offenders = []
+    for path in REPO.rglob("*.py"):
+        where = path.relative_to(REPO)
+        if where.parts[0] in NOT_THE_PANEL - {"lab"} or "migrations" in where.parts or where.name.startswith(
+                "settings"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        offenders += [f"{where}:{node.lineno} reads settings.{node.attr} at import" for node in _read_at_import(tree)
+                      if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                      and node.value.id == "settings" and node.attr != "AUTH_USER_MODEL"]
+        offenders += [f"{where}:{node.lineno} {node.func.id}(settings, ...)" for node in ast.walk(tree)
+                      if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                      and node.func.id in ("getattr", "hasattr") and node.args
+                      and isinstance(node.args[0], ast.Name) and node.args[0].id == "settings"]
+    assert offenders == []
+
+
 def test_the_evacuation_bandwidth_cap_takes_what_a_migration_takes_and_refuses_more():
     assert _settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S="")["evacuate_max_mib_per_s"] is None
     assert _settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S=str(MAX_BANDWIDTH_MIB))[

@@ -10,7 +10,9 @@ cluster of tests/test_failover_unit.py; the monitor's checks are faked at its in
 """
 from __future__ import annotations
 
+import ast
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -29,6 +31,7 @@ from hosts.fixes import apply_fix
 from hosts.models import CpuServer, DiskServer
 from jobs.models import Job
 from jobs.runner import JobContext, run_job
+from storage import access as storage_access
 from storage.models import AoEExport
 from tests import test_failover_unit as failover_fakes
 from tests.test_failover_unit import MAC, _guest
@@ -127,7 +130,7 @@ def test_the_exports_do_not_open_to_all_when_no_host_is_dead_any_more(dead, fake
     _fenced_then_back(fake)
     CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)
     assert _return("cpu3").state == "succeeded"  # rebuilds the lists: no host is dead or fenced now
-    assert fencing.storage_acl() == list(SURVIVORS)
+    assert storage_access.storage_acl() == list(SURVIVORS)
     assert _acls(fake) == {SURVIVORS}
 
 
@@ -177,10 +180,25 @@ def test_a_disk_server_back_from_the_dead_gets_the_fence_list_not_its_saved_one(
 
 def test_a_safe_list_is_refused_rather_than_cutting_off_a_host_with_no_mac(dead, fake):
     CpuServer.objects.filter(name="cpu3").update(san_mac="")
-    with pytest.raises(fencing.UnsafeAcl, match="no SAN MAC recorded for cpu3"):
-        fencing.storage_acl()
+    with pytest.raises(storage_access.UnsafeAcl, match="no SAN MAC recorded for cpu3"):
+        storage_access.storage_acl()
     CpuServer.objects.filter(name="cpu2").update(state=HostState.UP)
-    assert fencing.storage_acl() is None  # no fence stands: every initiator, MACs recorded or not
+    assert storage_access.storage_acl() is None  # no fence stands: every initiator, MACs recorded or not
+
+
+def test_the_rule_is_storages_and_the_vm_jobs_import_nothing_from_high_availability():
+    """storage/access.py holds who may reach the exports; a VM's jobs start theirs with it and need
+    nothing of ha/ (which sits above them: docs/architecture.md)."""
+    repo = Path(__file__).resolve().parent.parent
+    imported = set()
+    for path in (repo / "vms").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert "storage" in imported and "ha" not in imported
+    assert fencing.storage_acl is storage_access.storage_acl  # the fence builds its lists with the same rule
 
 
 # --- returning a storage-fenced host -----------------------------------------------------------

@@ -11,12 +11,12 @@ from django.conf import settings
 from drivers import aoe, guest_agent, hypervisor, vblade
 from drivers import images as images_driver
 from drivers.errors import DriverError
-from ha import fencing
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images.choices import CopyState
 from jobs.choices import LogLevel
 from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
+from storage import access as storage_access
 from storage.choices import ExportState, MirrorState
 from storage.guest_health import GUEST_DISKS, record_view, view_from_mdstat
 from storage.models import SECTORS_PER_MIB, AoEExport, Mirror
@@ -131,10 +131,10 @@ def start_exports(ctx: JobContext) -> None:
         spec = vblade.ExportSpec(shelf=leg.shelf, slot=leg.slot, interface=disk.san_interface, path=leg.backing_path)
         try:
             with _intent(ctx, started, leg.pk):
-                # With the MAC list fencing says: a host fenced through storage may still run old
+                # With the MAC list storage_acl() gives: a host fenced through storage may still run old
                 # guests that have this shelf.slot attached (a deleted VM's, reused).
-                running = fencing.start_export(ssh_target(disk), spec)
-        except fencing.UnsafeAcl as exc:
+                running = storage_access.start_export(ssh_target(disk), spec)
+        except storage_access.UnsafeAcl as exc:
             raise JobFailed(f"{leg.name} not exported: {exc}") from exc
         AoEExport.objects.filter(pk=leg.pk).update(state=ExportState.EXPORTED)
         acl = f"MAC list {','.join(running.macs)}" if running.macs else "open to every initiator"

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from images import build, importer
 from images.models import Image
-from images.serializers import image_summary
+from images.serializers import ImageSerializer
 from images.services import (
     copy_to_disk_servers,
     delete_image,
@@ -138,7 +138,7 @@ class Command(BaseCommand):
     def do_list(self, options: dict) -> None:
         images = Image.objects.prefetch_related("copies__disk_server")
         if options["json"]:
-            self.stdout.write(json.dumps([image_summary(i) for i in images], indent=2))
+            self.stdout.write(json.dumps(ImageSerializer(images, many=True, for_operator=True).data, indent=2))
             return
         for image in images:
             self.stdout.write(f"{image.name:<20} {image.os_name} {image.os_version:<16} {image.size_mib:>6} MiB "

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from networks.models import BridgeType, Network
-from networks.serializers import network_summary
+from networks.serializers import NetworkSerializer
 from networks.services import NetworkRequest, create_network, delete_network, publish_network
 
 
@@ -57,13 +57,13 @@ class Command(BaseCommand):
 
     def do_list(self, options: dict) -> None:
         networks = list(Network.objects.all())
+        listed = NetworkSerializer(networks, many=True, for_operator=True).data
         if options["json"]:
-            self.stdout.write(json.dumps([network_summary(n) for n in networks], indent=2))
+            self.stdout.write(json.dumps(listed, indent=2))
             return
-        for network in networks:
-            summary = network_summary(network)
+        for network, told in zip(networks, listed, strict=True):
             self.stdout.write(f"{network.name:<16} {network.cidr:<18} bridge {network.bridge:<15} "
-                              f"{summary['addresses_used']}/{network.pool_size} used"
+                              f"{told['addresses_used']}/{network.pool_size} used"
                               f"{' default' if network.is_default else ''}")
 
     def do_publish(self, options: dict) -> None:
