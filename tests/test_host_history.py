@@ -10,7 +10,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from ha.monitor import CheckResult, Monitor, SanResult
+from ha.monitor import Monitor
+from ha.verdicts import CheckResult, SanResult
 from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, HostSample
