@@ -17,7 +17,7 @@ import libvirt
 
 from drivers import guard, hypervisors
 from drivers.errors import DriverError
-from drivers.libvirt_calls import PERMANENT_ERRORS, Connection, lookup, lookup_or_fail, with_connection
+from drivers.libvirt_calls import PERMANENT_ERRORS, Connection, bounded, lookup, lookup_or_fail, with_connection
 
 T = TypeVar("T")
 
@@ -235,58 +235,34 @@ class _MigrationThread:
 
 
 class _Session:
-    """One connection kept open for many calls from one thread, each call bounded by a timeout
-    (run in a worker thread, like _call): polling twice a second cannot afford a new SSH
-    connection per call."""
+    """One connection of its own kept for many calls from one thread (polling twice a second cannot
+    afford a new SSH connection per call), each call bounded by the timeout. A call that times out
+    leaves the connection to the thread still running it (libvirt_calls.Connection.abandon): closed
+    when that call returns, never under it; the next call opens a new one."""
 
     def __init__(self, uri: str, timeout: float) -> None:
         self.uri, self.timeout = uri, timeout
-        self._holder = Connection()
-        self._conn: libvirt.virConnect | None = None
-        self._connect()
-
-    def _connect(self) -> None:
-        holder = Connection()
-        self._conn = self._bounded("connect", lambda: libvirt.open(self.uri), holder)
-        self._holder = holder
+        self._holder: Connection | None = None
 
     def call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        if self._conn is None:  # the last call timed out and its connection was given up
-            self._connect()
-        conn = self._conn
-        return self._bounded(what, lambda: fn(conn))
+        holder = self._holder
+        if holder is None:
+            holder = Connection()
+            self._bounded("connect", holder, lambda: holder.adopt(libvirt.open(self.uri)))
+            self._holder = holder
+        return self._bounded(what, holder, lambda: holder.call(fn))
 
-    def _bounded(self, what: str, fn: Callable[[], T], adopting: Connection | None = None) -> T:
-        outcome: dict[str, object] = {}
-        holder = adopting or self._holder
+    def _bounded(self, what: str, holder: Connection, work: Callable[[], T]) -> T:
+        def give_up() -> None:
+            holder.abandon()
+            self._holder = None
 
-        def work() -> None:
-            try:
-                result = fn()
-                if adopting is not None and not adopting.adopt(result):  # type: ignore[arg-type]
-                    raise DriverError(f"{self.uri}: connection given up")
-                outcome["result"] = result
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=work, name=f"libvirt {what}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            holder.close(abandon=True)
-            self._conn = None
-            raise DriverError(f"{self.uri}: {what} timed out after {self.timeout:g} s")
-        error = outcome.get("error")
-        if isinstance(error, libvirt.libvirtError):
-            raise DriverError(f"{self.uri}: {what}: {error.get_error_message() or error}",
-                              permanent=error.get_error_code() in PERMANENT_ERRORS) from error
-        if isinstance(error, BaseException):
-            raise error
-        return outcome["result"]  # type: ignore[return-value]
+        return bounded(self.uri, what, self.timeout, work, give_up)
 
     def close(self) -> None:
-        self._holder.close(abandon=True)
-        self._conn = None
+        if self._holder is not None:
+            self._holder.abandon()
+            self._holder = None
 
 
 def _abort(poll: _Session, name: str) -> None:

@@ -1,8 +1,12 @@
 """drivers.migration.migrate against a stand-in for libvirt at the one point where the driver leaves
-the program (libvirt.open): what it asks libvirt for each hypervisor flavour."""
+the program (libvirt.open): what it asks libvirt for each hypervisor flavour, and what becomes of a
+polling connection whose call hangs past its timeout. libvirt frees a connection as soon as it is
+closed, so closing one while a call still runs on it (in the thread that gave up waiting for it)
+can crash the worker: the stand-in records every close and the calls running at that moment."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import libvirt
@@ -94,6 +98,35 @@ def host(monkeypatch) -> Hypervisor:
     host = Hypervisor()
     monkeypatch.setattr(libvirt, "open", host.open)
     return host
+
+
+def eventually(check: Callable[[], bool], within: float = 5) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_poll_that_hangs_past_its_timeout_keeps_its_connection_open_until_the_call_returns(host):
+    host.hang_next_poll = True
+    seen = []
+
+    def on_progress(progress: mg.MigrationProgress) -> None:
+        seen.append(progress)
+        if len(seen) == 1:  # a later poll answered on a new connection: let the hung one and the migration end
+            host.hung_poll_may_return.set()
+            host.migration_may_end.set()
+
+    result = mg.migrate(SOURCE, TARGET, "xa-web", migration_uri=MIGRATION_URI, hypervisor="kvm",
+                        on_progress=on_progress, poll_interval=0.05, call_timeout=0.3)
+    assert result.downtime_ms == 13 and seen[0].phase == "copying" and seen[-1].phase == "completed"
+    hung, after = host.polling()
+    assert eventually(lambda: hung.closes != [])
+    assert hung.closes == [0]  # closed once, by the thread whose call had returned: never under it
+    assert after.closes == [0]
+    assert all(conn.closes == [0] for conn in host.connections)
 
 
 @pytest.mark.parametrize(("hypervisor", "flags"), [
