@@ -267,6 +267,13 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# Prometheus (`/metrics`, docs/operations.md): scraped with "Authorization: Bearer <token>", the token
+# read from this file (32 characters or more, not readable by every user). Unset: /metrics is a 404.
+METRICS_TOKEN = (
+    read_secret_file("XENAOE_METRICS_TOKEN_FILE", os.environ["XENAOE_METRICS_TOKEN_FILE"], min_length=32)
+    if os.environ.get("XENAOE_METRICS_TOKEN_FILE") else ""
+)
+
 # Reaching the hosts. Secrets are files, never values: the panel's private key and the hosts' public
 # keys, in the panel's own configuration directory (the lab's are in settings_lab.py).
 SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", Path("/etc/xenaoe-panel/id_ed25519"))
