@@ -126,7 +126,9 @@ class VmStatsSampler:
         self._reads: dict[int, tuple[datetime.datetime, str, Future[CountersReading]]] = {}
         self._last: dict[int, CountersReading] = {}  # each server's latest reading
         self._silent: set[int] = set()  # servers whose latest read failed: said once, and when they answer
-        self._last_pass = float("-inf")
+        # The first pass waits an interval: a monitor that has just taken the lead is opening a
+        # connection to every host for its checks, which the passes then reuse (drivers/libvirt_calls.py).
+        self._last_pass = time.monotonic()
 
     def tick(self) -> int:
         """Returns how many samples were written."""
@@ -140,7 +142,7 @@ class VmStatsSampler:
         self._reads.clear()  # what is in flight finishes in its thread, unread
         self._last.clear()
         self._silent.clear()
-        self._last_pass = float("-inf")
+        self._last_pass = time.monotonic()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
