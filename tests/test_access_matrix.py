@@ -7,6 +7,7 @@ fails the suite, so a new endpoint cannot ship without saying who may use it. Ru
 - SIGNED_IN: any signed-in user; what they see is filtered (tested in test_tenants.py).
 - TENANT: an object a tenant owns: its users may, another tenant's users get a 404.
 - OPERATOR: operators only; everyone else signed in gets a 404 (never a 403 that confirms it exists).
+- SCRAPER: Prometheus, with the metrics token (`Authorization: Bearer`); no session opens it, anyone's: 401.
 Anonymous visitors are sent to the login page (pages) or get a 401 (the API).
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ PUBLIC, SIGNED_IN, TENANT, OPERATOR = "public", "signed-in", "tenant", "operator
 # An operators' action on an object tenants see (migrate a VM, confirm an incident's fence): another
 # tenant's object is a 404, the user's own a 403 (it exists for them; they may not do this to it).
 OPERATOR_ACTION = "operator-action"
+SCRAPER = "scraper"
 
 
 @dataclass
@@ -197,6 +199,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "password_reset_complete": [Rule(PUBLIC)],
     "password_change": [Rule(SIGNED_IN)],
     "password_change_done": [Rule(SIGNED_IN)],
+    "metrics": [Rule(SCRAPER)],
 }
 
 def cpu(name: str) -> Args:
@@ -304,13 +307,22 @@ def _as(user: Any | None, api: bool) -> tuple[Client, dict[str, str]]:
 
 
 @pytest.mark.parametrize(("name", "index"), _cases())
-def test_access(world, name, index):
+def test_access(world, name, index, settings):
     rule = (PAGE_RULES | API_RULES)[name][index]
     api = name.startswith("api:")
 
     def url(whose: str) -> str:
         return reverse(name, kwargs=rule.args(world, whose))
 
+    if rule.who == SCRAPER:
+        settings.METRICS_TOKEN = "scraper-token-" + "x" * 32
+        for user in (None, world.bob, world.alice, world.operator):
+            client, headers = _as(user, api=False)
+            refused = _request(client, rule, url("own"), world, "own", headers)
+            assert refused.status_code == 401, f"{user} {rule.method} {url('own')}: {refused.status_code}"
+        scraped = Client().get(url("own"), HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}")
+        assert scraped.status_code in rule.ok, f"the scraper {url('own')}: {scraped.status_code}"
+        return
     client, headers = _as(None, api)
     anonymous = _request(client, rule, url("own"), world, "own", headers)
     if rule.who == PUBLIC:

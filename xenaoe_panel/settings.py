@@ -275,6 +275,13 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# Prometheus (`/metrics`, docs/operations.md): scraped with "Authorization: Bearer <token>", the token
+# read from this file (32 characters or more, not readable by every user). Unset: /metrics is a 404.
+METRICS_TOKEN = (
+    read_secret_file("XENAOE_METRICS_TOKEN_FILE", os.environ["XENAOE_METRICS_TOKEN_FILE"], min_length=32)
+    if os.environ.get("XENAOE_METRICS_TOKEN_FILE") else ""
+)
+
 # Reaching the hosts. Secrets are files, never values: the panel's private key and the hosts' public
 # keys, in the panel's own configuration directory (the lab's are in settings_lab.py).
 SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", Path("/etc/xenaoe-panel/id_ed25519"))
@@ -372,6 +379,11 @@ MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
 # often, and deletes samples older than RETENTION_DAYS (0: keep them for ever).
 HOST_HISTORY_INTERVAL_S = env_int("XENAOE_HISTORY_INTERVAL_S", 60, minimum=1)
 HOST_HISTORY_RETENTION_DAYS = env_int("XENAOE_HISTORY_RETENTION_DAYS", 30, minimum=0)
+# Guests' CPU, disk and network figures (vms/stats.py): the leading monitor reads every CPU server's
+# running guests (libvirt's bulk stats, one call per server) every INTERVAL_S seconds (0: never) and
+# keeps the rates for RETENTION_HOURS: the charts on the VM pages, the latest figures in /metrics.
+VM_STATS_INTERVAL_S = env_int("XENAOE_VM_STATS_INTERVAL_S", 60, minimum=0)
+VM_STATS_RETENTION_HOURS = env_int("XENAOE_VM_STATS_RETENTION_HOURS", 24, minimum=1)
 # A CPU server whose management link answers but whose SAN check fails DEAD_AFTER times in a row is
 # marked suspect; with this on, its guests are also moved away (ha.maintenance.evacuate_suspect).
 EVACUATE_ON_SAN_LOSS = env_bool("XENAOE_EVACUATE_ON_SAN_LOSS", True)
