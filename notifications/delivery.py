@@ -32,7 +32,7 @@ def claim(delivery_id: int, attempts: int) -> Delivery | None:
         state=DeliveryState.SENDING, attempts=F("attempts") + 1, updated_at=timezone.now())
     if not claimed:
         return None
-    return Delivery.objects.select_related("event__tenant", "target__owner__membership__tenant").get(pk=delivery_id)
+    return Delivery.objects.select_related("event", "target__owner__membership__tenant").get(pk=delivery_id)
 
 
 def attempt(delivery_id: int, attempts: int) -> int | None:

@@ -10,6 +10,8 @@ from tenants.access import is_operator
 
 
 class TargetForm(forms.ModelForm):
+    url = forms.URLField(label="Webhook URL", max_length=500, required=False, assume_scheme="https",
+                         help_text="The panel POSTs signed JSON here (docs/operations.md, Notifications).")
     kinds = forms.MultipleChoiceField(
         required=False, widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: every kind you may hear of.")
@@ -17,9 +19,7 @@ class TargetForm(forms.ModelForm):
     class Meta:
         model = Target
         fields = ["name", "kind", "email", "url", "kinds", "min_severity", "enabled"]
-        labels = {"kind": "Send by", "email": "Email address", "url": "Webhook URL",
-                  "min_severity": "Severity at least"}
-        help_texts = {"url": "The panel POSTs signed JSON here (docs/operations.md, Notifications)."}
+        labels = {"kind": "Send by", "email": "Email address", "min_severity": "Severity at least"}
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

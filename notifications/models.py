@@ -98,12 +98,16 @@ class Event(models.Model):
     severity = models.PositiveSmallIntegerField(choices=Severity.choices)
     subject = models.CharField(max_length=200)
     details = models.TextField(blank=True)
-    # The VM it is about, if one, and its tenant (the tenant's users may hear of it). The names
-    # stay readable after the VM is gone.
-    vm = models.ForeignKey("vms.VirtualMachine", on_delete=models.SET_NULL, null=True, blank=True,
-                           related_name="+")
+    # The VM it is about, if one, and its tenant (whose users may hear of it). No constraint: the
+    # event is written in the transaction of the change it reports, and must not fail it because
+    # the VM or the tenant went meanwhile. The ids match targets and pair a mirror's events, the
+    # names are what people read.
+    vm = models.ForeignKey("vms.VirtualMachine", on_delete=models.DO_NOTHING, db_constraint=False, null=True,
+                           blank=True, related_name="+")
     vm_name = models.CharField(max_length=63, blank=True)
-    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.DO_NOTHING, db_constraint=False, null=True,
+                               blank=True, related_name="+")
+    tenant_slug = models.CharField(max_length=63, blank=True)
     # Where the panel shows it (an incident, a job, a VM), as a path: the link in a message.
     path = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -28,12 +28,13 @@ def notify(kind: str, severity: int, subject: str, details: str = "", *, vm: Any
            path: str = "") -> Event | None:
     """Tell every target that hears of it and wants it. `vm` (and its tenant, unless `tenant` is
     given) makes it an event a tenant's users may hear of; without either it is for operators."""
-    tenant_id = tenant.pk if tenant is not None else vm.tenant_id if vm is not None else None
+    if tenant is None and vm is not None and vm.tenant_id is not None:
+        tenant = vm.tenant
     try:
         with transaction.atomic():  # a savepoint: a refused insert leaves the caller's transaction usable
             event = Event.objects.create(kind=kind, severity=severity, subject=subject[:200], details=details,
-                                         vm=vm, vm_name=vm.name if vm is not None else "", tenant_id=tenant_id,
-                                         path=path)
+                                         vm=vm, vm_name=vm.name if vm is not None else "", tenant=tenant,
+                                         tenant_slug=tenant.slug if tenant is not None else "", path=path)
             deliveries = Delivery.objects.bulk_create([Delivery(event=event, target=t) for t in recipients(event)])
     except DatabaseError:
         logger.exception("could not record the notification %s: %s", kind, subject)

@@ -55,7 +55,7 @@ class Message:
         event, redact = delivery.event, redactor_for(delivery.target.owner)
         link = f"{settings.PANEL_URL.rstrip('/')}{event.path}" if settings.PANEL_URL and event.path else event.path
         return cls(delivery.pk, event.pk, event.kind, Severity(event.severity).label, redact(event.subject),
-                   redact(event.details), event.vm_name or None, event.tenant.slug if event.tenant else None,
+                   redact(event.details), event.vm_name or None, event.tenant_slug or None,
                    event.created_at.isoformat(), link)
 
 

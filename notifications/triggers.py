@@ -13,6 +13,7 @@ from notifications.models import Event
 from notifications.notify import notify
 from storage.choices import MirrorHealth, MirrorState
 from storage.models import Mirror
+from vms.models import VirtualMachine
 
 FAILED_JOB_STATES = (JobState.FAILED, JobState.ERRORED)
 GUEST_NOT_WHOLE = (MirrorHealth.DEGRADED, MirrorHealth.RESYNCING)
@@ -35,9 +36,10 @@ def job_ended(job: Job) -> None:
     """Tells of a job that ended FAILED or ERRORED (nothing for the others)."""
     if job.state not in FAILED_JOB_STATES:
         return
+    # Read again: a failed create's VM may be gone by now (its job keeps the name and the tenant).
+    vm = VirtualMachine.objects.filter(pk=job.vm_id).first() if job.vm_id else None
     notify(EventKind.JOB_FAILED, Severity.ERROR, f"job #{job.pk} {job.kind} {job.target_name} {job.state}",
-           job.message, vm=job.vm if job.vm_id else None, tenant=job.tenant if job.tenant_id else None,
-           path=job.get_absolute_url())
+           job.message, vm=vm, tenant=job.tenant if job.tenant_id else None, path=job.get_absolute_url())
 
 
 def _mirror_told_degraded(mirror: Mirror) -> bool:
