@@ -21,16 +21,19 @@ from notifications.notify import send_deliveries
 
 
 def resend_lost() -> list[int]:
+    """Send again every delivery whose message was lost, or whose worker died; returns their ids.
+    Each change is a compare-and-set: two housekeepers at once send each one once."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.NOTIFY_RESEND_AFTER_S)
-    Delivery.objects.filter(state=DeliveryState.SENDING, updated_at__lt=cutoff).update(
-        state=DeliveryState.RETRYING, next_attempt_at=now, updated_at=now,
-        last_error="its worker stopped during the attempt; trying again")
-    late = list(Delivery.objects.filter(state__in=WAITING_STATES, next_attempt_at__lt=cutoff).values_list(
-        "pk", "attempts", "next_attempt_at"))
-    resent = {}
-    for pk, attempts, due in late:
-        # Compare-and-set on the due time: two housekeepers at once send it once.
+    resent: dict[int, int] = {}
+    stuck = Delivery.objects.filter(state=DeliveryState.SENDING, updated_at__lt=cutoff)
+    for pk, attempts, updated in stuck.values_list("pk", "attempts", "updated_at"):
+        if Delivery.objects.filter(pk=pk, state=DeliveryState.SENDING, attempts=attempts, updated_at=updated).update(
+                state=DeliveryState.RETRYING, next_attempt_at=now, updated_at=now,
+                last_error="its worker stopped during the attempt; trying again"):
+            resent[pk] = attempts
+    late = Delivery.objects.filter(state__in=WAITING_STATES, next_attempt_at__lt=cutoff)
+    for pk, attempts, due in late.values_list("pk", "attempts", "next_attempt_at"):
         if Delivery.objects.filter(pk=pk, attempts=attempts, next_attempt_at=due).update(next_attempt_at=now):
             resent[pk] = attempts
     send_deliveries(list(resent), resent)
@@ -41,5 +44,5 @@ def prune_events() -> int:
     if not settings.NOTIFY_RETENTION_DAYS:
         return 0
     cutoff = timezone.now() - timedelta(days=settings.NOTIFY_RETENTION_DAYS)
-    deleted, _ = Event.objects.filter(created_at__lt=cutoff).delete()
-    return deleted
+    _, deleted = Event.objects.filter(created_at__lt=cutoff).delete()
+    return deleted.get(Event._meta.label, 0)
