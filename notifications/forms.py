@@ -1,3 +1,4 @@
+"""A notification target as its owner fills it in: only the kinds the owner may hear of are offered."""
 from __future__ import annotations
 
 from typing import Any

@@ -79,8 +79,6 @@ class Target(models.Model):
     def hears_of(self, event: Event) -> bool:
         """Whether the owner may be told of `event` at all, decided when it happens (a user who
         left a tenant stops hearing of its VMs)."""
-        if not self.owner.is_active:
-            return False
         if is_operator(self.owner):
             return True
         tenant = tenant_of(self.owner)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
 from notifications.choices import EventKind, Severity
@@ -34,10 +35,10 @@ def n_plus_one_seen(shortfalls: Sequence[object]) -> bool:
         if failing:
             notify(EventKind.N_PLUS_ONE_LOST, Severity.WARNING, "N+1 lost: a CPU server's failure would leave "
                    "guests without room", detail + ". Until capacity is added or a host returns, another failure "
-                   "cannot restart every guest.", path="/hosts/")
+                   "cannot restart every guest.", path=reverse("host-list"))
         else:
             notify(EventKind.N_PLUS_ONE_RESTORED, Severity.INFO, "N+1 restored: every CPU server's guests would "
-                   "find room on the others", path="/hosts/")
+                   "find room on the others", path=reverse("host-list"))
     return True
 
 
