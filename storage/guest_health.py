@@ -36,6 +36,7 @@ from django.utils import timezone
 from drivers import guest_agent, hypervisors
 from drivers.errors import DriverError
 from drivers.mdstat import MAX_ETA_S, MdStat
+from notifications.triggers import guest_mirror_changed
 from storage.choices import MirrorHealth
 from storage.models import LEGS, Mirror
 from vms.choices import VmState
@@ -168,6 +169,7 @@ def record_view(mirror_pk: int, view: GuestView) -> bool:
     for name, value in fields.items():
         setattr(mirror, name, value)
     publish_mirror(mirror)
+    guest_mirror_changed(mirror, before[0])
     return True
 
 

@@ -29,6 +29,8 @@ from hosts.verify import Finding
 from images.models import Image
 from jobs.models import Job, JobLogEntry
 from networks.models import Network
+from notifications.models import Target
+from notifications.webhook_secrets import new_secret
 from sshkeys.models import SshKey
 from tenants.models import TENANT_ACTIONS
 from tenants.services import add_user, create_tenant
@@ -135,6 +137,14 @@ def unfenced_incident(w: World, whose: str) -> dict[str, Any]:
     return {"pk": found.pk}
 
 
+def notify_target(w: World, whose: str) -> dict[str, Any]:
+    """A webhook target of the user's own (alice's for "own", bob's for "other")."""
+    owner = w.alice if whose == "own" else w.bob
+    target, _ = Target.objects.get_or_create(owner=owner, name="pager", defaults={
+        "kind": "webhook", "url": "https://hooks.example.org/xenaoe", "secret_encrypted": new_secret()[1]})
+    return {"pk": target.pk}
+
+
 @dataclass(frozen=True)
 class Rule:
     who: str
@@ -190,6 +200,15 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "network-list": [Rule(SIGNED_IN)],
     "network-create": [Rule(OPERATOR)],
     "ssh-keys": [Rule(SIGNED_IN)],
+    # A user's own notification targets (operators see every one): another user's are 404s.
+    "notification-targets": [Rule(SIGNED_IN)],
+    "notification-target-create": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", ok=(302,), data={
+        "name": "mail", "kind": "email", "email": "alice@example.org", "min_severity": 20, "enabled": "on"})],
+    "notification-target-detail": [Rule(TENANT, notify_target)],
+    "notification-target-edit": [Rule(TENANT, notify_target)],
+    "notification-target-test": [Rule(TENANT, notify_target, "post", ok=(302,))],
+    "notification-target-rotate-secret": [Rule(TENANT, notify_target, "post", ok=(302,))],
+    "notification-target-delete": [Rule(TENANT, notify_target, "post", ok=(302,))],
     "ssh-key-delete": [Rule(TENANT, lambda w, whose: {"pk": w.keys[whose].pk}, "post", ok=(302,))],
     "login": [Rule(PUBLIC)],
     "logout": [Rule(PUBLIC, method="post", ok=(302,))],

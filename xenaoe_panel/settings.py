@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "images",
     "networks",
     "sshkeys",
+    "notifications",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -265,6 +266,26 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "xenaoe-panel@localhost")
 PASSWORD_RESET_TIMEOUT = env_int("XENAOE_PASSWORD_RESET_TIMEOUT_S", 3600, minimum=60)
 
+# Notifications (docs/operations.md): emails go through the mail settings above; webhooks are signed
+# with a secret the panel generates and keeps encrypted under a key derived from this file's content
+# (at least 32 characters, not world-readable), or from SECRET_KEY when unset.
+NOTIFY_KEY_FILE = env_str("XENAOE_NOTIFY_KEY_FILE", "")
+# The panel's address as people reach it (https://panel.example.org): links in messages. Empty: paths only.
+PANEL_URL = env_str("XENAOE_PANEL_URL", "")
+# A failed delivery is tried again after BASE_S, then twice as long each time (at most MAX_S), up to
+# MAX_ATTEMPTS attempts in all; each webhook request within TIMEOUT_S.
+NOTIFY_MAX_ATTEMPTS = env_int("XENAOE_NOTIFY_MAX_ATTEMPTS", 6, minimum=1, maximum=20)
+NOTIFY_RETRY_BASE_S = env_int("XENAOE_NOTIFY_RETRY_BASE_S", 30, minimum=1)
+NOTIFY_RETRY_MAX_S = env_int("XENAOE_NOTIFY_RETRY_MAX_S", 3600, minimum=1)
+NOTIFY_WEBHOOK_TIMEOUT_S = env_int("XENAOE_NOTIFY_WEBHOOK_TIMEOUT_S", 10, minimum=1, maximum=120)
+# A delivery whose message no worker took for this long is sent again (notifications/housekeeping.py).
+NOTIFY_RESEND_AFTER_S = env_int("XENAOE_NOTIFY_RESEND_AFTER_S", 300, minimum=60)
+# Events (and their delivery logs) are deleted after this many days; 0 keeps them for ever.
+NOTIFY_RETENTION_DAYS = env_int("XENAOE_NOTIFY_RETENTION_DAYS", 30, minimum=0)
+# Tenants' webhooks may reach only public addresses, not the panel's own networks; the lab, whose
+# receivers are on this machine, turns that off.
+NOTIFY_TENANT_WEBHOOKS_PRIVATE = env_bool("XENAOE_NOTIFY_TENANT_WEBHOOKS_PRIVATE", False)
+
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -349,6 +370,8 @@ CELERY_BEAT_SCHEDULE = {
     # At night, when nobody waits on the job history's pages.
     "archive-finished-jobs": {"task": "jobs.archive_finished_jobs", "schedule": crontab(hour=3, minute=30)},
     "recover-jobs": {"task": "jobs.recover_jobs", "schedule": 30.0},
+    # Lost deliveries sent again, N+1 looked at, old events pruned (the default queue).
+    "notifications-housekeeping": {"task": "notifications.housekeeping", "schedule": 60.0},
 }
 # Jobs nobody works on (jobs/recovery.py, docs/jobs.md). A running job's worker renews its lease
 # every quarter of JOB_LEASE_S, whatever the job logs; once the lease has run out the job is
