@@ -39,11 +39,13 @@ class Epoch(Func):
     def as_sqlite(self, compiler, connection, **extra):  # type: ignore[no-untyped-def]
         # Django stores UTC text there. Whole seconds exactly, then the milliseconds (julianday's float
         # is off by microseconds, enough to put a sample on a bucket boundary in the bucket before).
-        # '%%%%': one level for this template, one for the SQLite backend's own % formatting.
-        return self.as_sql(compiler, connection, template=(
+        # '%%%%': one level for this template, one for the SQLite backend's own % formatting. The
+        # expression is written three times: its parameters (a subquery's) are needed three times.
+        sql, params = self.as_sql(compiler, connection, template=(
             "(CAST(strftime('%%%%s', %(expressions)s) AS INTEGER)"
             " + CAST(strftime('%%%%f', %(expressions)s) AS REAL) - CAST(strftime('%%%%S', %(expressions)s) AS INTEGER))"
         ), **extra)
+        return sql, (*params, *params, *params)
 
 
 def bucket_seconds(span: datetime.timedelta, max_points: int = MAX_POINTS) -> int:
