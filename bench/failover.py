@@ -30,10 +30,22 @@ FLOOR_SLOTS = range(240, 240 + GUESTS)  # the floor's own legs, no VM of the ben
 INTERVAL_S = os.environ.get("BENCH_FAILOVER_INTERVAL_S", "")
 
 
+MONITOR_LOG = report.RESULTS / "failover-monitor.log"
+
+
 def _monitor() -> subprocess.Popen:
+    """`manage.py monitor` as its own process, what it says kept in .bench/failover-monitor.log."""
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="xenaoe_panel.settings_lab")
-    return subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    MONITOR_LOG.parent.mkdir(exist_ok=True)
+    with MONITOR_LOG.open("w") as log:
+        return subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def _monitor_alive(monitor: subprocess.Popen) -> None:
+    if monitor.poll() is not None:
+        tail = "\n".join(MONITOR_LOG.read_text().splitlines()[-20:])
+        raise RuntimeError(f"the monitor exited ({monitor.returncode}); the end of {MONITOR_LOG}:\n{tail}")
 
 
 def _create_guests(prefix: str) -> list[str]:
@@ -55,7 +67,7 @@ def _wait(predicate, timeout: float, what: str) -> None:  # noqa: ANN001 - a cal
         time.sleep(0.1)
 
 
-def one_failover(prefix: str) -> dict[str, float]:
+def one_failover(prefix: str, monitor: subprocess.Popen) -> dict[str, float]:
     """Pull cpu2's plug under 6 guests; seconds from the pull to detection, fence and last restart."""
     from django.utils import timezone
 
@@ -69,6 +81,7 @@ def one_failover(prefix: str) -> dict[str, float]:
     cluster.kill_host("cpu2")
 
     def restarted() -> bool:
+        _monitor_alive(monitor)
         return VirtualMachine.objects.filter(name__in=names, state="running", cpu_server__name="cpu1").count() == GUESTS
 
     _wait(restarted, 120, f"the {GUESTS} guests were not running on cpu1")
@@ -183,7 +196,7 @@ def main() -> int:
                 floor.exports(start=True)
                 floors.append(floor.run())
                 floor.exports(start=False)
-                splits.append(one_failover(f"fo{n}x"))
+                splits.append(one_failover(f"fo{n}x", monitor))
                 print(f"round {n}: {splits[-1]}, floor {floors[-1]:.2f} s")
                 bring_back(f"fo{n}x")
         finally:
