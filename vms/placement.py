@@ -36,6 +36,7 @@ from hosts.models import CpuServer, DiskServer
 from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from storage.models import LEGS, AoEExport
+from vms import packing
 from vms.models import Reservation, VirtualMachine
 
 NEW_VM = "(new VM)"
@@ -211,6 +212,55 @@ class Cluster:
             if homeless:
                 found.append(Shortfall(load.server.name, tuple(homeless)))
         return found
+
+    def largest_new_vms(self, server_pks: Iterable[int] | None = None) -> dict[int, int]:
+        """For each up server (or those given), the largest new VM (MiB) such that a new VM of that size
+        or any smaller one placed there keeps N+1 as `shortfalls` checks it (0: nothing free there, or
+        even 1 MiB breaks it). The same packing with the size left open (vms/packing.py): one pass
+        per server, not a check per size."""
+        # Whether a failed server's guests all fit in one other room depends only on the three roomiest
+        # servers (the failed one and the new VM's may be two of them).
+        top = heapq.nlargest(3, self.free.items(), key=lambda item: item[1])
+
+        def roomiest_but(*pks: int) -> int | None:
+            return next((mib for pk, mib in top if pk not in pks), None)
+
+        def fits_in_one_room(failed: int, *without: int) -> bool:
+            elsewhere = roomiest_but(failed, *without)
+            return elsewhere is not None and self.carried[failed] <= elsewhere
+
+        # Servers whose guests need more than the roomiest other server already: their packing may
+        # depend on the new VM wherever it goes.
+        packed = [pk for pk in self.loads if not fits_in_one_room(pk)]
+        every_room = sorted(self.free.values(), reverse=True)
+
+        def rooms_but(*pks: int) -> list[int]:
+            rooms = list(every_room)
+            for pk in pks:
+                rooms.remove(self.free[pk])
+            return rooms
+
+        largest = {}
+        for target in self.loads if server_pks is None else server_pks:
+            free = self.free[target]
+            if free <= 0:
+                largest[target] = 0
+                continue
+            own = packing.first_size_without_room_for_own_guests(
+                [memory for _name, memory in self.guests[target]], rooms_but(target), 1, free)
+            first_break = free + 1 if own is None else own
+            # The new VM shrinks this server's room; another failed server's guests feel it only if no
+            # other room takes them all: those packed already, or any if this is one of the roomiest.
+            failing = self.loads if any(pk == target for pk, _mib in top[:2]) else packed
+            for failed in failing:
+                if failed == target or fits_in_one_room(failed, target):
+                    continue
+                theirs = packing.first_size_without_room_for_others(
+                    [memory for _name, memory in self.guests[failed]], rooms_but(failed, target), free, 1,
+                    first_break - 1)
+                first_break = first_break if theirs is None else theirs
+            largest[target] = first_break - 1
+        return largest
 
     def headroom(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None) -> list[Headroom]:
         """Every up server but the source, in name order."""
