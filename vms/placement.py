@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from drivers.vblade import MAX_SLOT
 from hosts.choices import HostState
@@ -66,36 +66,44 @@ class Load:
         return self.server.memory_mib - self.used_mib
 
 
-def _read(ignore_job: Job | None = None) -> tuple[dict[int, Load], dict[int, list[tuple[str, int]]]]:
-    """Every CPU server's load (by pk, in name order) and the guests recorded on each. `ignore_job`:
-    leave that job's own reservations out (a job checking the room it was given)."""
+def _read(ignore_job: Job | None = None, *, with_guests: bool = True
+          ) -> tuple[dict[int, Load], dict[int, list[tuple[str, int]]]]:
+    """Every CPU server's load (by pk, in name order) and the guests recorded on each, which the N+1
+    check packs (`with_guests=False`: none, and the database adds up the guests' numbers instead of
+    sending every VM's row). `ignore_job`: leave that job's own reservations out (a job checking the
+    room it was given)."""
     servers = list(CpuServer.objects.order_by("name"))
     guests: dict[int, list[tuple[str, int]]] = {s.pk: [] for s in servers}
+    memory: dict[int, int] = defaultdict(int)
+    count: dict[int, int] = defaultdict(int)
     vcpus: dict[int, int] = defaultdict(int)
-    for server_pk, name, memory, cpus in VirtualMachine.objects.filter(cpu_server__isnull=False).values_list(
-            "cpu_server", "name", "memory_mib", "vcpus"):
-        guests[server_pk].append((name, memory))
-        vcpus[server_pk] += cpus
+    recorded = VirtualMachine.objects.filter(cpu_server__isnull=False).order_by()  # the check sorts them itself
+    if with_guests:
+        for server_pk, name, mib, cpus in recorded.values_list("cpu_server", "name", "memory_mib", "vcpus"):
+            guests[server_pk].append((name, mib))
+            memory[server_pk] += mib
+            count[server_pk] += 1
+            vcpus[server_pk] += cpus
+    else:
+        totals = recorded.values("cpu_server").annotate(mib=Sum("memory_mib"), n=Count("pk"), cpus=Sum("vcpus"))
+        for server_pk, mib, n, cpus in totals.values_list("cpu_server", "mib", "n", "cpus"):
+            memory[server_pk], count[server_pk], vcpus[server_pk] = mib, n, cpus
     reserved: dict[int, int] = defaultdict(int)
     held = Reservation.objects.filter(job__state__in=ACTIVE_STATES)
     if ignore_job is not None:
         held = held.exclude(job=ignore_job)
-    for server_pk, vm_server_pk, memory, cpus in held.values_list("cpu_server", "vm__cpu_server", "memory_mib",
-                                                                  "vcpus"):
+    for server_pk, vm_server_pk, mib, cpus in held.values_list("cpu_server", "vm__cpu_server", "memory_mib", "vcpus"):
         if vm_server_pk != server_pk:  # else the VM's own row counts it already
-            reserved[server_pk] += memory
+            reserved[server_pk] += mib
             vcpus[server_pk] += cpus
-    loads = {
-        s.pk: Load(s, sum(mib for _, mib in guests[s.pk]), reserved[s.pk], s.foreign_memory_mib, len(guests[s.pk]),
-                   vcpus[s.pk])
-        for s in servers
-    }
+    loads = {s.pk: Load(s, memory[s.pk], reserved[s.pk], s.foreign_memory_mib, count[s.pk], vcpus[s.pk])
+             for s in servers}
     return loads, guests
 
 
 def server_loads(ignore_job: Job | None = None) -> dict[int, Load]:
     """Every CPU server, whatever its state, by pk (in name order)."""
-    return Cluster.load(ignore_job=ignore_job).every
+    return _read(ignore_job, with_guests=False)[0]
 
 
 def server_load(server: CpuServer, ignore_job: Job | None = None) -> Load:
