@@ -82,6 +82,21 @@ def _first_failure(guests: list[Size], rooms: list[int], slopes: dict[int, int],
     return None
 
 
+def reach(guests: list[int], rooms: list[int]) -> int | None:
+    """How far first fit goes: the index of the last room in `rooms` (in first fit's order, largest
+    first) that any of these guests (largest first) is put in, or None when one finds no room. A room
+    after that index is never looked at: shrinking it, or moving it further back, changes nothing
+    (-1: no guests, no room used)."""
+    left, furthest = list(rooms), -1
+    for size in sorted(guests, reverse=True):
+        fit = next((j for j, mib in enumerate(left) if mib >= size), None)
+        if fit is None:
+            return None
+        left[fit] -= size
+        furthest = max(furthest, fit)
+    return furthest
+
+
 def _ranges(lo: int, hi: int, starts: list[int]) -> Iterator[tuple[int, int]]:
     """[lo, hi] cut before each of `starts`, in order (nothing if the range is empty)."""
     if lo > hi:
@@ -118,9 +133,14 @@ def first_size_without_room_for_others(guests: list[int], rooms: list[int], shri
     into `rooms` and one more room of `shrinking - x` MiB (the new VM's server, after it), or None."""
     total = sum(guests)
     rooms = sorted(rooms, reverse=True)
-    if rooms and total <= rooms[0]:
+    if not guests or (rooms and total <= rooms[0]):
         return None  # they all fit in the largest room whatever x is: the check's shortcut
     lo = max(lo, shrinking - total + 1)  # below, they all fit in the shrinking room
+    furthest = reach(guests, rooms)
+    if furthest is not None:
+        # They fit in the other rooms; once the shrinking room sorts after the last of those they
+        # use, first fit never looks at it again.
+        hi = min(hi, shrinking - rooms[furthest] - 1)
     ordered = [(size, 0) for size in sorted(guests, reverse=True)]
     # Where the shrinking room sorts among the others depends on x: it comes after the rooms larger
     # than it, which are more as x grows (a room of the same size packs the same either way).

@@ -226,26 +226,33 @@ class Cluster:
         or any smaller one placed there keeps N+1 as `shortfalls` checks it (0: nothing free there, or
         even 1 MiB breaks it). The same packing with the size left open (vms/packing.py): one pass
         per server, not a check per size."""
-        # Whether a failed server's guests all fit in one other room depends only on the three roomiest
-        # servers (the failed one and the new VM's may be two of them).
-        top = heapq.nlargest(3, self.free.items(), key=lambda item: item[1])
+        # First fit's order of the rooms (ties by pk) and, for each server that might fail, how far its
+        # guests' packing into the others goes as things stand: a new VM shrinks its server's room and
+        # moves it back in that order, so only the servers whose packing reaches that room can feel it.
+        order = sorted(self.free, key=lambda pk: (-self.free[pk], pk))
+        frees = [self.free[pk] for pk in order]
+        position = {pk: i for i, pk in enumerate(order)}
 
-        def roomiest_but(*pks: int) -> int | None:
-            return next((mib for pk, mib in top if pk not in pks), None)
+        def fit_in_one_room(failed: int, *without: int) -> bool:
+            """All of its guests fit in the roomiest of the others: first fit puts them all there."""
+            roomiest = next((self.free[pk] for pk in order if pk != failed and pk not in without), None)
+            return roomiest is not None and self.carried[failed] <= roomiest
 
-        def fits_in_one_room(failed: int, *without: int) -> bool:
-            elsewhere = roomiest_but(failed, *without)
-            return elsewhere is not None and self.carried[failed] <= elsewhere
-
-        # Servers whose guests need more than the roomiest other server already: their packing may
-        # depend on the new VM wherever it goes.
-        packed = [pk for pk in self.loads if not fits_in_one_room(pk)]
-        every_room = sorted(self.free.values(), reverse=True)
+        felt_by: dict[int, list[int]] = {pk: [] for pk in self.loads}
+        for failed in self.loads:
+            i = position[failed]
+            furthest = 0 if fit_in_one_room(failed) else packing.reach(
+                [memory for _name, memory in self.guests[failed]], frees[:i] + frees[i + 1:])
+            reached = order[:i] + order[i + 1:] if furthest is None else \
+                [pk for pk in order[:furthest + 2] if pk != failed][:furthest + 1]
+            for pk in reached:
+                felt_by[pk].append(failed)
 
         def rooms_but(*pks: int) -> list[int]:
-            rooms = list(every_room)
-            for pk in pks:
-                rooms.remove(self.free[pk])
+            """The rooms of every up server but these, in first fit's order."""
+            rooms = frees
+            for i in sorted((position[pk] for pk in pks), reverse=True):
+                rooms = rooms[:i] + rooms[i + 1:]
             return rooms
 
         largest = {}
@@ -257,11 +264,8 @@ class Cluster:
             own = packing.first_size_without_room_for_own_guests(
                 [memory for _name, memory in self.guests[target]], rooms_but(target), 1, free)
             first_break = free + 1 if own is None else own
-            # The new VM shrinks this server's room; another failed server's guests feel it only if no
-            # other room takes them all: those packed already, or any if this is one of the roomiest.
-            failing = self.loads if any(pk == target for pk, _mib in top[:2]) else packed
-            for failed in failing:
-                if failed == target or fits_in_one_room(failed, target):
+            for failed in felt_by[target]:
+                if fit_in_one_room(failed, target):
                     continue
                 theirs = packing.first_size_without_room_for_others(
                     [memory for _name, memory in self.guests[failed]], rooms_but(failed, target), free, 1,
