@@ -13,7 +13,8 @@ and the ranges are walked from the smallest size up until one fails.
 A size is a pair (constant, slope): its value at `x` is `constant + slope * x`. Guests have slope 0,
 or 1 for the new VM; rooms 0, or -1 for T's room and for a room that took the new VM. A failed
 range fails for every size in it (the packing did the same things there), so the first size that
-fails is the range's lower end.
+fails is the range's lower end. Another server's packing that never reaches T's room as things stand
+(`reach`) cannot feel the new VM: T's room only shrinks and moves back in first fit's order.
 """
 from __future__ import annotations
 
