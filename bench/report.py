@@ -206,7 +206,10 @@ EXPLANATIONS = """
   its template, 200 CPU servers and a page of 100 exports drawn row by row; the CPU servers' API
   has the database add up each server's guests; the job history filtered by a host counts its jobs
   off a trigram index (~9 ms for a host a quarter of the jobs touched, well under 1 ms for one that
-  few touched); the last page of the VM list reads past an OFFSET. This 2-core machine is shared:
+  few touched); the last page of the VM list reads past an OFFSET. The p95s were long set by the
+  garbage collector: a full collection walked everything the server had loaded (~150,000 objects,
+  60-110 ms) inside about one request in fifteen; the server freezes what it loaded at start
+  (xenaoe_panel/asgi.py) and the bench sets Django up the same way. This 2-core machine is shared:
   a p95 over 100 ms in one run and not in the next is a busy moment (the login page's time rises
   with it, and the ratio moves less than the times).
 - Creation: "Define the domain" measured 5 s in a new user's first `vm create` is libvirtd's one-time
