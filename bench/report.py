@@ -198,12 +198,20 @@ EXPLANATIONS = """
   holding 10,000 VMs, 200 CPU servers, 20 disk servers, 100,000 jobs and a million log entries. The
   baseline is the login page (the framework's own floor: middleware, session, a template). The
   query counts are those of one request; the bench checks they are the same with a hundredth of the
-  rows (they must not grow with the data). Misses of the 100 ms p95 and what bounds them: the
-  dashboard (its capacity part computes, for every one of 200 CPU servers, the largest new VM that
-  keeps N+1: a search over the allocator's own check, ~140 ms; then the template) - found at 6.6 s
-  and brought to ~0.2 s by a linear N+1 check and by drawing only the 24 servers that need a look;
-  the hosts page and the CPU servers' API compute the same capacity; the last page of the VM list and
-  the job history filtered by a host sit at 100-150 ms (an OFFSET scan, a text match on `hosts`).
+  rows (they must not grow with the data). What bounds each page: the dashboard's capacity part
+  reads every VM's memory (the allocator's model, ~10 ms at 10,000 VMs) and finds, for each of 200
+  CPU servers, the largest new VM that keeps N+1 in one pass of the allocator's own packing over
+  ranges of sizes (vms/packing.py, ~4 ms for all 200; found at 6.6 s, then ~60 ms as a binary
+  search of N+1 checks per server), then draws the 24 servers that need a look; the hosts page is
+  its template, 200 CPU servers and a page of 100 exports drawn row by row; the CPU servers' API
+  has the database add up each server's guests; the job history filtered by a host counts its jobs
+  off a trigram index (~9 ms for a host a quarter of the jobs touched, well under 1 ms for one that
+  few touched); the last page of the VM list reads past an OFFSET. The p95s were long set by the
+  garbage collector: a full collection walked everything the server had loaded (~150,000 objects,
+  60-110 ms) inside about one request in fifteen; the server freezes what it loaded at start
+  (xenaoe_panel/asgi.py) and the bench sets Django up the same way. This 2-core machine is shared:
+  a p95 over 100 ms in one run and not in the next is a busy moment (the login page's time rises
+  with it, and the ratio moves less than the times).
 - Creation: "Define the domain" measured 5 s in a new user's first `vm create` is libvirtd's one-time
   probe of the QEMU binary's capabilities after it starts (then cached on disk); after that a define
   takes 0.14 s here, 0.13 s of which is opening a new qemu+ssh connection (the panel opens one per

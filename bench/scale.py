@@ -134,7 +134,7 @@ def count_queries(made: dict) -> dict[str, int]:
 
 def main() -> int:
     reuse = KEEP_DB and database.exists(DB_NAME)
-    database.set_up(DB_NAME, reuse=reuse)
+    database.set_up(DB_NAME, reuse=reuse, as_server=True)
     logging.getLogger("django.request").setLevel(logging.ERROR)
     from django.test import Client
 

@@ -4,9 +4,9 @@ Every number is the allocator's own (vms/placement.py): a CPU server's memory us
 every VM placed on it, whatever the VM's state, plus what the allocator holds for jobs under way
 (a migration counts on both its ends until it ends) and the memory of domains the panel did not
 make; a disk server's space used is the size of every export on it. The N+1 reserve is the
-allocator's own verdict, asked for sizes of new VM: the largest VM that could go on a server without
-its N+1 check finding a guest that a single failure would leave homeless; the rest of its free
-memory is reserve.
+allocator's own verdict, asked for sizes of new VM (`Cluster.largest_new_vms`): the largest VM that
+could go on a server, it and any smaller one, without its N+1 check finding a guest that a single
+failure would leave homeless; the rest of its free memory is reserve.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Sum
 
 from hosts.models import CpuServer, DiskServer
-from vms.placement import NEW_VM, Cluster, Move, Shortfall
+from vms.placement import Cluster, Shortfall
 
 MIB_PER_GIB = 1024
 MIB_PER_TIB = 1024 * 1024
@@ -170,42 +170,19 @@ class ClusterCapacity:
     shortfalls: list[Shortfall]  # N+1 as it stands: empty when every server's guests fit elsewhere
 
 
-def largest_vm_keeping_n_plus_one(server_pk: int, free_mib: int, cluster: Cluster | None = None) -> int:
-    """The largest new VM (MiB) that placement could put on this server without breaking N+1: a binary
-    search over the allocator's own check. What it verifies holds; first-fit packing is not strictly
-    monotonic, so a larger size may in rare cases also fit, never the reverse of what is shown."""
-    cluster = cluster or Cluster.load()
-
-    def breaks(mib: int) -> bool:
-        return bool(cluster.shortfalls(Move(NEW_VM, mib, server_pk)))
-
-    if free_mib <= 0 or not breaks(free_mib):
-        return max(free_mib, 0)  # the whole free memory keeps N+1: one question, no search
-    low, high = 0, free_mib - 1  # invariant: `low` keeps N+1 (0: no new VM at all), above `high` does not
-    while low < high:
-        middle = (low + high + 1) // 2
-        if breaks(middle):
-            high = middle - 1
-        else:
-            low = middle
-    return low
-
-
 def cpu_capacity(server_pk: int | None = None) -> tuple[list[CpuCapacity], list[Shortfall]]:
     """Every CPU server (by name), or only the one given, and the N+1 shortfalls as they stand."""
     cluster = Cluster.load()
     shortfalls = cluster.shortfalls() if cluster.loads else []
+    asked = [pk for pk in cluster.loads if server_pk is None or pk == server_pk]
+    # N+1 already broken: nothing new keeps it, the whole free memory is reserve.
+    largest = dict.fromkeys(asked, 0) if shortfalls else cluster.largest_new_vms(asked)
     result = []
     for load in cluster.every.values():
         if server_pk is not None and load.server.pk != server_pk:
             continue
-        largest = None
-        if load.server.pk in cluster.loads:
-            # N+1 already broken: nothing new keeps it, the whole free memory is reserve.
-            largest = 0 if shortfalls else largest_vm_keeping_n_plus_one(
-                load.server.pk, max(load.free_mib, 0), cluster)
-        result.append(CpuCapacity(load.server, load.used_mib, load.guests, load.vcpus_used, largest,
-                                  load.reserved_mib, load.foreign_mib))
+        result.append(CpuCapacity(load.server, load.used_mib, load.guests, load.vcpus_used,
+                                  largest.get(load.server.pk), load.reserved_mib, load.foreign_mib))
     return result, shortfalls
 
 

@@ -26,7 +26,7 @@ from tenants.services import create_tenant
 from vms.choices import VmState
 from vms.migration import migrate_vm
 from vms.models import VirtualMachine
-from vms.placement import cpu_candidates, n_plus_one_shortfalls
+from vms.placement import Cluster, cpu_candidates, n_plus_one_shortfalls, server_loads
 from vms.services import VmRequest, create_vm
 from vms.watch import reconcile
 
@@ -92,6 +92,23 @@ def test_the_dashboard_and_the_api_show_what_a_migration_holds(admin_client):
     assert "512 MiB held for moves under way" in capacity["cpu2"].memory_text
     servers = {s["name"]: s for s in admin_client.get("/api/cpu-servers/").json()["results"]}
     assert (servers["cpu2"]["used_memory_mib"], servers["cpu2"]["free_memory_mib"]) == (512, 512)
+
+
+@pytest.mark.django_db
+def test_loads_added_up_by_the_database_are_those_the_allocator_counts_from_its_guests(admin_client):
+    """server_loads (the API, the host history) has the database add up each server's guests; the
+    allocator reads every guest, to pack them: the same numbers, holds and foreign domains included."""
+    cpus = _cluster()
+    _guest("web", cpus["cpu1"], 512)
+    _guest("db", cpus["cpu1"], 256)
+    CpuServer.objects.filter(pk=cpus["cpu3"].pk).update(foreign_memory_mib=128)
+    migrate_vm("web", "cpu2")
+    summed = server_loads()
+    assert summed == Cluster.load().every
+    assert [(load.guests_mib, load.reserved_mib, load.foreign_mib, load.guests, load.vcpus_used)
+            for load in summed.values()] == [(768, 0, 0, 2, 2), (0, 512, 0, 0, 1), (0, 0, 128, 0, 0)]
+    servers = {s["name"]: s for s in admin_client.get("/api/cpu-servers/").json()["results"]}
+    assert [(s["guests"], s["used_memory_mib"]) for s in servers.values()] == [(2, 768), (0, 512), (0, 128)]
 
 
 @runner.job_kind("test.holds")

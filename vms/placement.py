@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Sum
 
 from drivers.vblade import MAX_SLOT
 from hosts.choices import HostState
@@ -36,6 +36,7 @@ from hosts.models import CpuServer, DiskServer
 from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from storage.models import LEGS, AoEExport
+from vms import packing
 from vms.models import Reservation, VirtualMachine
 
 NEW_VM = "(new VM)"
@@ -65,36 +66,44 @@ class Load:
         return self.server.memory_mib - self.used_mib
 
 
-def _read(ignore_job: Job | None = None) -> tuple[dict[int, Load], dict[int, list[tuple[str, int]]]]:
-    """Every CPU server's load (by pk, in name order) and the guests recorded on each. `ignore_job`:
-    leave that job's own reservations out (a job checking the room it was given)."""
+def _read(ignore_job: Job | None = None, *, with_guests: bool = True
+          ) -> tuple[dict[int, Load], dict[int, list[tuple[str, int]]]]:
+    """Every CPU server's load (by pk, in name order) and the guests recorded on each, which the N+1
+    check packs (`with_guests=False`: none, and the database adds up the guests' numbers instead of
+    sending every VM's row). `ignore_job`: leave that job's own reservations out (a job checking the
+    room it was given)."""
     servers = list(CpuServer.objects.order_by("name"))
     guests: dict[int, list[tuple[str, int]]] = {s.pk: [] for s in servers}
+    memory: dict[int, int] = defaultdict(int)
+    count: dict[int, int] = defaultdict(int)
     vcpus: dict[int, int] = defaultdict(int)
-    for server_pk, name, memory, cpus in VirtualMachine.objects.filter(cpu_server__isnull=False).values_list(
-            "cpu_server", "name", "memory_mib", "vcpus"):
-        guests[server_pk].append((name, memory))
-        vcpus[server_pk] += cpus
+    recorded = VirtualMachine.objects.filter(cpu_server__isnull=False).order_by()  # the check sorts them itself
+    if with_guests:
+        for server_pk, name, mib, cpus in recorded.values_list("cpu_server", "name", "memory_mib", "vcpus"):
+            guests[server_pk].append((name, mib))
+            memory[server_pk] += mib
+            count[server_pk] += 1
+            vcpus[server_pk] += cpus
+    else:
+        totals = recorded.values("cpu_server").annotate(mib=Sum("memory_mib"), n=Count("pk"), cpus=Sum("vcpus"))
+        for server_pk, mib, n, cpus in totals.values_list("cpu_server", "mib", "n", "cpus"):
+            memory[server_pk], count[server_pk], vcpus[server_pk] = mib, n, cpus
     reserved: dict[int, int] = defaultdict(int)
     held = Reservation.objects.filter(job__state__in=ACTIVE_STATES)
     if ignore_job is not None:
         held = held.exclude(job=ignore_job)
-    for server_pk, vm_server_pk, memory, cpus in held.values_list("cpu_server", "vm__cpu_server", "memory_mib",
-                                                                  "vcpus"):
+    for server_pk, vm_server_pk, mib, cpus in held.values_list("cpu_server", "vm__cpu_server", "memory_mib", "vcpus"):
         if vm_server_pk != server_pk:  # else the VM's own row counts it already
-            reserved[server_pk] += memory
+            reserved[server_pk] += mib
             vcpus[server_pk] += cpus
-    loads = {
-        s.pk: Load(s, sum(mib for _, mib in guests[s.pk]), reserved[s.pk], s.foreign_memory_mib, len(guests[s.pk]),
-                   vcpus[s.pk])
-        for s in servers
-    }
+    loads = {s.pk: Load(s, memory[s.pk], reserved[s.pk], s.foreign_memory_mib, count[s.pk], vcpus[s.pk])
+             for s in servers}
     return loads, guests
 
 
 def server_loads(ignore_job: Job | None = None) -> dict[int, Load]:
     """Every CPU server, whatever its state, by pk (in name order)."""
-    return Cluster.load(ignore_job=ignore_job).every
+    return _read(ignore_job, with_guests=False)[0]
 
 
 def server_load(server: CpuServer, ignore_job: Job | None = None) -> Load:
@@ -211,6 +220,59 @@ class Cluster:
             if homeless:
                 found.append(Shortfall(load.server.name, tuple(homeless)))
         return found
+
+    def largest_new_vms(self, server_pks: Iterable[int] | None = None) -> dict[int, int]:
+        """For each up server (or those given), the largest new VM (MiB) such that a new VM of that size
+        or any smaller one placed there keeps N+1 as `shortfalls` checks it (0: nothing free there, or
+        even 1 MiB breaks it). The same packing with the size left open (vms/packing.py): one pass
+        per server, not a check per size."""
+        # First fit's order of the rooms (ties by pk) and, for each server that might fail, how far its
+        # guests' packing into the others goes as things stand: a new VM shrinks its server's room and
+        # moves it back in that order, so only the servers whose packing reaches that room can feel it.
+        order = sorted(self.free, key=lambda pk: (-self.free[pk], pk))
+        frees = [self.free[pk] for pk in order]
+        position = {pk: i for i, pk in enumerate(order)}
+
+        def fit_in_one_room(failed: int, *without: int) -> bool:
+            """All of its guests fit in the roomiest of the others: first fit puts them all there."""
+            roomiest = next((self.free[pk] for pk in order if pk != failed and pk not in without), None)
+            return roomiest is not None and self.carried[failed] <= roomiest
+
+        felt_by: dict[int, list[int]] = {pk: [] for pk in self.loads}
+        for failed in self.loads:
+            i = position[failed]
+            furthest = 0 if fit_in_one_room(failed) else packing.reach(
+                [memory for _name, memory in self.guests[failed]], frees[:i] + frees[i + 1:])
+            reached = order[:i] + order[i + 1:] if furthest is None else \
+                [pk for pk in order[:furthest + 2] if pk != failed][:furthest + 1]
+            for pk in reached:
+                felt_by[pk].append(failed)
+
+        def rooms_but(*pks: int) -> list[int]:
+            """The rooms of every up server but these, in first fit's order."""
+            rooms = frees
+            for i in sorted((position[pk] for pk in pks), reverse=True):
+                rooms = rooms[:i] + rooms[i + 1:]
+            return rooms
+
+        largest = {}
+        for target in self.loads if server_pks is None else server_pks:
+            free = self.free[target]
+            if free <= 0:
+                largest[target] = 0
+                continue
+            own = packing.first_size_without_room_for_own_guests(
+                [memory for _name, memory in self.guests[target]], rooms_but(target), 1, free)
+            first_break = free + 1 if own is None else own
+            for failed in felt_by[target]:
+                if fit_in_one_room(failed, target):
+                    continue
+                theirs = packing.first_size_without_room_for_others(
+                    [memory for _name, memory in self.guests[failed]], rooms_but(failed, target), free, 1,
+                    first_break - 1)
+                first_break = first_break if theirs is None else theirs
+            largest[target] = first_break - 1
+        return largest
 
     def headroom(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None) -> list[Headroom]:
         """Every up server but the source, in name order."""
