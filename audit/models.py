@@ -23,6 +23,12 @@ from tenants.models import Tenant
 from tenants.querysets import TenantScopedQuerySet
 
 
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) or "none"
+    return "yes" if value is True else "no" if value is False else str(value)
+
+
 class AppendOnly(Exception):
     """An audit event was to be changed or deleted."""
 
@@ -88,6 +94,22 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         target = f" {self.target_kind} {self.target_name}" if self.target_name else ""
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.actor_name or self.actor_kind} {self.action}{target}"
+
+    @property
+    def job_number(self) -> int | None:
+        """The job it is about (a request, a cancel), for a link to it."""
+        return self.details.get("job") if self.action in (Action.JOB_REQUESTED, Action.JOB_CANCEL) else None
+
+    def details_shown(self) -> list[tuple[str, str]]:
+        """The details as the page lists them: a change as "old → new"; the job is a link of its own."""
+        shown = []
+        for key, value in self.details.items():
+            if key == "job" and self.job_number is not None:
+                continue
+            if isinstance(value, list) and len(value) == 2:
+                value = f"{_text(value[0])} → {_text(value[1])}"
+            shown.append((key, _text(value)))
+        return shown
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:

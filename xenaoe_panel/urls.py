@@ -16,6 +16,7 @@ urlpatterns = [
     path("networks/", include("networks.urls")),
     path("account/keys/", include("sshkeys.urls")),
     path("incidents/", include("ha.urls")),
+    path("audit/", include("audit.urls")),
     path("api/", include("api.urls")),
     path("admin/", admin.site.urls),
     path("", include("xenaoe_panel.accounts")),  # login, logout, password reset and change
