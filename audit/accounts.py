@@ -18,13 +18,19 @@ OPERATOR_FIELDS = ("is_staff", "is_superuser")
 WATCHED = (*OPERATOR_FIELDS, "is_active")
 
 
-def logged_in(sender: Any, request: HttpRequest, user: Any, **kwargs: Any) -> None:
-    record_for_user(Action.LOGIN, user, details={"page": request.path}, actor=actor_for(request, user))
+def logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    # Channels' own login() sends no request; the panel's logins are all pages.
+    page = {"page": request.path} if request is not None else {}
+    record_for_user(Action.LOGIN, user, details=page, actor=_actor(request, user))
 
 
-def logged_out(sender: Any, request: HttpRequest, user: Any, **kwargs: Any) -> None:
+def logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
     if user is not None:
-        record_for_user(Action.LOGOUT, user, actor=actor_for(request, user))
+        record_for_user(Action.LOGOUT, user, actor=_actor(request, user))
+
+
+def _actor(request: HttpRequest | None, user: Any) -> Actor:
+    return actor_for(request, user) if request is not None else Actor.of_user(user)
 
 
 def login_failed(sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None,

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.management.base import BaseCommand
 from django.http import HttpRequest, HttpResponse
 
@@ -99,15 +100,30 @@ def current_actor(user: Any = None) -> Actor:
 
 class AuditContextMiddleware:
     """Marks the code serving a request as acting for its user (settings.MIDDLEWARE, after the
-    authentication middleware)."""
+    authentication middleware). Sync and async alike: under Daphne the view runs in a thread that
+    asgiref gives a copy of this context."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> Any:
+        if iscoroutinefunction(self):
+            return self._serve_async(request)
         token = _acting.set(request)
         try:
             return self.get_response(request)
+        finally:
+            _acting.reset(token)
+
+    async def _serve_async(self, request: HttpRequest) -> HttpResponse:
+        token = _acting.set(request)
+        try:
+            return await self.get_response(request)
         finally:
             _acting.reset(token)
 

@@ -11,9 +11,11 @@ import os
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.test import Client
+from django.db import connection
+from django.test import AsyncClient, Client
 from rest_framework.test import APIClient
 
 from api.tokens import issue_token
@@ -138,6 +140,23 @@ def test_tenant_quota_and_permission_changes_through_the_api_are_the_tokens_user
                                                     "203.0.113.21")
     # The tenant has gone: its events stay, without the link.
     assert AuditEvent.objects.filter(target_name="initech").count() == 4
+
+
+def _operator_and_token() -> str:
+    create_tenant("acme")
+    return issue_token(get_user_model().objects.create_user("op", is_staff=True))
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_served_through_asgi_as_daphne_serves_it_a_change_still_names_who_made_it_and_from_where():
+    key = await sync_to_async(_operator_and_token)()
+    response = await AsyncClient().patch("/api/tenants/acme/quota/", {"vms": 4}, content_type="application/json",
+                                         headers={"Authorization": f"Token {key}"})
+    assert response.status_code == 200
+    event = await sync_to_async(_one)(Action.TENANT_QUOTAS)
+    await sync_to_async(lambda: connection.close())()  # the request's thread's, so that the test database can go
+    assert _as_row(event) == ("op", ActorKind.TOKEN, "tenant", "acme", "acme", "127.0.0.1")
 
 
 def test_users_created_moved_deactivated_and_made_operators_wherever_it_is_done(operator, alice, acme, tmp_path):
