@@ -17,8 +17,9 @@ from tenants.access import is_operator
 class AuditEventSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     time = serializers.DateTimeField()
-    actor = serializers.CharField(source="actor_name", allow_blank=True,
-                                  help_text="A user name; for manage.py, the system's user; monitor; system.")
+    actor = serializers.CharField(source="shown_actor", allow_blank=True,
+                                  help_text="A user name; for manage.py, the system's user; monitor; system. To a "
+                                            "tenant's users, someone outside the tenant is \"an operator\".")
     actor_kind = serializers.ChoiceField(choices=ActorKind.choices)
     action = serializers.ChoiceField(choices=Action.choices)
     target_kind = serializers.CharField(allow_blank=True, help_text="vm, host, user, tenant, image, cluster.")

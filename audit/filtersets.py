@@ -39,7 +39,7 @@ class AuditEventFilterSet(PanelFilterSet):
     action = django_filters.ChoiceFilter(
         choices=[(a.value, f"{a.value}: {a.label}") for a in Action], empty_label="Any action",
         error_messages={"invalid_choice": "“%(value)s” is not an action of the audit log."})
-    actor = django_filters.CharFilter(field_name="actor_name", max_length=150, label="Who",
+    actor = django_filters.CharFilter(field_name="shown_actor", max_length=150, label="Who",
                                       help_text="A user name; for manage.py, the system's user.")
     actor_kind = django_filters.ChoiceFilter(choices=ActorKind.choices, empty_label="Any way", label="How")
     target = django_filters.CharFilter(method="filter_target", max_length=200, label="On",

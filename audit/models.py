@@ -29,6 +29,9 @@ def _text(value: Any) -> str:
     return "yes" if value is True else "no" if value is False else str(value)
 
 
+OUTSIDER = "an operator"  # who acted, to a tenant's user, when it was nobody of theirs
+
+
 class AppendOnly(Exception):
     """An audit event was to be changed or deleted."""
 
@@ -41,15 +44,21 @@ class AuditEventQuerySet(TenantScopedQuerySet):
     """Operators see every event; a tenant's users their tenant's (tenants/querysets.py)."""
 
     def visible_to(self, user: Any) -> Self:
-        """The events this user may see, each with `shown_ip`: the address it came from as this user
-        may read it. A tenant's users read the addresses of their own tenant's users and of
-        anonymous attempts on their accounts, never an operator's."""
+        """The events this user may see, each with who did it and from where as this user may read
+        it (`shown_actor`, `shown_ip`). A tenant's users read the names and addresses of their own
+        tenant's users and the addresses of anonymous attempts on their accounts; a person from
+        outside the tenant is "an operator", without address, as on a VM's console sessions."""
         events = super().visible_to(user)
         if is_operator(user):
-            return events.annotate(shown_ip=F("source_ip"))
+            return events.annotate(shown_actor=F("actor_name"), shown_ip=F("source_ip"))
         own = Q(actor__membership__tenant=tenant_of(user)) | Q(actor_kind=ActorKind.ANONYMOUS)
-        return events.annotate(shown_ip=Case(When(own, then=F("source_ip")), default=Value(None),
-                                             output_field=models.GenericIPAddressField()))
+        person = Q(actor_kind__in=[ActorKind.USER, ActorKind.TOKEN, ActorKind.COMMAND])
+        return events.annotate(
+            shown_actor=Case(When(own, then=F("actor_name")), When(person, then=Value(OUTSIDER)),
+                             default=F("actor_name"), output_field=models.CharField()),
+            shown_ip=Case(When(own, then=F("source_ip")), default=Value(None),
+                          output_field=models.GenericIPAddressField()),
+        )
 
     def update(self, **kwargs: Any) -> NoReturn:
         _refuse("update")

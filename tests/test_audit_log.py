@@ -99,14 +99,15 @@ def test_deleting_a_user_or_a_tenant_empties_the_link_and_keeps_the_names(world)
     assert AuditEvent.objects.filter(action=Action.TENANT_DELETED, target_name="globex").exists()
 
 
-def test_each_tenant_sees_its_own_events_and_no_operators_address(world):
+def test_each_tenant_sees_its_own_events_and_no_operators_name_or_address(world):
     events = _sample(world)
-    seen = {name: {e.pk: e.shown_ip for e in AuditEvent.objects.visible_to(world[name]).filter(
+    seen = {name: {e.pk: (e.shown_actor, e.shown_ip) for e in AuditEvent.objects.visible_to(world[name]).filter(
         pk__in=[e.pk for e in events.values()])} for name in ("op", "alice", "bob", "nobody")}
-    assert seen["op"] == {e.pk: e.source_ip for e in events.values()}
-    assert seen["alice"] == {events["alice"].pk: "198.51.100.1", events["op_on_acme"].pk: None,
-                             events["guess"].pk: "203.0.113.66"}
-    assert seen["bob"] == {events["bob"].pk: "198.51.100.2"}
+    assert seen["op"] == {e.pk: (e.actor_name, e.source_ip) for e in events.values()}
+    assert seen["alice"] == {events["alice"].pk: ("alice", "198.51.100.1"),
+                             events["op_on_acme"].pk: ("an operator", None),
+                             events["guess"].pk: ("", "203.0.113.66")}
+    assert seen["bob"] == {events["bob"].pk: ("bob", "198.51.100.2")}
     assert seen["nobody"] == {}
 
 
@@ -162,7 +163,10 @@ def test_a_tenants_user_gets_their_tenants_events_on_the_page_without_a_tenant_f
     assert 'name="tenant"' not in html
     assert "10.0.0.5" not in html and "203.0.113.66" in html
     assert f'href="/jobs/{events["op_on_acme"].details["job"]}/"' in html
-    assert _shown(alice, "?ip=10.0.0.5") == set()  # an operator's address cannot be probed for
+    # An operator is "an operator" to a tenant, without address; neither can be probed for.
+    assert ">an operator</a>" in html and ">op</a>" not in html
+    assert _shown(alice, "?actor=an operator") == {events["op_on_acme"].pk}
+    assert _shown(alice, "?actor=op") == set() and _shown(alice, "?ip=10.0.0.5") == set()
     assert _shown(world["clients"]["nobody"]) == set()
 
 
@@ -177,7 +181,7 @@ def test_the_api_lists_what_the_page_does_with_the_same_filters(world):
     assert ids == [events["guess"].pk, events["op_on_acme"].pk, events["alice"].pk]  # newest first
     job = next(e for e in answer["results"] if e["id"] == events["op_on_acme"].pk)
     assert (job["actor"], job["actor_kind"], job["target_kind"], job["target_name"], job["tenant"],
-            job["source_ip"], job["details"]) == ("op", "user", "vm", "web1", "acme", None, {"job": 7})
+            job["source_ip"], job["details"]) == ("an operator", "user", "vm", "web1", "acme", None, {"job": 7})
     assert api.get("/api/audit/", {"action": "nonsense"}).status_code == 400
     assert [e["id"] for e in api.get("/api/audit/", {"action": "login.failed"}).json()["results"]] == [
         events["guess"].pk]
