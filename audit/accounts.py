@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from audit.actors import Actor, actor_for, request_ip
 from audit.choices import Action
-from audit.services import TARGET_MAX, record, record_for_user, tenant_id_of
+from audit.services import TARGET_MAX, change, record, record_for_user, tenant_id_of
 from xenaoe_panel.login_limit import Lockout
 
 OPERATOR_FIELDS = ("is_staff", "is_superuser")
@@ -69,7 +69,8 @@ def user_saved(sender: Any, instance: Any, created: bool, raw: bool = False, **k
     if created:
         before = {"is_staff": False, "is_superuser": False, "is_active": instance.is_active}
     if before is not None:
-        rights = {f: [before[f], getattr(instance, f)] for f in OPERATOR_FIELDS if before[f] != getattr(instance, f)}
+        rights = {f: change(before[f], getattr(instance, f)) for f in OPERATOR_FIELDS
+                  if before[f] != getattr(instance, f)}
         if rights:
             record_for_user(Action.USER_OPERATOR, instance, details=rights)
         if before["is_active"] != instance.is_active:

@@ -22,13 +22,6 @@ from tenants.access import is_operator, tenant_of
 from tenants.models import Tenant
 from tenants.querysets import TenantScopedQuerySet
 
-
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return ", ".join(_text(v) for v in value) or "none"
-    return "yes" if value is True else "no" if value is False else str(value)
-
-
 OUTSIDER = "an operator"  # who acted, to a tenant's user, when it was nobody of theirs
 
 
@@ -115,9 +108,10 @@ class AuditEvent(models.Model):
         for key, value in self.details.items():
             if key == "job" and self.job_number is not None:
                 continue
-            if isinstance(value, list) and len(value) == 2:
-                value = f"{_text(value[0])} → {_text(value[1])}"
-            shown.append((key, _text(value)))
+            if isinstance(value, dict) and set(value) == {"from", "to"}:  # audit.services.change
+                shown.append((key, f"{_text(value['from'])} → {_text(value['to'])}"))
+            else:
+                shown.append((key, _text(value)))
         return shown
 
     def save(self, *args: Any, **kwargs: Any) -> None:
@@ -128,3 +122,9 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse("delete")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_text(v) for v in value) or "none"
+    return "yes" if value is True else "no" if value is False else str(value)

@@ -36,6 +36,11 @@ def _address(ip: str | None) -> str | None:
         return None
 
 
+def change(old: Any, new: Any) -> dict[str, Any]:
+    """A value's change, as the details hold it (and the page shows it: old → new)."""
+    return {"from": old, "to": new}
+
+
 def tenant_id_of(user: Any) -> int | None:
     """The tenant a user belongs to now (None: an operator, or nobody's), read afresh: it may have
     changed in this very transaction."""

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from audit.choices import Action
-from audit.services import record
+from audit.services import change, record
 from tenants.models import TENANT_ACTIONS, Membership, Tenant, tenant_slug_validator
 from tenants.quotas import RESOURCES, usage
 from xenaoe_panel.ws_guard import end_user_streams
@@ -174,7 +174,7 @@ def record_changes(before: dict[str, Any], tenant: Tenant) -> None:
     its users may do; none when nothing did. For the services and the admin's form alike."""
     after = settings_of(tenant)
     for action, fields in ((Action.TENANT_QUOTAS, QUOTA_FIELDS), (Action.TENANT_PERMISSIONS, PERMISSION_FIELDS)):
-        changed = {f.removeprefix("quota_"): [before[f], after[f]] for f in fields if before[f] != after[f]}
+        changed = {f.removeprefix("quota_"): change(before[f], after[f]) for f in fields if before[f] != after[f]}
         if changed:
             record(action, "tenant", tenant.slug, tenant_id=tenant.pk, details=changed)
 

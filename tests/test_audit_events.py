@@ -133,8 +133,9 @@ def test_tenant_quota_and_permission_changes_through_the_api_are_the_tokens_user
         assert _as_row(event) == ("op", ActorKind.TOKEN, "tenant", "initech", "initech", "203.0.113.21")
     assert created.details["quota_vms"] == 3 and created.details["allowed_actions"] == [
         "start", "shutdown", "reboot", "console"]
-    assert quotas.details == {"vms": [3, 5]}  # vCPUs were 16 already: no change, not listed
-    assert rights.details == {"allowed_actions": [["start", "shutdown", "reboot", "console"], ["start"]]}
+    assert quotas.details == {"vms": {"from": 3, "to": 5}}  # vCPUs were 16 already: no change, not listed
+    assert rights.details == {"allowed_actions": {"from": ["start", "shutdown", "reboot", "console"],
+                                                  "to": ["start"]}}
     assert api.delete("/api/tenants/initech/").status_code == 204
     assert _as_row(_one(Action.TENANT_DELETED)) == ("op", ActorKind.TOKEN, "tenant", "initech", None,
                                                     "203.0.113.21")
@@ -178,7 +179,7 @@ def test_users_created_moved_deactivated_and_made_operators_wherever_it_is_done(
     call_command("ensure_operator", "carol", "--password-file", str(password_file), stdout=io.StringIO())
     rights = _one(Action.USER_OPERATOR, target_name="carol")
     assert (rights.actor_kind, rights.target_name, rights.tenant) == (ActorKind.COMMAND, "carol", None)
-    assert rights.details == {"is_staff": [False, True], "is_superuser": [False, True]}
+    assert rights.details == {"is_staff": {"from": False, "to": True}, "is_superuser": {"from": False, "to": True}}
     assert [e.target_name for e in _events(Action.USER_PASSWORD)] == ["carol"]
 
 
@@ -273,8 +274,8 @@ def test_changes_through_the_tenant_admin_are_recorded_as_the_services_changes_a
     response = client.post(f"/admin/tenants/tenant/{acme.pk}/change/", form)
     assert response.status_code == 302, response.content.decode()[:2000]
     quotas, rights, left = _one(Action.TENANT_QUOTAS), _one(Action.TENANT_PERMISSIONS), _one(Action.USER_REMOVED)
-    assert quotas.details == {"vms": [10, 7]}
-    assert rights.details == {"allowed_actions": [["start", "shutdown", "reboot"], ["start"]]}
+    assert quotas.details == {"vms": {"from": 10, "to": 7}}
+    assert rights.details == {"allowed_actions": {"from": ["start", "shutdown", "reboot"], "to": ["start"]}}
     assert (left.target_name, left.tenant) == ("alice", acme)
     for event in (quotas, rights, left):
         assert (event.actor_name, event.actor_kind, event.source_ip) == ("root", ActorKind.USER, "198.51.100.15")

@@ -25,7 +25,7 @@ from audit.choices import Action, ActorKind
 from audit.models import AppendOnly, AuditEvent
 from audit.services import record
 from jobs.retention import archive_finished_jobs
-from tenants.services import add_user, create_tenant, delete_tenant
+from tenants.services import add_user, create_tenant, delete_tenant, set_permissions, set_quotas
 
 pytestmark = pytest.mark.django_db
 
@@ -168,6 +168,15 @@ def test_a_tenants_user_gets_their_tenants_events_on_the_page_without_a_tenant_f
     assert _shown(alice, "?actor=an operator") == {events["op_on_acme"].pk}
     assert _shown(alice, "?actor=op") == set() and _shown(alice, "?ip=10.0.0.5") == set()
     assert _shown(world["clients"]["nobody"]) == set()
+
+
+def test_the_page_shows_a_change_as_old_to_new_and_a_list_as_a_list(world):
+    set_quotas(world["acme"], quota_vms=5)
+    set_permissions(world["acme"], allowed_actions=["start", "console"])
+    _, html = _page(world["clients"]["op"], "?target=acme")
+    assert "vms: 10 → 5" in html
+    assert "allowed_actions: start, shutdown, reboot, console → start, console" in html
+    assert "allowed_actions: start, shutdown, reboot, console</span>" in html  # the tenant's creation
 
 
 def test_the_api_lists_what_the_page_does_with_the_same_filters(world):
