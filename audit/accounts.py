@@ -19,9 +19,11 @@ WATCHED = (*OPERATOR_FIELDS, "is_active")
 
 
 def logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    # Channels' own login() sends no request; the panel's logins are all pages.
-    page = {"page": request.path} if request is not None else {}
-    record_for_user(Action.LOGIN, user, details=page, actor=_actor(request, user))
+    details = {}
+    if request is not None:  # Channels' own login() sends none
+        match = getattr(request, "resolver_match", None)
+        details["page"] = "admin" if match is not None and match.app_name == "admin" else "panel"
+    record_for_user(Action.LOGIN, user, details=details, actor=_actor(request, user))
 
 
 def logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:

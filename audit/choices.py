@@ -30,6 +30,7 @@ class Action(models.TextChoices):
     CONSOLE_OPENED = "console.open", "opened a console"
     JOB_REQUESTED = "job.request", "requested a job"
     JOB_CANCEL = "job.cancel", "asked a job to stop"
+    AUDIT_ARCHIVED = "audit.archive", "moved old events to an archive file"
 
 
 class ActorKind(models.TextChoices):

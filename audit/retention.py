@@ -19,7 +19,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 
+from audit.choices import Action
 from audit.models import AuditEvent
+from audit.services import record
 from tenants.models import Tenant
 from xenaoe_panel.archives import batched, first_line, from_json, read_archive, reset_sequences, write_archive
 
@@ -50,6 +52,9 @@ def archive_audit_events(cutoff: datetime.datetime, archive_dir: Path, *, batch:
     if not ids:
         return AuditArchive(0, None)
     path = write_archive(archive_dir, PREFIX, (line for chunk in batched(ids, batch) for line in _lines(chunk)))
+    # Said before the events go (and kept: it is a day too young for any archive): the log's own
+    # record that a stretch of it moved, and where to.
+    record(Action.AUDIT_ARCHIVED, details={"events": len(ids), "before": cutoff.isoformat(), "file": path.name})
     deleted = 0
     for chunk in batched(ids, batch):
         with transaction.atomic():

@@ -179,7 +179,7 @@ def record_changes(before: dict[str, Any], tenant: Tenant) -> None:
             record(action, "tenant", tenant.slug, tenant_id=tenant.pk, details=changed)
 
 
-def record_membership(user, *, left: int | None, joined: int | None) -> None:
+def record_membership(user: Any, *, left: int | None, joined: int | None) -> None:
     """A user taken out of one tenant and put in another (either may be None): an event for each,
     seen by that tenant, so that neither learns the other's name."""
     if left is not None:

@@ -80,9 +80,16 @@ def test_a_login_through_the_login_page_is_recorded_with_its_address_and_so_is_t
     assert client.post("/login/", {"username": "alice", "password": PASSWORD}).status_code == 302
     login = _one(Action.LOGIN)
     assert _as_row(login) == ("alice", ActorKind.USER, "user", "alice", "acme", "198.51.100.11")
-    assert login.actor == alice and login.details == {"page": "/login/"}
+    assert login.actor == alice and login.details == {"page": "panel"}
     client.post("/logout/")
     assert _as_row(_one(Action.LOGOUT)) == ("alice", ActorKind.USER, "user", "alice", "acme", "198.51.100.11")
+
+
+def test_a_login_through_the_admins_page_says_so(operator):
+    client = Client(REMOTE_ADDR="198.51.100.16")
+    assert client.post("/admin/login/", {"username": "op", "password": PASSWORD, "next": "/admin/"}).status_code == 302
+    login = _one(Action.LOGIN)
+    assert (login.actor_name, login.details, login.source_ip) == ("op", {"page": "admin"}, "198.51.100.16")
 
 
 def test_a_failed_login_keeps_the_name_tried_and_the_address_never_the_password(alice):

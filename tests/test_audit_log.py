@@ -200,7 +200,7 @@ def _aged(world, days: int, action: str = Action.LOGIN) -> AuditEvent:
     return AuditEvent.objects.create(time=timezone.now() - datetime.timedelta(days=days), actor=world["alice"],
                                      actor_name="alice", actor_kind=ActorKind.TOKEN, action=action,
                                      target_kind="user", target_name="alice", tenant=world["acme"],
-                                     details={"page": "/login/"}, source_ip="198.51.100.9")
+                                     details={"page": "panel"}, source_ip="198.51.100.9")
 
 
 def test_the_job_archive_takes_the_old_events_into_a_file_of_their_own_and_restore_puts_them_back(world, tmp_path):
@@ -216,6 +216,9 @@ def test_the_job_archive_takes_the_old_events_into_a_file_of_their_own_and_resto
         (old.pk, "alice", "acme"), (older.pk, "alice", "acme")]
     assert set(AuditEvent.objects.filter(pk__in=[old.pk, older.pk, recent.pk]).values_list("pk", flat=True)) == {
         recent.pk}
+    moved = AuditEvent.objects.get(action=Action.AUDIT_ARCHIVED)
+    assert (moved.actor_kind, moved.tenant, moved.details["events"], moved.details["file"]) == (
+        ActorKind.SYSTEM, None, 2, result.audit.path.name)
 
     out = io.StringIO()
     call_command("jobs", "restore", str(result.audit.path), stdout=out)
