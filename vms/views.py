@@ -20,6 +20,7 @@ from vms.passwords import generate_password
 from vms.placement import cpu_candidates, headroom
 from vms.serializers import Audience, vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
+from vms.stats_chart import DEFAULT_RANGE, RANGES, charts
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
 from xenaoe_panel.security_headers import content_security_policy
 
@@ -95,6 +96,9 @@ class VmDetailView(LoginRequiredMixin, DetailView):
                                         ] if operator else []
         context["may_console"] = may_run(user, "console")
         context["console_sessions"] = [_console_row(session, operator) for session in recent_sessions(vm)]
+        # Its CPU, disk and network figures (`?range=1h|24h`), from the samples the monitor recorded.
+        context["vm_charts"] = charts(vm, self.request.GET.get("range", DEFAULT_RANGE))
+        context["vm_chart_ranges"] = list(RANGES)
         return context
 
 
