@@ -9,6 +9,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from api.tokens import TokenExpired, user_for_token
+from audit.choices import ActorKind
 
 KEYWORD = "Token"
 
@@ -20,7 +21,7 @@ def token_from_header(value: bytes) -> str | None:
 
 
 class ApiTokenAuthentication(BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[Any, None] | None:
+    def authenticate(self, request: Request) -> tuple[Any, str] | None:
         key = token_from_header(get_authorization_header(request))
         if key is None:
             return None  # the session may sign the request in
@@ -32,7 +33,7 @@ class ApiTokenAuthentication(BaseAuthentication):
             raise AuthenticationFailed(str(exc)) from exc
         if user is None:
             raise AuthenticationFailed("invalid token")
-        return user, None
+        return user, ActorKind.TOKEN  # the request's `auth`: signed in by token, for the audit log
 
     def authenticate_header(self, request: Request) -> str:
         return KEYWORD

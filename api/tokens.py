@@ -17,6 +17,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from api.models import ApiToken
+from audit.choices import Action
+from audit.services import record_for_user
 
 MAX_DAYS = 3650
 
@@ -37,9 +39,11 @@ def issue_token(user: Any, *, days: int | None = None) -> str:
     key = secrets.token_urlsafe(32)
     now = timezone.now()
     with transaction.atomic():
-        ApiToken.objects.filter(user=user).delete()
-        ApiToken.objects.create(user=user, digest=digest(key), created_at=now,
-                                expires_at=now + datetime.timedelta(days=days))
+        replaced = ApiToken.objects.filter(user=user).delete()[0]
+        token = ApiToken.objects.create(user=user, digest=digest(key), created_at=now,
+                                        expires_at=now + datetime.timedelta(days=days))
+        record_for_user(Action.TOKEN_ROTATED if replaced else Action.TOKEN_CREATED, user,
+                        details={"expires_at": token.expires_at})
     return key
 
 

@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
-from api import hosts, images, incidents, jobs, tenants, vms
+from api import audit, hosts, images, incidents, jobs, tenants, vms
 from api.docs import RedocView, SwaggerView
 
 app_name = "api"
@@ -17,6 +17,7 @@ router.register("tenants", tenants.TenantViewSet, basename="tenant")
 router.register("images", images.ImageViewSet, basename="image")
 router.register("networks", images.NetworkViewSet, basename="network")
 router.register("users", tenants.UserViewSet, basename="user")
+router.register("audit", audit.AuditEventViewSet, basename="auditevent")
 
 urlpatterns = [
     path("", include(router.urls)),

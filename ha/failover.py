@@ -24,6 +24,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from audit.choices import Action
+from audit.services import record as audit_record
 from drivers import aoe, hypervisor
 from drivers.errors import DriverError
 from ha import fencing
@@ -119,6 +121,7 @@ def confirm_fenced_manually(incident: Incident, user: AbstractBaseUser | None) -
         who = user.get_username() if user is not None and user.is_authenticated else "an operator"
         locked.fenced_by = fencing.MANUAL
         locked.save(update_fields=["fenced_by"])
+        audit_record(Action.FENCE_CONFIRMED, "host", host.name, user=user, details={"incident": locked.pk})
         record(locked, EventKind.FENCED, f"{host.name} fenced: {who} confirmed the host is off",
                user=user, method=fencing.MANUAL, operator=who)
         return _start(locked, user, f"{who} confirmed {host.name} is off")

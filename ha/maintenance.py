@@ -24,6 +24,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from audit.choices import Action
+from audit.services import record as audit_record
 from drivers.errors import DriverError
 from ha import readmit
 from ha.fencing import restore_storage_access
@@ -104,6 +106,7 @@ def enter_maintenance(host: CpuServer, user: AbstractBaseUser | None = None, *,
         if locked.state not in EVACUABLE:
             raise ValidationError(_cannot_evacuate(locked))
         change_state(locked, HostState.MAINTENANCE)  # cannot miss under the row lock
+        audit_record(Action.MAINTENANCE_ENTERED, "host", host.name, user=user)
         running = active_evacuation(locked)
         if running is not None:
             append_log(running, f"{host.name} entered maintenance (by {_who(user)}); this evacuation carries on")
@@ -136,6 +139,7 @@ def leave_maintenance(host: CpuServer, user: AbstractBaseUser | None = None) -> 
     and lifts a storage fence only after that."""
     with transaction.atomic():
         locked = _may_leave(host)
+        audit_record(Action.MAINTENANCE_LEFT, "host", host.name, user=user)
         running = active_return(locked)
         if running is not None:
             return running

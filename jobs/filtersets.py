@@ -14,12 +14,11 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import connection
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from jobs.choices import JobState
 from jobs.models import Job
 from tenants.access import is_operator, shows_cpu_server, tenant_of
-from xenaoe_panel.filtersets import FilterForm, LowerCaseField, NameFilter, PanelFilterSet
+from xenaoe_panel.filtersets import FilterForm, LowerCaseField, NameFilter, PanelFilterSet, as_utc, midnight
 from xenaoe_panel.names import NAME, NAME_RE
 
 # VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix. \Z, not $:
@@ -67,13 +66,6 @@ class JobFilterForm(FilterForm):
             # With params, not formatted in: django-filter formats the message again for the API.
             raise ValidationError("There is no user named “%(name)s”.", params={"name": value})
         return user
-
-    def clean(self) -> dict:
-        data = super().clean()
-        start, end = data.get("date_from"), data.get("date_to")
-        if start and end and start > end:
-            self.add_error("date_to", "“To” is before “From”.")
-        return data
 
 
 class NameField(LowerCaseField):
@@ -152,29 +144,14 @@ class JobFilterSet(PanelFilterSet):
         return jobs.filter(user=value)
 
     def filter_date_from(self, jobs: QuerySet[Job], name: str, value: datetime.date) -> QuerySet[Job]:
-        return jobs.filter(created_at__gte=_midnight(value))
+        return jobs.filter(created_at__gte=midnight(value))
 
     def filter_date_to(self, jobs: QuerySet[Job], name: str, value: datetime.date) -> QuerySet[Job]:
         if value == datetime.date.max:  # the calendar's last day: no end
             return jobs
-        return jobs.filter(created_at__lt=_midnight(value + datetime.timedelta(days=1)))
+        return jobs.filter(created_at__lt=midnight(value + datetime.timedelta(days=1)))
 
     def filter_since(self, jobs: QuerySet[Job], name: str, value: datetime.datetime) -> QuerySet[Job]:
         # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis),
         # clamped to the calendar (0001-01-01T00:00+01:00 is in year 0).
         return jobs.filter(created_at__gte=as_utc(value))
-
-
-def as_utc(moment: datetime.datetime) -> datetime.datetime:
-    """An aware time in UTC, as every database takes it. One whose UTC time falls off the calendar
-    (0001-01-01T00:00+01:00 is in year 0) becomes the calendar's first or last moment."""
-    try:
-        return moment.astimezone(datetime.UTC)
-    except OverflowError:
-        end = datetime.datetime.min if moment.year == datetime.MINYEAR else datetime.datetime.max
-        return end.replace(tzinfo=datetime.UTC)
-
-
-def _midnight(day: datetime.date) -> datetime.datetime:
-    """The start of a day in the panel's time zone: dates on the page are shown in it."""
-    return as_utc(timezone.make_aware(datetime.datetime.combine(day, datetime.time.min)))

@@ -1,52 +1,33 @@
 """Retention: finished jobs older than a cutoff move, with their whole log, into a gzip'd JSON
-Lines file, and can be read back (`manage.py jobs archive|restore`, a daily Celery beat task).
+Lines file, and can be read back (`manage.py jobs archive|restore`, a daily Celery beat task). The
+audit log's events older than the same cutoff go with them, into a file of their own
+(audit/retention.py).
 
 One line per job: {"v": 1, "job": {column: value}, "username": ..., "log": [{column: value}]}.
-The file is written, fsync'd and renamed into place before any row is deleted, so a crash at any
-point loses nothing: at worst a `*.partial` file (nothing deleted yet) or jobs that are both in a
-file and still in the database (restore skips jobs that exist).
+The file is on disk before any row is deleted (xenaoe_panel/archives.py), so a crash at any point
+loses nothing (restore skips jobs that exist).
 """
 from __future__ import annotations
 
 import datetime
-import gzip
-import json
-import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.color import no_style
-from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from audit.retention import AuditArchive, archive_audit_events
 from jobs.choices import FINISHED_STATES
 from jobs.models import Job, JobLogEntry
+from xenaoe_panel.archives import batched, from_json, read_archive, reset_sequences, write_archive
 
 FORMAT_VERSION = 1
 _JOB_FIELDS = list(Job._meta.concrete_fields)
 _ENTRY_FIELDS = [f for f in JobLogEntry._meta.concrete_fields if f.name not in ("id", "job")]
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """itertools.batched arrives with Python 3.12; the panel runs on 3.11."""
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
-
-
-class _Encoder(DjangoJSONEncoder):
-    # DjangoJSONEncoder cuts times to milliseconds (the ECMAScript format); an archive keeps them whole.
-    def default(self, o: Any) -> Any:
-        if isinstance(o, datetime.datetime):
-            return o.isoformat()
-        return super().default(o)
 
 
 @dataclass(frozen=True)
@@ -55,6 +36,7 @@ class ArchiveResult:
     jobs: int
     entries: int
     path: Path | None  # None: a dry run, or nothing was old enough
+    audit: AuditArchive
     dry_run: bool = False
 
 
@@ -75,14 +57,29 @@ def archive_finished_jobs(
     older_than: datetime.timedelta, archive_dir: Path, batch: int = 1000, dry_run: bool = False,
 ) -> ArchiveResult:
     cutoff = timezone.now() - older_than
+    jobs, entries, path = _archive_jobs(cutoff, archive_dir, batch, dry_run)
+    audit = archive_audit_events(cutoff, archive_dir, batch=batch, dry_run=dry_run)
+    return ArchiveResult(cutoff, jobs, entries, path, audit, dry_run=dry_run)
+
+
+def _archive_jobs(cutoff: datetime.datetime, archive_dir: Path, batch: int,
+                  dry_run: bool) -> tuple[int, int, Path | None]:
     candidates = archivable_jobs(cutoff)
     if dry_run:
-        entries = JobLogEntry.objects.filter(job__in=candidates).count()
-        return ArchiveResult(cutoff, candidates.count(), entries, None, dry_run=True)
+        return candidates.count(), JobLogEntry.objects.filter(job__in=candidates).count(), None
     ids = list(candidates.order_by("pk").values_list("pk", flat=True))
     if not ids:
-        return ArchiveResult(cutoff, 0, 0, None)
-    path, entries = _write_archive(ids, archive_dir, batch)
+        return 0, 0, None
+    entries = 0
+
+    def lines() -> Iterator[dict[str, Any]]:
+        nonlocal entries
+        for chunk in batched(ids, batch):
+            for line in _job_lines(chunk):
+                entries += len(line["log"])
+                yield line
+
+    path = write_archive(archive_dir, "jobs", lines())
     deleted = 0
     for chunk in batched(ids, batch):
         with transaction.atomic():
@@ -90,43 +87,7 @@ def archive_finished_jobs(
             deleted += Job.objects.filter(pk__in=chunk, state__in=FINISHED_STATES).delete()[1].get(
                 Job._meta.label, 0
             )
-    return ArchiveResult(cutoff, deleted, entries, path)
-
-
-def _write_archive(ids: list[int], archive_dir: Path, batch: int) -> tuple[Path, int]:
-    archive_dir.mkdir(parents=True, exist_ok=True)
-    path = _new_archive_path(archive_dir)
-    partial = path.with_name(path.name + ".partial")
-    entries = 0
-    with partial.open("xb") as raw:
-        with gzip.GzipFile(filename=path.name[: -len(".gz")], fileobj=raw, mode="wb", compresslevel=6) as gz:
-            for chunk in batched(ids, batch):
-                for line in _job_lines(chunk):
-                    entries += len(line["log"])
-                    gz.write(json.dumps(line, cls=_Encoder, separators=(",", ":")).encode() + b"\n")
-        raw.flush()
-        os.fsync(raw.fileno())
-    partial.rename(path)
-    _fsync_dir(archive_dir)
-    return path, entries
-
-
-def _new_archive_path(archive_dir: Path) -> Path:
-    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
-    for n in range(1000):
-        path = archive_dir / f"jobs-{stamp}{f'-{n}' if n else ''}.jsonl.gz"
-        if not path.exists() and not path.with_name(path.name + ".partial").exists():
-            return path
-    raise FileExistsError(f"{archive_dir}: too many archives named jobs-{stamp}*")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory itself is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return deleted, entries, path
 
 
 def _job_lines(ids: list[int]) -> Iterator[dict[str, Any]]:
@@ -141,29 +102,18 @@ def _job_lines(ids: list[int]) -> Iterator[dict[str, Any]]:
         yield {"v": FORMAT_VERSION, "job": job, "username": username, "log": log.get(job["id"], [])}
 
 
-def read_archive(path: Path) -> Iterator[dict[str, Any]]:
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
-                continue
-            line = json.loads(text)
-            if line.get("v") != FORMAT_VERSION:
-                raise ValueError(f"{path}:{number}: archive format {line.get('v')!r}, expected {FORMAT_VERSION}")
-            yield line
-
-
 def restore_archive(path: Path, batch: int = 1000) -> RestoreResult:
     """Put an archive's jobs back with their ids and logs. Jobs already present are skipped, so a
     restore can be repeated. The VM and the user are linked again only if they still exist."""
     total = RestoreResult(0, 0, 0)
-    for chunk in batched(read_archive(path), batch):
+    for chunk in batched(read_archive(path, FORMAT_VERSION), batch):
         with transaction.atomic(), _keeping_archived_times():
             done = _restore_chunk(chunk)
         total = RestoreResult(
             total.restored + done.restored, total.skipped + done.skipped, total.entries + done.entries
         )
     if total.restored:
-        _reset_sequences()
+        reset_sequences([Job, JobLogEntry])
     return total
 
 
@@ -182,7 +132,7 @@ def _restore_chunk(lines: list[dict[str, Any]]) -> RestoreResult:
         for field in _JOB_FIELDS:
             if field.attname not in line["job"]:
                 continue  # a column added after the archive was written keeps its default
-            value = _from_json(field, line["job"][field.attname])
+            value = from_json(field, line["job"][field.attname])
             if field.attname in existing and value is not None and value not in existing[field.attname]:
                 value = None
             values[field.attname] = value
@@ -190,7 +140,7 @@ def _restore_chunk(lines: list[dict[str, Any]]) -> RestoreResult:
         values["user_id"] = users.get(line["username"])
         jobs.append(Job(**values))
         for archived in line["log"]:
-            fields = {f.attname: _from_json(f, archived[f.attname]) for f in _ENTRY_FIELDS if f.attname in archived}
+            fields = {f.attname: from_json(f, archived[f.attname]) for f in _ENTRY_FIELDS if f.attname in archived}
             log.append(JobLogEntry(job_id=values["id"], **fields))
     Job.objects.bulk_create(jobs, batch_size=500)
     JobLogEntry.objects.bulk_create(log, batch_size=2000)
@@ -210,12 +160,6 @@ def _existing_targets(lines: list[dict[str, Any]]) -> dict[str, set[Any]]:
     return existing
 
 
-def _from_json(field: models.Field, value: Any) -> Any:
-    if value is not None and isinstance(field, models.DateTimeField):
-        return parse_datetime(value)
-    return value
-
-
 @contextmanager
 def _keeping_archived_times() -> Iterator[None]:
     """bulk_create stamps auto_now_add fields with now; a restored job keeps the times it had.
@@ -228,12 +172,3 @@ def _keeping_archived_times() -> Iterator[None]:
     finally:
         for field in fields:
             field.auto_now_add = True
-
-
-def _reset_sequences() -> None:
-    # Rows inserted with their own ids leave PostgreSQL's sequence behind when restoring into a
-    # database that never issued them; the next new job would collide.
-    statements = connection.ops.sequence_reset_sql(no_style(), [Job, JobLogEntry])
-    with connection.cursor() as cursor:
-        for sql in statements:
-            cursor.execute(sql)

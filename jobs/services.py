@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import record_job_cancel, record_job_request
 from jobs.choices import ACTIVE_STATES, JobState, LogLevel
 from jobs.kinds import kind_of
 from jobs.models import Job, hosts_column
@@ -54,6 +55,7 @@ def start_job(
                 user=user if user is not None and user.is_authenticated else None,
                 parent=parent, tenant_id=vm.tenant_id if vm is not None else (parent.tenant_id if parent else None),
             )
+            record_job_request(job)
     except IntegrityError as exc:
         busy = active_job_for(vm)
         detail = f"job #{busy.pk} ({busy.kind}, {busy.state})" if busy else "another job"
@@ -79,8 +81,12 @@ def request_cancel(job: Job) -> bool:
             job.refresh_from_db()
             release_unstarted(JobContext(job))
             append_log(job, f"Job cancelled: {job.message}", LogLevel.WARNING)
+            record_job_cancel(job)
             return True
-    return bool(Job.objects.filter(pk=job.pk, state__in=ACTIVE_STATES).update(cancel_requested=True))
+        asked = bool(Job.objects.filter(pk=job.pk, state__in=ACTIVE_STATES).update(cancel_requested=True))
+        if asked:
+            record_job_cancel(job)
+    return asked
 
 
 def check_workers(timeout: float = 2.0) -> int:

@@ -4,7 +4,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.core.paginator import Page, Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -17,36 +16,14 @@ from jobs.models import Job
 from jobs.redaction import redactor_for
 from jobs.services import request_cancel
 from tenants.access import is_operator, shows_cpu_server
+from xenaoe_panel.pagination import HistoryPaginationMixin
 
 LOG_PAGE = 500
 # Suggestions offered under the user filter; operators are a handful, this only bounds a mistake.
 MAX_USER_SUGGESTIONS = 200
 
 
-class JobPaginator(Paginator):
-    """Pages of a big, ordered job queryset, cheap at any depth.
-
-    A page's ids come first, off an index alone (see Job.Meta.indexes), and only those 50 rows are
-    then read with their users: an OFFSET over whole joined rows costs 100 ms at the end of 100,000
-    jobs. Pages past the middle are counted from the other end, so the last page is as cheap as the
-    first and the middle one is the dearest.
-    """
-
-    def page(self, number: Any) -> Page:
-        number = self.validate_number(number)
-        bottom = (number - 1) * self.per_page
-        top = bottom + self.per_page
-        if top + self.orphans >= self.count:
-            top = self.count
-        jobs = self.object_list
-        if bottom > self.count // 2:
-            ids = list(jobs.reverse().values_list("pk", flat=True)[self.count - top : self.count - bottom])
-        else:
-            ids = list(jobs.values_list("pk", flat=True)[bottom:top])
-        return self._get_page(list(jobs.filter(pk__in=ids)) if ids else [], number, self)
-
-
-class JobListView(LoginRequiredMixin, ListView):
+class JobListView(LoginRequiredMixin, HistoryPaginationMixin, ListView):
     """The job history of the whole cluster, filtered by the query string (jobs/filtersets.py, which
     the API's list uses too).
 
@@ -56,7 +33,6 @@ class JobListView(LoginRequiredMixin, ListView):
 
     template_name = "jobs/job_list.html"
     paginate_by = 50
-    paginator_class = JobPaginator
     filterset: JobFilterSet
 
     def get(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -69,14 +45,6 @@ class JobListView(LoginRequiredMixin, ListView):
 
     def get_queryset(self) -> QuerySet[Job]:
         return self.filterset.qs if self.filterset.is_valid() else self.filterset.queryset.none()
-
-    def paginate_queryset(self, queryset: QuerySet[Job], page_size: int) -> tuple[Paginator, Page, Any, bool]:
-        # get_page, not ListView's page(): a page number out of range or not a number shows the
-        # nearest page instead of a 404 (links to page 40 go stale when old jobs are archived).
-        paginator = self.get_paginator(queryset, page_size)
-        number = self.request.GET.get("page")
-        page = paginator.get_page(paginator.num_pages if number == "last" else number)
-        return paginator, page, page.object_list, page.has_other_pages()
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)

@@ -1,9 +1,14 @@
 """Tenants in Django's admin. What the admin changes goes through the same rules as the services:
 a tenant that loses the console, or a user moved out of (or into another) tenant, loses its open
-websockets at once (xenaoe_panel/ws_guard.py), as with `manage.py tenant` and the API."""
+websockets at once (xenaoe_panel/ws_guard.py), as with `manage.py tenant` and the API; changes to
+its quotas, its permissions and its users are audit events as theirs are."""
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 
+from audit.choices import Action
+from audit.services import record
 from tenants.models import Membership, Tenant
+from tenants.services import record_changes, record_membership, settings_of
 from xenaoe_panel.ws_guard import end_user_streams
 
 
@@ -20,8 +25,13 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
     def save_model(self, request, obj: Tenant, form, change: bool) -> None:
-        had_console = change and Tenant.objects.get(pk=obj.pk).allows("console")
+        before = Tenant.objects.get(pk=obj.pk) if change else None
+        had_console = before is not None and before.allows("console")
         super().save_model(request, obj, form, change)
+        if before is None:
+            record(Action.TENANT_CREATED, "tenant", obj.slug, tenant_id=obj.pk, details=settings_of(obj))
+        else:
+            record_changes(settings_of(before), obj)
         if had_console and not obj.allows("console"):
             for user_id in Membership.objects.filter(tenant=obj).values_list("user_id", flat=True):
                 end_user_streams(user_id, "console no longer allowed")
@@ -36,5 +46,9 @@ class TenantAdmin(admin.ModelAdmin):
         after = set(Membership.objects.filter(tenant=form.instance).values_list("user_id", flat=True))
         moved = (set(before.values()) - after) | {m.user_id for m in formset.new_objects}
         moved |= {m.user_id for m, _fields in formset.changed_objects}
+        tenant_id = form.instance.pk
+        for user in get_user_model().objects.filter(pk__in=moved):
+            joined = user.pk in after
+            record_membership(user, left=None if joined else tenant_id, joined=tenant_id if joined else None)
         for user_id in moved:
             end_user_streams(user_id, "moved to another tenant")

@@ -11,11 +11,14 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
+from audit.choices import Action
+from audit.services import change, record
 from tenants.models import TENANT_ACTIONS, Membership, Tenant, tenant_slug_validator
 from tenants.quotas import RESOURCES, usage
 from xenaoe_panel.ws_guard import end_user_streams
 
 QUOTA_FIELDS = tuple(f"quota_{r.field}" for r in RESOURCES)
+PERMISSION_FIELDS = ("may_create_vms", "allowed_actions", "shows_cpu_server")
 # Upper bounds that catch a slip of the keyboard (an extra zero or three), not policy.
 QUOTA_MAX = {"quota_vms": 100_000, "quota_vcpus": 1_000_000, "quota_memory_mib": 1 << 31,
              "quota_disk_mib": 1 << 40}
@@ -57,7 +60,9 @@ def create_tenant(slug: str, name: str = "", *, may_create_vms: bool = True, all
     fields |= check_quotas(quotas)
     try:
         with transaction.atomic():
-            return Tenant.objects.create(slug=slug, name=name or slug, **fields)
+            tenant = Tenant.objects.create(slug=slug, name=name or slug, **fields)
+            record(Action.TENANT_CREATED, "tenant", slug, tenant_id=tenant.pk, details=settings_of(tenant))
+            return tenant
     except IntegrityError as exc:
         raise ValidationError({"slug": f"a tenant named {slug!r} already exists"}) from exc
 
@@ -68,9 +73,11 @@ def set_quotas(tenant: Tenant, **quotas: int) -> Tenant:
     clean = check_quotas(quotas)
     with transaction.atomic():
         locked = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        before = settings_of(locked)
         for field, value in clean.items():
             setattr(locked, field, value)
         locked.save(update_fields=list(clean) or None)
+        record_changes(before, locked)
     return locked
 
 
@@ -85,7 +92,9 @@ def set_permissions(tenant: Tenant, *, may_create_vms: bool | None = None, allow
         changes["allowed_actions"] = check_actions(allowed_actions)
     if changes:
         with transaction.atomic():
+            before = settings_of(Tenant.objects.select_for_update().get(pk=tenant.pk))
             Tenant.objects.filter(pk=tenant.pk).update(**changes)
+            record_changes(before, Tenant.objects.get(pk=tenant.pk))
             if tenant.allows("console") and "console" not in changes.get("allowed_actions", ["console"]):
                 # Open consoles end (with the users' other sockets, which reconnect and are let in again).
                 for user_id in Membership.objects.filter(tenant=tenant).values_list("user_id", flat=True):
@@ -113,6 +122,7 @@ def add_user(tenant: Tenant, username: str, *, email: str = "", password: str | 
     with transaction.atomic():
         user = user_model.objects.create_user(username=username, email=email, password=password)
         Membership.objects.create(user=user, tenant=tenant)
+        record(Action.USER_CREATED, "user", username, tenant_id=tenant.pk)
     return user
 
 
@@ -128,6 +138,7 @@ def move_user(user, tenant: Tenant | None) -> None:
         else:
             Membership.objects.update_or_create(user=user, defaults={"tenant": tenant})
         if before != (tenant.pk if tenant else None):
+            record_membership(user, left=before, joined=tenant.pk if tenant else None)
             end_user_streams(user.pk, "moved to another tenant")
 
 
@@ -147,7 +158,34 @@ def set_active(user, active: bool, *, by=None) -> None:
 def delete_tenant(tenant: Tenant) -> None:
     if tenant.vms.exists():
         raise ValidationError({"slug": f"{tenant.slug} still has {tenant.vms.count()} VM(s); delete them first"})
-    tenant.delete()
+    with transaction.atomic():
+        # Operators' only: the tenant's users go with it. Its earlier events keep the slug as their target.
+        record(Action.TENANT_DELETED, "tenant", tenant.slug)
+        tenant.delete()
+
+
+def settings_of(tenant: Tenant) -> dict[str, Any]:
+    """What the audit log compares before and after a change: quotas and what the tenant may do."""
+    return {field: getattr(tenant, field) for field in (*QUOTA_FIELDS, *PERMISSION_FIELDS)}
+
+
+def record_changes(before: dict[str, Any], tenant: Tenant) -> None:
+    """Audit events for what changed since `before` (settings_of): one for the quotas, one for what
+    its users may do; none when nothing did. For the services and the admin's form alike."""
+    after = settings_of(tenant)
+    for action, fields in ((Action.TENANT_QUOTAS, QUOTA_FIELDS), (Action.TENANT_PERMISSIONS, PERMISSION_FIELDS)):
+        changed = {f.removeprefix("quota_"): change(before[f], after[f]) for f in fields if before[f] != after[f]}
+        if changed:
+            record(action, "tenant", tenant.slug, tenant_id=tenant.pk, details=changed)
+
+
+def record_membership(user: Any, *, left: int | None, joined: int | None) -> None:
+    """A user taken out of one tenant and put in another (either may be None): an event for each,
+    seen by that tenant, so that neither learns the other's name."""
+    if left is not None:
+        record(Action.USER_REMOVED, "user", user.get_username(), tenant_id=left)
+    if joined is not None:
+        record(Action.USER_ADDED, "user", user.get_username(), tenant_id=joined)
 
 
 def tenant_summary(tenant: Tenant) -> dict[str, Any]:

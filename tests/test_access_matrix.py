@@ -187,6 +187,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "job-cancel": [Rule(TENANT, job, "post", ok=(302,))],
     "job-log": [Rule(TENANT, job)],
     "incident-list": [Rule(SIGNED_IN)],
+    "audit-list": [Rule(SIGNED_IN)],  # what each sees: tests/test_audit.py
     "incident-detail": [Rule(TENANT, incident)],
     "incident-confirm-fenced": [Rule(OPERATOR, unfenced_incident, "post", ok=(302,))],
     "host-enter-maintenance": [Rule(OPERATOR, lambda w, _: {"pk": w.cpu["cpu2"].pk}, "post", ok=(302,))],
@@ -241,6 +242,7 @@ API_RULES: dict[str, list[Rule]] = {
     "api:job-cancel": [Rule(TENANT, job, "post", ok=JOB_STARTED_API)],
     "api:job-log": [Rule(TENANT, job)],
     "api:incident-list": [Rule(SIGNED_IN)],
+    "api:auditevent-list": [Rule(SIGNED_IN)],
     "api:incident-detail": [Rule(TENANT, incident)],
     "api:incident-confirm-fence": [Rule(OPERATOR_ACTION, unfenced_incident, "post", ok=JOB_STARTED_API)],
     "api:cpuserver-list": [Rule(OPERATOR)],

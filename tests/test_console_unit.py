@@ -18,6 +18,9 @@ from channels.layers import channel_layers, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from api.tokens import issue_token
+from audit.choices import Action
+from audit.models import AuditEvent
 from drivers.console import ConsoleBusy
 from hosts.models import CpuServer
 from tenants.services import add_user, create_tenant, move_user, set_permissions
@@ -166,6 +169,33 @@ async def test_bytes_go_both_ways_and_the_session_is_recorded():
     await communicator.disconnect()
     session = await sync_to_async(ConsoleSession.objects.get)()
     assert session.closed_at is not None and session.end_reason == "client closed (1000)"
+
+
+def _console_events() -> list[tuple]:
+    return list(AuditEvent.objects.filter(action=Action.CONSOLE_OPENED).order_by("pk").values_list(
+        "actor_name", "actor_kind", "target_kind", "target_name", "tenant__slug", "source_ip", "details"))
+
+
+@pytest.mark.asyncio
+async def test_opening_a_console_is_an_audit_event_by_session_or_by_token_and_a_refused_one_is_none():
+    world = await sync_to_async(_world)()
+    communicator, _, _ = await _open(CONSOLE.format("a1"), world["alice"])
+    await _until(communicator, _connected)
+    await communicator.disconnect()
+    key = await sync_to_async(issue_token)(world["alice"])
+    communicator = WebsocketCommunicator(application, CONSOLE.format("a1"), headers=[
+        (b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1"), (b"authorization", f"Token {key}".encode())])
+    communicator.scope["client"] = ("198.51.100.40", 50001)
+    assert (await communicator.connect(timeout=5))[0]
+    await _until(communicator, _connected)
+    await communicator.disconnect()
+    _, _, code = await _open(CONSOLE.format("i1"), world["ian"])  # his tenant has no console
+    assert code == 4403
+    sessions = await sync_to_async(lambda: list(ConsoleSession.objects.order_by("pk").values_list("pk", flat=True)))()
+    assert await sync_to_async(_console_events)() == [
+        ("alice", "user", "vm", "a1", "acme", "127.0.0.1", {"console": "serial", "session": sessions[0]}),
+        ("alice", "token", "vm", "a1", "acme", "198.51.100.40", {"console": "serial", "session": sessions[1]}),
+    ]
 
 
 @pytest.mark.asyncio

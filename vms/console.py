@@ -19,9 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
+from audit.actors import Actor
+from audit.choices import Action
+from audit.services import record
 from drivers.console import ConsoleBusy, SerialConsole
 from drivers.errors import DriverError
 from vms.choices import VmState
@@ -64,9 +67,16 @@ def console_target(vm_pk: int) -> ConsoleTarget | None:
 
 def record_open(vm: VirtualMachine, user, via: str, client: str, username: str = "",
                 kind: str = "serial") -> ConsoleSession:
-    return ConsoleSession.objects.create(vm=vm, user=user if user is not None and user.pk else None,
-                                         username=(username or getattr(user, "username", "") or "")[:150], via=via,
-                                         client=client[:255], kind=kind)
+    """The session's row and its audit event, together. A browser's or a token's `client` is its
+    address; the command line's is its host's name (and its actor the command's, audit/actors.py)."""
+    with transaction.atomic():
+        session = ConsoleSession.objects.create(vm=vm, user=user if user is not None and user.pk else None,
+                                                username=(username or getattr(user, "username", "") or "")[:150],
+                                                via=via, client=client[:255], kind=kind)
+        actor = Actor.of_user(user, via_token=via == "token", ip=client) if session.user is not None else None
+        record(Action.CONSOLE_OPENED, "vm", vm.name, tenant_id=vm.tenant_id, actor=actor,
+               details={"console": kind, "session": session.pk})
+    return session
 
 
 def record_close(session_pk: int, reason: str) -> None:

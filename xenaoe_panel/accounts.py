@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
+from audit.accounts import locked_out
 from xenaoe_panel import login_limit
 
 
@@ -41,6 +42,7 @@ class LoginLimitMixin:
             if self.user_cache is None and username and self.cleaned_data.get("password"):
                 self.lockout = login_limit.record_failure(username, address)
                 if self.lockout is not None:
+                    locked_out(username, self.request, self.lockout)
                     raise ValidationError(self.lockout.message, code="locked_out") from error
             raise
         if self.user_cache is not None:

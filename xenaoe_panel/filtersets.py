@@ -12,6 +12,7 @@ filtersets), so that the two cannot disagree on what a filter means. The API rea
 """
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from django import forms
 from django.core.validators import MaxLengthValidator, ProhibitNullCharactersValidator
 from django.forms.boundfield import BoundField
 from django.http import QueryDict
+from django.utils import timezone
 
 
 class OpenSelect(forms.Select):
@@ -103,6 +105,9 @@ class FilterForm(forms.Form):
         for name, why in self.refused.items():
             if data.get(name) not in (None, ""):
                 self.add_error(name, why)
+        start, end = data.get("date_from"), data.get("date_to")  # a list's days, when it has them
+        if start and end and start > end:
+            self.add_error("date_to", "“To” is before “From”.")
         return data
 
     def full_clean(self) -> None:
@@ -176,3 +181,18 @@ def _unaliased(data: Mapping[str, Any] | None, aliases: dict[str, str]) -> Mappi
     for alias, name in found:
         plain[name] = plain.pop(alias)
     return plain
+
+
+def as_utc(moment: datetime.datetime) -> datetime.datetime:
+    """An aware time in UTC, as every database takes it. One whose UTC time falls off the calendar
+    (0001-01-01T00:00+01:00 is in year 0) becomes the calendar's first or last moment."""
+    try:
+        return moment.astimezone(datetime.UTC)
+    except OverflowError:
+        end = datetime.datetime.min if moment.year == datetime.MINYEAR else datetime.datetime.max
+        return end.replace(tzinfo=datetime.UTC)
+
+
+def midnight(day: datetime.date) -> datetime.datetime:
+    """The start of a day in the panel's time zone: dates on the page are shown in it."""
+    return as_utc(timezone.make_aware(datetime.datetime.combine(day, datetime.time.min)))

@@ -46,8 +46,9 @@ class Lockout:
         return f"Too many failed logins from your address; try again in {wait}."
 
 
-def client_address(request: HttpRequest) -> str:
-    """The client's address as the limits count it (an IPv6 client's /64)."""
+def client_ip(request: HttpRequest) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's own address: REMOTE_ADDR, or the one the outermost trusted proxy saw. None when
+    neither is an IP address (a unix socket)."""
     remote = request.META.get("REMOTE_ADDR", "")
     address = remote
     proxies = settings.TRUSTED_PROXIES
@@ -57,13 +58,19 @@ def client_address(request: HttpRequest) -> str:
         hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
         if hops:
             address = hops[-proxies] if len(hops) >= proxies else hops[0]
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    for candidate in (address, remote):
         try:
-            ip = ipaddress.ip_address(remote)
+            return ipaddress.ip_address(candidate)
         except ValueError:
-            return remote or "unknown"
+            continue
+    return None
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address as the limits count it (an IPv6 client's /64)."""
+    ip = client_ip(request)
+    if ip is None:
+        return request.META.get("REMOTE_ADDR", "") or "unknown"
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "jobs",
     "ha",
     "tenants",
+    "audit",
     "images",
     "networks",
     "sshkeys",
@@ -74,6 +75,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "audit.actors.AuditContextMiddleware",  # what a request's code does is its user's (the audit log)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "xenaoe_panel.security_headers.ContentSecurityPolicyMiddleware",

@@ -17,6 +17,7 @@ urlpatterns = [
     path("networks/", include("networks.urls")),
     path("account/keys/", include("sshkeys.urls")),
     path("incidents/", include("ha.urls")),
+    path("audit/", include("audit.urls")),
     path("notifications/", include("notifications.urls")),
     path("api/", include("api.urls")),
     path("admin/", admin.site.urls),

@@ -4,12 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from api.tokens import MAX_DAYS, current_token, issue_token
+from audit.actors import AuditedCommand
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "REST API administration: `api token USER [--rotate]` makes USER's token (docs/api.md)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -13,15 +13,16 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
 
+from audit.actors import MONITOR, AuditedCommand
 from ha.leadership import leadership_for
 from ha.monitor import Monitor
 from storage.guest_health import GuestHealthWatch
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Check every host on an interval; declare dead hosts, open incidents, start failovers."
+    actor = MONITOR
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--interval", type=float, default=float(settings.MONITOR_INTERVAL_S),

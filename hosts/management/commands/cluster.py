@@ -11,15 +11,16 @@ import sys
 from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.actors import AuditedCommand
 from hosts.verify import result_text, verify
 
 EXIT_DIFFERENCES = 1
 EXIT_BROKEN = 2
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Compare the database with what runs on the hosts (exit 1 when they differ)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

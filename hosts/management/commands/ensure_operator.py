@@ -4,10 +4,12 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from audit.actors import AuditedCommand
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create or update an operator (staff, superuser) account."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

@@ -10,8 +10,9 @@ from argparse import ArgumentParser
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.actors import AuditedCommand
 from ha.maintenance import active_evacuation, enter_maintenance, leave_maintenance
 from hosts.models import CpuServer, DiskServer
 from jobs.follow import follow
@@ -49,7 +50,7 @@ def host_summary(host: CpuServer | DiskServer) -> dict[str, Any]:
     return summary
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "List and show hosts; put a CPU server into maintenance (its guests live-migrate away) and back."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

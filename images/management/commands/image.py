@@ -13,8 +13,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.actors import AuditedCommand
 from images import build, importer
 from images.models import Image
 from images.serializers import ImageSerializer
@@ -54,7 +55,7 @@ class ProgressBar:
         self.last = line if self.tty else message
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Build, import, copy and list the images VMs are created from."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.retention import is_audit_archive, restore_audit_archive
 from jobs.retention import archive_finished_jobs, restore_archive
 
 
@@ -20,18 +21,21 @@ def _positive_int(raw: str) -> int:
 
 
 class Command(BaseCommand):
-    help = "Archive old finished jobs (with their logs) to a gzip'd JSON Lines file, or restore one."
+    help = ("Archive old finished jobs (with their logs) and audit events to gzip'd JSON Lines files, or restore "
+            "one.")
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
-        archive = sub.add_parser("archive", help="move finished jobs older than N days into an archive file")
+        archive = sub.add_parser("archive", help="move finished jobs and audit events older than N days into "
+                                                 "archive files")
         archive.add_argument(
             "--older-than-days", type=_positive_int, metavar="N",
             help="default: JOB_RETENTION_DAYS (XENAOE_JOB_RETENTION_DAYS)",
         )
         archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
         archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
-        restore = sub.add_parser("restore", help="put the jobs of an archive file back (existing ones are skipped)")
+        restore = sub.add_parser("restore", help="put the jobs or audit events of an archive file back (existing "
+                                                 "ones are skipped)")
         restore.add_argument("file", type=Path)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -46,22 +50,30 @@ class Command(BaseCommand):
         result = archive_finished_jobs(datetime.timedelta(days=days), archive_dir, dry_run=options["dry_run"])
         cutoff = result.cutoff.strftime("%Y-%m-%d %H:%M %Z")
         if result.dry_run:
-            self.stdout.write(
-                f"would archive {result.jobs} jobs ({result.entries} log entries) finished before {cutoff}"
-            )
-        elif result.path is None:
+            self.stdout.write(f"would archive {result.jobs} jobs ({result.entries} log entries) finished before "
+                              f"{cutoff}, and {result.audit.events} audit events")
+            return
+        if result.path is None:
             self.stdout.write(f"no finished job older than {cutoff}")
         else:
             self.stdout.write(f"archived {result.jobs} jobs ({result.entries} log entries) finished before {cutoff} "
                               f"to {result.path}")
+        if result.audit.path is not None:
+            self.stdout.write(f"archived {result.audit.events} audit events from before {cutoff} to "
+                              f"{result.audit.path}")
 
     def do_restore(self, options: dict) -> None:
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
         try:
+            if is_audit_archive(path):
+                events = restore_audit_archive(path)
+                self.stdout.write(f"restored {events.restored} audit events from {path}; {events.skipped} were "
+                                  "already there")
+                return
             result = restore_archive(path)
         except (OSError, ValueError, KeyError) as exc:
-            raise CommandError(f"{path}: not a job archive this panel can read: {exc}") from exc
+            raise CommandError(f"{path}: not an archive this panel can read: {exc}") from exc
         self.stdout.write(f"restored {result.restored} jobs ({result.entries} log entries) from {path}; "
                           f"{result.skipped} were already there")

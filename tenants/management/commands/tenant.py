@@ -13,8 +13,9 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.actors import AuditedCommand
 from tenants.models import TENANT_ACTIONS, Tenant
 from tenants.services import add_user, create_tenant, delete_tenant, set_permissions, set_quotas, tenant_summary
 
@@ -31,7 +32,7 @@ def _quotas(options: dict) -> dict[str, int]:
     return {field: options[option] for option, field in QUOTA_OPTIONS if options[option] is not None}
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create tenants, add their users, set their quotas and what they may do."
 
     def add_arguments(self, parser: ArgumentParser) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from audit.actors import AuditedCommand
 from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import WorkerUnavailable, check_workers
@@ -19,7 +20,7 @@ from vms.serializers import vm_summary
 from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = "Create, delete, list and show virtual machines."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
