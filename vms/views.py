@@ -15,9 +15,9 @@ from vms.console import recent_sessions
 from vms.filtersets import VmFilterSet
 from vms.forms import VmCreateForm, image_or_iso
 from vms.migration import migrate_vm
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 from vms.passwords import generate_password
-from vms.placement import cpu_candidates, headroom
+from vms.placement import Apart, Cluster, PlacementError, cpu_candidates
 from vms.serializers import Audience, vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
@@ -195,20 +195,34 @@ class QuotaView(LoginRequiredMixin, View):
         return JsonResponse({"tenant": tenant.slug, "usage": [u.as_dict() for u in usage(tenant)]})
 
 
+NEW_VM_LABEL = "the new VM"
+
+
 class PlacementView(OperatorRequiredMixin, View):
-    """What a VM of `memory_mib` would leave on each CPU server, N+1 included (for the wizard)."""
+    """What a VM of `memory_mib` would leave on each CPU server, N+1 included, which members of its
+    anti-affinity groups (`groups`: their ids) each runs, and the server "automatic" would take (the
+    allocator's own choice; null when none fits), for the wizard."""
 
     def get(self, request):
         try:
             memory_mib = max(int(request.GET.get("memory_mib", "0")), 0)
+            group_ids = [int(pk) for pk in request.GET.getlist("groups")]
         except ValueError:
-            return JsonResponse({"error": "memory_mib must be a whole number"}, status=400)
-        return JsonResponse({"memory_mib": memory_mib, "servers": [
+            return JsonResponse({"error": "memory_mib and groups must be whole numbers"}, status=400)
+        apart = Apart.new(NEW_VM_LABEL, AntiAffinityGroup.objects.filter(pk__in=group_ids))
+        cluster = Cluster.load()
+        try:
+            automatic = cluster.place(memory_mib, apart=apart,
+                                      must_keep_n_plus_one=not request.GET.get("allow_n_plus_one_break")).server.name
+        except PlacementError:
+            automatic = None
+        return JsonResponse({"memory_mib": memory_mib, "automatic": automatic, "servers": [
             {"name": h.server.name, "memory_mib": h.server.memory_mib,
              "used_mib": h.load.used_mib, "free_mib": h.free_mib,
              "free_after_mib": h.free_after_mib, "fits": h.fits, "keeps_n_plus_one": h.keeps_n_plus_one,
-             "shortfalls": [str(s).replace("(new VM)", "the new VM") for s in h.shortfalls]}
-            for h in headroom(memory_mib)
+             "shortfalls": [str(s).replace("(new VM)", NEW_VM_LABEL) for s in h.shortfalls],
+             "anti_affinity": [{"group": b.group, "members": list(b.peers)} for b in h.breaks]}
+            for h in cluster.headroom(memory_mib, apart=apart)
         ]})
 
 
