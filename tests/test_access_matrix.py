@@ -226,6 +226,9 @@ API_RULES: dict[str, list[Rule]] = {
     "api:vm-migrate": [Rule(OPERATOR_ACTION, vm(), "post", ok=JOB_STARTED_API)],
     # The matrix's VMs have no ISO in their drive: whoever may eject is told so (400), not refused.
     "api:vm-eject": [Rule(TENANT, vm(), "post", ok=(400,))],
+    "api:vm-anti-affinity-groups": [Rule(TENANT, vm(), "post", {"groups": ["web"]})],
+    "api:antiaffinitygroup-list": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", data={"name": "db"}, ok=(201,))],
+    "api:antiaffinitygroup-detail": [Rule(TENANT, group), Rule(TENANT, group, "delete", ok=(204,))],
     "api:job-list": [Rule(SIGNED_IN)],
     "api:job-detail": [Rule(TENANT, job)],
     "api:job-cancel": [Rule(TENANT, job, "post", ok=JOB_STARTED_API)],
