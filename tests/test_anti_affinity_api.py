@@ -1,10 +1,13 @@
-"""Anti-affinity over the API: groups listed, made and removed, a VM's groups
+"""Anti-affinity over the API and the command line: groups listed, made and removed, a VM's groups
 set and shown, a create or a migration that breaks a group warned; a tenant sees and touches only
 its own groups and VMs, and reads no host names."""
 from __future__ import annotations
 
+from io import StringIO
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 from django.test import Client
 
 from hosts.models import CpuServer, DiskServer
@@ -103,3 +106,38 @@ def test_a_migration_to_a_server_beside_a_member_answers_with_a_warning(cpus):
     answer = operator.post("/api/vms/web2/migrate/", {"target": "cpu1"}, content_type="application/json")
     assert answer.status_code == 202
     assert answer.json()["warnings"] == ["broke anti-affinity group web: web1 and web2 both on cpu1"]
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def _run(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("vm", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_the_command_line_makes_groups_sets_them_and_warns_when_a_vm_shares_a_server(cpus):
+    create_tenant("acme")
+    assert _run("group", "create", "web")[0] == "anti-affinity group web created\n"
+    assert _run("group", "create", "web", "--tenant", "acme", "--description", "shop")[0] == (
+        "anti-affinity group acme/web created\n")
+    with pytest.raises(CommandError, match="the operators have a group named 'web' already"):
+        _run("group", "create", "web")
+    _guest("web1", cpus["cpu1"])
+    _guest("web2", cpus["cpu1"])
+    _run("set-groups", "web1", "web")
+    out, err = _run("set-groups", "web2", "web")
+    assert out == "web2: anti-affinity groups web\n"
+    assert err == ("warning: anti-affinity group web: web1 and web2 both on cpu1 until one of them moves "
+                   "(`vm migrate` without --to puts it apart)\n")
+    out, _ = _run("group", "list")
+    assert out.splitlines() == [f"{'web':<32} web1@cpu1, web2@cpu1", f"{'acme/web':<32} (no members)"]
+    assert "groups       web" in _run("show", "web2")[0]
+    with pytest.raises(CommandError, match="the operators have no anti-affinity group named 'db'"):
+        _run("set-groups", "web2", "db")
+    out, err = _run("create", "web3", "--vcpus", "1", "--memory-mib", "128", "--disk-mib", "64", "--on", "cpu1",
+                    "--group", "web")
+    assert out.startswith("job #")
+    assert err == "warning: broke anti-affinity group web: web1, web2 and web3 all on cpu1\n"
+    assert _run("group", "delete", "web", "--tenant", "acme")[0] == "anti-affinity group acme/web deleted\n"
+    assert list(AntiAffinityGroup.objects.values_list("name", "tenant")) == [("web", None)]
