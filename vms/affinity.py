@@ -32,8 +32,9 @@ def may_manage(user: Any) -> bool:
     return user is None or may_create_vms(user)
 
 
-def _whose(owner: Tenant | None) -> str:
-    return owner.slug if owner is not None else "the operators"
+def _owner_has(owner: Tenant | None) -> str:
+    """"acme has", "the operators have": the start of a refusal about an owner's groups."""
+    return f"{owner.slug} has" if owner is not None else "the operators have"
 
 
 def resolve(names: Iterable[str], owner: Tenant | None) -> list[AntiAffinityGroup]:
@@ -47,8 +48,8 @@ def resolve(names: Iterable[str], owner: Tenant | None) -> list[AntiAffinityGrou
              .order_by("pk")}
     missing = [name for name in wanted if name not in found]
     if missing:
-        raise ValidationError({FIELD: f"{_whose(owner)} {'have' if owner is None else 'has'} no anti-affinity group "
-                                      f"named {missing[0]!r} (a VM's groups are its owner's)"})
+        raise ValidationError({FIELD: f"{_owner_has(owner)} no anti-affinity group named {missing[0]!r} (a VM's "
+                                      "groups are its owner's)"})
     return [found[name] for name in wanted]
 
 
@@ -79,8 +80,7 @@ def create_group(name: str, *, user: Any = None, tenant: str | None = None, desc
     if len(description) > 255 or not description.isprintable():
         raise ValidationError({"description": "at most 255 printable characters"})
     owner = _owner_for(user, tenant)
-    taken = ValidationError({"name": f"{_whose(owner)} {'have' if owner is None else 'has'} a group named {name!r} "
-                                     "already"})
+    taken = ValidationError({"name": f"{_owner_has(owner)} a group named {name!r} already"})
     if AntiAffinityGroup.objects.filter(tenant=owner, name=name).exists():
         raise taken
     try:
@@ -107,11 +107,12 @@ def delete_group(group: AntiAffinityGroup, user: Any = None) -> None:
 
 def group_named(name: str, tenant: str | None) -> AntiAffinityGroup:
     """The CLI's lookup: `name` among `tenant`'s groups (None: the operators')."""
-    group = AntiAffinityGroup.objects.filter(name=name, tenant__slug=tenant).first() if tenant else \
-        AntiAffinityGroup.objects.filter(name=name, tenant__isnull=True).first()
+    owner = Tenant.objects.filter(slug=tenant).first() if tenant else None
+    if tenant and owner is None:
+        raise ValidationError({"tenant": f"no tenant named {tenant!r}"})
+    group = AntiAffinityGroup.objects.filter(name=name, tenant=owner).first()
     if group is None:
-        raise ValidationError({"name": f"{tenant or 'the operators'} {'has' if tenant else 'have'} no anti-affinity "
-                                       f"group named {name!r}"})
+        raise ValidationError({"name": f"{_owner_has(owner)} no anti-affinity group named {name!r}"})
     return group
 
 

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from django import forms
 from django.conf import settings
 
@@ -110,7 +112,7 @@ class VmCreateForm(forms.Form):
         return data
 
 
-def group_label(user) -> object:
+def group_label(user) -> Callable[[AntiAffinityGroup], str]:
     """How a group is named in a choice: with its owner for operators, who see every tenant's."""
     return (lambda group: group.label) if user is None or is_operator(user) else (lambda group: group.name)
 
