@@ -26,7 +26,7 @@ MEMORY_MIB = 256
 DIRTY_MIB_PER_S = 32.0
 VM = "benchmig"
 SECTION = "Live migration"
-# drivers/migration.py MIGRATE_FLAGS, as virsh spells them.
+# The KVM and QEMU flavours' migration flags (drivers/hypervisors/kvm.py), as virsh spells them.
 VIRSH_FLAGS = ["--live", "--p2p", "--persistent", "--undefinesource", "--auto-converge", "--abort-on-error"]
 
 

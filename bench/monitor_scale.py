@@ -70,7 +70,8 @@ def _monitor():  # noqa: ANN202 - ha.monitor.Monitor, imported after Django's se
     """As `manage.py monitor` makes it (one monitor: it leads), the SAN probe aside."""
     from django.conf import settings
 
-    from ha.monitor import Monitor, SanResult
+    from ha.monitor import Monitor
+    from ha.verdicts import SanResult
 
     first_timeout = float(settings.SSH_CONNECT_TIMEOUT)
     if REAL_SAN:

@@ -3,8 +3,8 @@
 The panel's guests carry their RAID1 themselves (md over vda+vdb, docs/storage.md), so the only
 place that knows whether the array is whole, and how far a resync is, is the guest's own
 /proc/mdstat. The agent runs in the guest on the `org.qemu.guest_agent.0` virtio-serial channel
-that drivers/hypervisor.py gives every KVM/QEMU domain; libvirt talks to it, so the panel needs no
-path into the guest's network.
+that drivers/hypervisor.py gives the domains of every flavour with a guest agent (KVM and QEMU,
+drivers/hypervisors/); libvirt talks to it, so the panel needs no path into the guest's network.
 
 Two ways to read a file, because guest agents are often configured to refuse one of them (RHEL's
 default policy blocks guest-exec, some block guest-file-*): `guest-file-open/read/close` first

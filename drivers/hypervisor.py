@@ -3,7 +3,8 @@ cycle (live migration is drivers/migration.py, on the same connection helpers).
 
 Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh://...`, `test:///default`): it
 comes from configuration. Every call goes through drivers/libvirt_calls.py: a worker thread, an
-explicit timeout, a connection kept open per remote host.
+explicit timeout, a connection kept open per remote host. What KVM and Xen do differently is
+their flavour's (drivers/hypervisors/).
 
 Idempotency is decided here (already running, already gone), not left to each hypervisor
 driver's wording: the test driver, for one, calls a second start an "internal error".
@@ -11,7 +12,6 @@ driver's wording: the test driver, for one, calls a second start an "internal er
 from __future__ import annotations
 
 import re
-import time
 import uuid as uuid_module
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -19,12 +19,13 @@ from typing import TypeVar
 
 import libvirt
 
+from drivers import hypervisors
 from drivers.errors import DriverError
+from drivers.hypervisors import Flavour
 from drivers.libvirt_calls import lookup, lookup_or_fail, with_connection
 
 T = TypeVar("T")
 
-HYPERVISORS = ("kvm", "qemu", "xen")
 _SERIAL = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _BRIDGE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
@@ -62,7 +63,7 @@ class DomainSpec:
     vcpus: int
     memory_mib: int
     disks: tuple[str, ...]  # block devices, e.g. /dev/etherd/e1.0; the first one boots
-    hypervisor: str  # "kvm" | "qemu" | "xen"
+    hypervisor: str  # a flavour's name (drivers/hypervisors/): "kvm" | "qemu" | "xen"
     # Direct kernel boot: a kernel image at this path on every CPU server (else the BIOS boots
     # the first disk), with an optional initramfs (same rule) and kernel command line.
     kernel: str = ""
@@ -97,13 +98,13 @@ def domain_xml(spec: DomainSpec) -> str:
     """Domain XML for `spec`: an HVM guest whose disks are raw block devices (AoE exports) with no
     host cache, so that libvirt treats them as shared storage and live migration is safe; a
     serial console on a pty; a VNC display on the server's loopback; bridged NICs; an optional
-    read-only seed disk; on KVM/QEMU a
-    virtio-serial channel for the QEMU guest agent (`org.qemu.guest_agent.0`: how the panel reads
-    the guest's RAID1, drivers/guest_agent.py; Xen has no such agent channel, so a Xen guest's
-    mirror health stays unknown). Built with ElementTree, so names are escaped."""
+    read-only seed disk; for a flavour with a guest agent a virtio-serial channel for it
+    (`org.qemu.guest_agent.0`: how the panel reads the guest's RAID1, drivers/guest_agent.py).
+    The devices are the flavour's (drivers/hypervisors/). Built with ElementTree, so names are
+    escaped."""
     _check_spec(spec)
-    xen = spec.hypervisor == "xen"
-    domain = ET.Element("domain", type=spec.hypervisor)
+    flavour = hypervisors.flavour(spec.hypervisor)
+    domain = ET.Element("domain", type=flavour.name)
     ET.SubElement(domain, "name").text = spec.name
     ET.SubElement(domain, "uuid").text = str(uuid_module.UUID(spec.uuid))
     ET.SubElement(domain, "memory", unit="MiB").text = str(spec.memory_mib)
@@ -122,35 +123,27 @@ def domain_xml(spec: DomainSpec) -> str:
             ET.SubElement(os_element, "boot", dev="cdrom")
         ET.SubElement(os_element, "boot", dev="hd")
     features = ET.SubElement(domain, "features")
-    for feature in ("acpi", "apic", "pae") if xen else ("acpi", "apic"):
+    for feature in flavour.features:
         ET.SubElement(features, feature)
     ET.SubElement(domain, "on_poweroff").text = "destroy"
     ET.SubElement(domain, "on_reboot").text = "restart"
     # A crashed guest stays down: restarting it is the panel's decision (it may be split brain).
     ET.SubElement(domain, "on_crash").text = "destroy"
     devices = ET.SubElement(domain, "devices")
-    prefix, bus = ("xvd", "xen") if xen else ("vd", "virtio")
     for index, path in enumerate(spec.disks):
-        disk = ET.SubElement(devices, "disk", type="block", device="disk")
-        if xen:
-            ET.SubElement(disk, "driver", name="phy")
-        else:
-            ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
-        ET.SubElement(disk, "source", dev=path)
-        ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + index), bus=bus)
-        if index < len(spec.disk_serials):
-            ET.SubElement(disk, "serial").text = spec.disk_serials[index]
+        serial = spec.disk_serials[index] if index < len(spec.disk_serials) else ""
+        devices.append(_block_disk(flavour, path, _disk_name(flavour, index), serial))
     if spec.seed:
         # A small file on the CPU server, read-only: libvirt skips it in the shared-storage check
         # of a live migration, and the panel puts the same file on the target first.
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", **({"name": "file"} if xen else {"name": "qemu", "type": "raw"}))
+        ET.SubElement(disk, "driver", flavour.file_driver)
         ET.SubElement(disk, "source", file=spec.seed)
-        ET.SubElement(disk, "target", dev=prefix + chr(ord("a") + len(spec.disks)), bus=bus)
+        ET.SubElement(disk, "target", dev=_disk_name(flavour, len(spec.disks)), bus=flavour.disk_bus)
         ET.SubElement(disk, "readonly")
         ET.SubElement(disk, "serial").text = SEED_SERIAL
     if spec.cdrom:
-        devices.append(cdrom_element(spec.cdrom, xen))
+        devices.append(_cdrom(flavour, spec.cdrom))
     for nic in spec.nics:
         interface = ET.SubElement(devices, "interface", type="bridge")
         ET.SubElement(interface, "mac", address=nic.mac)
@@ -159,8 +152,8 @@ def domain_xml(spec: DomainSpec) -> str:
             ET.SubElement(interface, "virtualport", type="openvswitch")
             if nic.vlan is not None:
                 ET.SubElement(ET.SubElement(interface, "vlan"), "tag", id=str(nic.vlan))
-        if not xen:
-            ET.SubElement(interface, "model", type="virtio")
+        if flavour.nic_model:
+            ET.SubElement(interface, "model", type=flavour.nic_model)
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "target", port="0")
     console = ET.SubElement(devices, "console", type="pty")
@@ -170,8 +163,8 @@ def domain_xml(spec: DomainSpec) -> str:
     # a live migration keeps it.
     graphics = ET.SubElement(devices, "graphics", type="vnc", port="-1", autoport="yes")
     ET.SubElement(graphics, "listen", type="address", address=VNC_LISTEN)
-    ET.SubElement(ET.SubElement(devices, "video"), "model", type="vga" if not xen else "cirrus")
-    if not xen:
+    ET.SubElement(ET.SubElement(devices, "video"), "model", type=flavour.video_model)
+    if flavour.guest_agent:
         # libvirt picks the socket path itself (per domain, under /var/lib/libvirt/qemu/channel)
         # and connects its agent client to it; it survives live migration.
         channel = ET.SubElement(devices, "channel", type="unix")
@@ -183,10 +176,25 @@ def domain_xml(spec: DomainSpec) -> str:
 CDROM_TARGET = "hdc"  # an IDE CD drive: what every installer and BIOS (SeaBIOS, Xen's hvmloader) knows
 
 
-def cdrom_element(source: str, xen: bool) -> ET.Element:
+def _disk_name(flavour: Flavour, index: int) -> str:
+    return flavour.disk_prefix + chr(ord("a") + index)
+
+
+def _block_disk(flavour: Flavour, device: str, target: str, serial: str) -> ET.Element:
+    """A block device as the guest's disk `target`, known to it by `serial` (empty: none)."""
+    disk = ET.Element("disk", type="block", device="disk")
+    ET.SubElement(disk, "driver", flavour.block_driver)
+    ET.SubElement(disk, "source", dev=device)
+    ET.SubElement(disk, "target", dev=target, bus=flavour.disk_bus)
+    if serial:
+        ET.SubElement(disk, "serial").text = serial
+    return disk
+
+
+def _cdrom(flavour: Flavour, source: str) -> ET.Element:
     """A read-only IDE CD drive holding `source` (empty: no medium)."""
     disk = ET.Element("disk", type="block", device="cdrom")
-    ET.SubElement(disk, "driver", **({"name": "phy"} if xen else {"name": "qemu", "type": "raw"}))
+    ET.SubElement(disk, "driver", flavour.cdrom_driver)
     if source:
         ET.SubElement(disk, "source", dev=source)
     ET.SubElement(disk, "target", dev=CDROM_TARGET, bus="ide")
@@ -204,8 +212,7 @@ def eject_cdrom(uri: str, name: str, *, timeout: float = 60) -> bool:
         drive = root.find("devices/disk[@device='cdrom']")
         if drive is None or drive.find("source") is None:
             return False
-        xen = root.get("type") == "xen"
-        dom.updateDeviceFlags(ET.tostring(cdrom_element("", xen), encoding="unicode"),
+        dom.updateDeviceFlags(ET.tostring(_cdrom(hypervisors.flavour(root.get("type", "")), ""), encoding="unicode"),
                               libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_DEVICE_MODIFY_FORCE)
         return True
 
@@ -336,8 +343,10 @@ def _same_uuid(a: str, b: str) -> bool | None:
 
 def _check_spec(spec: DomainSpec) -> None:
     problems = []
-    if spec.hypervisor not in HYPERVISORS:
-        problems.append(f"hypervisor must be one of {', '.join(HYPERVISORS)}, not {spec.hypervisor!r}")
+    try:
+        hypervisors.flavour(spec.hypervisor)
+    except DriverError as exc:
+        problems.append(str(exc))
     # libvirt refuses "/" in names (they become file names) and control characters break logs.
     if not spec.name or "/" in spec.name or any(ord(c) < 32 or ord(c) == 127 for c in spec.name):
         problems.append(f"bad domain name {spec.name!r}")
@@ -381,7 +390,7 @@ def _check_spec(spec: DomainSpec) -> None:
         raise DriverError("; ".join(problems), permanent=True)
 
 
-# --- live migration ----------------------------------------------------------------------------
+# --- what a host and its domains' devices say --------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -429,21 +438,18 @@ def disk_sources(uri: str, name: str, *, timeout: float = 30) -> list[str]:
 
 
 def plug_disk(uri: str, name: str, device: str, serial: str, *, timeout: float = 60) -> None:
-    """Hot-plug the block device into the running domain, and into its definition, as a virtio disk
-    on the next free target name (the guest finds it by its serial, not by its name)."""
+    """Hot-plug the block device into the running domain, and into its definition, as a disk of the
+    domain's flavour on the next free target name (the guest finds it by its serial, not by its name)."""
     if not device.startswith("/") or any(ord(c) < 32 for c in device) or not _SERIAL.fullmatch(serial):
         raise DriverError(f"bad disk {device!r} / serial {serial!r}", permanent=True)
 
     def call(conn: libvirt.virConnect) -> None:
         dom = lookup_or_fail(conn, uri, name)
         root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - libvirt's own XML
+        flavour = hypervisors.flavour(root.get("type", ""))
         taken = {t.get("dev") for t in root.findall("devices/disk/target")}
-        target = next(f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in taken)
-        disk = ET.Element("disk", type="block", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type="raw", cache="none", io="native")
-        ET.SubElement(disk, "source", dev=device)
-        ET.SubElement(disk, "target", dev=target, bus="virtio")
-        ET.SubElement(disk, "serial").text = serial
+        target = next(name for name in (_disk_name(flavour, i) for i in range(MAX_DISKS)) if name not in taken)
+        disk = _block_disk(flavour, device, target, serial)
         dom.attachDeviceFlags(ET.tostring(disk, encoding="unicode"),
                               libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
@@ -475,29 +481,3 @@ def vnc_display(uri: str, name: str, *, timeout: float = 20) -> VncDisplay:
 
     return with_connection(uri, f"VNC display of {name!r}", timeout, call)
 
-
-def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bool:
-    """Abort an outgoing migration of `name` still running on this hypervisor (the job that started
-    it is gone: its worker died, the libvirt daemon drives a peer-to-peer migration on by itself) and
-    wait until it has stopped. True if there was one. A migration that completes meanwhile has
-    completed: the caller asks where the guest runs afterwards."""
-    deadline = time.monotonic() + timeout
-
-    def job_type(conn: libvirt.virConnect) -> int:
-        dom = lookup(conn, name)
-        return libvirt.VIR_DOMAIN_JOB_NONE if dom is None else dom.jobInfo()[0]
-
-    if with_connection(uri, f"job of {name}", timeout, job_type) == libvirt.VIR_DOMAIN_JOB_NONE:
-        return False
-    try:
-        with_connection(uri, f"abort the migration of {name}", timeout,
-                        lambda conn: lookup_or_fail(conn, uri, name).abortJob())
-    except DriverError as exc:
-        if exc.permanent is False:
-            raise  # not answered: whether it still runs is not known
-    while with_connection(uri, f"job of {name}", max(1.0, deadline - time.monotonic()),
-                          job_type) != libvirt.VIR_DOMAIN_JOB_NONE:
-        if time.monotonic() > deadline:
-            raise DriverError(f"{uri}: the migration of {name} still runs {timeout:g} s after it was aborted")
-        time.sleep(0.5)
-    return True

@@ -16,7 +16,9 @@ the first. Local URIs (`test:///default`, `qemu:///system`) get a connection per
 save, and the test driver's state lives as long as a connection to it.
 
 A pooled connection is never closed explicitly: another thread may be using it. It is dropped from
-the pool and libvirt-python closes it when its last user lets go of it.
+the pool and libvirt-python closes it when its last user lets go of it. A connection of one's own
+(`Connection`: a local URI's, a migration's polls) is closed by whoever uses it last: never while a
+call runs on it, whose caller may have stopped waiting.
 """
 from __future__ import annotations
 
@@ -70,14 +72,16 @@ libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
 
 class Connection:
-    """One connection's life across the caller and its worker thread: whoever is last closes it,
-    exactly once (closing twice would hand libvirt a freed pointer). For connections of one's own
-    (a migration's, a console's), not the pool's."""
+    """One connection's life across its owner and the worker threads that call on it: whoever is
+    last closes it, exactly once (closing twice would hand libvirt a freed pointer), and never
+    while a call runs on it (libvirt frees a closed connection at once: the running call would use
+    freed memory). For connections of one's own (a migration's, a local URI's), not the pool's."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._abandoned = False
+        self._calls = 0  # running on it now
 
     def adopt(self, conn: libvirt.virConnect) -> bool:
         with self._lock:
@@ -87,9 +91,27 @@ class Connection:
             self._conn = conn
             return True
 
-    def close(self, abandon: bool = False) -> None:
+    def call(self, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """fn(conn) on the adopted connection, in a worker thread; if its owner abandons the
+        connection meanwhile, it is closed as soon as fn returns."""
         with self._lock:
-            self._abandoned = self._abandoned or abandon
+            conn = None if self._abandoned else self._conn
+            if conn is not None:
+                self._calls += 1
+        if conn is None:
+            raise DriverError("libvirt connection given up")
+        try:
+            return fn(conn)
+        finally:
+            with self._lock:
+                self._calls -= 1
+                last = self._abandoned and not self._calls
+            if last:
+                self.close()
+
+    def close(self) -> None:
+        """Close it now: for a worker whose call on it has returned."""
+        with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
             try:
@@ -98,11 +120,13 @@ class Connection:
                 pass
 
     def abandon(self) -> None:
-        """The caller stopped waiting: the worker closes the connection when its call returns.
-        Never closed from here while a call may run on it: libvirt frees a closed connection at
-        once, and the call still running would use freed memory."""
+        """Its owner stopped waiting, or is done with it: closed now if no call runs on it, else
+        when the last one returns. A connection still being opened is closed when it arrives."""
         with self._lock:
             self._abandoned = True
+            idle = not self._calls
+        if idle:
+            self.close()
 
 
 def is_remote(uri: str) -> bool:
@@ -148,55 +172,72 @@ def with_connection(uri: str, what: str, timeout: float, fn: Callable[[libvirt.v
     """fn(conn) on a connection to `uri`, in a worker thread; DriverError after `timeout`, or
     for libvirt's error (permanent when the request itself is wrong)."""
     guard.before_host_call()
-    outcome: dict[str, object] = {}
-    pooled = is_remote(uri)
+    if is_remote(uri):
+        return _on_pooled(uri, what, timeout, fn)
     holder = Connection()
 
-    def on_pooled() -> T:
-        conn, kept = _pool.get(uri)
-        outcome["conn"] = conn
+    def on_own() -> T:
+        try:
+            if not holder.adopt(libvirt.open(uri)):
+                raise DriverError(f"{uri}: {what}: connection given up")
+            return holder.call(fn)
+        finally:
+            holder.close()
+
+    return bounded(uri, what, timeout, on_own, holder.abandon)
+
+
+def _on_pooled(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
+    used: list[libvirt.virConnect] = []  # the connection the call runs on last
+
+    def attempt(conn: libvirt.virConnect) -> T:
+        used.append(conn)
         try:
             return fn(conn)
         except libvirt.libvirtError:
+            if not _alive(conn):
+                _pool.drop(uri, conn)  # closed under us: its host or libvirtd restarted
+            raise
+
+    def work() -> T:
+        conn, kept = _pool.get(uri)
+        try:
+            return attempt(conn)
+        except libvirt.libvirtError:
             if not kept or _alive(conn):
                 raise
-        # The kept connection had been closed under us (host or libvirtd restarted): a new one.
-        _pool.drop(uri, conn)
-        conn, _kept = _pool.get(uri)
-        outcome["conn"] = conn
-        return fn(conn)
+        return attempt(_pool.get(uri)[0])  # the kept one had been closed: once more on a new one
 
-    def on_own() -> T:
-        conn = libvirt.open(uri)
-        if not holder.adopt(conn):
-            raise DriverError(f"{uri}: {what}: connection given up")
-        return fn(conn)
+    def give_up() -> None:
+        if used:
+            _pool.drop(uri, used[-1])  # the host may be dead: the next call opens a new one
 
-    def work() -> None:
+    return bounded(uri, what, timeout, work, give_up)
+
+
+def bounded(uri: str, what: str, timeout: float, work: Callable[[], T], give_up: Callable[[], None]) -> T:
+    """work() in a worker thread (a daemon, left to finish on its own if it hangs). After `timeout`:
+    give_up(), the caller's way to let go of the connection the call may still be running on
+    (`Connection.abandon`, dropping it from the pool: never closing it), then a DriverError.
+    libvirt's errors become DriverErrors, permanent when the request itself is wrong."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
         try:
-            outcome["result"] = on_pooled() if pooled else on_own()
+            outcome["result"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = exc
-        finally:
-            if not pooled:
-                holder.close()
 
-    worker = threading.Thread(target=work, name=f"libvirt {what}", daemon=True)
+    worker = threading.Thread(target=run, name=f"libvirt {what}", daemon=True)
     worker.start()
     worker.join(timeout)
     if worker.is_alive():
-        if pooled and (conn := outcome.get("conn")) is not None:
-            _pool.drop(uri, conn)  # type: ignore[arg-type]
-        elif not pooled:
-            holder.abandon()
+        give_up()
         raise DriverError(f"{uri}: {what} timed out after {timeout:g} s")
     error = outcome.get("error")
     if isinstance(error, libvirt.libvirtError):
-        if pooled and (conn := outcome.get("conn")) is not None and not _alive(conn):  # type: ignore[arg-type]
-            _pool.drop(uri, conn)  # type: ignore[arg-type]
-        code = error.get_error_code()
         raise DriverError(f"{uri}: {what}: {error.get_error_message() or error}",
-                          permanent=code in PERMANENT_ERRORS) from error
+                          permanent=error.get_error_code() in PERMANENT_ERRORS) from error
     if isinstance(error, BaseException):
         raise error
     return outcome["result"]  # type: ignore[return-value]

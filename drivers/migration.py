@@ -2,7 +2,8 @@
 
 The migration runs peer-to-peer on its own connection in a thread; a second connection polls the
 domain's job statistics for progress and aborts the job on request or on timeout, so a migration
-is never left running unwatched.
+is never left running unwatched. Its flags, and whether it takes a bandwidth cap, are the
+hypervisor flavour's (drivers/hypervisors/).
 """
 from __future__ import annotations
 
@@ -14,20 +15,9 @@ from typing import TypeVar
 
 import libvirt
 
-from drivers import guard
+from drivers import guard, hypervisors
 from drivers.errors import DriverError
-from drivers.libvirt_calls import PERMANENT_ERRORS, Connection, lookup_or_fail, with_connection
-
-# PEER2PEER: the source libvirtd drives the migration itself and talks to the target directly,
-# so the panel's connections may drop without stranding it. PERSIST_DEST + UNDEFINE_SOURCE: the
-# definition moves with the guest, so it can never be started on two hosts from stale configs.
-# AUTO_CONVERGE: a guest that dirties memory faster than the link (or the bandwidth cap) copies
-# it would otherwise never finish; QEMU then slows its vCPUs step by step until it converges.
-# ABORT_ON_ERROR: an I/O error on the shared disks during migration aborts it (the guest stays
-# where it was) instead of carrying a failing guest over.
-MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_AUTO_CONVERGE
-                 | libvirt.VIR_MIGRATE_ABORT_ON_ERROR)
+from drivers.libvirt_calls import PERMANENT_ERRORS, Connection, bounded, lookup, lookup_or_fail, with_connection
 
 T = TypeVar("T")
 
@@ -119,7 +109,7 @@ def progress_from_stats(stats: dict, state: tuple[int, int] | None, elapsed: flo
 
 
 def migrate(
-    source_uri: str, target_uri: str, name: str, *, migration_uri: str,
+    source_uri: str, target_uri: str, name: str, *, migration_uri: str, hypervisor: str,
     max_bandwidth_mib: int | None = None,
     on_progress: Callable[[MigrationProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -129,20 +119,24 @@ def migrate(
 
     `migration_uri` is how the *source* libvirtd reaches the target (peer-to-peer), which need not
     be how the panel reaches it (`target_uri`, used only to read the finished job's statistics).
+    `hypervisor` is the hosts' flavour (drivers/hypervisors/): its flags, and whether a cap is taken.
     The migration runs in a thread on its own connection; this thread polls the job's statistics
     every `poll_interval` on a second connection and hands them to `on_progress`, and aborts the
     job (abortJob) when `should_cancel()` says so — MigrationAborted then, with the guest still
     running on the source — or when it runs longer than `timeout` (DriverError). Both callbacks
     run in the calling thread. Other failures: DriverError; libvirt leaves the guest on the source.
     """
+    flavour = hypervisors.flavour(hypervisor)
     if max_bandwidth_mib is not None and max_bandwidth_mib < 1:
         raise DriverError(f"bandwidth cap must be >= 1 MiB/s, not {max_bandwidth_mib}", permanent=True)
+    if max_bandwidth_mib is not None and not flavour.migration_bandwidth_cap:
+        raise DriverError(f"a {flavour.name} migration takes no bandwidth cap", permanent=True)
     guard.before_host_call()
     started = time.monotonic()
     poll = _Session(source_uri, call_timeout)
     try:
         poll.call(f"look up {name!r}", lambda conn: lookup_or_fail(conn, source_uri, name))
-        run = _MigrationThread(source_uri, migration_uri, name, max_bandwidth_mib)
+        run = _MigrationThread(source_uri, migration_uri, name, flavour.migrate_flags, max_bandwidth_mib)
         abort_reason = _watch(run, poll, name, started, on_progress, should_cancel, poll_interval, timeout)
     finally:
         poll.close()
@@ -214,7 +208,8 @@ def _watch(run: _MigrationThread, poll: _Session, name: str, started: float,
 class _MigrationThread:
     """migrateToURI3 blocks until the migration ends, so it gets a thread and a connection of its own."""
 
-    def __init__(self, source_uri: str, migration_uri: str, name: str, max_bandwidth_mib: int | None) -> None:
+    def __init__(self, source_uri: str, migration_uri: str, name: str, flags: int,
+                 max_bandwidth_mib: int | None) -> None:
         self.done = threading.Event()
         self.error: BaseException | None = None
         params: dict[str, object] = {}
@@ -226,7 +221,7 @@ class _MigrationThread:
             try:
                 conn = libvirt.open(source_uri)
                 if holder.adopt(conn):
-                    conn.lookupByName(name).migrateToURI3(migration_uri, params, MIGRATE_FLAGS)
+                    conn.lookupByName(name).migrateToURI3(migration_uri, params, flags)
             except BaseException as exc:  # noqa: BLE001 - handed to the watching thread
                 self.error = exc
             finally:
@@ -240,58 +235,34 @@ class _MigrationThread:
 
 
 class _Session:
-    """One connection kept open for many calls from one thread, each call bounded by a timeout
-    (run in a worker thread, like _call): polling twice a second cannot afford a new SSH
-    connection per call."""
+    """One connection of its own kept for many calls from one thread (polling twice a second cannot
+    afford a new SSH connection per call), each call bounded by the timeout. A call that times out
+    leaves the connection to the thread still running it (libvirt_calls.Connection.abandon): closed
+    when that call returns, never under it; the next call opens a new one."""
 
     def __init__(self, uri: str, timeout: float) -> None:
         self.uri, self.timeout = uri, timeout
-        self._holder = Connection()
-        self._conn: libvirt.virConnect | None = None
-        self._connect()
-
-    def _connect(self) -> None:
-        holder = Connection()
-        self._conn = self._bounded("connect", lambda: libvirt.open(self.uri), holder)
-        self._holder = holder
+        self._holder: Connection | None = None
 
     def call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        if self._conn is None:  # the last call timed out and its connection was given up
-            self._connect()
-        conn = self._conn
-        return self._bounded(what, lambda: fn(conn))
+        holder = self._holder
+        if holder is None:
+            holder = Connection()
+            self._bounded("connect", holder, lambda: holder.adopt(libvirt.open(self.uri)))
+            self._holder = holder
+        return self._bounded(what, holder, lambda: holder.call(fn))
 
-    def _bounded(self, what: str, fn: Callable[[], T], adopting: Connection | None = None) -> T:
-        outcome: dict[str, object] = {}
-        holder = adopting or self._holder
+    def _bounded(self, what: str, holder: Connection, work: Callable[[], T]) -> T:
+        def give_up() -> None:
+            holder.abandon()
+            self._holder = None
 
-        def work() -> None:
-            try:
-                result = fn()
-                if adopting is not None and not adopting.adopt(result):  # type: ignore[arg-type]
-                    raise DriverError(f"{self.uri}: connection given up")
-                outcome["result"] = result
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=work, name=f"libvirt {what}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
-            holder.close(abandon=True)
-            self._conn = None
-            raise DriverError(f"{self.uri}: {what} timed out after {self.timeout:g} s")
-        error = outcome.get("error")
-        if isinstance(error, libvirt.libvirtError):
-            raise DriverError(f"{self.uri}: {what}: {error.get_error_message() or error}",
-                              permanent=error.get_error_code() in PERMANENT_ERRORS) from error
-        if isinstance(error, BaseException):
-            raise error
-        return outcome["result"]  # type: ignore[return-value]
+        return bounded(self.uri, what, self.timeout, work, give_up)
 
     def close(self) -> None:
-        self._holder.close(abandon=True)
-        self._conn = None
+        if self._holder is not None:
+            self._holder.abandon()
+            self._holder = None
 
 
 def _abort(poll: _Session, name: str) -> None:
@@ -339,3 +310,30 @@ def _completed_stats(target_uri: str, name: str, timeout: float) -> dict:
         return with_connection(target_uri, f"completed job stats of {name!r}", timeout, call)
     except DriverError:
         return {}
+
+
+def abort_migration_in_flight(uri: str, name: str, *, timeout: float = 60) -> bool:
+    """Abort an outgoing migration of `name` still running on this hypervisor (the job that started
+    it is gone: its worker died, the libvirt daemon drives a peer-to-peer migration on by itself) and
+    wait until it has stopped. True if there was one. A migration that completes meanwhile has
+    completed: the caller asks where the guest runs afterwards."""
+    deadline = time.monotonic() + timeout
+
+    def job_type(conn: libvirt.virConnect) -> int:
+        dom = lookup(conn, name)
+        return libvirt.VIR_DOMAIN_JOB_NONE if dom is None else dom.jobInfo()[0]
+
+    if with_connection(uri, f"job of {name}", timeout, job_type) == libvirt.VIR_DOMAIN_JOB_NONE:
+        return False
+    try:
+        with_connection(uri, f"abort the migration of {name}", timeout,
+                        lambda conn: lookup_or_fail(conn, uri, name).abortJob())
+    except DriverError as exc:
+        if exc.permanent is False:
+            raise  # not answered: whether it still runs is not known
+    while with_connection(uri, f"job of {name}", max(1.0, deadline - time.monotonic()),
+                          job_type) != libvirt.VIR_DOMAIN_JOB_NONE:
+        if time.monotonic() > deadline:
+            raise DriverError(f"{uri}: the migration of {name} still runs {timeout:g} s after it was aborted")
+        time.sleep(0.5)
+    return True

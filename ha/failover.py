@@ -38,6 +38,8 @@ from jobs.choices import ACTIVE_STATES, LogLevel
 from jobs.models import Job
 from jobs.runner import JobContext, JobFailed, Later, Step, job_kind
 from jobs.services import start_job
+from notifications.n_plus_one import n_plus_one_seen
+from notifications.triggers import host_unfenced
 from vms.bring_up import ACTIVE, bring_up
 from vms.choices import VmState
 from vms.models import VirtualMachine
@@ -231,6 +233,7 @@ def _unfenced(ctx: JobContext, incident: Incident, host: CpuServer, outcomes: li
     _event(ctx, incident, EventKind.FENCE_FAILED, message, LogLevel.ERROR,
            methods=[{"method": o.method, "result": o.result, "detail": o.detail} for o in outcomes])
     set_state(incident, IncidentState.UNFENCED, summary=message)
+    host_unfenced(incident, message)
     if not covered:
         raise JobFailed(message)
     ctx.data.update(covered=sorted(covered), uncovered=uncovered, fenced_by="")
@@ -413,6 +416,7 @@ def _note_n_plus_one(ctx: JobContext, incident: Incident) -> None:
     """The survivors now carry the dead host's guests: say so if another failure would leave some
     without room (the cluster has lost its N+1 until the host returns or capacity is added)."""
     shortfalls = n_plus_one_shortfalls()
+    n_plus_one_seen(shortfalls)
     if shortfalls:
         message = "N+1 lost: " + "; ".join(str(s) for s in shortfalls)
         record(incident, EventKind.NOTE, message, job=ctx.job)

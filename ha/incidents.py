@@ -11,6 +11,7 @@ from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.models import Incident, IncidentEvent
 from ha.tenant_view import event_for_tenant, incident_summary, tenant_vm_names
 from hosts.models import CpuServer, DiskServer
+from notifications.triggers import incident_opened
 from tenants.models import Tenant
 from xenaoe_panel.broadcast import send_on_commit
 
@@ -56,6 +57,7 @@ def open_incident(host: CpuServer | DiskServer, kind: str, message: str) -> tupl
     except IntegrityError:  # opened by someone else in between
         return Incident.objects.get(host_name=host.name, kind=kind, state__in=_open_states()), False
     record(incident, EventKind.DETECTED, message)
+    incident_opened(incident)
     return incident, True
 
 

@@ -148,7 +148,15 @@ class AdvisoryLockLeadership:
         return LOST if was and not self.is_leader else ""
 
     def close(self) -> None:
-        self._drop()  # the session ends: PostgreSQL releases the lock
+        """Let go of the lead now: unlocked on the session before it ends. Ending the session alone
+        releases the lock too, but only once the server's backend has noticed and exited, which a
+        busy server does a moment after the client returns: a standby asking then finds it held."""
+        if self.is_leader and self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", LOCK_KEYS)
+            except psycopg.Error:
+                pass  # the session is broken: ending it is all that is left, and releases the lock
+        self._drop()
         self.is_leader = False
 
     def _connection(self) -> psycopg.Connection:

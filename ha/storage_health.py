@@ -26,6 +26,7 @@ from hosts.choices import HostState
 from hosts.models import DiskServer
 from hosts.states import change_state
 from hosts.targets import ssh_target
+from notifications.triggers import mirror_degraded, mirror_resynced
 from storage.choices import ExportState, MirrorHealth, MirrorState
 from storage.models import AoEExport, Mirror
 from vms import guest_setup
@@ -98,6 +99,7 @@ def disk_server_failed(server: DiskServer, message: str) -> Incident:
         others = [leg for leg in mirror.legs.all() if leg.disk_server_id != server.pk]
         alive = [leg for leg in others if leg.disk_server.state not in DOWN]
         (exposed if alive else lost).append(mirror.vm.name)
+        mirror_degraded(mirror, f"{message}: its leg on {server.name} is gone.", no_leg_left=not alive)
     text = (f"{len(mirrors)} mirror(s) with a leg on {server.name} degraded; the guests keep running on "
             f"their other leg. Exposed (one leg left): {', '.join(exposed) or 'none'}.")
     if lost:
@@ -134,6 +136,7 @@ class DiskRecovery:
             if {(leg.shelf, leg.slot) for leg in mirror.legs.all()} <= wire:
                 if Mirror.objects.filter(pk=mirror.pk, state=mirror.state).update(state=MirrorState.HEALTHY):
                     healed.append(mirror.vm.name)
+                    mirror_resynced(mirror)
         if healed:
             record(incident, EventKind.NOTE, f"Both legs answer on the SAN again and no guest reports its array "
                                              f"incomplete: {', '.join(healed)} healthy.", healthy=healed)

@@ -19,6 +19,8 @@ HOST_STATE_COLOURS = {
 
 
 class Hypervisor(models.TextChoices):
+    """One per hypervisor flavour of the drivers, by its name (drivers/hypervisors/)."""
+
     KVM = "kvm", "KVM"
     QEMU = "qemu", "QEMU (TCG, no acceleration)"
     XEN = "xen", "Xen (libxl)"

@@ -14,15 +14,15 @@ from collections.abc import Iterable
 from django.utils import timezone
 
 from drivers.hypervisor import DomainInfo
+from drivers.hypervisors import CONTROL_DOMAINS
 from hosts.models import CpuServer
 from xenaoe_panel.names import DOMAIN_PREFIX
 
-# Xen lists its control domain as a domain; its memory is not in CpuServer.memory_mib to begin with.
-CONTROL_DOMAINS = frozenset({"Domain-0"})
 INACTIVE_STATES = frozenset({"shutoff", "crashed"})  # hold no memory
 
 
 def is_foreign(name: str) -> bool:
+    # A hypervisor's own domain (Xen's Domain-0) is the host: its memory is not in memory_mib to begin with.
     return not name.startswith(DOMAIN_PREFIX) and name not in CONTROL_DOMAINS
 
 

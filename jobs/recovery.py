@@ -28,6 +28,7 @@ from jobs.lease import new_owner
 from jobs.models import Job
 from jobs.queues import queue_for, send
 from jobs.runner import UNDO_KEY, JobContext, append_log, release_unstarted
+from notifications.triggers import job_ended
 
 ADVICE = "what it did on the hosts may be half-done: run `cluster verify`"
 # Not held by any run, and waiting for a message: queued, or waiting outside a worker.
@@ -48,6 +49,7 @@ def _end(job: Job, still: Q, why: str) -> bool:
         if was_queued:
             release_unstarted(JobContext(job))
         append_log(job, f"Job errored: {message}", LogLevel.ERROR)
+        job_ended(job)
     return True
 
 

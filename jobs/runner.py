@@ -36,6 +36,7 @@ from jobs.events import publish
 from jobs.kinds import JobKind, JobPlan, job_kind, kind_of  # noqa: F401 - the kinds' registry, used here
 from jobs.lease import Lease, LeaseLost, new_owner
 from jobs.models import Job, JobLogEntry
+from notifications.triggers import job_ended
 
 logger = logging.getLogger(__name__)
 # In a job's context: recovery handed the job of a dead run to a worker to undo (the message why).
@@ -262,6 +263,7 @@ def _finish(ctx: JobContext, state: str, message: str, done: list[Step], *, unst
     retrying(job.reservations.all().delete)  # memory the allocator held for it (vms/placement.py) is free again
     level = {JobState.SUCCEEDED: LogLevel.INFO, JobState.CANCELLED: LogLevel.WARNING}.get(state, LogLevel.ERROR)
     append_log(job, f"Job {state}: {message}", level)
+    job_ended(job)
 
 
 def _undo_with_retries(ctx: JobContext, step: Step) -> None:

@@ -50,6 +50,10 @@ start)
   $PY manage.py tenant show demo >/dev/null 2>&1 || $PY manage.py tenant create demo --name "Demo tenant" >/dev/null
   $PY manage.py tenant adduser demo tenant --password-file "$tenant_password_file" >/dev/null 2>&1 || true
   for user in operator tenant; do $PY manage.py sshkey add "$user" "$RUN/demo-ssh/id_ed25519.pub" >/dev/null; done
+  # The token Prometheus would send to /metrics (docs/operations.md): made once, kept out of git.
+  metrics_token_file="$PWD/$RUN/metrics-token"
+  [ -s "$metrics_token_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(32))' > "$metrics_token_file")
+  export XENAOE_METRICS_TOKEN_FILE="$metrics_token_file"
   stop_pid "$RUN/worker.pid"; stop_pid "$RUN/worker-ha.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"
   stop_pid "$RUN/beat.pid"; stop_pid "$RUN/monitor.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
@@ -73,6 +77,7 @@ XenAoE Panel is running.
   login:    operator
   password: $(cat "$password_file")
   tenant:   tenant / $(cat "$tenant_password_file")   (a user of the tenant "demo": sees only its VMs)
+  metrics:  curl -H "Authorization: Bearer \$(cat $RUN/metrics-token)" http://127.0.0.1:$PORT/metrics
 Create a VM ("Create VM"): it boots Debian 12 from its mirrored disk in about half a minute; its page
 shows its address and the command to log in from the lab's guest network, e.g.
   ip netns exec xa-client ssh -i $RUN/demo-ssh/id_ed25519 debian@10.214.0.100

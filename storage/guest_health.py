@@ -33,9 +33,10 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from drivers import guest_agent
+from drivers import guest_agent, hypervisors
 from drivers.errors import DriverError
 from drivers.mdstat import MAX_ETA_S, MdStat
+from notifications.triggers import guest_mirror_changed
 from storage.choices import MirrorHealth
 from storage.models import LEGS, Mirror
 from vms.choices import VmState
@@ -112,8 +113,8 @@ ReadFn = Callable[[GuestTarget, float], GuestView]
 def read_guest(target: GuestTarget, timeout: float) -> GuestView:
     """Ask one guest. Never raises for the guest's sake: an answer that cannot be had is an
     unknown health with the reason."""
-    if target.hypervisor == "xen":
-        return GuestView(MirrorHealth.UNKNOWN, f"{NO_AGENT} (Xen has no QEMU guest agent channel)")
+    if not hypervisors.flavour(target.hypervisor).guest_agent:
+        return GuestView(MirrorHealth.UNKNOWN, f"{NO_AGENT} ({target.hypervisor} has no QEMU guest agent channel)")
     try:
         return view_from_mdstat(guest_agent.read_mdstat(target.uri, target.domain, timeout=timeout))
     except guest_agent.AgentUnavailable:
@@ -168,6 +169,7 @@ def record_view(mirror_pk: int, view: GuestView) -> bool:
     for name, value in fields.items():
         setattr(mirror, name, value)
     publish_mirror(mirror)
+    guest_mirror_changed(mirror, before[0])
     return True
 
 

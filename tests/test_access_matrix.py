@@ -7,6 +7,7 @@ fails the suite, so a new endpoint cannot ship without saying who may use it. Ru
 - SIGNED_IN: any signed-in user; what they see is filtered (tested in test_tenants.py).
 - TENANT: an object a tenant owns: its users may, another tenant's users get a 404.
 - OPERATOR: operators only; everyone else signed in gets a 404 (never a 403 that confirms it exists).
+- SCRAPER: Prometheus, with the metrics token (`Authorization: Bearer`); no session opens it, anyone's: 401.
 Anonymous visitors are sent to the login page (pages) or get a 401 (the API).
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ from hosts.verify import Finding
 from images.models import Image
 from jobs.models import Job, JobLogEntry
 from networks.models import Network
+from notifications.models import Target
+from notifications.webhook_secrets import new_secret
 from sshkeys.models import SshKey
 from tenants.models import TENANT_ACTIONS
 from tenants.services import add_user, create_tenant
@@ -40,6 +43,7 @@ PUBLIC, SIGNED_IN, TENANT, OPERATOR = "public", "signed-in", "tenant", "operator
 # An operators' action on an object tenants see (migrate a VM, confirm an incident's fence): another
 # tenant's object is a 404, the user's own a 403 (it exists for them; they may not do this to it).
 OPERATOR_ACTION = "operator-action"
+SCRAPER = "scraper"
 
 
 @dataclass
@@ -142,6 +146,14 @@ def unfenced_incident(w: World, whose: str) -> dict[str, Any]:
     return {"pk": found.pk}
 
 
+def notify_target(w: World, whose: str) -> dict[str, Any]:
+    """A webhook target of the user's own (alice's for "own", bob's for "other")."""
+    owner = w.alice if whose == "own" else w.bob
+    target, _ = Target.objects.get_or_create(owner=owner, name="pager", defaults={
+        "kind": "webhook", "url": "https://hooks.example.org/xenaoe", "secret_encrypted": new_secret()[1]})
+    return {"pk": target.pk}
+
+
 @dataclass(frozen=True)
 class Rule:
     who: str
@@ -200,6 +212,15 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "network-list": [Rule(SIGNED_IN)],
     "network-create": [Rule(OPERATOR)],
     "ssh-keys": [Rule(SIGNED_IN)],
+    # A user's own notification targets (operators see every one): another user's are 404s.
+    "notification-targets": [Rule(SIGNED_IN)],
+    "notification-target-create": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", ok=(302,), data={
+        "name": "mail", "kind": "email", "email": "alice@example.org", "min_severity": 20, "enabled": "on"})],
+    "notification-target-detail": [Rule(TENANT, notify_target)],
+    "notification-target-edit": [Rule(TENANT, notify_target)],
+    "notification-target-test": [Rule(TENANT, notify_target, "post", ok=(302,))],
+    "notification-target-rotate-secret": [Rule(TENANT, notify_target, "post", ok=(302,))],
+    "notification-target-delete": [Rule(TENANT, notify_target, "post", ok=(302,))],
     "ssh-key-delete": [Rule(TENANT, lambda w, whose: {"pk": w.keys[whose].pk}, "post", ok=(302,))],
     "login": [Rule(PUBLIC)],
     "logout": [Rule(PUBLIC, method="post", ok=(302,))],
@@ -209,6 +230,7 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "password_reset_complete": [Rule(PUBLIC)],
     "password_change": [Rule(SIGNED_IN)],
     "password_change_done": [Rule(SIGNED_IN)],
+    "metrics": [Rule(SCRAPER)],
 }
 
 def cpu(name: str) -> Args:
@@ -319,13 +341,22 @@ def _as(user: Any | None, api: bool) -> tuple[Client, dict[str, str]]:
 
 
 @pytest.mark.parametrize(("name", "index"), _cases())
-def test_access(world, name, index):
+def test_access(world, name, index, settings):
     rule = (PAGE_RULES | API_RULES)[name][index]
     api = name.startswith("api:")
 
     def url(whose: str) -> str:
         return reverse(name, kwargs=rule.args(world, whose))
 
+    if rule.who == SCRAPER:
+        settings.METRICS_TOKEN = "scraper-token-" + "x" * 32
+        for user in (None, world.bob, world.alice, world.operator):
+            client, headers = _as(user, api=False)
+            refused = _request(client, rule, url("own"), world, "own", headers)
+            assert refused.status_code == 401, f"{user} {rule.method} {url('own')}: {refused.status_code}"
+        scraped = Client().get(url("own"), HTTP_AUTHORIZATION=f"Bearer {settings.METRICS_TOKEN}")
+        assert scraped.status_code in rule.ok, f"the scraper {url('own')}: {scraped.status_code}"
+        return
     client, headers = _as(None, api)
     anonymous = _request(client, rule, url("own"), world, "own", headers)
     if rule.who == PUBLIC:

@@ -10,7 +10,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from ha.monitor import CheckResult, Monitor, SanResult
+from ha.monitor import Monitor
+from ha.verdicts import CheckResult, SanResult
 from hosts import history
 from hosts.choices import HostState
 from hosts.models import CpuServer, HostSample
@@ -193,7 +194,7 @@ def test_the_chart_draws_every_sample_inside_its_frame(op_client):
     expected = chart.bottom - (chart.bottom - chart.top) * (1024 + 64 * 29) / 4096
     assert abs(top_y - expected) < 0.1
     # Guests: 1, 2, 3 on a right-hand axis topped at 4 (headroom); the step line ends at three quarters.
-    assert chart.guests_top == 4
+    assert chart.right_top == "4"
     assert points(guests[0])[-1][1] == pytest.approx(chart.bottom - (chart.bottom - chart.top) * 3 / 4, abs=0.1)
     assert points(guests[0])[0][1] == pytest.approx(chart.bottom - (chart.bottom - chart.top) * 1 / 4, abs=0.1)
     assert "memory used peaked at 2.8 GiB of 4.0 GiB" in html and "3 guests" in html
@@ -206,7 +207,7 @@ def test_the_range_selects_the_samples(op_client):
     sample(cpu1, now - datetime.timedelta(minutes=10), 100, 1)
     sample(cpu1, now - datetime.timedelta(hours=2), 200, 2)
     sample(cpu1, now - datetime.timedelta(days=3), 300, 3)
-    counts = {key: sum(b.samples for b in history.chart(cpu1, key).buckets) for key in history.RANGES}
+    counts = {key: history.chart(cpu1, key).samples for key in history.RANGES}
     assert counts == {"1h": 1, "24h": 2, "7d": 3}
     assert history.chart(cpu1, "nonsense").range_key == history.DEFAULT_RANGE
     html = op_client.get(f"/hosts/cpu/{cpu1.pk}/?range=7d").content.decode()
@@ -220,11 +221,11 @@ def test_a_gap_breaks_the_lines():
     for minutes in (50, 49, 48, 10, 9):  # the monitor stopped for half an hour
         sample(cpu1, now - datetime.timedelta(minutes=minutes), 512, 1)
     chart = history.chart(cpu1, "1h", now=now, interval_s=60)
-    assert [s.point_count for s in chart.segments] == [3, 2]
+    assert [s.point_count for s in chart.series_named("memory").stretches] == [3, 2]
 
 
 def test_no_samples_yet_says_so(op_client):
     cpu1 = cpu("cpu1")
     html = op_client.get(f"/hosts/cpu/{cpu1.pk}/").content.decode()
     assert "No samples in the last 24h yet" in html and "<svg" not in html
-    assert "data-history-empty" in html and 'aria-current="page">24h<' in html
+    assert 'data-chart-empty="history"' in html and 'aria-current="page">24h<' in html

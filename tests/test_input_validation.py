@@ -10,9 +10,10 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from drivers import ssh
+from drivers import hypervisors, ssh
 from drivers.errors import DriverError
 from ha.job_params import ReturnParams
+from hosts.choices import Hypervisor
 from hosts.models import CpuServer, DiskServer
 from jobs.filtersets import HOST_PATTERN, VM_PATTERN
 from tenants.services import create_tenant
@@ -91,6 +92,13 @@ def test_libvirt_uris_refuse_a_host_that_is_not_an_address(uri):
                                  "qemu+tcp://cpu1:16509/system"])
 def test_libvirt_uris_with_an_address_or_none_are_accepted(uri):
     _cpu(libvirt_uri=uri).full_clean()
+
+
+def test_a_cpu_server_records_only_a_hypervisor_the_drivers_have_a_flavour_for():
+    assert tuple(Hypervisor.values) == hypervisors.NAMES
+    with pytest.raises(ValidationError) as err:
+        _cpu(hypervisor="vmware").full_clean()
+    assert "hypervisor" in err.value.message_dict
 
 
 @pytest.mark.parametrize("user", ["-oProxyCommand=x", "root\n", "ro ot"])

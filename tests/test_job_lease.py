@@ -151,7 +151,8 @@ def _stop() -> None:
     lambda: ssh.run(TARGET, ["true"], timeout=5),
     lambda: hypervisor.domain_info("test:///default", "test"),
     lambda: ipmi.power_status(ipmi.BmcTarget("192.0.2.9", 623, "admin", "/nonexistent")),
-    lambda: migration.migrate("test:///default", "test:///default", "test", migration_uri="test:///default"),
+    lambda: migration.migrate("test:///default", "test:///default", "test", migration_uri="test:///default",
+                              hypervisor="kvm"),
 ], ids=["ssh", "libvirt", "ipmi", "migration"])
 def test_every_driver_asks_the_guard_before_it_reaches_a_host(call):
     with guard.checking(_stop), pytest.raises(Stopped):

@@ -15,7 +15,8 @@ from ha import storage_health
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident
 from ha.models import Incident
-from ha.monitor import (
+from ha.monitor import Monitor
+from ha.verdicts import (
     BMC_SUSPECT,
     DECLARE_DEAD,
     RETURNED,
@@ -24,7 +25,6 @@ from ha.monitor import (
     WELL_AFTER_EVACUATION,
     CheckResult,
     Decision,
-    Monitor,
     SanResult,
     decide,
     decide_bmc,

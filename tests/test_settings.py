@@ -22,13 +22,16 @@ django.setup()
 from django.conf import settings
 print(json.dumps({"apps": settings.INSTALLED_APPS, "lab_dir": str(getattr(settings, "LAB_DIR", "")),
                   "identity": str(settings.SSH_IDENTITY_FILE), "known_hosts": str(settings.SSH_KNOWN_HOSTS_FILE),
-                  "evacuate_max_mib_per_s": settings.EVACUATE_MAX_MIB_PER_S}))
+                  "evacuate_max_mib_per_s": settings.EVACUATE_MAX_MIB_PER_S, "data_dir": str(settings.DATA_DIR),
+                  "kept": [str(settings.IMAGE_STORE), str(settings.JOB_ARCHIVE_DIR),
+                           settings.CELERY_BEAT_SCHEDULE_FILENAME, str(settings.EMAIL_FILE_PATH)]}))
 """
 
 
 def _env(settings_module: str, **overrides: str) -> dict[str, str]:
     """This environment with the given settings and the defaults of every setting asked about."""
-    unset = {"XENAOE_LAB_DIR", "XENAOE_SSH_IDENTITY", "XENAOE_SSH_KNOWN_HOSTS", "XENAOE_EVACUATE_MAX_MIB_PER_S"}
+    unset = {"XENAOE_LAB_DIR", "XENAOE_SSH_IDENTITY", "XENAOE_SSH_KNOWN_HOSTS", "XENAOE_EVACUATE_MAX_MIB_PER_S",
+             "XENAOE_DATA_DIR", "XENAOE_IMAGE_STORE", "XENAOE_JOB_ARCHIVE_DIR", "EMAIL_FILE_PATH"}
     return {**{k: v for k, v in os.environ.items() if k not in unset}, "DJANGO_SETTINGS_MODULE": settings_module,
             **overrides}
 
@@ -50,11 +53,14 @@ def _help_lab(settings_module: str) -> subprocess.CompletedProcess:
 
 
 def test_the_production_settings_have_no_lab_and_point_nowhere_into_the_checkout():
-    production = _settings("xenaoe_panel.settings")
+    # A key given: without one, production settings would make one in /var/lib/xenaoe-panel here.
+    production = _settings("xenaoe_panel.settings", SECRET_KEY="k" * 50)
     assert "lab" not in production["apps"]
     assert production["lab_dir"] == ""
     assert production["identity"] == "/etc/xenaoe-panel/id_ed25519"
     assert production["known_hosts"] == "/etc/xenaoe-panel/known_hosts"
+    assert production["data_dir"] == "/var/lib/xenaoe-panel"
+    assert all(path.startswith("/var/lib/xenaoe-panel/") for path in production["kept"]), production["kept"]
     assert production["evacuate_max_mib_per_s"] is None
     result = _help_lab("xenaoe_panel.settings")
     assert result.returncode != 0 and "Unknown command: 'lab'" in result.stderr
@@ -66,8 +72,26 @@ def test_the_lab_settings_add_the_lab_app_its_command_and_its_ssh_key():
     assert Path(lab["lab_dir"]) == REPO / ".lab"
     assert Path(lab["identity"]) == REPO / ".lab" / "ssh" / "id_ed25519"
     assert Path(lab["known_hosts"]) == REPO / ".lab" / "ssh" / "known_hosts"
+    assert Path(lab["data_dir"]) == REPO / ".run"
+    assert all(Path(path).is_relative_to(REPO / ".run") for path in lab["kept"]), lab["kept"]
     result = _help_lab("xenaoe_panel.settings_lab")
     assert result.returncode == 0 and result.stdout.startswith("usage: manage.py lab ")
+
+
+def test_without_a_key_production_makes_one_in_its_data_directory_or_says_why_it_cannot(tmp_path):
+    data = tmp_path / "data"
+    first = _settings("xenaoe_panel.settings", XENAOE_DATA_DIR=str(data), SECRET_KEY="")
+    assert first["data_dir"] == str(data)
+    key = data / "secret_key"
+    assert len(key.read_text().strip()) >= 50 and key.stat().st_mode & 0o777 == 0o600
+    made = key.read_text()
+    _settings("xenaoe_panel.settings", XENAOE_DATA_DIR=str(data), SECRET_KEY="")
+    assert key.read_text() == made  # kept, not made again: sessions survive a restart
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    proc = _run_settings("xenaoe_panel.settings", XENAOE_DATA_DIR=str(blocked / "data"), SECRET_KEY="")
+    assert proc.returncode != 0
+    assert "cannot be made or read" in proc.stderr and "SECRET_KEY_FILE" in proc.stderr
 
 
 def test_no_module_of_the_panel_imports_the_lab():

@@ -25,7 +25,8 @@ from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident
 from ha.maintenance import leave_maintenance
 from ha.models import Incident
-from ha.monitor import CheckResult, Monitor, SanResult
+from ha.monitor import Monitor
+from ha.verdicts import CheckResult, SanResult
 from hosts.choices import HostState
 from hosts.fixes import apply_fix
 from hosts.models import CpuServer, DiskServer

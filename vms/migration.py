@@ -16,10 +16,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from drivers import aoe, hypervisor, ssh
+from drivers import aoe, hypervisor, hypervisors, ssh
 from drivers import migration as live_migration
 from drivers.errors import DriverError
-from hosts.choices import HostState, Hypervisor
+from hosts.choices import HostState
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from jobs.choices import LogLevel
@@ -48,13 +48,9 @@ from vms.steps import job_vm, probe_legs
 MAX_BANDWIDTH_MIB = 100_000  # ~800 Gbit/s: above it a cap is surely a typo
 # How the source's libvirtd reaches the target for a peer-to-peer migration. It runs on the
 # source host, as root, with that host's own SSH key and known_hosts: not the panel's URI, whose
-# key and known_hosts paths exist only where the panel runs. settings.MIGRATION_URI_TEMPLATE
-# overrides the rule (same fields) for sites that reach their hosts differently.
-MIGRATION_URI_TEMPLATES = {
-    Hypervisor.KVM: "qemu+ssh://{user}@{address}{port}/system",
-    Hypervisor.QEMU: "qemu+ssh://{user}@{address}{port}/system",
-    Hypervisor.XEN: "xen+ssh://{user}@{address}{port}/system",
-}
+# key and known_hosts paths exist only where the panel runs: the rule is the target's flavour's
+# (drivers/hypervisors/). settings.MIGRATION_URI_TEMPLATE overrides it (same fields) for sites
+# that reach their hosts differently.
 # The migration gives up (and aborts) after this long plus ten times the time the memory takes
 # at the cap (or at ASSUMED_MIB_PER_S without one): generous, because a busy guest needs passes.
 TIMEOUT_BASE_S = 120
@@ -64,7 +60,7 @@ MIB = 1 << 20
 
 
 def migration_uri(target: CpuServer) -> str:
-    template = settings.MIGRATION_URI_TEMPLATE or MIGRATION_URI_TEMPLATES[target.hypervisor]
+    template = settings.MIGRATION_URI_TEMPLATE or hypervisors.flavour(target.hypervisor).migration_uri_template
     port = "" if target.ssh_port == 22 else f":{target.ssh_port}"
     return template.format(user=target.ssh_user, address=target.address, port=port, name=target.name)
 
@@ -248,7 +244,8 @@ def live_migrate(ctx: JobContext) -> None:
 
     try:
         result = live_migration.migrate(
-            source.libvirt_uri, target.libvirt_uri, vm.domain_name, migration_uri=uri, max_bandwidth_mib=cap,
+            source.libvirt_uri, target.libvirt_uri, vm.domain_name, migration_uri=uri,
+            hypervisor=source.hypervisor, max_bandwidth_mib=cap,
             on_progress=on_progress, should_cancel=ctx.cancel_requested,
             timeout=TIMEOUT_BASE_S + 10 * vm.memory_mib / (cap or ASSUMED_MIB_PER_S),
         )
@@ -274,7 +271,7 @@ def after_failed_migration(ctx: JobContext) -> None:
     vm = job_vm(ctx)
     source, target = _hosts(ctx)
     try:  # run by recovery after the worker died: libvirt may be migrating it still
-        if hypervisor.abort_migration_in_flight(source.libvirt_uri, vm.domain_name, timeout=WHERE_TIMEOUT_S):
+        if live_migration.abort_migration_in_flight(source.libvirt_uri, vm.domain_name, timeout=WHERE_TIMEOUT_S):
             ctx.log(f"the migration of {vm.name} still running on {source.name} was aborted", LogLevel.WARNING)
     except DriverError as exc:
         ctx.log(f"could not ask {source.name} whether the migration still runs: {exc}", LogLevel.WARNING)

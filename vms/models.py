@@ -139,6 +139,28 @@ class ConsoleSession(models.Model):
         return f"console of {self.vm_id} by {self.username or '?'} at {self.opened_at:%Y-%m-%d %H:%M:%S}"
 
 
+class VmSample(models.Model):
+    """A running guest's CPU, disk and network use over one sampling interval, from two readings of
+    its host's counters (libvirt's bulk stats): the charts on the VM's page and the latest figures in
+    /metrics. Written by the leading monitor at most once per XENAOE_VM_STATS_INTERVAL_S, deleted
+    after XENAOE_VM_STATS_RETENTION_HOURS (vms/stats.py). A figure the host did not report is NULL."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="samples")
+    time = models.DateTimeField(db_index=True)  # when the sampling pass started: one time per pass
+    cpu_vcpus = models.FloatField(null=True, help_text="vCPUs busy on average: CPU seconds per second.")
+    disk_read_bps = models.FloatField(null=True, help_text="Bytes per second read from its disks, both legs.")
+    disk_write_bps = models.FloatField(null=True, help_text="Bytes per second written to its disks, both legs.")
+    net_rx_bps = models.FloatField(null=True, help_text="Bytes per second the guest received.")
+    net_tx_bps = models.FloatField(null=True, help_text="Bytes per second the guest sent.")
+
+    class Meta:
+        ordering = ["vm", "time"]
+        indexes = [models.Index(fields=["vm", "time"], name="vmsample_vm_time")]
+
+    def __str__(self) -> str:
+        return f"{self.vm_id} at {self.time:%Y-%m-%d %H:%M:%S}"
+
+
 group_name_validator = RegexValidator(
     rf"^{NAME}\Z",
     "A group's name is 1-63 lower-case letters, digits and '-', starting with a letter.",

@@ -23,6 +23,7 @@ from vms.passwords import generate_password
 from vms.placement import Apart, Cluster, PlacementError, cpu_candidates
 from vms.serializers import Audience, vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
+from vms.stats_chart import DEFAULT_RANGE, RANGES, charts
 from xenaoe_panel.mixins import HiddenUnlessAllowedMixin, OperatorRequiredMixin
 from xenaoe_panel.security_headers import content_security_policy
 
@@ -104,6 +105,9 @@ class VmDetailView(LoginRequiredMixin, DetailView):
         form = VmGroupsForm(vm=vm)
         if may_manage(user) and form.fields["anti_affinity_groups"].queryset.exists():
             context["groups_form"] = form
+        # Its CPU, disk and network figures (`?range=1h|24h`), from the samples the monitor recorded.
+        context["vm_charts"] = charts(vm, self.request.GET.get("range", DEFAULT_RANGE))
+        context["vm_chart_ranges"] = list(RANGES)
         return context
 
 

@@ -11,6 +11,10 @@ from xenaoe_panel.env import env_bool, env_int, env_list, env_optional_int, env_
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# What the panel keeps on its own machine (the image store, archived jobs, a generated secret key,
+# beat's schedule): a site's directory outside the code, which survives a new release or container
+# (docker-compose.yml mounts a volume there). settings_lab.py points it into the checkout's .run/.
+DATA_DIR = env_path("XENAOE_DATA_DIR", Path("/var/lib/xenaoe-panel"))
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY", "")
 SECRET_KEY_FILE = env_str("SECRET_KEY_FILE", "")
@@ -20,16 +24,20 @@ if SECRET_KEY_FILE:
         raise ImproperlyConfigured("SECRET_KEY and SECRET_KEY_FILE are both set; keep the file")
     SECRET_KEY = read_secret_file("SECRET_KEY_FILE", SECRET_KEY_FILE, min_length=50)
 if not SECRET_KEY:
-    # A fixed key in git would let anyone forge sessions; an unset key is only tolerable for a
-    # throw-away demo, so derive a per-checkout one and keep it out of git.
-    key_file = BASE_DIR / ".run" / "secret_key"
-    if not key_file.exists():
-        import secrets
+    # A fixed key in git would let anyone forge sessions: without one given, make one for this
+    # installation and keep it beside its other data (mode 0600), never in the code's tree.
+    key_file = DATA_DIR / "secret_key"
+    try:
+        if not key_file.exists():
+            import secrets
 
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    SECRET_KEY = key_file.read_text().strip()
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_urlsafe(50))
+        SECRET_KEY = key_file.read_text().strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"no SECRET_KEY_FILE given, and {key_file} cannot be made or read ({exc}): "
+                                   "set SECRET_KEY_FILE, or XENAOE_DATA_DIR to a directory this user owns") from exc
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -51,6 +59,7 @@ INSTALLED_APPS = [
     "images",
     "networks",
     "sshkeys",
+    "notifications",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -241,7 +250,7 @@ _email_backend = env_str("EMAIL_BACKEND", "console")
 if _email_backend not in EMAIL_BACKENDS:
     raise ImproperlyConfigured(f"EMAIL_BACKEND={_email_backend!r} is not one of {', '.join(EMAIL_BACKENDS)}")
 EMAIL_BACKEND = EMAIL_BACKENDS[_email_backend]
-EMAIL_FILE_PATH = env_path("EMAIL_FILE_PATH", BASE_DIR / ".run" / "mail")
+EMAIL_FILE_PATH = env_path("EMAIL_FILE_PATH", DATA_DIR / "mail")
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
 EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
@@ -257,6 +266,26 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "xenaoe-panel@localhost")
 PASSWORD_RESET_TIMEOUT = env_int("XENAOE_PASSWORD_RESET_TIMEOUT_S", 3600, minimum=60)
 
+# Notifications (docs/operations.md): emails go through the mail settings above; webhooks are signed
+# with a secret the panel generates and keeps encrypted under a key derived from this file's content
+# (at least 32 characters, not world-readable), or from SECRET_KEY when unset.
+NOTIFY_KEY_FILE = env_str("XENAOE_NOTIFY_KEY_FILE", "")
+# The panel's address as people reach it (https://panel.example.org): links in messages. Empty: paths only.
+PANEL_URL = env_str("XENAOE_PANEL_URL", "")
+# A failed delivery is tried again after BASE_S, then twice as long each time (at most MAX_S), up to
+# MAX_ATTEMPTS attempts in all; each webhook request within TIMEOUT_S.
+NOTIFY_MAX_ATTEMPTS = env_int("XENAOE_NOTIFY_MAX_ATTEMPTS", 6, minimum=1, maximum=20)
+NOTIFY_RETRY_BASE_S = env_int("XENAOE_NOTIFY_RETRY_BASE_S", 30, minimum=1)
+NOTIFY_RETRY_MAX_S = env_int("XENAOE_NOTIFY_RETRY_MAX_S", 3600, minimum=1)
+NOTIFY_WEBHOOK_TIMEOUT_S = env_int("XENAOE_NOTIFY_WEBHOOK_TIMEOUT_S", 10, minimum=1, maximum=120)
+# A delivery whose message no worker took for this long is sent again (notifications/housekeeping.py).
+NOTIFY_RESEND_AFTER_S = env_int("XENAOE_NOTIFY_RESEND_AFTER_S", 300, minimum=60)
+# Events (and their delivery logs) are deleted after this many days; 0 keeps them for ever.
+NOTIFY_RETENTION_DAYS = env_int("XENAOE_NOTIFY_RETENTION_DAYS", 30, minimum=0)
+# Tenants' webhooks may reach only public addresses, not the panel's own networks; the lab, whose
+# receivers are on this machine, turns that off.
+NOTIFY_TENANT_WEBHOOKS_PRIVATE = env_bool("XENAOE_NOTIFY_TENANT_WEBHOOKS_PRIVATE", False)
+
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -266,6 +295,13 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
+
+# Prometheus (`/metrics`, docs/operations.md): scraped with "Authorization: Bearer <token>", the token
+# read from this file (32 characters or more, not readable by every user). Unset: /metrics is a 404.
+METRICS_TOKEN = (
+    read_secret_file("XENAOE_METRICS_TOKEN_FILE", os.environ["XENAOE_METRICS_TOKEN_FILE"], min_length=32)
+    if os.environ.get("XENAOE_METRICS_TOKEN_FILE") else ""
+)
 
 # Reaching the hosts. Secrets are files, never values: the panel's private key and the hosts' public
 # keys, in the panel's own configuration directory (the lab's are in settings_lab.py).
@@ -300,7 +336,7 @@ VM_SHUTDOWN_TIMEOUT_S = env_int("XENAOE_VM_SHUTDOWN_TIMEOUT_S", 60, minimum=0)
 # Images (docs/images.md). The panel's own copies of each image's files; where builds are cached
 # (outside the checkout: a second clone, a CI run or `make demo` reuses a build); where disk servers
 # keep image disks and CPU servers boot files and seeds (the same path on every host of a role).
-IMAGE_STORE = env_path("XENAOE_IMAGE_STORE", BASE_DIR / ".run" / "images")
+IMAGE_STORE = env_path("XENAOE_IMAGE_STORE", DATA_DIR / "images")
 IMAGE_BUILD_CACHE = env_path("XENAOE_IMAGE_BUILD_CACHE", Path("/var/cache/xenaoe-panel/images"))
 DISK_IMAGE_DIR = env_str("XENAOE_DISK_IMAGE_DIR", "/srv/xenaoe/images")
 CPU_BOOT_DIR = env_str("XENAOE_CPU_BOOT_DIR", "/srv/xenaoe/boot")
@@ -327,13 +363,15 @@ LOGGING = {
 # logs, to gzip'd JSON Lines files in JOB_ARCHIVE_DIR (`manage.py jobs restore` reads them back).
 # 0 keeps every job in the database for ever.
 JOB_RETENTION_DAYS = env_int("XENAOE_JOB_RETENTION_DAYS", 90, minimum=0)
-JOB_ARCHIVE_DIR = env_path("XENAOE_JOB_ARCHIVE_DIR", BASE_DIR / ".run" / "job-archive")
+JOB_ARCHIVE_DIR = env_path("XENAOE_JOB_ARCHIVE_DIR", DATA_DIR / "job-archive")
 
 # Run by `celery -A xenaoe_panel beat` (one beat process per installation, beside the workers).
 CELERY_BEAT_SCHEDULE = {
     # At night, when nobody waits on the job history's pages.
     "archive-finished-jobs": {"task": "jobs.archive_finished_jobs", "schedule": crontab(hour=3, minute=30)},
     "recover-jobs": {"task": "jobs.recover_jobs", "schedule": 30.0},
+    # Lost deliveries sent again, N+1 looked at, old events pruned (the default queue).
+    "notifications-housekeeping": {"task": "notifications.housekeeping", "schedule": 60.0},
 }
 # Jobs nobody works on (jobs/recovery.py, docs/jobs.md). A running job's worker renews its lease
 # every quarter of JOB_LEASE_S, whatever the job logs; once the lease has run out the job is
@@ -345,7 +383,7 @@ JOB_UNCLAIMED_AFTER_S = env_int("XENAOE_JOB_UNCLAIMED_AFTER_S", 3600, minimum=0)
 if 0 < JOB_UNCLAIMED_AFTER_S <= JOB_RESEND_AFTER_S:
     raise ImproperlyConfigured("XENAOE_JOB_UNCLAIMED_AFTER_S must be 0 or longer than XENAOE_JOB_RESEND_AFTER_S: "
                                "a lost message is sent again before its job is given up")
-CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / ".run" / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # Host monitor (`manage.py monitor`, docs/ha.md). Every host is checked every interval; a host is
 # declared dead only after DEAD_AFTER consecutive missed checks, so one slow answer never acts.
@@ -364,6 +402,11 @@ MONITOR_SAN_LISTEN_MS = env_int("XENAOE_MONITOR_SAN_LISTEN_MS", 300, minimum=50)
 # often, and deletes samples older than RETENTION_DAYS (0: keep them for ever).
 HOST_HISTORY_INTERVAL_S = env_int("XENAOE_HISTORY_INTERVAL_S", 60, minimum=1)
 HOST_HISTORY_RETENTION_DAYS = env_int("XENAOE_HISTORY_RETENTION_DAYS", 30, minimum=0)
+# Guests' CPU, disk and network figures (vms/stats.py): the leading monitor reads every CPU server's
+# running guests (libvirt's bulk stats, one call per server) every INTERVAL_S seconds (0: never) and
+# keeps the rates for RETENTION_HOURS: the charts on the VM pages, the latest figures in /metrics.
+VM_STATS_INTERVAL_S = env_int("XENAOE_VM_STATS_INTERVAL_S", 60, minimum=0)
+VM_STATS_RETENTION_HOURS = env_int("XENAOE_VM_STATS_RETENTION_HOURS", 24, minimum=1)
 # A CPU server whose management link answers but whose SAN check fails DEAD_AFTER times in a row is
 # marked suspect; with this on, its guests are also moved away (ha.maintenance.evacuate_suspect).
 EVACUATE_ON_SAN_LOSS = env_bool("XENAOE_EVACUATE_ON_SAN_LOSS", True)

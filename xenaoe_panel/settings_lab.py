@@ -6,9 +6,15 @@ settings.py knows nothing of the lab and this module adds it. `make demo`, `make
 pyproject.toml for pytest), `make chaos` and the benches run with
 DJANGO_SETTINGS_MODULE=xenaoe_panel.settings_lab; everything else is the same environment variables.
 """
-from xenaoe_panel.env import env_path
-from xenaoe_panel.settings import *  # noqa: F403
-from xenaoe_panel.settings import BASE_DIR, INSTALLED_APPS
+import os
+from pathlib import Path
+
+# The demo's and the tests' data in the checkout (git ignores .run/), read by settings.py below.
+os.environ.setdefault("XENAOE_DATA_DIR", str(Path(__file__).resolve().parent.parent / ".run"))
+
+from xenaoe_panel.env import env_bool, env_path  # noqa: E402
+from xenaoe_panel.settings import *  # noqa: E402, F403
+from xenaoe_panel.settings import BASE_DIR, INSTALLED_APPS  # noqa: E402
 
 INSTALLED_APPS = [*INSTALLED_APPS, "lab"]
 
@@ -17,3 +23,5 @@ INSTALLED_APPS = [*INSTALLED_APPS, "lab"]
 LAB_DIR = env_path("XENAOE_LAB_DIR", BASE_DIR / ".lab")
 SSH_IDENTITY_FILE = env_path("XENAOE_SSH_IDENTITY", LAB_DIR / "ssh" / "id_ed25519")
 SSH_KNOWN_HOSTS_FILE = env_path("XENAOE_SSH_KNOWN_HOSTS", LAB_DIR / "ssh" / "known_hosts")
+# The lab's webhook receivers (the tests', a demo's) listen on this machine: tenants' webhooks may reach it.
+NOTIFY_TENANT_WEBHOOKS_PRIVATE = env_bool("XENAOE_NOTIFY_TENANT_WEBHOOKS_PRIVATE", True)

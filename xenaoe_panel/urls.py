@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from metrics.views import metrics
 from xenaoe_panel.accounts import AdminLoginForm
 from xenaoe_panel.home import home
 
@@ -17,7 +18,9 @@ urlpatterns = [
     path("networks/", include("networks.urls")),
     path("account/keys/", include("sshkeys.urls")),
     path("incidents/", include("ha.urls")),
+    path("notifications/", include("notifications.urls")),
     path("api/", include("api.urls")),
     path("admin/", admin.site.urls),
+    path("metrics", metrics, name="metrics"),  # for Prometheus, with the metrics token (docs/operations.md)
     path("", include("xenaoe_panel.accounts")),  # login, logout, password reset and change
 ]

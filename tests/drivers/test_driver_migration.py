@@ -94,7 +94,8 @@ def keeper() -> Iterator[libvirt.virConnect]:
 def test_a_hypervisor_that_cannot_migrate_fails_permanently_and_the_guest_stays(keeper):
     seen = []
     with pytest.raises(DriverError) as err:
-        mg.migrate(TEST_URI, TEST_URI, "test", migration_uri=TEST_URI, on_progress=seen.append, poll_interval=0.05)
+        mg.migrate(TEST_URI, TEST_URI, "test", migration_uri=TEST_URI, hypervisor="kvm", on_progress=seen.append,
+                   poll_interval=0.05)
     assert err.value.permanent and "migrate 'test'" in str(err.value)
     assert not isinstance(err.value, mg.MigrationAborted)
     assert keeper.lookupByName("test").state()[0] == libvirt.VIR_DOMAIN_RUNNING
@@ -102,10 +103,10 @@ def test_a_hypervisor_that_cannot_migrate_fails_permanently_and_the_guest_stays(
 
 def test_an_unknown_domain_or_a_bad_cap_fails_before_anything_starts(keeper):
     with pytest.raises(DriverError, match="no domain named 'ghost'") as err:
-        mg.migrate(TEST_URI, TEST_URI, "ghost", migration_uri=TEST_URI)
+        mg.migrate(TEST_URI, TEST_URI, "ghost", migration_uri=TEST_URI, hypervisor="kvm")
     assert err.value.permanent
     with pytest.raises(DriverError, match="bandwidth cap must be >= 1 MiB/s") as err:
-        mg.migrate(TEST_URI, TEST_URI, "test", migration_uri=TEST_URI, max_bandwidth_mib=0)
+        mg.migrate(TEST_URI, TEST_URI, "test", migration_uri=TEST_URI, hypervisor="kvm", max_bandwidth_mib=0)
     assert err.value.permanent
 
 
@@ -155,8 +156,8 @@ def test_a_failing_progress_callback_aborts_the_migration(lab_guest):
             raise RuntimeError("the job log is gone")
 
     with pytest.raises(RuntimeError, match="the job log is gone"):
-        mg.migrate(source, target, name, migration_uri="qemu+ssh://root@10.213.0.22/system", max_bandwidth_mib=2,
-                   on_progress=on_progress)
+        mg.migrate(source, target, name, migration_uri="qemu+ssh://root@10.213.0.22/system", hypervisor="qemu",
+                   max_bandwidth_mib=2, on_progress=on_progress)
     assert seen[-1].phase == "copying"
     assert _only_on(source, target, name)
 
@@ -166,8 +167,8 @@ def test_a_migration_over_its_time_limit_is_aborted_and_the_guest_stays(lab_gues
     source, target, name = lab_guest
     started = time.monotonic()
     with pytest.raises(DriverError, match="did not finish within 1 s; aborted") as err:
-        mg.migrate(source, target, name, migration_uri="qemu+ssh://root@10.213.0.22/system", max_bandwidth_mib=2,
-                   timeout=1)
+        mg.migrate(source, target, name, migration_uri="qemu+ssh://root@10.213.0.22/system", hypervisor="qemu",
+                   max_bandwidth_mib=2, timeout=1)
     assert not isinstance(err.value, mg.MigrationAborted)
     assert time.monotonic() - started < 15
     assert _only_on(source, target, name)

@@ -4,6 +4,7 @@ point where traffic would leave the program: it is replaced by a fake that count
 from __future__ import annotations
 
 import threading
+import time
 
 import libvirt
 import pytest
@@ -84,6 +85,26 @@ def test_a_call_that_times_out_gives_its_connection_up(opened):
     release.set()
     assert libvirt_calls.with_connection(REMOTE, "look", 5, lambda conn: conn) is opened[1]
     assert not opened[0].closed  # never closed under the thread still using it
+
+
+def test_a_local_call_that_times_out_closes_its_connection_once_the_call_returns(opened):
+    release, returned = threading.Event(), threading.Event()
+    closed_while_running = []
+
+    def hang(conn: FakeConnection) -> None:
+        release.wait(5)
+        closed_while_running.append(conn.closed)
+        returned.set()
+
+    with pytest.raises(DriverError, match="timed out after 0.2 s"):
+        libvirt_calls.with_connection("test:///default", "hang", 0.2, hang)
+    assert not opened[0].closed  # the call still runs on it
+    release.set()
+    assert returned.wait(5)
+    deadline = time.monotonic() + 5
+    while not opened[0].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert opened[0].closed and closed_while_running == [False]
 
 
 def test_is_remote():

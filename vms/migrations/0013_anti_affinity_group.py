@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('tenants', '0003_console_permission'),
-        ('vms', '0011_iso'),
+        ('vms', '0012_vm_sample'),
     ]
 
     operations = [

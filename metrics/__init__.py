@@ -1,0 +1,1 @@
+"""Metrics for Prometheus: the `/metrics` endpoint (docs/operations.md) and what the monitor records for it."""
