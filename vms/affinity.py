@@ -189,7 +189,7 @@ def crowded(busy: Collection[str] = ()) -> list[Crowding]:
             if len(together) < 2:
                 continue
             smallest = min(together, key=lambda vm: (vm.memory_mib, vm.name))
-            room = [other for other in cluster.loads if not cluster.present[other] & names
+            room = [other for other in cluster.loads if not cluster.names_on(other) & names
                     and cluster.free[other] >= smallest.memory_mib]
             if room:
                 best = max(room, key=lambda other: (cluster.free[other], -other))

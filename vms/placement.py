@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -235,21 +235,19 @@ class Cluster:
     ones before."""
 
     def __init__(self, every: dict[int, Load], guests: dict[int, list[tuple[str, int]]],
-                 leaving: CpuServer | None = None, held: dict[int, set[str]] | None = None) -> None:
+                 leaving: CpuServer | None = None, held: Callable[[], dict[int, set[str]]] | None = None) -> None:
         self.every = every
         self.loads = {pk: load for pk, load in every.items() if load.server.state == HostState.UP
                       and (leaving is None or pk != leaving.pk)}
         self.free = {pk: load.free_mib for pk, load in self.loads.items()}
         self.guests = {pk: list(guests.get(pk, [])) for pk in self.loads}
         self.carried = {pk: sum(memory for _name, memory in carried) for pk, carried in self.guests.items()}
-        # Who is on each server for anti-affinity: the VMs recorded there and those it holds room for.
-        self.present = {pk: {name for name, _memory in self.guests[pk]} | (held or {}).get(pk, set())
-                        for pk in self.loads}
+        self._read_held, self._held = held, None  # names_on's
 
     @classmethod
     def load(cls, *, leaving: CpuServer | None = None, ignore_job: Job | None = None) -> Cluster:
         """`leaving`: a server being evacuated, left out even if it is still up."""
-        return cls(*_read(ignore_job), leaving=leaving, held=_held_names(ignore_job))
+        return cls(*_read(ignore_job), leaving=leaving, held=lambda: _held_names(ignore_job))
 
     @property
     def candidates(self) -> list[Load]:
@@ -289,11 +287,19 @@ class Cluster:
                 found.append(Shortfall(load.server.name, tuple(homeless)))
         return found
 
+    def names_on(self, server_pk: int) -> set[str]:
+        """Who is on an up server, for anti-affinity: the VMs recorded there, those placed there on this
+        model (`take`) and those it holds room for (`held`, read on first use: a placement without
+        groups, the dashboard and the metrics never ask)."""
+        if self._held is None:
+            self._held = self._read_held() if self._read_held is not None else {}
+        return {name for name, _memory in self.guests[server_pk]} | self._held.get(server_pk, set())
+
     def breaks(self, server_pk: int, apart: Apart | None) -> tuple[AntiAffinityBreak, ...]:
         """The guest's anti-affinity groups that placing it on this up server would break."""
-        if apart is None:
+        if apart is None or not apart.groups:
             return ()
-        here, server = self.present[server_pk], self.loads[server_pk].server.name
+        here, server = self.names_on(server_pk), self.loads[server_pk].server.name
         return tuple(AntiAffinityBreak(group, apart.vm, tuple(sorted(peers & here)), server)
                      for group, peers in apart.groups if peers & here)
 
@@ -340,7 +346,6 @@ class Cluster:
         self.free[server.pk] -= memory_mib
         self.guests[server.pk].append((name, memory_mib))
         self.carried[server.pk] += memory_mib
-        self.present[server.pk].add(name)
 
 
 def cpu_candidates() -> list[Load]:
