@@ -2,13 +2,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
-from api import audit, hosts, images, incidents, jobs, tenants, vms
+from api import audit, groups, hosts, images, incidents, jobs, tenants, vms
 from api.docs import RedocView, SwaggerView
 
 app_name = "api"
 
 router = SimpleRouter(trailing_slash=True)
 router.register("vms", vms.VmViewSet, basename="vm")
+router.register("anti-affinity-groups", groups.AntiAffinityGroupViewSet, basename="antiaffinitygroup")
 router.register("jobs", jobs.JobViewSet, basename="job")
 router.register("incidents", incidents.IncidentViewSet, basename="incident")
 router.register("cpu-servers", hosts.CpuServerViewSet, basename="cpuserver")

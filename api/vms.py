@@ -18,10 +18,14 @@ from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from api.common import service_call, viewer
+from api.groups import refuse_unless_may_manage
 from api.jobs import JobAcceptedSerializer, accepted
-from tenants.access import is_operator, may_create_vms, may_run
+from jobs.redaction import redactor_for
+from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server
 from tenants.models import TENANT_ACTIONS
+from vms.affinity import set_vm_groups
 from vms.filtersets import VmFilterSet
+from vms.job_params import VmCreateParams, VmMigrateParams
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
 from vms.passwords import generate_password
@@ -40,7 +44,7 @@ class VmApiSerializer(VmSerializer):
 
     # Which fields the API gives; the fields themselves, and who is told them, are vms/serializers.py's.
     API_FIELDS = ("name", "state", "tenant", "vcpus", "memory_mib", "disk_mib", "cpu_server", "running_since",
-                  "created_at", "legs", "actions", "url", "iso", "console_url")
+                  "created_at", "legs", "actions", "url", "iso", "console_url", "anti_affinity_groups")
 
     actions = serializers.SerializerMethodField(help_text="What this user may do to it.")
     url = serializers.SerializerMethodField()
@@ -98,6 +102,10 @@ class VmCreateSerializer(serializers.Serializer):
     generate_password = serializers.BooleanField(required=False, default=False,
                                                  help_text="Give the login user a password, returned once in "
                                                            "this response (`password`).")
+    anti_affinity_groups = serializers.ListField(
+        child=serializers.CharField(max_length=63), required=False, max_length=32,
+        help_text="Names of its owner's anti-affinity groups (GET /api/anti-affinity-groups/) it joins: placed "
+                  "apart from their members where a CPU server has room (`warnings` says when not).")
 
     def request(self, password: str = "") -> VmRequest:
         data = self.validated_data
@@ -107,7 +115,19 @@ class VmCreateSerializer(serializers.Serializer):
             allow_n_plus_one_break=data["allow_n_plus_one_break"], tenant=data.get("tenant") or None,
             image=data.get("image", ""), iso=data.get("iso", ""), networks=tuple(data.get("networks", ())),
             ssh_keys=tuple(data.get("ssh_keys", ())), password=password,
+            anti_affinity_groups=tuple(data.get("anti_affinity_groups", ())),
         )
+
+
+class GroupsSerializer(serializers.Serializer):
+    groups = serializers.ListField(child=serializers.CharField(max_length=63), max_length=32, allow_empty=True,
+                                   help_text="Every anti-affinity group of its owner it is to be in (the others: not).")
+
+
+class GroupsAnswerSerializer(serializers.Serializer):
+    anti_affinity_groups = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(child=serializers.CharField(),
+                                     help_text="Members of its groups it shares a CPU server with now (nothing moved).")
 
 
 class ShutdownSerializer(serializers.Serializer):
@@ -140,6 +160,7 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
 
     def get_queryset(self) -> QuerySet[VirtualMachine]:
         vms = VirtualMachine.objects.visible_to(self.request.user).select_related("tenant", "cpu_server", "iso")
+        vms = vms.prefetch_related("anti_affinity_groups")
         if is_operator(self.request.user):
             vms = vms.prefetch_related("mirror__legs__disk_server")
         return vms
@@ -156,6 +177,8 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
         response = accepted(job, request)
         if password:
             response.data["password"] = password  # this once: the panel keeps only its hash
+        # The anti-affinity groups it had to be placed against (no CPU server apart had room).
+        response.data["warnings"] = redactor_for(request.user)(VmCreateParams.of(job).anti_affinity_broken)
         return response
 
     @extend_schema(request=None, responses=_ACCEPTED, summary="Delete a VM (a vm.delete job)")
@@ -217,4 +240,22 @@ class VmViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gener
         with service_call():
             job = migrate_vm(vm.name, body.validated_data.get("target") or None, user=request.user,
                              max_mib_per_s=body.validated_data.get("max_mib_per_s"))
-        return accepted(job, request)
+        response = accepted(job, request)
+        response.data["warnings"] = VmMigrateParams.of(job).anti_affinity_broken  # a target chosen next to a member
+        return response
+
+    @extend_schema(request=GroupsSerializer, responses=GroupsAnswerSerializer,
+                   summary="Set the VM's anti-affinity groups (nothing moves)")
+    @action(detail=True, methods=["post"], url_path="anti-affinity-groups", url_name="anti-affinity-groups",
+            filter_backends=[])
+    def anti_affinity_groups(self, request: Request, name: str | None = None) -> Response:
+        vm = self.get_object()
+        refuse_unless_may_manage(request.user)
+        body = GroupsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        with service_call():
+            shared = set_vm_groups(vm.name, body.validated_data["groups"], request.user)
+        shown = shows_cpu_server(request.user)
+        return Response({"anti_affinity_groups": list(vm.anti_affinity_groups.values_list("name", flat=True)),
+                         "warnings": [f"anti-affinity group {b.group}: {b.together(server_shown=shown)}"
+                                      for b in shared]})

@@ -32,6 +32,7 @@ class EventKind(models.TextChoices):
     FENCE_FAILED = "fence-failed", "No fence confirmed"
     RESTARTED = "restarted", "Guest restarted"
     NOT_RESTARTED = "not-restarted", "Guest not restarted"
+    ANTI_AFFINITY = "anti-affinity", "Anti-affinity broken"
     RETURNED = "returned", "Host returned"
     STALE_COPY = "stale-copy", "Stale copy destroyed"
     NOTE = "note", "Note"

@@ -45,7 +45,7 @@ from notifications.triggers import host_unfenced
 from vms.bring_up import ACTIVE, bring_up
 from vms.choices import VmState
 from vms.models import VirtualMachine
-from vms.placement import PlacementError, n_plus_one_shortfalls, release, reserve_move
+from vms.placement import AntiAffinityBreak, PlacementError, n_plus_one_shortfalls, release, reserve_move
 
 JOB_KIND = "host.failover"
 # Guests the panel last saw running (UNKNOWN: the monitor lost sight of them with their host).
@@ -352,6 +352,7 @@ def restart_guests(ctx: JobContext) -> None:
         if isinstance(answer, str):
             ctx.log(f"could not ask {name} which guests run there: {answer}", LogLevel.WARNING)
     planned = []
+    breaks: dict[str, tuple[AntiAffinityBreak, ...]] = {}
     for vm in vms:
         elsewhere = sorted(name for name, running in seen.items()
                            if not isinstance(running, str) and vm.domain_name in running)
@@ -359,7 +360,8 @@ def restart_guests(ctx: JobContext) -> None:
             reason = f"it already runs on {', '.join(elsewhere)}: not starting a second copy"
         else:
             try:  # the allocator's choice, held for this job until it ends (or the start fails)
-                target, reason = reserve_move(ctx.job, vm, scope="surviving ").server, ""
+                placement = reserve_move(ctx.job, vm, scope="surviving ")
+                target, reason, breaks[vm.name] = placement.server, "", placement.breaks
             except PlacementError as exc:
                 reason = str(exc)
         if reason:
@@ -379,6 +381,11 @@ def restart_guests(ctx: JobContext) -> None:
         not_restarted.pop(vm.name, None)
         _event(ctx, incident, EventKind.RESTARTED, f"{vm.name} restarted on {target.name} in {seconds:.1f} s",
                vm=vm.name, cpu_server=target.name, seconds=round(seconds, 2))
+        for broken in breaks.get(vm.name, ()):
+            # The allocator breaks a group only when no survivor without a member had room.
+            _event(ctx, incident, EventKind.ANTI_AFFINITY, f"{broken} (no surviving CPU server without a member of "
+                   "the group had room)", LogLevel.WARNING, vm=vm.name, group=broken.group, cpu_server=target.name,
+                   together=[*broken.peers, vm.name])
 
 
 def close_step(ctx: JobContext) -> None:

@@ -41,7 +41,7 @@ from vms.choices import VmState
 from vms.job_params import VmMigrateParams
 from vms.migration import MAX_BANDWIDTH_MIB, migrate_vm
 from vms.models import VirtualMachine
-from vms.placement import Cluster, PlacementError, lock_servers, reserve
+from vms.placement import Apart, Cluster, PlacementError, lock_servers, reserve
 
 EVACUATE = "host.evacuate"
 RETURN = "host.return"
@@ -183,6 +183,7 @@ class EvacuationPlan:
     moves: list[Move] = field(default_factory=list)
     stays: list[Stay] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    anti_affinity: list[str] = field(default_factory=list)  # the groups a move breaks, with why
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,13 +191,14 @@ class EvacuationPlan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvacuationPlan:
         return cls(data["host"], [Move(**m) for m in data["moves"]], [Stay(**s) for s in data["stays"]],
-                   list(data["warnings"]))
+                   list(data["warnings"]), list(data.get("anti_affinity", [])))  # plans from before it: none
 
 
 def plan_evacuation(host: CpuServer) -> EvacuationPlan:
     """A target for every running guest of `host`, the allocator's choice among the other up CPU
-    servers, counting the guests planned before it; biggest guests first, so that the small ones
-    fill what is left. The warnings are N+1 among those servers once the plan is carried out."""
+    servers, counting the guests planned before it (memory, and the members of its anti-affinity
+    groups); biggest guests first, so that the small ones fill what is left. The warnings are N+1
+    among those servers once the plan is carried out, and the groups a move had to break."""
     plan = EvacuationPlan(host.name)
     cluster = Cluster.load(leaving=host)
     for vm in VirtualMachine.objects.filter(cpu_server=host).order_by("-memory_mib", "name"):
@@ -210,12 +212,15 @@ def plan_evacuation(host: CpuServer) -> EvacuationPlan:
                                             "live-migrated"))
         else:
             try:
-                target = cluster.place(vm.memory_mib, name=vm.name, source=host, scope="other ").server
+                placement = cluster.place(vm.memory_mib, name=vm.name, source=host, scope="other ",
+                                          apart=Apart.of(vm))
             except PlacementError as exc:
                 plan.stays.append(Stay(vm.name, str(exc)))
                 continue
-            cluster.take(target, vm.name, vm.memory_mib)
-            plan.moves.append(Move(vm.name, vm.memory_mib, target.name))
+            cluster.take(placement.server, vm.name, vm.memory_mib)
+            plan.moves.append(Move(vm.name, vm.memory_mib, placement.server.name))
+            plan.anti_affinity += [f"{b} (no other CPU server without a member of the group has room)"
+                                   for b in placement.breaks]
     plan.warnings = [str(s) for s in cluster.shortfalls()]
     return plan
 
@@ -255,6 +260,8 @@ def plan_step(ctx: JobContext) -> None:
         ctx.log(f"{stay.vm}: {stay.reason}", LogLevel.INFO if stay.stopped else LogLevel.WARNING, vm=stay.vm)
     for warning in plan.warnings:  # evacuating is better than not: warn and move anyway
         ctx.log(f"N+1 after the evacuation: {warning}", LogLevel.WARNING)
+    for broken in plan.anti_affinity:
+        ctx.log(broken, LogLevel.WARNING)
     cap = EvacuateParams.of(ctx.job).max_mib_per_s
     ctx.log(f"{len(plan.moves)} guest{'' if len(plan.moves) == 1 else 's'} to move, {evacuate_parallel()} at a time, "
             + (f"each capped at {cap} MiB/s" if cap else "no bandwidth cap"), plan=ctx.data["plan"])

@@ -63,7 +63,7 @@ CODES = ("domain-on-two-hosts", "export-answered-twice", "host-unreachable", "vm
          "domain-missing", "domain-not-running", "domain-uuid-mismatch", "unknown-domain", "volume-missing",
          "export-not-running", "export-mismatch", "export-size-mismatch", "export-not-answering", "domain-state",
          "domain-not-stopped", "domain-transient", "domain-defined-elsewhere", "foreign-domain", "unknown-export",
-         "unknown-san-target", "guest-address-mismatch", "n-plus-one")
+         "unknown-san-target", "guest-address-mismatch", "n-plus-one", "anti-affinity")
 PARTS = {"libvirt": "its domains", "exports": "its exports and volumes", "volumes": "its backing volumes",
          "san": "which exports it sees on the SAN"}
 TWO_COPIES = ("Two copies of {vm} write the same AoE disks: its file systems are being corrupted. "
@@ -78,6 +78,10 @@ def compare(inventory: Inventory, real: Reality, network: list[Finding] = ()) ->
     findings += [Finding("n-plus-one", "warning", s.failed, str(s),
                          f"N+1 is broken: if {s.failed} fails, these guests stay down until memory is freed "
                          "or a CPU server is added.") for s in inventory.shortfalls]
+    findings += [Finding("anti-affinity", "warning", c.group, str(c),
+                         f"If {c.server} fails, {' and '.join(c.vms)} go down together, which the group is there to "
+                         f"avoid. Migrate {c.movable} without a target: placement puts it apart.")
+                 for c in inventory.crowded]
     return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), CODES.index(f.code), f.subject, f.message))
 
 

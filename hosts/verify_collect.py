@@ -22,6 +22,7 @@ from hosts.targets import ssh_target
 from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from storage.models import AoEExport
+from vms.affinity import Crowding, crowded
 from vms.models import VirtualMachine
 from vms.placement import Shortfall, n_plus_one_shortfalls
 from xenaoe_panel.names import DOMAIN_PREFIX
@@ -89,6 +90,7 @@ class Inventory:
     # (disk server, shelf, slot) of every export row, with or without a VM.
     reserved: frozenset[tuple[str, int, int]] = frozenset()
     shortfalls: tuple[Shortfall, ...] = ()
+    crowded: tuple[Crowding, ...] = ()  # anti-affinity groups broken where they need not be
 
     def host(self, name: str) -> HostRecord | None:
         return next((h for h in (*self.cpu_servers, *self.disk_servers) if h.name == name), None)
@@ -113,6 +115,7 @@ def load_inventory() -> Inventory:
         cpu_servers=tuple(HostRecord(h.name, h.state) for h in CpuServer.objects.all()),
         disk_servers=tuple(HostRecord(h.name, h.state) for h in DiskServer.objects.all()),
         vms=vms, reserved=frozenset(reserved), shortfalls=tuple(n_plus_one_shortfalls()),
+        crowded=tuple(crowded(busy={vm.name for vm in vms if vm.busy})),
     )
 
 
@@ -125,7 +128,7 @@ def settle(before: Inventory, after: Inventory) -> Inventory:
     vms = [vm if old.get(name) == vm else _busy(vm) for name, vm in new.items()]
     vms += [_busy(vm) for name, vm in old.items() if name not in new]
     return Inventory(after.cpu_servers, after.disk_servers, tuple(vms), before.reserved | after.reserved,
-                     after.shortfalls)
+                     after.shortfalls, after.crowded)
 
 
 def _busy(vm: VmRecord) -> VmRecord:

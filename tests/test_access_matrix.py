@@ -35,7 +35,7 @@ from sshkeys.models import SshKey
 from tenants.models import TENANT_ACTIONS
 from tenants.services import add_user, create_tenant
 from vms.choices import VmState
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 
 pytestmark = pytest.mark.django_db
 
@@ -62,6 +62,7 @@ class World:
     images: dict[str, Any] = field(default_factory=dict)
     keys: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, AntiAffinityGroup] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -103,10 +104,14 @@ def world(django_user_model) -> World:
     # A network no tenant is given: operators only.
     Network.objects.create(name="private", bridge="br1", cidr="10.9.0.0/24", pool_start="10.9.0.10",
                            pool_end="10.9.0.20", public=False)
+    # Both tenants name a group "web": names are a tenant's own.
+    groups = {whose: AntiAffinityGroup.objects.create(name="web", tenant=tenant)
+              for whose, tenant in (("own", acme), ("other", globex))}
     return World(
         operator=django_user_model.objects.create_user("op", password="op-password-1", is_staff=True),
         alice=users["own"], bob=users["other"],
         vms=vms, jobs=jobs, incidents=incidents, cpu=cpu, disk=disk, verify_job=verify_job, images=images, keys=keys,
+        groups=groups,
     )
 
 
@@ -127,6 +132,10 @@ def job(w: World, whose: str) -> dict[str, Any]:
 
 def incident(w: World, whose: str) -> dict[str, Any]:
     return {"pk": w.incidents[whose].pk}
+
+
+def group(w: World, whose: str) -> dict[str, Any]:
+    return {"pk": w.groups[whose].pk}
 
 
 def unfenced_incident(w: World, whose: str) -> dict[str, Any]:
@@ -176,6 +185,9 @@ PAGE_RULES: dict[str, list[Rule]] = {
     "vm-action": [Rule(TENANT, vm(), "post", {"action": "reboot"}, JOB_STARTED_PAGE)],
     "vm-migrate": [Rule(OPERATOR, vm(), "post", ok=JOB_STARTED_PAGE)],
     "vm-eject": [Rule(TENANT, vm(), "post", ok=(302,))],
+    "vm-groups": [Rule(TENANT, vm(), "post", ok=(302,))],
+    "vm-group-list": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", data={"name": "db"}, ok=(302,))],
+    "vm-group-delete": [Rule(TENANT, group, "post", ok=(302,))],
     # Another tenant's: 404; the user's own without the tenant's `console` permission: 403
     # (tests/test_console_unit.py).
     "vm-console": [Rule(TENANT, vm())],
@@ -237,6 +249,9 @@ API_RULES: dict[str, list[Rule]] = {
     "api:vm-migrate": [Rule(OPERATOR_ACTION, vm(), "post", ok=JOB_STARTED_API)],
     # The matrix's VMs have no ISO in their drive: whoever may eject is told so (400), not refused.
     "api:vm-eject": [Rule(TENANT, vm(), "post", ok=(400,))],
+    "api:vm-anti-affinity-groups": [Rule(TENANT, vm(), "post", {"groups": ["web"]})],
+    "api:antiaffinitygroup-list": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", data={"name": "db"}, ok=(201,))],
+    "api:antiaffinitygroup-detail": [Rule(TENANT, group), Rule(TENANT, group, "delete", ok=(204,))],
     "api:job-list": [Rule(SIGNED_IN)],
     "api:job-detail": [Rule(TENANT, job)],
     "api:job-cancel": [Rule(TENANT, job, "post", ok=JOB_STARTED_API)],

@@ -101,7 +101,8 @@ def test_n_plus_one_reserve_is_placements_own_verdict(cluster, op_client):
         expected[name] = (largest, reserve)
         server = cluster[name]
         # Placement takes a VM of exactly the largest size there and refuses one MiB more for N+1.
-        assert choose_cpu_server(largest, server) == (server, [])
+        placement = choose_cpu_server(largest, server)
+        assert (placement.server, placement.shortfalls) == (server, ())
         with pytest.raises(PlacementError, match=re.escape("breaks N+1")):
             choose_cpu_server(largest + 1, server)
         segments = re.findall(r'data-segment="(\w+)" data-amount="(\d+)"', block)
@@ -227,8 +228,8 @@ def test_placement_refuses_what_the_dashboard_shows_as_reserve(cluster):
     assert c.reserve_mib > 0
     with pytest.raises((PlacementError, ValidationError)):
         choose_cpu_server(c.usable_mib + 1, c.server)
-    server, shortfalls = choose_cpu_server(c.usable_mib + 1, c.server, allow_n_plus_one_break=True)
-    assert server == c.server and shortfalls
+    placement = choose_cpu_server(c.usable_mib + 1, c.server, allow_n_plus_one_break=True)
+    assert placement.server == c.server and placement.shortfalls
 
 
 def test_a_large_sites_dashboard_shows_the_servers_that_need_a_look_and_counts_the_rest(op_client):

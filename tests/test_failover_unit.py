@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 
 from drivers import aoe, hypervisor, vblade
 from drivers.errors import DriverError
-from ha import failover, fencing
+from ha import failover, fencing, tenant_view
 from ha.choices import EventKind, IncidentKind, IncidentState
 from ha.incidents import open_incident
 from ha.models import Incident
@@ -25,9 +25,10 @@ from jobs.models import Job
 from jobs.runner import run_job
 from storage import access as storage_access
 from storage.models import AoEExport, Mirror
+from tenants.services import create_tenant
 from vms.choices import VmState
 from vms.migration import migrate_vm
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 from vms.services import VmRequest, create_vm
 
 # Transactional: the failover brings guests up from a thread pool, whose connections must see the rows.
@@ -553,3 +554,37 @@ def test_guests_come_up_several_at_once_and_a_failed_one_does_not_hold_the_other
     assert VirtualMachine.objects.get(name="b").cpu_server.name == "cpu2"  # left where it was, for the operator
     serials = list(job.log.order_by("serial").values_list("serial", flat=True))
     assert serials == list(range(1, len(serials) + 1))  # every thread's entries numbered in turn
+
+
+def _in_group(group_name: str, *vms: VirtualMachine) -> None:
+    group, _ = AntiAffinityGroup.objects.get_or_create(name=group_name, tenant=vms[0].tenant)
+    group.members.add(*vms)
+
+
+def test_the_members_of_a_group_restart_on_different_survivors(dead, fake):
+    _guest(dead, "ballast", 300, on="cpu3")
+    _in_group("web", _guest(dead, "web1"), _guest(dead, "web2"))
+    incident = _incident()
+    assert _run_failover(incident).state == "succeeded"
+    # Without the group web2 would follow web1 to cpu1, the survivor with most free memory.
+    assert {vm.name: vm.cpu_server.name for vm in VirtualMachine.objects.filter(name__startswith="web")} == {
+        "web1": "cpu1", "web2": "cpu3"}
+    assert _events(incident, EventKind.ANTI_AFFINITY) == []
+
+
+def test_a_failover_that_must_put_members_together_says_which_group_it_broke(dead, fake):
+    CpuServer.objects.filter(name="cpu3").update(state=HostState.MAINTENANCE)  # cpu1 is the only survivor
+    acme = create_tenant("acme")
+    web1, web2 = _guest(dead, "web1"), _guest(dead, "web2")
+    VirtualMachine.objects.filter(pk__in=[web1.pk, web2.pk]).update(tenant=acme)
+    _in_group("web", *VirtualMachine.objects.filter(pk__in=[web1.pk, web2.pk]))
+    incident = _incident()
+    job = _run_failover(incident)
+    assert job.state == "succeeded", job.message
+    broken = ("broke anti-affinity group web: web1 and web2 both on cpu1 (no surviving CPU server without a member "
+              "of the group had room)")
+    assert _events(incident, EventKind.ANTI_AFFINITY) == [(EventKind.ANTI_AFFINITY, broken)]
+    assert job.log.filter(level="warning", message=broken).exists()
+    # The tenant reads it on its incident, without the host's name.
+    seen = [e["message"] for e in tenant_view.timeline(incident, acme) if e["kind"] == EventKind.ANTI_AFFINITY]
+    assert seen == ["web2: anti-affinity broken."]

@@ -17,7 +17,7 @@ from storage.models import AoEExport, Mirror
 from tenants.services import add_user, create_tenant, set_permissions
 from vms.choices import VmState
 from vms.events import EVENT_FIELDS, vm_event
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 from vms.serializers import OPERATORS, Audience, VmSerializer, vm_summary
 
 pytestmark = pytest.mark.django_db
@@ -74,12 +74,14 @@ def test_a_tenant_not_shown_cpu_servers_is_told_none_by_the_event_the_api_or_the
 
 
 def test_the_summary_is_what_vm_show_prints_and_the_operators_pages_show(vm):
+    AntiAffinityGroup.objects.create(name="web", tenant=vm.tenant).members.add(vm)
     out = io.StringIO()
     call_command("vm", "show", "web1", "--json", stdout=out)
     shown = json.loads(out.getvalue())
     assert shown == json.loads(json.dumps(vm_summary(vm)))
     assert list(shown) == ["name", "state", "cpu_server", "vcpus", "memory_mib", "disk_mib", "domain", "image",
-                           "login_user", "nics", "legs"]
+                           "login_user", "nics", "legs", "anti_affinity_groups"]
+    assert shown["anti_affinity_groups"] == ["web"]
     assert shown["domain"] == "xa-web1" and shown["state"] == "running" and shown["nics"] == []
     assert [(leg["disk_server"], leg["shelf"], leg["slot"], leg["backing_path"]) for leg in shown["legs"]] == [
         ("disk1", 1, 3, "/srv/web1-0.img"), ("disk2", 2, 3, "/srv/web1-1.img")]
@@ -87,7 +89,7 @@ def test_the_summary_is_what_vm_show_prints_and_the_operators_pages_show(vm):
     page = _client(operator).get("/vms/web1/").content.decode()
     assert "/srv/web1-0.img" in page and "xa-web1" in page
     api = _client(operator).get("/api/vms/web1/").json()
-    assert api["legs"] == shown["legs"]
+    assert api["legs"] == shown["legs"] and api["anti_affinity_groups"] == ["web"]
 
 
 def test_a_representation_must_say_who_it_is_for(vm):

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from django import forms
 from django.conf import settings
 
@@ -7,7 +9,8 @@ from images.services import visible_images
 from networks.services import usable_networks
 from tenants.access import is_operator, may_run
 from tenants.models import Tenant
-from vms.models import vm_name_validator
+from vms.affinity import may_manage
+from vms.models import AntiAffinityGroup, VirtualMachine, vm_name_validator
 from vms.services import NO_IMAGE
 
 AUTOMATIC = ""
@@ -32,6 +35,10 @@ class VmCreateForm(forms.Form):
         help_text="One per line, besides the keys in your profile; for the image's login user.")
     generate_password = forms.BooleanField(
         label="Also give the login user a password (shown once, for the console)", required=False)
+    anti_affinity_groups = forms.ModelMultipleChoiceField(
+        label="Anti-affinity groups", required=False, queryset=AntiAffinityGroup.objects.none(),
+        help_text="Kept off the CPU servers that run the other members of these groups, wherever another "
+                  "server has room.")
     cpu_server = forms.ChoiceField(label="CPU server", required=False)
     allow_n_plus_one_break = forms.BooleanField(
         label="Place it even if a CPU server's failure would then leave guests without room (N+1)",
@@ -80,13 +87,67 @@ class VmCreateForm(forms.Form):
         if default_network is not None:
             self.fields["network"].initial = default_network.name
         if "cpu_server" in self.fields:
-            self.fields["cpu_server"].choices = [(AUTOMATIC, "Automatic (most free memory)")] + [
+            self.fields["cpu_server"].choices = [(AUTOMATIC, "Automatic (apart from its groups, most free memory)")] + [
                 (s.name, s.name) for s in CpuServer.objects.order_by("name")
             ]
+        groups = AntiAffinityGroup.objects.visible_to(user).select_related("tenant")
+        if groups.exists() and may_manage(user):
+            self.fields["anti_affinity_groups"].queryset = groups
+            self.fields["anti_affinity_groups"].label_from_instance = group_label(user)
+        else:  # nothing to choose from: no empty list box
+            del self.fields["anti_affinity_groups"]
         for field in self.fields.values():  # Bootstrap's look, without JavaScript
             if not isinstance(field, forms.BooleanField):
                 field.widget.attrs.setdefault(
                     "class", "form-select" if isinstance(field, forms.ChoiceField) else "form-control")
+
+
+    def clean(self) -> dict:
+        data = super().clean()
+        owner = data.get("tenant") or None
+        for group in data.get("anti_affinity_groups") or ():
+            if "tenant" in self.fields and (group.tenant.slug if group.tenant else None) != owner:
+                self.add_error("anti_affinity_groups", f"{group.label} is not a group of "
+                               f"{owner or 'the operators'}: a VM's groups are its owner's")
+        return data
+
+
+def group_label(user) -> Callable[[AntiAffinityGroup], str]:
+    """How a group is named in a choice: with its owner for operators, who see every tenant's."""
+    return (lambda group: group.label) if user is None or is_operator(user) else (lambda group: group.name)
+
+
+class VmGroupsForm(forms.Form):
+    """The VM page's choice of its groups: its owner's."""
+
+    anti_affinity_groups = forms.ModelMultipleChoiceField(
+        label="Anti-affinity groups", required=False, queryset=AntiAffinityGroup.objects.none(),
+        widget=forms.SelectMultiple(attrs={"class": "form-select form-select-sm"}),
+        help_text="Nothing moves now: placements from now on keep it apart from the other members.")
+
+    def __init__(self, *args, vm: VirtualMachine, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["anti_affinity_groups"]
+        field.queryset = AntiAffinityGroup.objects.filter(tenant=vm.tenant_id)
+        field.initial = list(vm.anti_affinity_groups.all())
+
+
+class GroupForm(forms.Form):
+    """A new anti-affinity group, on the groups' page."""
+
+    name = forms.CharField(max_length=63, widget=forms.TextInput(attrs={"class": "form-control"}))
+    description = forms.CharField(max_length=255, required=False,
+                                  widget=forms.TextInput(attrs={"class": "form-control"}))
+    tenant = forms.ChoiceField(label="Whose", required=False, widget=forms.Select(attrs={"class": "form-select"}),
+                               help_text="Its members are this tenant's VMs.")
+
+    def __init__(self, *args, user=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if user is not None and not is_operator(user):
+            del self.fields["tenant"]  # a tenant's user makes their own tenant's
+        else:
+            self.fields["tenant"].choices = [(NO_TENANT, "The operators' own")] + list(
+                Tenant.objects.values_list("slug", "slug"))
 
 
 def image_or_iso(choice: str) -> dict[str, str]:

@@ -31,6 +31,9 @@ class VmCreateParams(JobParams):
     # What a CPU server's failure would leave without room: the requester overrode the N+1 check.
     n_plus_one_override: list[str] = field(default_factory=list)
     iso: str | None = None  # the installer ISO in its CD drive
+    anti_affinity_groups: list[str] = field(default_factory=list)  # its owner's groups it joined
+    # Its groups whose members it was placed next to (no server apart had room, or the operator chose).
+    anti_affinity_broken: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,5 @@ class VmMigrateParams(JobParams):
     target: str
     requested_target: str  # the target asked for, or "automatic"
     max_mib_per_s: int | None = None
+    # Its groups whose members it goes next to (no server apart had room, or the operator chose).
+    anti_affinity_broken: list[str] = field(default_factory=list)

@@ -33,7 +33,16 @@ from vms.choices import VmState
 from vms.guest_setup import legs_of
 from vms.job_params import VmMigrateParams
 from vms.models import VirtualMachine
-from vms.placement import Cluster, PlacementError, lock_servers, n_plus_one_shortfalls, release, reserve, server_load
+from vms.placement import (
+    Apart,
+    Cluster,
+    PlacementError,
+    lock_servers,
+    n_plus_one_shortfalls,
+    release,
+    reserve,
+    server_load,
+)
 from vms.steps import job_vm, probe_legs
 
 MAX_BANDWIDTH_MIB = 100_000  # ~800 Gbit/s: above it a cap is surely a typo
@@ -61,9 +70,11 @@ def migration_uri(target: CpuServer) -> str:
 def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | None = None,
                max_mib_per_s: int | None = None, parent: Job | None = None) -> Job:
     """Queue the live migration of running VM `name` to CPU server `target` (None: the allocator's
-    choice among the other up CPU servers), with an optional bandwidth cap in MiB/s; `parent` is the
-    job it is part of (a host's evacuation, whose reservation for this VM the migration takes
-    over). The VM's memory is held on the target, and stays held on the source, until the job ends.
+    choice among the other up CPU servers, apart from the members of its anti-affinity groups where
+    one has room), with an optional bandwidth cap in MiB/s; `parent` is the job it is part of (a
+    host's evacuation, whose reservation for this VM the migration takes over). The VM's memory is
+    held on the target, and stays held on the source, until the job ends. A target that puts it
+    next to a member of one of its groups is allowed, and the job's log warns (`anti_affinity_broken`).
     Raises ValidationError (nothing changed) for bad input, a busy VM (naming its job) or a target
     without room."""
     if user is not None and not is_operator(user):
@@ -101,13 +112,14 @@ def migrate_vm(name: str, target: str | None = None, user: AbstractBaseUser | No
         if parent is not None:
             release(parent, vm)  # the evacuation's hold for this VM becomes this migration's
         try:
-            chosen = Cluster.load().place(vm.memory_mib, name=vm.name, source=source, requested=requested,
-                                          scope="other ").server
+            placement = Cluster.load().place(vm.memory_mib, name=vm.name, source=source, requested=requested,
+                                             scope="other ", apart=Apart.of(vm))
         except PlacementError as exc:
             raise ValidationError({"target": str(exc)}) from exc
+        chosen = placement.server
         job = start_job("vm.migrate", vm=vm, user=user, parent=parent, params=VmMigrateParams(
             source=source.name, target=chosen.name, requested_target=target or "automatic",
-            max_mib_per_s=max_mib_per_s,
+            max_mib_per_s=max_mib_per_s, anti_affinity_broken=[str(b) for b in placement.breaks],
         ))
         reserve(job, vm, [chosen, source])
         return job
@@ -135,6 +147,8 @@ def _where(uri: str, name: str) -> hypervisor.DomainInfo | None | str:
 def precheck_target(ctx: JobContext) -> None:
     vm = job_vm(ctx)
     source, target = _hosts(ctx)
+    for broken in VmMigrateParams.of(ctx.job).anti_affinity_broken:
+        ctx.log(broken, LogLevel.WARNING)
     if target.state != HostState.UP:
         raise JobFailed(f"{target.name} is {target.get_state_display().lower()}, not up")
     # The room this job holds there, checked again: a domain started there by hand since counts.

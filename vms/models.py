@@ -159,3 +159,46 @@ class VmSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vm_id} at {self.time:%Y-%m-%d %H:%M:%S}"
+
+
+group_name_validator = RegexValidator(
+    rf"^{NAME}\Z",
+    "A group's name is 1-63 lower-case letters, digits and '-', starting with a letter.",
+)
+
+
+class AntiAffinityGroup(models.Model):
+    """VMs to keep on different CPU servers, so that one server's failure never takes them all (two
+    web servers, a database and its replica). A soft rule: the allocator (vms/placement.py) never puts
+    a member where another member is while another server has room, and says so when it must.
+
+    A group is a tenant's (its users name it as they like: unique per tenant) or the operators' own
+    (tenant None, unique among theirs), and its members are VMs of the same owner: a tenant groups
+    only its own VMs, and one tenant's group says nothing about another's. A VM may be in several
+    groups; they never contradict each other (every one says "apart")."""
+
+    name = models.CharField(max_length=63, validators=[group_name_validator])
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="anti_affinity_groups",
+                               null=True, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+    members = models.ManyToManyField(VirtualMachine, related_name="anti_affinity_groups", blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TenantScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="group_name_per_tenant"),
+            # NULLs are distinct in a unique index: the operators' own groups need a rule of their own.
+            models.UniqueConstraint(fields=["name"], condition=models.Q(tenant__isnull=True),
+                                    name="group_name_of_operators"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> str:
+        """Its name with its owner's, for operators, who see every tenant's groups: `acme/web`."""
+        return f"{self.tenant.slug}/{self.name}" if self.tenant_id is not None else self.name

@@ -18,7 +18,7 @@ fails is the range's lower end. Another server's packing that never reaches T's 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 Size = tuple[int, int]  # (constant, slope): constant + slope * x
 # A range of sizes still to pack: (lo, hi, next guest, first room to try, rooms, their slopes, rooms changed).
@@ -151,3 +151,55 @@ def first_size_without_room_for_others(guests: list[int], rooms: list[int], shri
         if failed is not None:
             return failed
     return None
+
+
+def largest_new_vms(free: Mapping[int, int], carried: Mapping[int, int], guests: Mapping[int, list[int]],
+                    servers: Iterable[int]) -> dict[int, int]:
+    """For each of `servers`, the largest new VM (MiB) such that it, or any smaller one, placed there
+    keeps N+1 as the allocator's check packs it: every up server's room (`free`), the memory each
+    carries, and its guests' sizes. The same first-fit packing with the size left open: one pass per
+    server (vms/placement.py `Cluster.largest_new_vms`)."""
+    # First fit's order of the rooms (ties by pk) and, for each server that might fail, how far its
+    # guests' packing into the others goes as things stand: a new VM shrinks its server's room and
+    # moves it back in that order, so only the servers whose packing reaches that room can feel it.
+    order = sorted(free, key=lambda pk: (-free[pk], pk))
+    frees = [free[pk] for pk in order]
+    position = {pk: i for i, pk in enumerate(order)}
+
+    def fit_in_one_room(failed: int, *without: int) -> bool:
+        """All of its guests fit in the roomiest of the others: first fit puts them all there."""
+        roomiest = next((free[pk] for pk in order if pk != failed and pk not in without), None)
+        return roomiest is not None and carried[failed] <= roomiest
+
+    felt_by: dict[int, list[int]] = {pk: [] for pk in guests}
+    for failed in guests:
+        i = position[failed]
+        furthest = 0 if fit_in_one_room(failed) else reach(guests[failed], frees[:i] + frees[i + 1:])
+        reached = order[:i] + order[i + 1:] if furthest is None else \
+            [pk for pk in order[:furthest + 2] if pk != failed][:furthest + 1]
+        for pk in reached:
+            felt_by[pk].append(failed)
+
+    def rooms_but(*pks: int) -> list[int]:
+        """The rooms of every up server but these, in first fit's order."""
+        rooms = frees
+        for i in sorted((position[pk] for pk in pks), reverse=True):
+            rooms = rooms[:i] + rooms[i + 1:]
+        return rooms
+
+    largest = {}
+    for target in servers:
+        room = free[target]
+        if room <= 0:
+            largest[target] = 0
+            continue
+        own = first_size_without_room_for_own_guests(guests[target], rooms_but(target), 1, room)
+        first_break = room + 1 if own is None else own
+        for failed in felt_by[target]:
+            if fit_in_one_room(failed, target):
+                continue
+            theirs = first_size_without_room_for_others(guests[failed], rooms_but(failed, target), room, 1,
+                                                        first_break - 1)
+            first_break = first_break if theirs is None else theirs
+        largest[target] = first_break - 1
+    return largest

@@ -2,12 +2,20 @@
 
 One model of the cluster (`Cluster`: the CPU servers that are up, what each carries and which
 guests), one rule for "fits" (free memory >= the guest's memory), one order among the servers that
-fit (those that keep N+1 first, then the most free memory, then the server registered first) and
+fit (apart from the guest's anti-affinity groups first — fewest groups broken, then fewest members
+met —, then those that keep N+1, then the most free memory, then the server registered first) and
 one N+1 check (each up server's guests packed first-fit by decreasing memory into the others' free
 memory, as a restart would place them). A new VM (vms.services), a live migration with or without
 a target (vms.migration), a failover restart (ha.failover) and an evacuation plan (ha.maintenance)
 are all placed here. What breaking N+1 means is the caller's: a create refuses unless the operator
 overrides, a move warns.
+
+Anti-affinity is a soft rule that wins over N+1 in the order: a guest never goes where another
+member of one of its groups is (recorded there, or held there for a job under way) while a server
+without one has room. Room is what the caller may use: for a create that may not break N+1, only
+servers that keep it (so such a create goes next to a member rather than break N+1; with the
+override, apart first). A placement that had to break the rule, or a server the operator chose,
+says which groups it breaks (`Placement.breaks`); the caller warns.
 
 Used memory on a CPU server, as placement, N+1, the dashboard and the API count it: every VM
 recorded there, whatever its state; what the allocator handed to jobs still queued or running
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -37,7 +45,7 @@ from jobs.choices import ACTIVE_STATES
 from jobs.models import Job
 from storage.models import LEGS, AoEExport
 from vms import packing
-from vms.models import Reservation, VirtualMachine
+from vms.models import AntiAffinityGroup, Reservation, VirtualMachine
 
 NEW_VM = "(new VM)"
 
@@ -101,6 +109,19 @@ def _read(ignore_job: Job | None = None, *, with_guests: bool = True
     return loads, guests
 
 
+def _held_names(ignore_job: Job | None = None) -> dict[int, set[str]]:
+    """The VMs each CPU server holds room for (active jobs' reservations: a migration's target, a
+    restart's survivor, an evacuation's planned target), by server pk: they count there for
+    anti-affinity as they count there for memory."""
+    held = Reservation.objects.filter(job__state__in=ACTIVE_STATES)
+    if ignore_job is not None:
+        held = held.exclude(job=ignore_job)
+    names: dict[int, set[str]] = defaultdict(set)
+    for server_pk, name in held.values_list("cpu_server", "vm__name"):
+        names[server_pk].add(name)
+    return names
+
+
 def server_loads(ignore_job: Job | None = None) -> dict[int, Load]:
     """Every CPU server, whatever its state, by pk (in name order)."""
     return _read(ignore_job, with_guests=False)[0]
@@ -133,6 +154,51 @@ class Move:
 
 
 @dataclass(frozen=True)
+class Apart:
+    """Whom a guest should not share a CPU server with: for each of its anti-affinity groups (by name),
+    the other members' names."""
+
+    vm: str
+    groups: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    @classmethod
+    def new(cls, name: str, groups: Iterable[AntiAffinityGroup]) -> Apart:
+        """A guest joining these groups (a new VM: none of them has it yet)."""
+        return cls(name, tuple((group.name, frozenset(group.members.exclude(name=name).values_list("name", flat=True)))
+                               for group in groups))
+
+    @classmethod
+    def of(cls, vm: VirtualMachine) -> Apart:
+        """A VM's own groups, as they stand."""
+        members = AntiAffinityGroup.members.through.objects
+        rows = members.filter(antiaffinitygroup__in=members.filter(virtualmachine=vm).values("antiaffinitygroup"))
+        peers: dict[str, set[str]] = defaultdict(set)
+        for group, name in rows.values_list("antiaffinitygroup__name", "virtualmachine__name"):
+            if name != vm.name:
+                peers[group].add(name)
+        return cls(vm.name, tuple((group, frozenset(names)) for group, names in sorted(peers.items())))
+
+
+@dataclass(frozen=True)
+class AntiAffinityBreak:
+    """`vm` placed on `server`, where `peers`, members of its group `group`, are too."""
+
+    group: str
+    vm: str
+    peers: tuple[str, ...]
+    server: str
+
+    def __str__(self) -> str:
+        return f"broke anti-affinity group {self.group}: {self.together()}"
+
+    def together(self, *, server_shown: bool = True) -> str:
+        """"web1 and web2 both on cpu1" (on "one CPU server" for those not told which)."""
+        names = [*self.peers, self.vm]
+        where = self.server if server_shown else "one CPU server"
+        return f"{', '.join(names[:-1])} and {names[-1]} {'both' if len(names) == 2 else 'all'} on {where}"
+
+
+@dataclass(frozen=True)
 class Headroom:
     """What placing a guest on one CPU server would leave."""
 
@@ -140,10 +206,17 @@ class Headroom:
     free_mib: int  # before the guest, counting the moves already planned in the same Cluster
     memory_mib: int
     shortfalls: tuple[Shortfall, ...]
+    breaks: tuple[AntiAffinityBreak, ...] = ()  # the guest's groups with a member there already
 
     @property
     def server(self) -> CpuServer:
         return self.load.server
+
+    @property
+    def rank(self) -> tuple[int, int, bool, int, int]:
+        """The allocator's preference among the servers that fit, lowest first."""
+        return (len(self.breaks), sum(len(b.peers) for b in self.breaks), not self.keeps_n_plus_one,
+                -self.free_mib, self.server.pk)
 
     @property
     def fits(self) -> bool:
@@ -162,6 +235,7 @@ class Headroom:
 class Placement:
     server: CpuServer
     shortfalls: tuple[Shortfall, ...]  # N+1 as it would stand with the guest there
+    breaks: tuple[AntiAffinityBreak, ...] = ()  # the anti-affinity groups it breaks there
 
 
 class Cluster:
@@ -170,18 +244,19 @@ class Cluster:
     ones before."""
 
     def __init__(self, every: dict[int, Load], guests: dict[int, list[tuple[str, int]]],
-                 leaving: CpuServer | None = None) -> None:
+                 leaving: CpuServer | None = None, held: Callable[[], dict[int, set[str]]] | None = None) -> None:
         self.every = every
         self.loads = {pk: load for pk, load in every.items() if load.server.state == HostState.UP
                       and (leaving is None or pk != leaving.pk)}
         self.free = {pk: load.free_mib for pk, load in self.loads.items()}
         self.guests = {pk: list(guests.get(pk, [])) for pk in self.loads}
         self.carried = {pk: sum(memory for _name, memory in carried) for pk, carried in self.guests.items()}
+        self._read_held, self._held = held, None  # names_on's
 
     @classmethod
     def load(cls, *, leaving: CpuServer | None = None, ignore_job: Job | None = None) -> Cluster:
         """`leaving`: a server being evacuated, left out even if it is still up."""
-        return cls(*_read(ignore_job), leaving=leaving)
+        return cls(*_read(ignore_job), leaving=leaving, held=lambda: _held_names(ignore_job))
 
     @property
     def candidates(self) -> list[Load]:
@@ -224,72 +299,48 @@ class Cluster:
     def largest_new_vms(self, server_pks: Iterable[int] | None = None) -> dict[int, int]:
         """For each up server (or those given), the largest new VM (MiB) such that a new VM of that size
         or any smaller one placed there keeps N+1 as `shortfalls` checks it (0: nothing free there, or
-        even 1 MiB breaks it). The same packing with the size left open (vms/packing.py): one pass
-        per server, not a check per size."""
-        # First fit's order of the rooms (ties by pk) and, for each server that might fail, how far its
-        # guests' packing into the others goes as things stand: a new VM shrinks its server's room and
-        # moves it back in that order, so only the servers whose packing reaches that room can feel it.
-        order = sorted(self.free, key=lambda pk: (-self.free[pk], pk))
-        frees = [self.free[pk] for pk in order]
-        position = {pk: i for i, pk in enumerate(order)}
+        even 1 MiB breaks it): vms/packing.py, one pass per server, not a check per size."""
+        guests = {pk: [memory for _name, memory in self.guests[pk]] for pk in self.loads}
+        return packing.largest_new_vms(self.free, self.carried, guests,
+                                       self.loads if server_pks is None else server_pks)
 
-        def fit_in_one_room(failed: int, *without: int) -> bool:
-            """All of its guests fit in the roomiest of the others: first fit puts them all there."""
-            roomiest = next((self.free[pk] for pk in order if pk != failed and pk not in without), None)
-            return roomiest is not None and self.carried[failed] <= roomiest
+    def names_on(self, server_pk: int) -> set[str]:
+        """Who is on an up server, for anti-affinity: the VMs recorded there, those placed there on this
+        model (`take`) and those it holds room for (`held`, read on first use: a placement without
+        groups, the dashboard and the metrics never ask)."""
+        if self._held is None:
+            self._held = self._read_held() if self._read_held is not None else {}
+        return {name for name, _memory in self.guests[server_pk]} | self._held.get(server_pk, set())
 
-        felt_by: dict[int, list[int]] = {pk: [] for pk in self.loads}
-        for failed in self.loads:
-            i = position[failed]
-            furthest = 0 if fit_in_one_room(failed) else packing.reach(
-                [memory for _name, memory in self.guests[failed]], frees[:i] + frees[i + 1:])
-            reached = order[:i] + order[i + 1:] if furthest is None else \
-                [pk for pk in order[:furthest + 2] if pk != failed][:furthest + 1]
-            for pk in reached:
-                felt_by[pk].append(failed)
+    def breaks(self, server_pk: int, apart: Apart | None) -> tuple[AntiAffinityBreak, ...]:
+        """The guest's anti-affinity groups that placing it on this up server would break."""
+        if apart is None or not apart.groups:
+            return ()
+        here, server = self.names_on(server_pk), self.loads[server_pk].server.name
+        return tuple(AntiAffinityBreak(group, apart.vm, tuple(sorted(peers & here)), server)
+                     for group, peers in apart.groups if peers & here)
 
-        def rooms_but(*pks: int) -> list[int]:
-            """The rooms of every up server but these, in first fit's order."""
-            rooms = frees
-            for i in sorted((position[pk] for pk in pks), reverse=True):
-                rooms = rooms[:i] + rooms[i + 1:]
-            return rooms
-
-        largest = {}
-        for target in self.loads if server_pks is None else server_pks:
-            free = self.free[target]
-            if free <= 0:
-                largest[target] = 0
-                continue
-            own = packing.first_size_without_room_for_own_guests(
-                [memory for _name, memory in self.guests[target]], rooms_but(target), 1, free)
-            first_break = free + 1 if own is None else own
-            for failed in felt_by[target]:
-                if fit_in_one_room(failed, target):
-                    continue
-                theirs = packing.first_size_without_room_for_others(
-                    [memory for _name, memory in self.guests[failed]], rooms_but(failed, target), free, 1,
-                    first_break - 1)
-                first_break = first_break if theirs is None else theirs
-            largest[target] = first_break - 1
-        return largest
-
-    def headroom(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None) -> list[Headroom]:
+    def headroom(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None,
+                 apart: Apart | None = None) -> list[Headroom]:
         """Every up server but the source, in name order."""
         source_pk = source.pk if source is not None else None
         return [Headroom(load, self.free[pk], memory_mib,
-                         tuple(self.shortfalls(Move(name, memory_mib, pk, source_pk))))
+                         tuple(self.shortfalls(Move(name, memory_mib, pk, source_pk))), self.breaks(pk, apart))
                 for pk, load in self.loads.items() if pk != source_pk]
 
     def place(self, memory_mib: int, *, name: str = NEW_VM, source: CpuServer | None = None,
-              requested: CpuServer | None = None, scope: str = "") -> Placement:
+              requested: CpuServer | None = None, scope: str = "", apart: Apart | None = None,
+              must_keep_n_plus_one: bool = False) -> Placement:
         """The CPU server for a guest of `memory_mib` leaving `source` (None: a new one): `requested`
-        if it is up and fits, else the best that fits. `scope` words the refusal ("other ",
-        "surviving "). Raises PlacementError with the numbers."""
+        if it is up and fits, else the best that fits, apart from the members of its anti-affinity
+        groups (`apart`) wherever one has room. `must_keep_n_plus_one`: the caller refuses to break N+1,
+        so a server that would break it is no room (unless none keeps it: then the best of those that
+        fit, for the caller to refuse). `scope` words the refusal ("other ", "surviving "). Raises
+        PlacementError with the numbers."""
         who = "the new VM" if name == NEW_VM else name
         if requested is not None and source is not None and requested.pk == source.pk:
             raise PlacementError(f"{who} already runs on {source.name}: choose another CPU server")
-        options = self.headroom(memory_mib, name=name, source=source)
+        options = self.headroom(memory_mib, name=name, source=source, apart=apart)
         if requested is not None:
             chosen = next((h for h in options if h.server.pk == requested.pk), None)
             if chosen is None:
@@ -297,13 +348,15 @@ class Cluster:
                                      "not up")
             if not chosen.fits:
                 raise PlacementError(f"{requested.name} has {chosen.free_mib} MiB free, {who} needs {memory_mib} MiB")
-            return Placement(chosen.server, chosen.shortfalls)
+            return Placement(chosen.server, chosen.shortfalls, chosen.breaks)
         fitting = [h for h in options if h.fits]
         if not fitting:
             detail = ", ".join(f"{h.server.name}: {h.free_mib} MiB free" for h in options) or "none is up"
             raise PlacementError(f"no {scope}CPU server has {memory_mib} MiB free ({detail})")
-        chosen = min(fitting, key=lambda h: (not h.keeps_n_plus_one, -h.free_mib, h.server.pk))
-        return Placement(chosen.server, chosen.shortfalls)
+        if must_keep_n_plus_one:
+            fitting = [h for h in fitting if h.keeps_n_plus_one] or fitting
+        chosen = min(fitting, key=lambda h: h.rank)
+        return Placement(chosen.server, chosen.shortfalls, chosen.breaks)
 
     def take(self, server: CpuServer, name: str, memory_mib: int) -> None:
         """Count a placement made on this model (its source keeps the memory until the job ends)."""
@@ -322,22 +375,20 @@ def n_plus_one_shortfalls(extra: tuple[int, int] | None = None) -> list[Shortfal
     return Cluster.load().shortfalls(Move(NEW_VM, extra[1], extra[0]) if extra else None)
 
 
-def headroom(memory_mib: int) -> list[Headroom]:
-    return Cluster.load().headroom(memory_mib)
-
-
-def choose_cpu_server(memory_mib: int, requested: CpuServer | None, *, allow_n_plus_one_break: bool = False
-                      ) -> tuple[CpuServer, list[Shortfall]]:
-    """The CPU server for a new VM, and the N+1 shortfalls placing it there leaves (non-empty only
-    when the operator allowed it). The caller holds `lock_servers`."""
-    placement = Cluster.load().place(memory_mib, requested=requested)
+def choose_cpu_server(memory_mib: int, requested: CpuServer | None, *, allow_n_plus_one_break: bool = False,
+                      apart: Apart | None = None) -> Placement:
+    """The CPU server for a new VM, with the N+1 shortfalls placing it there leaves (non-empty only
+    when the operator allowed it) and the anti-affinity groups it breaks. The caller holds
+    `lock_servers`."""
+    placement = Cluster.load().place(memory_mib, requested=requested, apart=apart,
+                                     must_keep_n_plus_one=not allow_n_plus_one_break)
     if placement.shortfalls and not allow_n_plus_one_break:
         raise PlacementError(
             f"placing {memory_mib} MiB on {placement.server.name} breaks N+1: "
             + "; ".join(str(s).replace(NEW_VM, "the new VM") for s in placement.shortfalls)
             + ". Override only if you accept that a host failure would leave guests down."
         )
-    return placement.server, list(placement.shortfalls)
+    return placement
 
 
 # --- locks and reservations ----------------------------------------------------------------------
@@ -366,12 +417,14 @@ def release(job: Job, vm: VirtualMachine | None = None) -> None:
 
 
 def reserve_move(job: Job, vm: VirtualMachine, *, scope: str = "other ") -> Placement:
-    """Choose where `vm` goes from the server it is recorded on, and hold the room there for
-    `job`, in a transaction of its own (VM row, then server rows). Raises PlacementError."""
+    """Choose where `vm` goes from the server it is recorded on, apart from its anti-affinity groups'
+    members where there is room, and hold the room there for `job`, in a transaction of its own (VM
+    row, then server rows). Raises PlacementError."""
     with transaction.atomic():
         vm = VirtualMachine.objects.select_for_update(of=("self",)).select_related("cpu_server").get(pk=vm.pk)
         lock_servers()
-        placement = Cluster.load().place(vm.memory_mib, name=vm.name, source=vm.cpu_server, scope=scope)
+        placement = Cluster.load().place(vm.memory_mib, name=vm.name, source=vm.cpu_server, scope=scope,
+                                         apart=Apart.of(vm))
         reserve(job, vm, [placement.server])
     return placement
 

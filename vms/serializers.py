@@ -89,6 +89,17 @@ class NicsField(serializers.Field):
         return NicSerializer(sorted(vm.nics.all(), key=lambda nic: nic.index), many=True).data
 
 
+@extend_schema_field(serializers.ListField(child=serializers.CharField()))
+class NamesField(serializers.Field):
+    """The names of the rows a to-many relation holds (from the prefetched rows when there are), by name."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, related: Any) -> list[str]:
+        return sorted(row.name for row in related.all())
+
+
 class VmSerializer(serializers.Serializer):
     name = serializers.CharField()
     state = serializers.ChoiceField(choices=VmState.choices)
@@ -110,6 +121,8 @@ class VmSerializer(serializers.Serializer):
                                 help_text="The ISO in its CD drive (installing), or null.")
     nics = NicsField()
     legs = LegsField(required=False, help_text="Operators only: the mirror's legs.")
+    anti_affinity_groups = NamesField(
+        help_text="Its owner's anti-affinity groups it is in: kept on CPU servers apart from their other members.")
 
     def __init__(self, *args: Any, audience: Audience | None = None, fields: Sequence[str] | None = None,
                  **kwargs: Any) -> None:
@@ -134,7 +147,7 @@ class VmSerializer(serializers.Serializer):
 
 
 SUMMARY_FIELDS = ("name", "state", "cpu_server", "vcpus", "memory_mib", "disk_mib", "domain", "image", "login_user",
-                  "nics", "legs")
+                  "nics", "legs", "anti_affinity_groups")
 
 
 def vm_summary(vm: VirtualMachine, audience: Audience = OPERATORS) -> dict[str, Any]:

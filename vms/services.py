@@ -24,12 +24,13 @@ from tenants.access import is_operator, may_run, tenant_of
 from tenants.models import Tenant
 from tenants.quotas import lock as quota_lock
 from tenants.quotas import shortfalls as quota_shortfalls
+from vms.affinity import resolve as resolve_groups
 from vms.choices import VmState
 from vms.events import publish_vm
 from vms.job_params import NicParams, VmCreateParams, VmDeleteParams, VmEjectParams, VmPowerParams
 from vms.models import VirtualMachine, vm_name_validator
 from vms.passwords import hash_password
-from vms.placement import PlacementError, choose_cpu_server, choose_disk_servers, free_slot, lock_servers
+from vms.placement import Apart, PlacementError, choose_cpu_server, choose_disk_servers, free_slot, lock_servers
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class VmRequest:
     ssh_keys: tuple[str, ...] = ()  # public keys for the image's login user, besides the creator's own
     password: str = ""  # a password for the login user (kept only hashed); "": none
     iso: str = ""  # an installer ISO in its CD drive, booted first: the VM's disk starts empty
+    # Its owner's anti-affinity groups it joins: placed apart from their members where there is room.
+    anti_affinity_groups: tuple[str, ...] = ()
 
 
 NO_IMAGE = "none"
@@ -215,11 +218,12 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                     raise ValidationError({"__all__": over})
             # Lock every server row: placements (creates, migrations, restarts, evacuations) are
             # serialised, so two cannot both take the last free memory or the same slot.
+            groups = resolve_groups(req.anti_affinity_groups, owner)  # their rows, then the servers'
             lock_servers(disk_servers=True)
             requested = CpuServer.objects.get(name=req.cpu_server) if req.cpu_server else None
-            cpu, shortfalls = choose_cpu_server(
-                req.memory_mib, requested, allow_n_plus_one_break=req.allow_n_plus_one_break
-            )
+            placement = choose_cpu_server(req.memory_mib, requested, allow_n_plus_one_break=req.allow_n_plus_one_break,
+                                          apart=Apart.new(req.name, groups))
+            cpu = placement.server
             disks = choose_disk_servers(req.disk_mib)
             slot = free_slot(disks)
             if VirtualMachine.objects.filter(name=req.name).exists():
@@ -231,6 +235,7 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 tenant=owner, image=boot.image, ssh_keys=boot.ssh_keys, password_hash=boot.password_hash,
                 iso=boot.iso,
             )
+            vm.anti_affinity_groups.set(groups)
             mirror = Mirror.objects.create(vm=vm)
             nics = add_nics(vm, boot.networks)
             for leg, disk in enumerate(disks):
@@ -245,7 +250,8 @@ def create_vm(req: VmRequest, user: AbstractBaseUser | None = None) -> Job:
                 tenant=owner.slug if owner else None, image=boot.image.name if boot.image else None,
                 iso=boot.iso.name if boot.iso else None,
                 nics=[NicParams(network=n.network.name, mac=n.mac, ip=n.ip) for n in nics],
-                n_plus_one_override=[str(s) for s in shortfalls],
+                n_plus_one_override=[str(s) for s in placement.shortfalls],
+                anti_affinity_groups=[g.name for g in groups], anti_affinity_broken=[str(b) for b in placement.breaks],
             ))
     except PlacementError as exc:
         raise ValidationError({"cpu_server" if req.cpu_server else "__all__": str(exc)}) from exc

@@ -52,9 +52,12 @@ def log_reservation(ctx: JobContext) -> None:
     )
     for leg in legs:
         ctx.log(f"leg {leg.leg}: {leg.name} on {leg.disk_server.name}, {leg.size_mib} MiB at {leg.backing_path}")
-    for shortfall in VmCreateParams.of(ctx.job).n_plus_one_override:
+    params = VmCreateParams.of(ctx.job)
+    for shortfall in params.n_plus_one_override:
         who = ctx.job.user.username if ctx.job.user else "the requester"
         ctx.log(f"N+1 broken on purpose ({who} overrode the check): {shortfall}", LogLevel.WARNING)
+    for broken in params.anti_affinity_broken:
+        ctx.log(broken, LogLevel.WARNING)
 
 
 def release_reservation(ctx: JobContext) -> None:

@@ -8,16 +8,19 @@ from django.views import View
 from django.views.generic import DetailView, FormView, ListView, TemplateView
 
 from jobs.models import Job
+from jobs.redaction import redactor_for
 from tenants.access import is_operator, may_create_vms, may_run, shows_cpu_server, tenant_of
 from tenants.models import Tenant
 from tenants.quotas import usage
+from vms.affinity import may_manage, set_vm_groups, sharing
 from vms.console import recent_sessions
 from vms.filtersets import VmFilterSet
-from vms.forms import VmCreateForm, image_or_iso
+from vms.forms import VmCreateForm, VmGroupsForm, image_or_iso
+from vms.job_params import VmCreateParams, VmMigrateParams
 from vms.migration import migrate_vm
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 from vms.passwords import generate_password
-from vms.placement import cpu_candidates, headroom
+from vms.placement import Apart, Cluster, PlacementError, cpu_candidates
 from vms.serializers import Audience, vm_summary
 from vms.services import ACTIONS, VmRequest, create_vm, delete_vm, eject_cd, vm_action
 from vms.stats_chart import DEFAULT_RANGE, RANGES, charts
@@ -96,6 +99,12 @@ class VmDetailView(LoginRequiredMixin, DetailView):
                                         ] if operator else []
         context["may_console"] = may_run(user, "console")
         context["console_sessions"] = [_console_row(session, operator) for session in recent_sessions(vm)]
+        shown = shows_cpu_server(user)
+        context["groups_shared"] = [f"anti-affinity group {b.group}: {b.together(server_shown=shown)}"
+                                    for b in sharing(vm)]
+        form = VmGroupsForm(vm=vm)
+        if may_manage(user) and form.fields["anti_affinity_groups"].queryset.exists():
+            context["groups_form"] = form
         # Its CPU, disk and network figures (`?range=1h|24h`), from the samples the monitor recorded.
         context["vm_charts"] = charts(vm, self.request.GET.get("range", DEFAULT_RANGE))
         context["vm_chart_ranges"] = list(RANGES)
@@ -171,6 +180,7 @@ class VmCreateView(HiddenUnlessAllowedMixin, FormView):
             **image_or_iso(data.get("image") or ""), networks=(data["network"],) if data.get("network") else (),
             ssh_keys=(data["ssh_keys"],) if data.get("ssh_keys") else (),
             password=generate_password() if data.get("generate_password") else "",
+            anti_affinity_groups=tuple(group.name for group in data.get("anti_affinity_groups") or ()),
         )
         try:
             job = create_vm(request, user=self.request.user)
@@ -178,6 +188,9 @@ class VmCreateView(HiddenUnlessAllowedMixin, FormView):
             for field, errors in exc.message_dict.items():
                 form.add_error(None if field in ("__all__", "networks") or field not in form.fields else field, errors)
             return self.form_invalid(form)
+        redact = redactor_for(self.request.user)
+        for broken in VmCreateParams.of(job).anti_affinity_broken:
+            messages.warning(self.request, redact(broken))
         if request.password:
             # Shown once, here; the panel keeps only its hash (messages live in the session, server-side).
             messages.warning(self.request, f"The password of {request.name}'s login user is {request.password} "
@@ -199,20 +212,34 @@ class QuotaView(LoginRequiredMixin, View):
         return JsonResponse({"tenant": tenant.slug, "usage": [u.as_dict() for u in usage(tenant)]})
 
 
+NEW_VM_LABEL = "the new VM"
+
+
 class PlacementView(OperatorRequiredMixin, View):
-    """What a VM of `memory_mib` would leave on each CPU server, N+1 included (for the wizard)."""
+    """What a VM of `memory_mib` would leave on each CPU server, N+1 included, which members of its
+    anti-affinity groups (`groups`: their ids) each runs, and the server "automatic" would take (the
+    allocator's own choice; null when none fits), for the wizard."""
 
     def get(self, request):
         try:
             memory_mib = max(int(request.GET.get("memory_mib", "0")), 0)
+            group_ids = [int(pk) for pk in request.GET.getlist("groups")]
         except ValueError:
-            return JsonResponse({"error": "memory_mib must be a whole number"}, status=400)
-        return JsonResponse({"memory_mib": memory_mib, "servers": [
+            return JsonResponse({"error": "memory_mib and groups must be whole numbers"}, status=400)
+        apart = Apart.new(NEW_VM_LABEL, AntiAffinityGroup.objects.filter(pk__in=group_ids))
+        cluster = Cluster.load()
+        try:
+            automatic = cluster.place(memory_mib, apart=apart,
+                                      must_keep_n_plus_one=not request.GET.get("allow_n_plus_one_break")).server.name
+        except PlacementError:
+            automatic = None
+        return JsonResponse({"memory_mib": memory_mib, "automatic": automatic, "servers": [
             {"name": h.server.name, "memory_mib": h.server.memory_mib,
              "used_mib": h.load.used_mib, "free_mib": h.free_mib,
              "free_after_mib": h.free_after_mib, "fits": h.fits, "keeps_n_plus_one": h.keeps_n_plus_one,
-             "shortfalls": [str(s).replace("(new VM)", "the new VM") for s in h.shortfalls]}
-            for h in headroom(memory_mib)
+             "shortfalls": [str(s).replace("(new VM)", NEW_VM_LABEL) for s in h.shortfalls],
+             "anti_affinity": [{"group": b.group, "members": list(b.peers)} for b in h.breaks]}
+            for h in cluster.headroom(memory_mib, apart=apart)
         ]})
 
 
@@ -283,7 +310,36 @@ class VmEjectView(LoginRequiredMixin, View):
 class VmMigrateView(OperatorRequiredMixin, View):
     def post(self, request, name: str):
         vm = get_object_or_404(VirtualMachine, name=name)
-        return _submit(request, vm.name, lambda: migrate_vm(
-            vm.name, request.POST.get("target") or None, request.user,
-            max_mib_per_s=_optional_int(request, "max_mib_per_s", "The bandwidth cap must be a whole number of MiB/s"),
-        ))
+        try:
+            job = migrate_vm(vm.name, request.POST.get("target") or None, request.user, max_mib_per_s=_optional_int(
+                request, "max_mib_per_s", "The bandwidth cap must be a whole number of MiB/s"))
+        except ValidationError as exc:
+            messages.error(request, "; ".join(exc.messages))
+            return redirect(vm)
+        for broken in VmMigrateParams.of(job).anti_affinity_broken:  # a target the operator chose
+            messages.warning(request, broken)
+        return redirect(job)
+
+
+class VmGroupsView(LoginRequiredMixin, View):
+    """The VM page's choice of its anti-affinity groups (vms.affinity.set_vm_groups): nothing moves;
+    the page says where it now shares a CPU server with a member."""
+
+    def post(self, request, name: str):
+        vm = _visible_vm(request, name)
+        form = VmGroupsForm(request.POST, vm=vm)
+        if not form.is_valid():
+            messages.error(request, "; ".join(e for errors in form.errors.values() for e in errors))
+            return redirect(vm)
+        try:
+            shared = set_vm_groups(vm.name, [g.name for g in form.cleaned_data["anti_affinity_groups"]], request.user)
+        except ValidationError as exc:
+            messages.error(request, "; ".join(exc.messages))
+            return redirect(vm)
+        names = ", ".join(g.name for g in form.cleaned_data["anti_affinity_groups"]) or "none"
+        messages.success(request, f"{vm.name}'s anti-affinity groups: {names}")
+        for broken in shared:
+            messages.warning(request, f"anti-affinity group {broken.group}: "
+                             f"{broken.together(server_shown=shows_cpu_server(request.user))} until one of them moves "
+                             "(a migration without a target puts it apart)")
+        return redirect(vm)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("", home, name="dashboard"),
     path("hosts/", include("hosts.urls")),
     path("vms/", include("vms.urls")),
+    path("anti-affinity/", include("vms.group_urls")),
     path("jobs/", include("jobs.urls")),
     path("images/", include("images.urls")),
     path("networks/", include("networks.urls")),

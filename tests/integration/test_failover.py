@@ -25,6 +25,7 @@ from hosts.targets import ssh_target
 from jobs.follow import follow
 from jobs.models import Job
 from lab import cluster
+from vms.affinity import create_group, set_vm_groups
 from vms.models import VirtualMachine
 from vms.services import VmRequest, create_vm, delete_vm
 
@@ -161,6 +162,28 @@ def test_guests_of_a_killed_cpu_server_run_on_the_survivor_after_the_fence(lab):
         assert all(macs and cpu2_mac not in macs for macs in _acls().values())
     cluster.up(out=lambda _line: None)  # cpu2 boots again: its old definitions are there, not running
     _on_cpu1_only(names)
+
+
+def test_a_failover_that_must_put_a_groups_members_together_says_so(lab):
+    """Two CPU servers: the members of a group run one on each; when cpu2 dies, its member can only
+    restart beside the other, and the incident says which group that broke."""
+    create_group("fo-web")
+    _create_guests(lab["made"], ["fo-w1"], on="cpu1")
+    _create_guests(lab["made"], ["fo-w2"])
+    for name in ("fo-w1", "fo-w2"):
+        assert set_vm_groups(name, ["fo-web"]) == []
+    methods = "ipmi,storage" if lab["ipmi"] else "storage"
+    cluster.kill_host("cpu2")
+    incident = _declare_dead(methods)
+    job, _ = _fail_over(incident, f"killed cpu2, a group's member restarted beside the other, {methods}")
+
+    assert job.state == "succeeded", job.message
+    broken = ("broke anti-affinity group fo-web: fo-w1 and fo-w2 both on cpu1 (no surviving CPU server without a "
+              "member of the group had room)")
+    assert list(incident.events.filter(kind=EventKind.ANTI_AFFINITY).values_list("message", flat=True)) == [broken]
+    assert _kinds(incident).index(EventKind.RESTARTED) < _kinds(incident).index(EventKind.ANTI_AFFINITY)
+    cluster.up(out=lambda _line: None)
+    _on_cpu1_only(["fo-w1", "fo-w2"])
 
 
 def test_a_host_killed_with_its_bmc_is_fenced_through_storage(lab):

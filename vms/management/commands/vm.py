@@ -1,4 +1,4 @@
-"""`manage.py vm create|delete|list|show|console`: the VM services for operators and scripts."""
+"""`manage.py vm create|delete|list|show|console|group|set-groups`: the VM services for operators and scripts."""
 from __future__ import annotations
 
 import json
@@ -13,8 +13,10 @@ from audit.actors import AuditedCommand
 from jobs.follow import follow
 from jobs.models import Job
 from jobs.services import WorkerUnavailable, check_workers
+from vms.affinity import create_group, delete_group, group_named, set_vm_groups
+from vms.job_params import VmCreateParams, VmMigrateParams
 from vms.migration import migrate_vm
-from vms.models import VirtualMachine
+from vms.models import AntiAffinityGroup, VirtualMachine
 from vms.passwords import generate_password
 from vms.serializers import vm_summary
 from vms.services import VmRequest, create_vm, delete_vm, eject_cd, vm_action
@@ -43,6 +45,8 @@ class Command(AuditedCommand):
                             help="public keys for the image's login user (repeat for more files)")
         create.add_argument("--password", action="store_true",
                             help="generate a password for the login user and print it (once)")
+        create.add_argument("--group", action="append", default=[], metavar="NAME",
+                            help="an anti-affinity group of its owner it joins (repeat for more)")
         create.add_argument("--wait", action="store_true", help="follow the job until it ends")
         delete = sub.add_parser("delete", help="remove the domain, both exports and both volumes")
         delete.add_argument("name")
@@ -66,6 +70,18 @@ class Command(AuditedCommand):
         migrate.add_argument("--max-mib-per-s", type=int, default=None, help="bandwidth cap")
         migrate.add_argument("--wait", action="store_true")
         sub.add_parser("list", help="one line per VM")
+        groups = sub.add_parser("group", help="anti-affinity groups: VMs kept on different CPU servers")
+        group_sub = groups.add_subparsers(dest="group_action", required=True)
+        group_sub.add_parser("list", help="every group, its members and where they run")
+        for verb, text in (("create", "a new, empty group"), ("delete", "forget a group (its VMs stay put)")):
+            one = group_sub.add_parser(verb, help=text)
+            one.add_argument("group")
+            one.add_argument("--tenant", default=None, metavar="SLUG", help="whose (default: the operators')")
+            if verb == "create":
+                one.add_argument("--description", default="")
+        set_groups = sub.add_parser("set-groups", help="the anti-affinity groups a VM is in (nothing moves)")
+        set_groups.add_argument("name")
+        set_groups.add_argument("groups", nargs="*", metavar="GROUP", help="its owner's groups (none: no group)")
         show = sub.add_parser("show", help="one VM in detail")
         show.add_argument("name")
         show.add_argument("--json", action="store_true")
@@ -87,6 +103,9 @@ class Command(AuditedCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
         self.stdout.write(f"job #{job.pk} {job.kind} {job.target_name} queued")
+        params = VmCreateParams if job.kind == "vm.create" else VmMigrateParams if job.kind == "vm.migrate" else None
+        for broken in params.of(job).anti_affinity_broken if params else ():
+            self.stderr.write(f"warning: {broken}")
         if announce:
             self.stdout.write(announce)
         if options["wait"]:
@@ -109,7 +128,7 @@ class Command(AuditedCommand):
             name=options["name"], vcpus=options["vcpus"], memory_mib=options["memory_mib"],
             disk_mib=options["disk_mib"], cpu_server=options["on"], kernel_path=options["kernel"],
             tenant=options["tenant"], image=options["image"], iso=options["iso"], networks=tuple(options["network"]),
-            ssh_keys=tuple(keys), password=password,
+            ssh_keys=tuple(keys), password=password, anti_affinity_groups=tuple(options["group"]),
         )
         self._submit(options, lambda: create_vm(request), announce=(
             f"password of the login user (shown once): {password}" if password else ""))
@@ -147,6 +166,33 @@ class Command(AuditedCommand):
                 f"{vm.name:<24} {vm.state:<9} {host:<12} {vm.vcpus} vCPU {vm.memory_mib} MiB {vm.disk_mib} MiB disk"
             )
 
+    def do_group(self, options: dict) -> None:
+        try:
+            if options["group_action"] == "list":
+                for group in AntiAffinityGroup.objects.select_related("tenant").prefetch_related("members__cpu_server"):
+                    members = ", ".join(f"{vm.name}@{vm.cpu_server.name if vm.cpu_server else '-'}"
+                                        for vm in sorted(group.members.all(), key=lambda vm: vm.name))
+                    self.stdout.write(f"{group.label:<32} {members or '(no members)'}")
+            elif options["group_action"] == "create":
+                group = create_group(options["group"], tenant=options["tenant"], description=options["description"])
+                self.stdout.write(f"anti-affinity group {group.label} created")
+            else:
+                group = group_named(options["group"], options["tenant"])
+                delete_group(group)
+                self.stdout.write(f"anti-affinity group {group.label} deleted")
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+
+    def do_set_groups(self, options: dict) -> None:
+        try:
+            shared = set_vm_groups(options["name"], options["groups"])
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+        self.stdout.write(f"{options['name']}: anti-affinity groups {', '.join(options['groups']) or 'none'}")
+        for broken in shared:
+            self.stderr.write(f"warning: anti-affinity group {broken.group}: {broken.together()} until one of them "
+                              "moves (`vm migrate` without --to puts it apart)")
+
     def do_show(self, options: dict) -> None:
         vm = VirtualMachine.objects.select_related("cpu_server", "image").filter(name=options["name"]).first()
         if vm is None:
@@ -156,8 +202,9 @@ class Command(AuditedCommand):
             self.stdout.write(json.dumps(summary))
             return
         for key, value in summary.items():
-            if key not in ("legs", "nics"):
+            if key not in ("legs", "nics", "anti_affinity_groups"):
                 self.stdout.write(f"{key:<12} {value}")
+        self.stdout.write(f"{'groups':<12} {', '.join(summary['anti_affinity_groups']) or '-'}")
         for leg in summary["legs"]:
             self.stdout.write(f"leg          e{leg['shelf']}.{leg['slot']} on {leg['disk_server']} ({leg['state']})")
         for index, nic in enumerate(summary["nics"]):
