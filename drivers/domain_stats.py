@@ -71,4 +71,5 @@ def read_counters(uri: str, *, timeout: float) -> CountersReading:
         taken_at = time.monotonic()
         return CountersReading(taken_at, {dom.name(): counters_from_stats(record) for dom, record in records})
 
-    return with_connection(uri, "domain stats", timeout, call)
+    # Connections of its own: a slow or dying host's bulk read never shares one with the monitor's checks.
+    return with_connection(uri, "domain stats", timeout, call, purpose="domain stats")

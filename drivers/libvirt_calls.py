@@ -158,7 +158,15 @@ class _Pool:
                 del self._open[uri]
 
 
-_pool = _Pool()
+# The kept connections, by what they serve: the monitor's checks and the jobs share "" (one per host);
+# a background reader that must never disturb them (the guests' figures, vms/stats.py) names its own.
+_pools: dict[str, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool_for(purpose: str) -> _Pool:
+    with _pools_lock:
+        return _pools.setdefault(purpose, _Pool())
 
 
 def _alive(conn: libvirt.virConnect) -> bool:
@@ -168,12 +176,14 @@ def _alive(conn: libvirt.virConnect) -> bool:
         return False
 
 
-def with_connection(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
+def with_connection(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T], *,
+                    purpose: str = "") -> T:
     """fn(conn) on a connection to `uri`, in a worker thread; DriverError after `timeout`, or
-    for libvirt's error (permanent when the request itself is wrong)."""
+    for libvirt's error (permanent when the request itself is wrong). A remote host's connection is
+    kept for the next call of the same `purpose`."""
     guard.before_host_call()
     if is_remote(uri):
-        return _on_pooled(uri, what, timeout, fn)
+        return _on_pooled(_pool_for(purpose), uri, what, timeout, fn)
     holder = Connection()
 
     def on_own() -> T:
@@ -187,7 +197,7 @@ def with_connection(uri: str, what: str, timeout: float, fn: Callable[[libvirt.v
     return bounded(uri, what, timeout, on_own, holder.abandon)
 
 
-def _on_pooled(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
+def _on_pooled(pool: _Pool, uri: str, what: str, timeout: float, fn: Callable[[libvirt.virConnect], T]) -> T:
     used: list[libvirt.virConnect] = []  # the connection the call runs on last
 
     def attempt(conn: libvirt.virConnect) -> T:
@@ -196,21 +206,21 @@ def _on_pooled(uri: str, what: str, timeout: float, fn: Callable[[libvirt.virCon
             return fn(conn)
         except libvirt.libvirtError:
             if not _alive(conn):
-                _pool.drop(uri, conn)  # closed under us: its host or libvirtd restarted
+                pool.drop(uri, conn)  # closed under us: its host or libvirtd restarted
             raise
 
     def work() -> T:
-        conn, kept = _pool.get(uri)
+        conn, kept = pool.get(uri)
         try:
             return attempt(conn)
         except libvirt.libvirtError:
             if not kept or _alive(conn):
                 raise
-        return attempt(_pool.get(uri)[0])  # the kept one had been closed: once more on a new one
+        return attempt(pool.get(uri)[0])  # the kept one had been closed: once more on a new one
 
     def give_up() -> None:
         if used:
-            _pool.drop(uri, used[-1])  # the host may be dead: the next call opens a new one
+            pool.drop(uri, used[-1])  # the host may be dead: the next call opens a new one
 
     return bounded(uri, what, timeout, work, give_up)
 

@@ -159,7 +159,7 @@ def hosts(monkeypatch) -> dict[str, FakeHost]:
         return found[uri.split("@")[1].split(".")[0]]
 
     monkeypatch.setattr(libvirt_calls.libvirt, "open", fake_open)
-    monkeypatch.setattr(libvirt_calls, "_pool", libvirt_calls._Pool())
+    monkeypatch.setattr(libvirt_calls, "_pools", {})
     return found
 
 

@@ -87,7 +87,7 @@ def test_a_remote_host_is_read_in_one_call_over_the_kept_connection(monkeypatch)
         return opened[-1]
 
     monkeypatch.setattr(libvirt_calls.libvirt, "open", fake_open)
-    monkeypatch.setattr(libvirt_calls, "_pool", libvirt_calls._Pool())
+    monkeypatch.setattr(libvirt_calls, "_pools", {})
     uri = "qemu+ssh://root@cpu7.example/system"
     first = read_counters(uri, timeout=5)
     second = read_counters(uri, timeout=5)

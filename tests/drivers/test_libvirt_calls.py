@@ -36,13 +36,20 @@ def opened(monkeypatch) -> list[FakeConnection]:
         return made[-1]
 
     monkeypatch.setattr(libvirt_calls.libvirt, "open", fake_open)
-    monkeypatch.setattr(libvirt_calls, "_pool", libvirt_calls._Pool())
+    monkeypatch.setattr(libvirt_calls, "_pools", {})
     return made
 
 
 def test_remote_calls_share_one_kept_connection(opened):
     seen = [libvirt_calls.with_connection(REMOTE, "look", 5, lambda conn: conn) for _ in range(3)]
     assert len(opened) == 1 and seen == [opened[0]] * 3 and not opened[0].closed
+
+
+def test_a_purpose_of_its_own_keeps_a_connection_of_its_own(opened):
+    checks = [libvirt_calls.with_connection(REMOTE, "look", 5, lambda conn: conn) for _ in range(2)]
+    figures = [libvirt_calls.with_connection(REMOTE, "stats", 5, lambda conn: conn, purpose="domain stats")
+               for _ in range(2)]
+    assert len(opened) == 2 and checks == [opened[0]] * 2 and figures == [opened[1]] * 2
 
 
 def test_local_uris_get_a_connection_per_call_closed_after_it(opened):
