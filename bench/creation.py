@@ -23,8 +23,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import database, lab_run, report
+
+if TYPE_CHECKING:  # the bench sets Django up before it reads any model
+    from hosts.models import CpuServer, DiskServer
 
 DB_NAME = "xenaoe_bench_create"
 ROUNDS = int(os.environ.get("BENCH_CREATE_ROUNDS", "5"))
@@ -108,16 +112,23 @@ class Script:
         subprocess.run(["sh", str(self.file)], check=True, timeout=120)
 
     def clean(self) -> None:
-        from drivers import aoe, hypervisor, vblade
+        remove_script_guest(self.cpu, self.disks, self.paths, SCRIPT_DOMAIN, SCRIPT_SLOT)
 
-        uri = self.cpu.libvirt_uri
-        if hypervisor.domain_info(uri, SCRIPT_DOMAIN) is not None:
-            hypervisor.destroy(uri, SCRIPT_DOMAIN)
-            hypervisor.undefine(uri, SCRIPT_DOMAIN)
-        for disk, target, path in zip(self.disks, self.disk_targets, self.paths, strict=True):
-            aoe.detach(self.cpu_target, disk.aoe_shelf, SCRIPT_SLOT)
-            vblade.stop_export(target, disk.aoe_shelf, SCRIPT_SLOT)
-            vblade.remove_volume(target, path)
+
+def remove_script_guest(cpu: CpuServer, disks: list[DiskServer], paths: list[str], domain: str, slot: int) -> None:
+    """What a baseline script made, gone (untimed): its domain on `cpu`, its legs attached there, and
+    each disk server's export at `slot` and volume at its path."""
+    from drivers import aoe, hypervisor, vblade
+    from hosts.targets import ssh_target
+
+    uri = cpu.libvirt_uri
+    if hypervisor.domain_info(uri, domain) is not None:
+        hypervisor.destroy(uri, domain)
+        hypervisor.undefine(uri, domain)
+    for disk, path in zip(disks, paths, strict=True):
+        aoe.detach(ssh_target(cpu), disk.aoe_shelf, slot)
+        vblade.stop_export(ssh_target(disk), disk.aoe_shelf, slot)
+        vblade.remove_volume(ssh_target(disk), path)
 
 
 def script_xml(vm_name: str, domain: str, legs_by_shelf: dict[int, str]) -> str:

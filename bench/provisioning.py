@@ -138,16 +138,9 @@ class ImageScript:
         return answered(ping, started, "the script's guest")
 
     def clean(self) -> None:
-        from drivers import aoe, hypervisor, vblade
+        from bench.creation import remove_script_guest
 
-        uri = self.cpu.libvirt_uri
-        if hypervisor.domain_info(uri, SCRIPT_DOMAIN) is not None:
-            hypervisor.destroy(uri, SCRIPT_DOMAIN)
-            hypervisor.undefine(uri, SCRIPT_DOMAIN)
-        for disk, target, path in zip(self.disks, self.disk_targets, self.paths, strict=True):
-            aoe.detach(self.cpu_target, disk.aoe_shelf, SCRIPT_SLOT)
-            vblade.stop_export(target, disk.aoe_shelf, SCRIPT_SLOT)
-            vblade.remove_volume(target, path)
+        remove_script_guest(self.cpu, self.disks, self.paths, SCRIPT_DOMAIN, SCRIPT_SLOT)
 
 
 def create_until_answering(name: str, disk_mib: int) -> float:
