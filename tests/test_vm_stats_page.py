@@ -121,6 +121,7 @@ def test_no_figures_yet_says_so_once(owner, web, settings):
     html = owner.get("/vms/web/").content.decode()
     assert 'data-chart="vm-' not in html
     assert html.count("No figures of web in the last 1h") == 1 and "every 60 s" in html
+    assert "CPU server" not in html  # a tenant's user is told nothing of the hosts
     settings.VM_STATS_INTERVAL_S = 0
     assert "No figures are collected here" in owner.get("/vms/web/").content.decode()
 

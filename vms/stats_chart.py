@@ -107,9 +107,9 @@ class _Drawing:
     def chart(self, key: str, title: str, series: tuple[Series, ...], summary: str, left_top: str,
               left_colour: str) -> Chart:
         if self.interval_s:
-            empty = (f"No figures of {self.vm.name} in the last {self.range_key}: the monitor (python manage.py "
-                     f"monitor) reads its CPU server every {self.interval_s} s; a running guest is measured from "
-                     "the second reading on.")
+            # Said to tenants too: no word of the hosts behind the guest (docs/tenants.md).
+            empty = (f"No figures of {self.vm.name} in the last {self.range_key}: the panel reads a running "
+                     f"guest's figures every {self.interval_s} s, and draws them from the second reading on.")
         else:
             empty = "No figures are collected here (XENAOE_VM_STATS_INTERVAL_S=0)."
         return Chart(key, f"{title} of {self.vm.name}, last {self.range_key}", self.range_key, self.frame.start,
