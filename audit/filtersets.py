@@ -4,8 +4,6 @@ Each but the address is an indexed column compared with `=`, a prefix or a range
 indexes), so the first page comes off an index whatever the filters."""
 from __future__ import annotations
 
-import datetime
-
 import django_filters
 from django import forms
 from django.db.models import QuerySet
@@ -14,7 +12,7 @@ from audit.choices import Action, ActorKind
 from audit.models import AuditEvent
 from tenants.access import is_operator
 from tenants.models import Tenant
-from xenaoe_panel.filtersets import FilterForm, NameFilter, PanelFilterSet, as_utc, midnight
+from xenaoe_panel.filtersets import FilterForm, NameFilter, PanelFilterSet, TimeRangeFilters
 
 NO_TENANT = "-"  # events only operators see
 
@@ -32,7 +30,7 @@ class AuditFilterForm(FilterForm):
     page_help = ("actor", "target")
 
 
-class AuditEventFilterSet(PanelFilterSet):
+class AuditEventFilterSet(TimeRangeFilters, PanelFilterSet):
     """Who, what, on what, whose, from where, when. The page draws all but `since` and `before`
     (it has its two dates); the API takes them all."""
 
@@ -59,6 +57,8 @@ class AuditEventFilterSet(PanelFilterSet):
     before = django_filters.IsoDateTimeFilter(method="filter_before", label="Before",
                                               help_text="Before this ISO 8601 time.")
 
+    time_field = "time"
+
     class Meta:
         model = AuditEvent
         fields = ["action", "actor", "actor_kind", "target", "tenant", "ip", "date_from", "date_to", "since",
@@ -77,18 +77,3 @@ class AuditEventFilterSet(PanelFilterSet):
 
     def filter_tenant(self, events: QuerySet[AuditEvent], name: str, value: str) -> QuerySet[AuditEvent]:
         return events.filter(tenant__isnull=True) if value == NO_TENANT else events.filter(tenant__slug=value)
-
-    def filter_date_from(self, events: QuerySet[AuditEvent], name: str, value: datetime.date) -> QuerySet[AuditEvent]:
-        return events.filter(time__gte=midnight(value))
-
-    def filter_date_to(self, events: QuerySet[AuditEvent], name: str, value: datetime.date) -> QuerySet[AuditEvent]:
-        if value == datetime.date.max:  # the calendar's last day: no end
-            return events
-        return events.filter(time__lt=midnight(value + datetime.timedelta(days=1)))
-
-    def filter_since(self, events: QuerySet[AuditEvent], name: str, value: datetime.datetime) -> QuerySet[AuditEvent]:
-        return events.filter(time__gte=as_utc(value))
-
-    def filter_before(self, events: QuerySet[AuditEvent], name: str,
-                      value: datetime.datetime) -> QuerySet[AuditEvent]:
-        return events.filter(time__lt=as_utc(value))

@@ -2,7 +2,6 @@
 (xenaoe_panel/filtersets.py); each narrows what the user may see (Job.objects.visible_to)."""
 from __future__ import annotations
 
-import datetime
 import re
 from typing import Any
 
@@ -18,7 +17,7 @@ from django.db.models import QuerySet
 from jobs.choices import JobState
 from jobs.models import Job
 from tenants.access import is_operator, shows_cpu_server, tenant_of
-from xenaoe_panel.filtersets import FilterForm, LowerCaseField, NameFilter, PanelFilterSet, as_utc, midnight
+from xenaoe_panel.filtersets import FilterForm, LowerCaseField, NameFilter, PanelFilterSet, TimeRangeFilters
 from xenaoe_panel.names import NAME, NAME_RE
 
 # VM and host names (vms.models, hosts.models); a trailing * makes a VM name a prefix. \Z, not $:
@@ -80,7 +79,7 @@ class PatternFilter(django_filters.CharFilter):
     field_class = NameField
 
 
-class JobFilterSet(PanelFilterSet):
+class JobFilterSet(TimeRangeFilters, PanelFilterSet):
     """The job history's filters: the page (/jobs/) draws all but `since`; the API (/api/jobs/) takes them all.
 
     Every filter is one indexed column compared with `=`, a prefix or a range, so that the first page
@@ -107,6 +106,8 @@ class JobFilterSet(PanelFilterSet):
                                         widget=forms.DateInput(attrs={"type": "date"}))
     since = django_filters.IsoDateTimeFilter(method="filter_since", label="Since",
                                              help_text="Created at or after this ISO 8601 time.")
+
+    time_field = "created_at"
 
     class Meta:
         model = Job
@@ -142,16 +143,3 @@ class JobFilterSet(PanelFilterSet):
 
     def filter_user(self, jobs: QuerySet[Job], name: str, value: AbstractBaseUser) -> QuerySet[Job]:
         return jobs.filter(user=value)
-
-    def filter_date_from(self, jobs: QuerySet[Job], name: str, value: datetime.date) -> QuerySet[Job]:
-        return jobs.filter(created_at__gte=midnight(value))
-
-    def filter_date_to(self, jobs: QuerySet[Job], name: str, value: datetime.date) -> QuerySet[Job]:
-        if value == datetime.date.max:  # the calendar's last day: no end
-            return jobs
-        return jobs.filter(created_at__lt=midnight(value + datetime.timedelta(days=1)))
-
-    def filter_since(self, jobs: QuerySet[Job], name: str, value: datetime.datetime) -> QuerySet[Job]:
-        # In UTC: ISO 8601 allows offsets (up to -23:59) that PostgreSQL refuses (found by schemathesis),
-        # clamped to the calendar (0001-01-01T00:00+01:00 is in year 0).
-        return jobs.filter(created_at__gte=as_utc(value))
