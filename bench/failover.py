@@ -4,7 +4,9 @@ by hand on the survivor (both legs attached, `virsh define`, `virsh start`, in s
 operator would once they know the host is dead.
 
 Each round: 6 guests (64 MiB, no OS) created on cpu2, the monitor (`manage.py monitor`, its own
-process, default interval and misses) watching; cpu2's plug pulled (every process in it killed, its
+process, default interval and misses) watching, beside the guests' figures sampler (`manage.py
+vm_stats`, every 2 s here rather than 60: as deployed, and made to read the hosts while one dies);
+cpu2's plug pulled (every process in it killed, its
 BMC up: IPMI fencing confirms); the times read from the incident's own timeline (detected, fenced,
 the last guest restarted). Then cpu2 is brought back and the guests deleted, untimed.
 """
@@ -31,21 +33,22 @@ INTERVAL_S = os.environ.get("BENCH_FAILOVER_INTERVAL_S", "")
 
 
 MONITOR_LOG = report.RESULTS / "failover-monitor.log"
+SAMPLER_LOG = report.RESULTS / "failover-vm-stats.log"
 
 
-def _monitor() -> subprocess.Popen:
-    """`manage.py monitor` as its own process, what it says kept in .bench/failover-monitor.log."""
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="xenaoe_panel.settings_lab")
-    MONITOR_LOG.parent.mkdir(exist_ok=True)
-    with MONITOR_LOG.open("w") as log:
-        return subprocess.Popen([sys.executable, "manage.py", "monitor"], cwd=REPO, env=env,
+def _panel_process(command: str, log_path: Path, **env_extra: str) -> subprocess.Popen:
+    """`manage.py <command>` as its own process, what it says kept in .bench/."""
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="xenaoe_panel.settings_lab", **env_extra)
+    log_path.parent.mkdir(exist_ok=True)
+    with log_path.open("w") as log:
+        return subprocess.Popen([sys.executable, "manage.py", command], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def _monitor_alive(monitor: subprocess.Popen) -> None:
-    if monitor.poll() is not None:
-        tail = "\n".join(MONITOR_LOG.read_text().splitlines()[-20:])
-        raise RuntimeError(f"the monitor exited ({monitor.returncode}); the end of {MONITOR_LOG}:\n{tail}")
+def _alive(process: subprocess.Popen, log_path: Path) -> None:
+    if process.poll() is not None:
+        tail = "\n".join(log_path.read_text().splitlines()[-20:])
+        raise RuntimeError(f"{process.args[2]} exited ({process.returncode}); the end of {log_path}:\n{tail}")
 
 
 def _create_guests(prefix: str) -> list[str]:
@@ -81,7 +84,7 @@ def one_failover(prefix: str, monitor: subprocess.Popen) -> dict[str, float]:
     cluster.kill_host("cpu2")
 
     def restarted() -> bool:
-        _monitor_alive(monitor)
+        _alive(monitor, MONITOR_LOG)
         return VirtualMachine.objects.filter(name__in=names, state="running", cpu_server__name="cpu1").count() == GUESTS
 
     _wait(restarted, 120, f"the {GUESTS} guests were not running on cpu1")
@@ -190,7 +193,8 @@ def main() -> int:
         _create_guests("benchtpl")
         floor = Floor(Path(workdir), "benchtpl0")
         delete_many("benchtpl")
-        monitor = _monitor()
+        monitor = _panel_process("monitor", MONITOR_LOG)
+        sampler = _panel_process("vm_stats", SAMPLER_LOG, XENAOE_VM_STATS_INTERVAL_S="2")
         try:
             for n in range(ROUNDS):
                 floor.exports(start=True)
@@ -199,9 +203,11 @@ def main() -> int:
                 splits.append(one_failover(f"fo{n}x", monitor))
                 print(f"round {n}: {splits[-1]}, floor {floors[-1]:.2f} s")
                 bring_back(f"fo{n}x")
+                _alive(sampler, SAMPLER_LOG)
         finally:
-            monitor.terminate()
-            monitor.wait(timeout=20)
+            for process in (monitor, sampler):
+                process.terminate()
+                process.wait(timeout=20)
             floor.exports(start=False)
     monitor_settings = {"interval": f"{settings.MONITOR_INTERVAL_S} s",
                         "dead after": f"{settings.MONITOR_DEAD_AFTER} misses"}

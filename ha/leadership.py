@@ -17,6 +17,9 @@ every decision is also guarded in the database (compare-and-set on host rows, on
 host, one active failover job per incident), so such an overlap can delay a decision, never double it.
 
 On SQLite (the demo) there is nothing to elect with: the one monitor leads (`SoleLeadership`).
+
+The guests' figures sampler (`manage.py vm_stats`) is elected the same way, on a lock of its own
+(`Role`): one sampler per site whatever the number of panel machines, the others standing by.
 """
 from __future__ import annotations
 
@@ -32,10 +35,19 @@ from django.conf import settings
 from django.db import connections
 
 logger = logging.getLogger(__name__)
-# pg_try_advisory_lock(int4, int4): ("XAOE", the monitor). pg_locks shows it as classid, objid, objsubid 2.
-LOCK_KEYS = (0x58414F45, 1)
-APPLICATION_PREFIX = "xenaoe-monitor"
 GAINED, LOST = "gained", "lost"
+
+
+@dataclass(frozen=True)
+class Role:
+    """What is led: one lock and one application name per role, so that each role elects its own leader."""
+    lock_keys: tuple[int, int]  # pg_try_advisory_lock(int4, int4); pg_locks: classid, objid, objsubid 2
+    application_prefix: str  # in pg_stat_activity, before the node's name
+
+
+# ("XAOE", 1): the host monitors. ("XAOE", 2): the guests' figures sampler (`manage.py vm_stats`).
+MONITOR = Role((0x58414F45, 1), "xenaoe-monitor")
+VM_STATS = Role((0x58414F45, 2), "xenaoe-vm-stats")
 
 _HOLDS = """SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()
             AND classid = %s AND objid = %s AND objsubid = 2 AND granted)"""
@@ -118,8 +130,9 @@ class AdvisoryLockLeadership:
     kind = "elected by a PostgreSQL advisory lock"
 
     def __init__(self, *, interval: float, node: str | None = None, alias: str = "default",
-                 hung_after_s: float | None = None) -> None:
+                 hung_after_s: float | None = None, role: Role = MONITOR) -> None:
         self.node = node or this_node()
+        self.role = role
         self.interval = interval
         # Generous: a slow cycle (the database busy, a takeover's resume) must not cost the lead.
         self.hung_after_s = hung_after_s if hung_after_s is not None else max(5.0, 5 * interval)
@@ -136,8 +149,8 @@ class AdvisoryLockLeadership:
         was = self.is_leader
         try:
             conn = self._connection()
-            self.is_leader = _holds(conn) if was else _try_lock(conn)
-            self.leader = self.node if self.is_leader else _leader_name(conn)
+            self.is_leader = _holds(conn, self.role) if was else _try_lock(conn, self.role)
+            self.leader = self.node if self.is_leader else _leader_name(conn, self.role)
             self.error = ""
         except psycopg.Error as exc:
             self._drop()
@@ -153,7 +166,7 @@ class AdvisoryLockLeadership:
         busy server does a moment after the client returns: a standby asking then finds it held."""
         if self.is_leader and self._conn is not None and not self._conn.closed:
             try:
-                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", LOCK_KEYS)
+                self._conn.execute("SELECT pg_advisory_unlock(%s, %s)", self.role.lock_keys)
             except psycopg.Error:
                 pass  # the session is broken: ending it is all that is left, and releases the lock
         self._drop()
@@ -165,7 +178,8 @@ class AdvisoryLockLeadership:
         params = connections[self.alias].get_connection_params()
         for django_only in ("cursor_factory", "context", "prepare_threshold"):
             params.pop(django_only, None)
-        params.update(self.keepalive.client_params(), application_name=f"{APPLICATION_PREFIX} {self.node}"[:63],
+        name = f"{self.role.application_prefix} {self.node}"[:63]
+        params.update(self.keepalive.client_params(), application_name=name,
                       connect_timeout=max(2, math.ceil(self.interval)), autocommit=True)
         conn = psycopg.connect(**params)
         try:
@@ -190,27 +204,27 @@ class AdvisoryLockLeadership:
             self._conn = None
 
 
-def _try_lock(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEYS).fetchone()
+def _try_lock(conn: psycopg.Connection, role: Role) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", role.lock_keys).fetchone()
     return bool(row and row[0])
 
 
-def _holds(conn: psycopg.Connection) -> bool:
-    row = conn.execute(_HOLDS, LOCK_KEYS).fetchone()
+def _holds(conn: psycopg.Connection, role: Role) -> bool:
+    row = conn.execute(_HOLDS, role.lock_keys).fetchone()
     return bool(row and row[0])
 
 
-def _leader_name(conn: psycopg.Connection) -> str:
-    for session in _sessions(conn):
+def _leader_name(conn: psycopg.Connection, role: Role) -> str:
+    for session in _sessions(conn, role):
         if session.leads:
             return session.name
     return ""
 
 
-def leadership_for(interval: float) -> Leadership:
-    """An elected leadership on PostgreSQL; on SQLite the one monitor leads."""
+def leadership_for(interval: float, role: Role = MONITOR) -> Leadership:
+    """An elected leadership on PostgreSQL; on SQLite the one process of the role leads."""
     if connections["default"].vendor == "postgresql":
-        return AdvisoryLockLeadership(interval=interval)
+        return AdvisoryLockLeadership(interval=interval, role=role)
     return SoleLeadership()
 
 
@@ -224,13 +238,14 @@ class MonitorSession:
     leads: bool
 
 
-def _sessions(conn: Any) -> list[MonitorSession]:
-    """Every monitor connected to this database (their lock sessions), the leader marked."""
+def _sessions(conn: Any, role: Role = MONITOR) -> list[MonitorSession]:
+    """Every process of the role connected to this database (their lock sessions), the leader marked."""
+    prefix = f"{role.application_prefix} "
     with conn.cursor() as cur:
         cur.execute("SELECT pg_stat_clear_snapshot()")  # within a transaction, pg_stat_activity is frozen
-        cur.execute(_SESSIONS, [*LOCK_KEYS, f"{APPLICATION_PREFIX} %"])
+        cur.execute(_SESSIONS, [*role.lock_keys, f"{prefix}%"])
         rows = cur.fetchall()
-    return [MonitorSession(name.removeprefix(f"{APPLICATION_PREFIX} "), address or "", since, bool(leads))
+    return [MonitorSession(name.removeprefix(prefix), address or "", since, bool(leads))
             for _pid, name, address, since, leads in rows]
 
 

@@ -61,7 +61,7 @@ from hosts.states import Host, change_state
 from hosts.targets import bmc_target, ssh_target
 from jobs.choices import JobState
 from jobs.models import Job
-from metrics import monitor_hook
+from metrics import cycle_time
 from storage.guest_health import GuestHealthWatch
 from vms.models import VirtualMachine
 
@@ -176,7 +176,7 @@ class Monitor:
                 report = self.cycle()
                 for line in report.changes:
                     out(line)
-                monitor_hook.after_cycle(report.duration_s, report.leading)  # /metrics; the guests' figures
+                cycle_time.after_cycle(report.duration_s, report.leading)  # for /metrics
             except Exception:  # the database or Redis away for a moment: keep watching
                 logger.exception("monitor cycle failed")
             finally:

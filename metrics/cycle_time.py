@@ -1,7 +1,8 @@
 """The leading monitor's cycle time, for /metrics.
 
-ha/monitor.py measures every cycle. After each cycle it leads (metrics/monitor_hook.py), the monitor
-adds the duration to a histogram it keeps in memory, counted since it took the lead, and writes the
+ha/monitor.py measures every cycle. After each cycle it leads (`after_cycle`, from `Monitor.run`
+only: not `manage.py monitor --once`, nor tests driving single cycles), the monitor adds the
+duration to a histogram it keeps in memory, counted since it took the lead, and writes the
 histogram with the last cycle's duration and end to the cache (Redis, which every panel process
 shares): one small value per cycle and no database write every two seconds. A monitor standing by
 writes nothing and forgets its counts, so that when it leads again it starts from zero, which
@@ -50,6 +51,8 @@ class CycleTimes:
 
 
 class CycleTimeRecorder:
+    """Never raises: the monitor goes on watching whatever happens to its figures."""
+
     def __init__(self) -> None:
         self.times: CycleTimes | None = None
         self._failing = False
@@ -80,3 +83,11 @@ def read() -> CycleTimes | None:
         logger.exception("could not read the monitor's cycle time")
         return None
     return CycleTimes.from_cache(value) if isinstance(value, dict) else None
+
+
+_recorder = CycleTimeRecorder()
+
+
+def after_cycle(duration_s: float, leading: bool) -> None:
+    """The monitor's process' one recorder (`Monitor.run`)."""
+    _recorder.after_cycle(duration_s, leading)

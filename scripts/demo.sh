@@ -55,7 +55,7 @@ start)
   [ -s "$metrics_token_file" ] || (umask 077; $PY -c 'import secrets; print(secrets.token_urlsafe(32))' > "$metrics_token_file")
   export XENAOE_METRICS_TOKEN_FILE="$metrics_token_file"
   stop_pid "$RUN/worker.pid"; stop_pid "$RUN/worker-ha.pid"; stop_pid "$RUN/web.pid"; stop_pid "$RUN/watch.pid"
-  stop_pid "$RUN/beat.pid"; stop_pid "$RUN/monitor.pid"
+  stop_pid "$RUN/beat.pid"; stop_pid "$RUN/monitor.pid"; stop_pid "$RUN/vm-stats.pid"
   nohup .venv/bin/celery -A xenaoe_panel beat --loglevel=INFO \
     > "$RUN/beat.log" 2>&1 < /dev/null & echo $! > "$RUN/beat.pid"
   nohup .venv/bin/celery -A xenaoe_panel worker -P threads -c 4 -Q "$QUEUE" -n "default@%h" --loglevel=INFO \
@@ -65,6 +65,8 @@ start)
     > "$RUN/worker-ha.log" 2>&1 < /dev/null & echo $! > "$RUN/worker-ha.pid"
   nohup $PY manage.py watch_domains > "$RUN/watch.log" 2>&1 < /dev/null & echo $! > "$RUN/watch.pid"
   nohup $PY manage.py monitor > "$RUN/monitor.log" 2>&1 < /dev/null & echo $! > "$RUN/monitor.pid"
+  # The guests' figures: a process of its own, never the monitor's (docs/operations.md).
+  nohup $PY manage.py vm_stats > "$RUN/vm-stats.log" 2>&1 < /dev/null & echo $! > "$RUN/vm-stats.pid"
   nohup .venv/bin/daphne -b 127.0.0.1 -p "$PORT" xenaoe_panel.asgi:application \
     > "$RUN/web.log" 2>&1 < /dev/null & echo $! > "$RUN/web.pid"
   for _ in $(seq 1 100); do
@@ -84,7 +86,7 @@ shows its address and the command to log in from the lab's guest network, e.g.
 To watch it boot and log in from the browser, tick "Also give the login user a password" in the wizard,
 then "Console" (serial) or "Screen" (graphical) on the VM's page; log in as debian with that password.
 From the command line: export DJANGO_SETTINGS_MODULE=xenaoe_panel.settings_lab, then .venv/bin/python manage.py ...
-Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, beat.log). Stop everything with: make stop
+Logs in $RUN/ (web.log, worker.log, worker-ha.log, watch.log, monitor.log, vm-stats.log, beat.log). Stop everything with: make stop
 TXT
   ;;
 stop)
@@ -94,6 +96,7 @@ stop)
   stop_pid "$RUN/watch.pid"
   stop_pid "$RUN/beat.pid"
   stop_pid "$RUN/monitor.pid"
+  stop_pid "$RUN/vm-stats.pid"
   if [ "$(id -u)" = 0 ] && [ -x "$PY" ]; then $PY manage.py lab down; fi
   ;;
 *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -1,9 +1,9 @@
-"""Guests' CPU, disk and network figures: their hosts' counters, read in the background of the
-leading monitor, turned into rates and kept for a day (`VmSample`).
+"""Guests' CPU, disk and network figures: their hosts' counters, read by the leading sampler process
+(`manage.py vm_stats`), turned into rates and kept for a day (`VmSample`).
 
 Every XENAOE_VM_STATS_INTERVAL_S seconds a pass asks each CPU server the monitor expects to answer
 for its running guests' counters (drivers/domain_stats.py: libvirt's bulk stats, one call per
-server, in a pool thread, within READ_TIMEOUT_S). The monitor's next cycles harvest the readings
+server, in a pool thread, within READ_TIMEOUT_S). The process's next ticks harvest the readings
 that came back and record, for every guest the panel places on that server, its rates since the
 server's previous reading. A rate needs two readings of one server by this process no more than
 GAP_INTERVALS intervals apart: the first reading after a start, a move to another server or a gap
@@ -113,9 +113,10 @@ def prune_samples(now: datetime.datetime | None = None, hours: int | None = None
 
 
 class VmStatsSampler:
-    """The passes, for a process with a cycle of its own (the leading monitor, metrics/monitor_hook.py):
-    `tick` records the readings that came back and starts a pass when one is due; `forget` drops what
-    this process measured (it stopped leading: its readings would be stale when it leads again)."""
+    """The passes, for a process with a loop of its own (vms/management/commands/vm_stats.py): `tick`
+    records the readings that came back and starts a pass when one is due (the first at once);
+    `forget` drops what this process measured (it stopped leading: its readings would be stale when
+    it leads again)."""
 
     def __init__(self, *, interval: float | None = None, timeout: float = READ_TIMEOUT_S,
                  read: ReadFn = read_counters) -> None:
@@ -126,14 +127,13 @@ class VmStatsSampler:
         self._reads: dict[int, tuple[datetime.datetime, str, Future[CountersReading]]] = {}
         self._last: dict[int, CountersReading] = {}  # each server's latest reading
         self._silent: set[int] = set()  # servers whose latest read failed: said once, and when they answer
-        # The first pass waits an interval: a monitor that has just taken the lead is opening a
-        # connection to every host for its checks, which the passes then reuse (drivers/libvirt_calls.py).
-        self._last_pass = time.monotonic()
+        self._last_pass: float | None = None  # monotonic; None: a pass is due
 
     def tick(self) -> int:
         """Returns how many samples were written."""
         written = self._harvest()
-        if self.interval > 0 and time.monotonic() - self._last_pass >= self.interval:
+        due = self._last_pass is None or time.monotonic() - self._last_pass >= self.interval
+        if self.interval > 0 and due:
             self._last_pass = time.monotonic()
             self._start_pass()
         return written
@@ -142,7 +142,7 @@ class VmStatsSampler:
         self._reads.clear()  # what is in flight finishes in its thread, unread
         self._last.clear()
         self._silent.clear()
-        self._last_pass = time.monotonic()
+        self._last_pass = None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

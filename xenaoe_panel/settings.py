@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "networks",
     "sshkeys",
     "notifications",
+    "metrics",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
