@@ -39,4 +39,4 @@ class ActorKind(models.TextChoices):
     ANONYMOUS = "anonymous", "not signed in"  # a failed login, a password reset link
     COMMAND = "command", "manage.py"  # the operating system user who ran it
     MONITOR = "monitor", "monitor"  # manage.py monitor's decisions
-    SYSTEM = "system", "system"  # a worker or a periodic task: a job's own steps, the job archive
+    SYSTEM = "system", "system"  # a worker or a periodic task: a job's own steps, the nightly archives

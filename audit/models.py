@@ -4,7 +4,7 @@ Rows are only ever added. The ORM refuses to change or delete one (`save` of an 
 `delete`, a queryset's `update` and `delete`), and so does PostgreSQL itself: a trigger
 (migration 0002) refuses UPDATE and DELETE from any client, with two exceptions that keep the
 record whole — deleting a user or a tenant empties the link to it (the name stays in the row), and
-the job archive deletes the events it has just written to its file, older than a day at least
+the audit archive deletes the events it has just written to its file, older than a day at least
 (audit/retention.py).
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The audit log's part of the job archive (jobs/retention.py): events older than the jobs' cutoff
-move into a file of their own, `audit-<time>.jsonl.gz` beside the jobs' (`manage.py jobs
-archive|restore`, the daily Celery beat task).
+"""The audit log's retention, apart from the job history's: events older than
+AUDIT_RETENTION_DAYS (XENAOE_AUDIT_RETENTION_DAYS) move into a file of their own,
+`audit-<time>.jsonl.gz`, in JOB_ARCHIVE_DIR beside the jobs' (`manage.py audit archive|restore`,
+the daily Celery beat task `audit.archive_events`).
 
 One line per event: {"v": 1, "event": {column: value}, "actor": username or null, "tenant": slug
 or null}; user and tenant by name, since their ids differ in the database an archive is restored
@@ -18,6 +19,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.utils import timezone
 
 from audit.choices import Action
 from audit.models import AuditEvent
@@ -28,10 +30,13 @@ from xenaoe_panel.archives import batched, first_line, from_json, read_archive, 
 FORMAT_VERSION = 1
 PREFIX = "audit"
 _FIELDS = list(AuditEvent._meta.concrete_fields)
+# The trigger lets no cutoff younger than this through: the last day's events stay whatever is asked.
+MIN_AGE = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
 class AuditArchive:
+    cutoff: datetime.datetime
     events: int
     path: Path | None  # None: a dry run, or nothing was old enough
 
@@ -42,15 +47,19 @@ class AuditRestore:
     skipped: int  # already in the database
 
 
-def archive_audit_events(cutoff: datetime.datetime, archive_dir: Path, *, batch: int = 1000,
+def archive_audit_events(older_than: datetime.timedelta, archive_dir: Path, *, batch: int = 1000,
                          dry_run: bool = False) -> AuditArchive:
-    """Move the events from before `cutoff` into a new file in `archive_dir`."""
+    """Move the events older than `older_than` into a new file in `archive_dir`."""
+    if older_than < MIN_AGE:
+        # Asked of the trigger, it would refuse the deletes after the file was written.
+        raise ValueError(f"audit events younger than {MIN_AGE.days} day are never archived")
+    cutoff = timezone.now() - older_than
     old = AuditEvent.objects.filter(time__lt=cutoff)
     if dry_run:
-        return AuditArchive(old.count(), None)
+        return AuditArchive(cutoff, old.count(), None)
     ids = list(old.order_by("pk").values_list("pk", flat=True))
     if not ids:
-        return AuditArchive(0, None)
+        return AuditArchive(cutoff, 0, None)
     path = write_archive(archive_dir, PREFIX, (line for chunk in batched(ids, batch) for line in _lines(chunk)))
     # Said before the events go (and kept: it is a day too young for any archive): the log's own
     # record that a stretch of it moved, and where to.
@@ -62,7 +71,7 @@ def archive_audit_events(cutoff: datetime.datetime, archive_dir: Path, *, batch:
             # The base manager: the default one refuses to delete (audit/models.py). The time
             # condition again: only what was archived may go.
             deleted += AuditEvent._base_manager.filter(pk__in=chunk, time__lt=cutoff).delete()[0]
-    return AuditArchive(deleted, path)
+    return AuditArchive(cutoff, deleted, path)
 
 
 def _allow_deleting_before(cutoff: datetime.datetime) -> None:
@@ -81,8 +90,13 @@ def _lines(ids: list[int]) -> Iterator[dict[str, Any]]:
 
 
 def is_audit_archive(path: Path) -> bool:
-    """Whether an archive file holds audit events (else jobs): by its first line."""
+    """Whether an archive file holds audit events (else jobs, or nothing): by its first line."""
     return "event" in first_line(path)
+
+
+def is_job_archive(path: Path) -> bool:
+    """Whether an archive file holds jobs: an audit restore refuses it rather than read nothing."""
+    return "job" in first_line(path)
 
 
 def restore_audit_archive(path: Path, batch: int = 1000) -> AuditRestore:

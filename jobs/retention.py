@@ -1,7 +1,6 @@
 """Retention: finished jobs older than a cutoff move, with their whole log, into a gzip'd JSON
 Lines file, and can be read back (`manage.py jobs archive|restore`, a daily Celery beat task). The
-audit log's events older than the same cutoff go with them, into a file of their own
-(audit/retention.py).
+audit log has a retention of its own (audit/retention.py), its files beside these.
 
 One line per job: {"v": 1, "job": {column: value}, "username": ..., "log": [{column: value}]}.
 The file is on disk before any row is deleted (xenaoe_panel/archives.py), so a crash at any point
@@ -20,7 +19,6 @@ from django.contrib.auth import get_user_model
 from django.db import models, transaction
 from django.utils import timezone
 
-from audit.retention import AuditArchive, archive_audit_events
 from jobs.choices import FINISHED_STATES
 from jobs.models import Job, JobLogEntry
 from xenaoe_panel.archives import batched, from_json, read_archive, reset_sequences, write_archive
@@ -36,7 +34,6 @@ class ArchiveResult:
     jobs: int
     entries: int
     path: Path | None  # None: a dry run, or nothing was old enough
-    audit: AuditArchive
     dry_run: bool = False
 
 
@@ -58,8 +55,7 @@ def archive_finished_jobs(
 ) -> ArchiveResult:
     cutoff = timezone.now() - older_than
     jobs, entries, path = _archive_jobs(cutoff, archive_dir, batch, dry_run)
-    audit = archive_audit_events(cutoff, archive_dir, batch=batch, dry_run=dry_run)
-    return ArchiveResult(cutoff, jobs, entries, path, audit, dry_run=dry_run)
+    return ArchiveResult(cutoff, jobs, entries, path, dry_run=dry_run)
 
 
 def _archive_jobs(cutoff: datetime.datetime, archive_dir: Path, batch: int,

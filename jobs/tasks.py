@@ -48,6 +48,3 @@ def archive_finished_jobs() -> None:
     if result.path:
         logger.info("archived %d jobs (%d log entries) finished before %s to %s",
                     result.jobs, result.entries, result.cutoff.isoformat(), result.path)
-    if result.audit.path:
-        logger.info("archived %d audit events from before %s to %s",
-                    result.audit.events, result.cutoff.isoformat(), result.audit.path)

@@ -1,30 +1,24 @@
 """The audit log as a record: append-only in the ORM and in PostgreSQL itself (but for a deleted
 user's or tenant's link and the archive's own deletes), each tenant's users see their tenant's
-events (and no operator's address), the page's and the API's filters, and the archive that takes
-old events with the old jobs and puts them back."""
+events (and no operator's address), the page's and the API's filters. Its retention (archive and
+restore): tests/test_audit_retention.py."""
 from __future__ import annotations
 
 import datetime
-import gzip
-import io
-import json
 import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
 from django.db import IntegrityError, connection, transaction
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from api.tokens import issue_token
-from audit import retention
 from audit.actors import Actor
 from audit.choices import Action, ActorKind
 from audit.models import AppendOnly, AuditEvent
 from audit.services import record
-from jobs.retention import archive_finished_jobs
 from tenants.services import add_user, create_tenant, delete_tenant, set_permissions, set_quotas
 
 pytestmark = pytest.mark.django_db
@@ -195,61 +189,3 @@ def test_the_api_lists_what_the_page_does_with_the_same_filters(world):
     assert [e["id"] for e in api.get("/api/audit/", {"action": "login.failed"}).json()["results"]] == [
         events["guess"].pk]
 
-
-def _aged(world, days: int, action: str = Action.LOGIN) -> AuditEvent:
-    return AuditEvent.objects.create(time=timezone.now() - datetime.timedelta(days=days), actor=world["alice"],
-                                     actor_name="alice", actor_kind=ActorKind.TOKEN, action=action,
-                                     target_kind="user", target_name="alice", tenant=world["acme"],
-                                     details={"page": "panel"}, source_ip="198.51.100.9")
-
-
-def test_the_job_archive_takes_the_old_events_into_a_file_of_their_own_and_restore_puts_them_back(world, tmp_path):
-    old, older, recent = _aged(world, 100), _aged(world, 200, Action.LOGOUT), _aged(world, 10)
-    before = {e.pk: (e.time, e.actor_id, e.actor_name, e.actor_kind, e.action, e.tenant_id, e.details, e.source_ip)
-              for e in (old, older)}
-    result = archive_finished_jobs(datetime.timedelta(days=90), tmp_path)
-    assert (result.audit.events, result.jobs) == (2, 0)
-    assert result.audit.path.parent == tmp_path and result.audit.path.name.startswith("audit-")
-    with gzip.open(result.audit.path, "rt") as text:
-        lines = [json.loads(line) for line in text]
-    assert [(line["event"]["id"], line["actor"], line["tenant"]) for line in lines] == [
-        (old.pk, "alice", "acme"), (older.pk, "alice", "acme")]
-    assert set(AuditEvent.objects.filter(pk__in=[old.pk, older.pk, recent.pk]).values_list("pk", flat=True)) == {
-        recent.pk}
-    moved = AuditEvent.objects.get(action=Action.AUDIT_ARCHIVED)
-    assert (moved.actor_kind, moved.tenant, moved.details["events"], moved.details["file"]) == (
-        ActorKind.SYSTEM, None, 2, result.audit.path.name)
-
-    out = io.StringIO()
-    call_command("jobs", "restore", str(result.audit.path), stdout=out)
-    assert "restored 2 audit events" in out.getvalue()
-    after = {e.pk: (e.time, e.actor_id, e.actor_name, e.actor_kind, e.action, e.tenant_id, e.details, e.source_ip)
-             for e in AuditEvent.objects.filter(pk__in=before)}
-    assert after == before
-    assert retention.restore_audit_archive(result.audit.path) == retention.AuditRestore(0, 2)
-    assert record(Action.LOGOUT, actor=Actor.system()).pk > max(before)  # the sequence moved past them
-
-
-def test_the_archive_command_says_what_it_did_with_the_events_and_a_dry_run_changes_nothing(world, tmp_path):
-    _aged(world, 100)
-    out = io.StringIO()
-    call_command("jobs", "archive", "--older-than-days", "90", "--archive-dir", str(tmp_path), "--dry-run", stdout=out)
-    assert "and 1 audit events" in out.getvalue() and list(tmp_path.iterdir()) == []
-    call_command("jobs", "archive", "--older-than-days", "90", "--archive-dir", str(tmp_path), stdout=out)
-    assert "archived 1 audit events from before" in out.getvalue()
-    assert [p.name.startswith("audit-") for p in tmp_path.iterdir()] == [True]
-
-
-def test_a_crash_while_writing_the_audit_archive_deletes_nothing(world, tmp_path, monkeypatch):
-    events = [_aged(world, 100), _aged(world, 101)]
-    real = retention._lines
-
-    def crash_after_first(ids):
-        yield next(real(ids))
-        raise OSError("disk full")
-
-    monkeypatch.setattr(retention, "_lines", crash_after_first)
-    with pytest.raises(OSError, match="disk full"):
-        retention.archive_audit_events(timezone.now() - datetime.timedelta(days=90), tmp_path)
-    assert AuditEvent.objects.filter(pk__in=[e.pk for e in events]).count() == 2
-    assert [p.name.endswith(".jsonl.gz.partial") for p in tmp_path.iterdir()] == [True]

@@ -23,6 +23,7 @@ from django.conf import settings
 print(json.dumps({"apps": settings.INSTALLED_APPS, "lab_dir": str(getattr(settings, "LAB_DIR", "")),
                   "identity": str(settings.SSH_IDENTITY_FILE), "known_hosts": str(settings.SSH_KNOWN_HOSTS_FILE),
                   "evacuate_max_mib_per_s": settings.EVACUATE_MAX_MIB_PER_S, "data_dir": str(settings.DATA_DIR),
+                  "retention_days": {"jobs": settings.JOB_RETENTION_DAYS, "audit": settings.AUDIT_RETENTION_DAYS},
                   "kept": [str(settings.IMAGE_STORE), str(settings.JOB_ARCHIVE_DIR),
                            settings.CELERY_BEAT_SCHEDULE_FILENAME, str(settings.EMAIL_FILE_PATH)]}))
 """
@@ -31,7 +32,8 @@ print(json.dumps({"apps": settings.INSTALLED_APPS, "lab_dir": str(getattr(settin
 def _env(settings_module: str, **overrides: str) -> dict[str, str]:
     """This environment with the given settings and the defaults of every setting asked about."""
     unset = {"XENAOE_LAB_DIR", "XENAOE_SSH_IDENTITY", "XENAOE_SSH_KNOWN_HOSTS", "XENAOE_EVACUATE_MAX_MIB_PER_S",
-             "XENAOE_DATA_DIR", "XENAOE_IMAGE_STORE", "XENAOE_JOB_ARCHIVE_DIR", "EMAIL_FILE_PATH"}
+             "XENAOE_DATA_DIR", "XENAOE_IMAGE_STORE", "XENAOE_JOB_ARCHIVE_DIR", "EMAIL_FILE_PATH",
+             "XENAOE_JOB_RETENTION_DAYS", "XENAOE_AUDIT_RETENTION_DAYS"}
     return {**{k: v for k, v in os.environ.items() if k not in unset}, "DJANGO_SETTINGS_MODULE": settings_module,
             **overrides}
 
@@ -151,6 +153,18 @@ def test_the_evacuation_bandwidth_cap_takes_what_a_migration_takes_and_refuses_m
     for bad in ("0", str(MAX_BANDWIDTH_MIB + 1), "fast"):
         proc = _run_settings("xenaoe_panel.settings", XENAOE_EVACUATE_MAX_MIB_PER_S=bad)
         assert proc.returncode != 0 and f"XENAOE_EVACUATE_MAX_MIB_PER_S={bad}" in proc.stderr.replace("'", "")
+
+
+def test_the_audit_log_has_a_retention_of_its_own_a_year_and_more_unless_told():
+    key = {"SECRET_KEY": "k" * 50}
+    assert _settings("xenaoe_panel.settings", **key)["retention_days"] == {"jobs": 90, "audit": 400}
+    assert _settings("xenaoe_panel.settings", **key, XENAOE_AUDIT_RETENTION_DAYS="0")["retention_days"] == {
+        "jobs": 90, "audit": 0}  # kept for ever
+    assert _settings("xenaoe_panel.settings", **key, XENAOE_AUDIT_RETENTION_DAYS="3650",
+                     XENAOE_JOB_RETENTION_DAYS="30")["retention_days"] == {"jobs": 30, "audit": 3650}
+    for bad in ("-1", "a year"):
+        proc = _run_settings("xenaoe_panel.settings", **key, XENAOE_AUDIT_RETENTION_DAYS=bad)
+        assert proc.returncode != 0 and f"XENAOE_AUDIT_RETENTION_DAYS={bad}" in proc.stderr.replace("'", "")
 
 
 def test_the_web_server_keeps_what_it_loaded_at_start_out_of_full_garbage_collections():

@@ -23,6 +23,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 
+def positive_days(raw: str) -> int:
+    """`--older-than-days` of the archive commands (`manage.py jobs|audit archive`): 0 would be everything."""
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """itertools.batched arrives with Python 3.12; the panel runs on 3.11."""
     it = iter(items)

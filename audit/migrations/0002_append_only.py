@@ -3,7 +3,7 @@
 Two exceptions keep the record whole:
 - deleting a user or a tenant makes Django empty the link to it (ON DELETE SET NULL): an UPDATE
   that sets actor_id or tenant_id to NULL and changes nothing else passes; the names stay;
-- the job archive (audit/retention.py) deletes the events it has just written to its file: in its
+- the audit archive (audit/retention.py) deletes the events it has just written to its file: in its
   transaction it sets `xenaoe.audit_archived_before`, and only events older than that pass, and
   only when that time is a day old at least, so that no setting reaches the last day's events.
 TRUNCATE is not refused: the application never issues it, and the test runner empties tables with it.

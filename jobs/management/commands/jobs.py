@@ -1,4 +1,5 @@
-"""`manage.py jobs archive|restore`: job retention for operators and cron (see docs/jobs.md)."""
+"""`manage.py jobs archive|restore`: job retention for operators and cron (see docs/jobs.md). The audit
+log has its own (`manage.py audit`); `jobs restore` still takes its files, as it did when they shared one."""
 from __future__ import annotations
 
 import datetime
@@ -7,35 +8,29 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.retention import is_audit_archive, restore_audit_archive
+from audit.retention import is_audit_archive
 from jobs.retention import archive_finished_jobs, restore_archive
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError(raw)
-    return value
+from xenaoe_panel.archives import positive_days
 
 
 class Command(BaseCommand):
-    help = ("Archive old finished jobs (with their logs) and audit events to gzip'd JSON Lines files, or restore "
-            "one.")
+    help = "Archive old finished jobs (with their logs) to a gzip'd JSON Lines file, or restore one."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True)
-        archive = sub.add_parser("archive", help="move finished jobs and audit events older than N days into "
-                                                 "archive files")
+        archive = sub.add_parser("archive", help="move finished jobs older than N days into an archive file "
+                                                 "(audit events: manage.py audit archive)")
         archive.add_argument(
-            "--older-than-days", type=_positive_int, metavar="N",
+            "--older-than-days", type=positive_days, metavar="N",
             help="default: JOB_RETENTION_DAYS (XENAOE_JOB_RETENTION_DAYS)",
         )
         archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
         archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
-        restore = sub.add_parser("restore", help="put the jobs or audit events of an archive file back (existing "
-                                                 "ones are skipped)")
+        restore = sub.add_parser("restore", help="put the jobs (or audit events) of an archive file back "
+                                                 "(existing ones are skipped)")
         restore.add_argument("file", type=Path)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -51,29 +46,24 @@ class Command(BaseCommand):
         cutoff = result.cutoff.strftime("%Y-%m-%d %H:%M %Z")
         if result.dry_run:
             self.stdout.write(f"would archive {result.jobs} jobs ({result.entries} log entries) finished before "
-                              f"{cutoff}, and {result.audit.events} audit events")
-            return
-        if result.path is None:
+                              f"{cutoff}")
+        elif result.path is None:
             self.stdout.write(f"no finished job older than {cutoff}")
         else:
             self.stdout.write(f"archived {result.jobs} jobs ({result.entries} log entries) finished before {cutoff} "
                               f"to {result.path}")
-        if result.audit.path is not None:
-            self.stdout.write(f"archived {result.audit.events} audit events from before {cutoff} to "
-                              f"{result.audit.path}")
 
     def do_restore(self, options: dict) -> None:
         path: Path = options["file"]
         if not path.is_file():
             raise CommandError(f"{path}: no such file")
         try:
-            if is_audit_archive(path):
-                events = restore_audit_archive(path)
-                self.stdout.write(f"restored {events.restored} audit events from {path}; {events.skipped} were "
-                                  "already there")
+            if not is_audit_archive(path):
+                result = restore_archive(path)
+                self.stdout.write(f"restored {result.restored} jobs ({result.entries} log entries) from {path}; "
+                                  f"{result.skipped} were already there")
                 return
-            result = restore_archive(path)
         except (OSError, ValueError, KeyError) as exc:
             raise CommandError(f"{path}: not an archive this panel can read: {exc}") from exc
-        self.stdout.write(f"restored {result.restored} jobs ({result.entries} log entries) from {path}; "
-                          f"{result.skipped} were already there")
+        # An audit log's file: still read here, as before the log had a command of its own.
+        call_command("audit", "restore", str(path), stdout=self.stdout, stderr=self.stderr)
