@@ -98,6 +98,23 @@ def one_failover(prefix: str, monitor: subprocess.Popen) -> dict[str, float]:
     return {"detected": first(EventKind.DETECTED), "fenced": first(EventKind.FENCED), "restarted": last_restart}
 
 
+def sampled_after_failover(prefix: str, sampler: subprocess.Popen) -> None:
+    """The figures sampler read the survivor while cpu2 died: the restarted guests get figures there
+    (two passes of it after their restart), untimed. A sampler that died or hung fails the bench."""
+    from django.utils import timezone
+
+    from vms.models import VmSample
+
+    since = timezone.now()
+
+    def sampled() -> bool:
+        _alive(sampler, SAMPLER_LOG)
+        return VmSample.objects.filter(vm__name__startswith=prefix, vm__cpu_server__name="cpu1",
+                                       time__gte=since).exists()
+
+    _wait(sampled, 30, "the figures sampler recorded no restarted guest")
+
+
 def bring_back(prefix: str) -> None:
     """cpu2 booted again, its stale guests gone, every guest deleted, cpu2 back in service."""
     from bench.creation import delete_many
@@ -202,8 +219,8 @@ def main() -> int:
                 floor.exports(start=False)
                 splits.append(one_failover(f"fo{n}x", monitor))
                 print(f"round {n}: {splits[-1]}, floor {floors[-1]:.2f} s")
+                sampled_after_failover(f"fo{n}x", sampler)
                 bring_back(f"fo{n}x")
-                _alive(sampler, SAMPLER_LOG)
         finally:
             for process in (monitor, sampler):
                 process.terminate()

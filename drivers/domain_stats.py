@@ -1,5 +1,11 @@
-"""Every running guest's CPU, disk and network counters on one host, in one call: libvirt's bulk stats
-(virConnectGetAllDomainStats), over the kept connection of drivers/libvirt_calls.py.
+"""Every running guest's CPU, disk and network counters on one host: libvirt's domain stats
+(virDomainListGetStats), over the kept connection of drivers/libvirt_calls.py.
+
+One call per running guest, not libvirt's one bulk call for all of them: measured on the lab
+(libvirt 9.0), the block group of a call naming several guests with AoE disks took about 0.8 s per
+disk (6 guests: 5 s; 12: 10 s, past the timeout, every pass), while the same group for one guest
+at a time answered in 3 ms each. A site's server runs dozens of guests: the bulk call would never
+answer in time. A guest that stopped between the listing and its call is left out.
 
 Counters only (CPU nanoseconds, bytes per disk and per interface since the guest started there);
 what they mean per second is the caller's (vms/stats.py), from two readings. Disks and interfaces
@@ -20,7 +26,7 @@ import libvirt
 from drivers.libvirt_calls import with_connection
 
 STATS = libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE
-FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+FLAGS = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
 # A guest has a few disks and interfaces; a record claiming more is not read further.
 MAX_DEVICES = 64
 
@@ -67,9 +73,16 @@ def read_counters(uri: str, *, timeout: float) -> CountersReading:
     """The counters of every domain running on the host at `uri` (DriverError after `timeout`)."""
 
     def call(conn: libvirt.virConnect) -> CountersReading:
-        records = conn.getAllDomainStats(STATS, FLAGS)
-        taken_at = time.monotonic()
-        return CountersReading(taken_at, {dom.name(): counters_from_stats(record) for dom, record in records})
+        found = {}
+        for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+            try:
+                records = conn.domainListGetStats([domain], STATS, FLAGS)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                    continue  # it stopped or went away meanwhile
+                raise
+            found.update((dom.name(), counters_from_stats(record)) for dom, record in records)
+        return CountersReading(time.monotonic(), found)
 
     # Connections of its own: a slow or dying host's bulk read never shares one with the monitor's checks.
     return with_connection(uri, "domain stats", timeout, call, purpose="domain stats")

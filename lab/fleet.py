@@ -13,7 +13,7 @@ LAB_DIR/fleet, its own known_hosts file. It shares with the lab only the panel's
 the panel's ControlMaster directory (one socket per address).
 
 A light host is what the monitor needs of a host: sshd with a host key the panel verifies, and on
-CPU hosts libvirt through qemu+libssh://. One libvirtd, in a namespace of its own, serves every CPU
+CPU hosts libvirt through qemu+libssh2://. One libvirtd, in a namespace of its own, serves every CPU
 host: its /run/libvirt is a directory of the fleet's that each CPU host also mounts at /run/libvirt
 (a unix socket is reached by path, whatever the network namespace), so a libvirt connection to a CPU
 host goes panel -> that host's sshd -> virt-ssh-helper -> the shared libvirtd. Every host also has a
@@ -83,7 +83,7 @@ class FleetHost:
     @property
     def libvirt_uri(self) -> str:
         """As the lab's CPU hosts' (lab/topology.py), verified against the fleet's known_hosts."""
-        return (f"qemu+libssh://root@{self.address}/system?keyfile={panel_identity()}"
+        return (f"qemu+libssh2://root@{self.address}/system?keyfile={panel_identity()}"
                 f"&known_hosts={known_hosts()}&known_hosts_verify=normal&sshauth=privkey")
 
     def mac(self, network: int) -> str:

@@ -7,7 +7,7 @@
 # Environment: FLEET_HOST (name), FLEET_ROLE (cpu|disk|libvirt), FLEET_STATE (the host's state dir),
 # FLEET_EMPTY (an empty file), FLEET_LIBVIRT (the shared libvirtd's directory: etc, lib, log, cache, run).
 #   cpu, disk: sshd only; a CPU host's /run/libvirt is the shared libvirtd's, so that
-#              qemu+libssh:// to the host reaches that libvirtd through the host's own sshd.
+#              qemu+libssh2:// to the host reaches that libvirtd through the host's own sshd.
 #   libvirt:   the shared libvirtd, with private /etc/libvirt, /var/{lib,log,cache}/libvirt.
 set -eu
 # shellcheck source=lab/hostinit-common.sh

@@ -95,10 +95,12 @@ class LabHost(_OnTheManagementNetwork):
         if self.role != "cpu":
             return None
         ssh_dir = lab_dir() / "ssh"
-        # libssh (not the ssh binary) because only it takes a known_hosts file in the URI: the
-        # panel then verifies host keys against its own file, as drivers/ssh.py does.
+        # libssh2 (not the ssh binary) because it takes a known_hosts file in the URI: the panel
+        # then verifies host keys against its own file, as drivers/ssh.py does. Not libssh: with
+        # libvirt 9.0 its replies over ~10 KB (capabilities, domain XML, stats) wait 5-10 s for
+        # libvirt's keepalive to wake the client (docs/lab.md).
         return (
-            f"qemu+libssh://root@{self.address}/system"
+            f"qemu+libssh2://root@{self.address}/system"
             f"?keyfile={ssh_dir / 'id_ed25519'}"
             f"&known_hosts={ssh_dir / 'known_hosts'}"
             "&known_hosts_verify=normal&sshauth=privkey"

@@ -139,13 +139,15 @@ class FakeHost:
                 "block.1.name": "vdb", "block.1.rd.bytes": n * 4096, "block.1.wr.bytes": n * 1024,
                 "net.count": 1, "net.0.name": "vnet0", "net.0.rx.bytes": n * 512, "net.0.tx.bytes": 7}
 
-    def getAllDomainStats(self, stats_: int, flags: int):  # noqa: N802 - libvirt's name
+    def listAllDomains(self, flags: int):  # noqa: N802 - libvirt's name
         with self.lock:
             self.calls += 1
-            n = self.calls
         if self.fail:
             raise libvirt.libvirtError("cannot recv data: Connection reset by peer")
-        return [(FakeDomain(name), self.record(n)) for name in self.domains]
+        return [FakeDomain(name) for name in self.domains]
+
+    def domainListGetStats(self, domains, stats_: int, flags: int):  # noqa: N802
+        return [(domain, self.record(self.calls)) for domain in domains]
 
     def isAlive(self) -> int:  # noqa: N802
         return 0 if self.fail else 1

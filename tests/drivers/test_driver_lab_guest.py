@@ -19,7 +19,7 @@ SLOT = 7
 @pytest.mark.lab  # indirect parametrisation replaces the fixture's params, and with them its marks
 @pytest.mark.parametrize("site", ["lab"], indirect=True)
 def test_a_guest_runs_on_an_aoe_export_and_everything_is_undone(site: Site):
-    uri = (f"qemu+libssh://root@{site.cpu.host}/system?keyfile={LAB_IDENTITY}&known_hosts={LAB_KNOWN_HOSTS}"
+    uri = (f"qemu+libssh2://root@{site.cpu.host}/system?keyfile={LAB_IDENTITY}&known_hosts={LAB_KNOWN_HOSTS}"
            "&known_hosts_verify=normal&sshauth=privkey")
     path = f"{site.volume_dir}/guest.img"
     name = f"xat-guest-{uuid.uuid4().hex[:6]}"

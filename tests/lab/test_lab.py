@@ -56,7 +56,7 @@ def test_status_json_lists_every_host(lab_cluster):
         assert entry["partitioned"] is False and entry["san_partitioned"] is False
         assert (entry["role"], entry["address"], entry["netns"]) == (lab_host.role, lab_host.address,
                                                                      f"xa-{lab_host.name}")
-    assert by_name["cpu1"]["libvirt_uri"].startswith("qemu+libssh://root@10.213.0.21/system?")
+    assert by_name["cpu1"]["libvirt_uri"].startswith("qemu+libssh2://root@10.213.0.21/system?")
 
 
 @pytest.mark.parametrize("name", [h.name for h in HOSTS])
