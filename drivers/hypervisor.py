@@ -1,7 +1,7 @@
 """Guests through libvirt: domain XML and the define / start / shutdown / destroy / undefine life
 cycle (live migration is drivers/migration.py, on the same connection helpers).
 
-Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh://...`, `test:///default`): it
+Any libvirt URI works (`xen+ssh://`, `qemu+ssh://`, `qemu+libssh2://...`, `test:///default`): it
 comes from configuration. Every call goes through drivers/libvirt_calls.py: a worker thread, an
 explicit timeout, a connection kept open per remote host. What KVM and Xen do differently is
 their flavour's (drivers/hypervisors/).

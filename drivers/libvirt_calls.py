@@ -4,7 +4,7 @@ A libvirt call on a dead host can block for minutes, and the panel's workers mus
 runs in a worker thread and the caller gives up after an explicit timeout (the thread is a daemon,
 left to finish on its own).
 
-Opening a connection to a remote host (`qemu+ssh://`, `qemu+libssh://`, `xen+ssh://`, ...) costs
+Opening a connection to a remote host (`qemu+ssh://`, `qemu+libssh2://`, `xen+ssh://`, ...) costs
 an SSH handshake: ~0.13 s on the lab, paid by every define, start and confirmation of a VM and by
 every check of every CPU server each monitor cycle. So remote connections are kept open, one per
 URI and process, and shared by its threads (libvirt's remote driver multiplexes concurrent calls

@@ -53,6 +53,12 @@ def _libvirt_uri_problem(value: str) -> str:
         return str(exc)
     if not _URI_SCHEME.fullmatch(parts.scheme):
         return "no scheme (qemu+ssh://, xen+ssh://, qemu:///system)"
+    if parts.scheme.endswith("+libssh"):
+        # Measured with Debian 12's libvirt 9.0: a reply over ~10 KB (a domain's XML, the host's
+        # capabilities, guests' stats) waits 5-10 s for the keepalive to wake the client; reported
+        # freezing outright elsewhere (docs/lab.md).
+        return ("libvirt's libssh transport holds large replies for seconds: use "
+                f"{parts.scheme}2:// (the same parameters) or {parts.scheme.removesuffix('+libssh')}+ssh://")
     if not parts.netloc:
         return ""  # a local URI: qemu:///system, test:///default
     if parts.username is not None:

@@ -94,6 +94,14 @@ def test_libvirt_uris_with_an_address_or_none_are_accepted(uri):
     _cpu(libvirt_uri=uri).full_clean()
 
 
+def test_libvirts_libssh_transport_is_refused_for_libssh2_or_ssh():
+    with pytest.raises(ValidationError) as err:
+        _cpu(libvirt_uri="qemu+libssh://root@192.0.2.21/system?keyfile=/k&known_hosts=/kh").full_clean()
+    assert "qemu+libssh2://" in str(err.value.message_dict["libvirt_uri"])
+    _cpu(libvirt_uri="qemu+libssh2://root@192.0.2.21/system?keyfile=/k&known_hosts=/kh&known_hosts_verify=normal"
+         ).full_clean()
+
+
 def test_a_cpu_server_records_only_a_hypervisor_the_drivers_have_a_flavour_for():
     assert tuple(Hypervisor.values) == hypervisors.NAMES
     with pytest.raises(ValidationError) as err:

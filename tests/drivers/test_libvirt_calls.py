@@ -12,7 +12,7 @@ import pytest
 from drivers import libvirt_calls
 from drivers.errors import DriverError
 
-REMOTE = "qemu+libssh://root@cpu9.example/system?keyfile=/k"
+REMOTE = "qemu+libssh2://root@cpu9.example/system?keyfile=/k"
 
 
 class FakeConnection:
