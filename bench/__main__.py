@@ -161,6 +161,7 @@ def main() -> int:
 
         path = f"{disk1.volume_dir}/bench-probe.img"
         target = ssh_target(disk1)
+        vblade.stop_export(target, disk1.aoe_shelf, 254)  # an interrupted run's, persisted on the host
         vblade.remove_volume(target, path)
         vblade.create_volume(target, path, 16)
         vblade.start_export(target, vblade.ExportSpec(disk1.aoe_shelf, 254, disk1.san_interface, path))
