@@ -1,11 +1,12 @@
 """Every running guest's CPU, disk and network counters on one host: libvirt's domain stats
 (virDomainListGetStats), over the kept connection of drivers/libvirt_calls.py.
 
-One call per running guest, not libvirt's one bulk call for all of them: measured on the lab
-(libvirt 9.0), the block group of a call naming several guests with AoE disks took about 0.8 s per
-disk (6 guests: 5 s; 12: 10 s, past the timeout, every pass), while the same group for one guest
-at a time answered in 3 ms each. A site's server runs dozens of guests: the bulk call would never
-answer in time. A guest that stopped between the listing and its call is left out.
+One call per running guest, not libvirt's one bulk call for all of them: each reply stays small.
+Over libvirt 9.0's libssh transport a reply over ~10 KB waits 5-10 s (docs/lab.md; such URIs are
+refused now, rows registered before keep them): the bulk reply of 5 guests with two disks each took
+10 s on the lab, every pass past the timeout, while one guest at a time answered in 3 ms each. A
+server of dozens of guests makes one bulk reply of tens of KB; a round trip per guest every minute
+costs little. A guest that stopped between the listing and its call is left out.
 
 Counters only (CPU nanoseconds, bytes per disk and per interface since the guest started there);
 what they mean per second is the caller's (vms/stats.py), from two readings. Disks and interfaces

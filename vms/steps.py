@@ -11,6 +11,7 @@ from django.conf import settings
 from drivers import aoe, guest_agent, hypervisor, vblade
 from drivers import images as images_driver
 from drivers.errors import DriverError
+from hosts.choices import HostState
 from hosts.models import CpuServer
 from hosts.targets import ssh_target
 from images.choices import CopyState
@@ -306,6 +307,25 @@ def remove_all_volumes(ctx: JobContext) -> None:
     remove_volumes(ctx)
 
 
+def remove_seeds(ctx: JobContext) -> None:
+    """The VM's seed holds its login user's password hash and SSH keys: off every CPU server it may
+    have run on (any that answers: create, start, migration and failover each put it where the VM
+    runs). A server that does not answer keeps its copy, said in the log; the delete goes on."""
+    path = guest_setup.seed_path(job_vm(ctx))
+    servers = CpuServer.objects.exclude(state__in=(HostState.DEAD, HostState.FENCED)).order_by("name")
+
+    def remove(cpu: CpuServer) -> str:
+        try:
+            images_driver.remove_file(ssh_target(cpu), path, timeout=30)
+        except DriverError as exc:
+            return f"{cpu.name} keeps {path}: {exc}"
+        return ""
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for problem in filter(None, pool.map(remove, servers)):
+            ctx.log(problem, LogLevel.WARNING)
+
+
 def restore_state_before_delete(ctx: JobContext) -> None:
     """A delete cancelled before it began: the VM is back in the state it was in (not 'deleting')."""
     set_vm_state(ctx.job.vm_id, VmDeleteParams.of(ctx.job).state_before)
@@ -323,6 +343,7 @@ def plan_delete(ctx: JobContext) -> list[Step]:
         Step(f"Detach the exports on {where}", detach_exports),
         Step("Stop both exports", stop_all_exports),
         Step("Remove both backing volumes", remove_all_volumes),
+        Step("Remove its seed from the CPU servers", remove_seeds),
         Step("Forget the VM", forget_vm),
     ]
 
