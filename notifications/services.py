@@ -72,6 +72,8 @@ def save_target(target: Target) -> str | None:
                 raise ValidationError("this notification target was removed meanwhile")
             if before.kind != target.kind:
                 raise ValidationError({"kind": "a target stays an email or a webhook: make a new one instead"})
+            # The stored one: a rotation since `target` was read must not be undone by this save.
+            target.secret_encrypted = before.secret_encrypted
         _check(target)
         plain = None
         if target.kind == TargetKind.WEBHOOK and not target.secret_encrypted:

@@ -13,6 +13,7 @@ from audit.models import AuditEvent
 from notifications.choices import DeliveryState, EventKind, Severity, TargetKind
 from notifications.models import Delivery, Target
 from notifications.notify import notify
+from notifications.services import save_target
 from notifications.webhook_secrets import reveal
 from tests.test_api import token_client
 from tests.test_notifications import deliver_all, email_target, people, receiver, webhook_target  # noqa: F401
@@ -200,3 +201,12 @@ def test_an_email_target_has_no_secret_to_rotate_and_a_user_without_tenant_may_m
     assert made.status_code == 403 and Target.objects.count() == 1
     assert APIClient().get(TARGETS).status_code == 401
     assert target.kind == TargetKind.EMAIL
+
+
+def test_a_change_saved_after_a_rotation_keeps_the_rotated_secret(people):  # noqa: F811
+    target, _ = webhook_target(people.alice, "https://hooks.example.org/alice")
+    stale = Target.objects.get(pk=target.pk)  # read by a PATCH before the rotation below
+    rotated = _post(token_client(people.alice), f"{TARGETS}{target.pk}/rotate-secret/").json()["secret"]
+    stale.name = "renamed"
+    save_target(stale)
+    assert reveal(Target.objects.get(pk=target.pk).secret_encrypted) == rotated
