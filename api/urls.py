@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
-from api import audit, groups, hosts, images, incidents, jobs, tenants, vms
+from api import audit, groups, hosts, images, incidents, jobs, notifications, tenants, vms
 from api.docs import RedocView, SwaggerView
 
 app_name = "api"
@@ -19,6 +19,7 @@ router.register("images", images.ImageViewSet, basename="image")
 router.register("networks", images.NetworkViewSet, basename="network")
 router.register("users", tenants.UserViewSet, basename="user")
 router.register("audit", audit.AuditEventViewSet, basename="auditevent")
+router.register("notification-targets", notifications.NotificationTargetViewSet, basename="notificationtarget")
 
 urlpatterns = [
     path("", include(router.urls)),

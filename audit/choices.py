@@ -30,6 +30,11 @@ class Action(models.TextChoices):
     CONSOLE_OPENED = "console.open", "opened a console"
     JOB_REQUESTED = "job.request", "requested a job"
     JOB_CANCEL = "job.cancel", "asked a job to stop"
+    NOTIFY_TARGET_CREATED = "notify.create", "made a notification target"
+    NOTIFY_TARGET_CHANGED = "notify.change", "changed a notification target"
+    NOTIFY_TARGET_DELETED = "notify.delete", "removed a notification target"
+    NOTIFY_SECRET_ROTATED = "notify.rotate", "replaced a webhook's signing secret"
+    NOTIFY_TEST = "notify.test", "sent a test notification"
     AUDIT_ARCHIVED = "audit.archive", "moved old events to an archive file"
 
 

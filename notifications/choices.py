@@ -28,6 +28,8 @@ class Severity(models.IntegerChoices):
     CRITICAL = 40, "critical"
 
 
+# How the API and the webhooks' bodies name them.
+SEVERITY_NAMES = [severity.label for severity in Severity]
 SEVERITY_COLOURS = {Severity.INFO: "info", Severity.WARNING: "warning", Severity.ERROR: "danger",
                     Severity.CRITICAL: "danger"}
 

@@ -3,6 +3,7 @@ attempt to tell one target of one event (`Delivery`, the log shown on the target
 from __future__ import annotations
 
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -21,6 +22,8 @@ from notifications.choices import (
 )
 from tenants.access import is_operator, tenant_of
 from xenaoe_panel.colours import StateColourMixin
+
+WEBHOOK_SCHEMES = ("http", "https")  # URLField also takes ftp://, which no webhook speaks
 
 
 class TargetQuerySet(models.QuerySet):
@@ -72,6 +75,8 @@ class Target(models.Model):
             raise ValidationError({"email": "an email target needs an address"})
         if self.kind == TargetKind.WEBHOOK and not self.url:
             raise ValidationError({"url": "a webhook target needs a URL"})
+        if self.kind == TargetKind.WEBHOOK and urlsplit(self.url).scheme not in WEBHOOK_SCHEMES:
+            raise ValidationError({"url": "a webhook's URL starts with http:// or https://"})
         unknown = sorted(set(self.kinds) - set(SUBSCRIBABLE_KINDS))
         if unknown:
             raise ValidationError({"kinds": f"unknown event kinds: {', '.join(unknown)}"})

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 
 from jobs.redaction import redactor_for
+from notifications import pinned_http
 from notifications.choices import Severity, TargetKind
 from notifications.models import Delivery, Target
 from notifications.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
@@ -91,17 +92,24 @@ def send_webhook(target: Target, message: Message) -> int:
         secret = reveal(target.secret_encrypted)
     except SecretUnreadable as exc:
         raise TransportError(str(exc), permanent=True) from exc
+    # A tenant's webhook goes to the public addresses checked here and nowhere else (pinned_http.py);
+    # an operator's, or any with NOTIFY_TENANT_WEBHOOKS_PRIVATE, wherever its name leads.
+    pinned = None
     if not settings.NOTIFY_TENANT_WEBHOOKS_PRIVATE and not is_operator(target.owner):
-        refuse_private_address(target.url)
+        pinned = public_addresses(target.url)
     body = json.dumps(asdict(message), separators=(",", ":"), sort_keys=True).encode()
     timestamp = str(int(time.time()))
     headers = {"Content-Type": "application/json", "User-Agent": "xenaoe-panel",
                "X-XenAoE-Event": message.kind, "X-XenAoE-Delivery": str(message.delivery),
                TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body)}
+    # No redirects: a receiver must not bounce the panel's request somewhere else.
+    request = {"data": body, "headers": headers, "allow_redirects": False}
+    timeout = settings.NOTIFY_WEBHOOK_TIMEOUT_S
     try:
-        # No redirects: a receiver must not bounce the panel's request somewhere else.
-        response = requests.post(target.url, data=body, headers=headers, allow_redirects=False,
-                                 timeout=settings.NOTIFY_WEBHOOK_TIMEOUT_S)
+        if pinned is None:
+            response = requests.post(target.url, timeout=timeout, **request)
+        else:
+            response = pinned_http.post(target.url, pinned, timeout=timeout, **request)
     except requests.RequestException as exc:
         raise TransportError(f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_MAX]) from exc
     code = response.status_code
@@ -111,17 +119,23 @@ def send_webhook(target: Target, message: Message) -> int:
     raise TransportError(text[:ERROR_TEXT_MAX], permanent=code not in TRANSIENT_HTTP, response_code=code)
 
 
-def refuse_private_address(url: str) -> None:
-    """A tenant's webhook may not reach the panel's own networks (the hosts' management addresses,
-    their BMCs, the panel machine itself): every address its host name has must be a global one."""
+def public_addresses(url: str) -> list[str]:
+    """The addresses of the URL's host name, resolved once, each a public one. A tenant's webhook
+    may not reach the panel's own networks (the hosts' management addresses, their BMCs, the panel
+    machine itself): one address that is not global refuses it all."""
     parts = urlsplit(url)
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise TransportError(f"cannot resolve {parts.hostname}: {exc}") from exc
+    addresses = []
     for info in infos:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
         if not address.is_global:
             raise TransportError(f"{parts.hostname} resolves to {address}, not a public address: a tenant's "
                                  "webhook may not reach the panel's own networks", permanent=True)
+        addresses.append(str(address))
+    if not addresses:
+        raise TransportError(f"{parts.hostname} has no address")
+    return list(dict.fromkeys(addresses))

@@ -114,6 +114,6 @@ class TargetRotateSecretView(_TargetActionView):
 class TargetDeleteView(_TargetActionView):
     def post(self, request: HttpRequest, pk: int) -> HttpResponse:
         target = self.target(pk)
-        target.delete()
+        services.delete_target(target)
         messages.success(request, f"notification target {target.name} removed")
         return redirect("notification-targets")

@@ -8,6 +8,7 @@ import email
 import email.policy
 import json
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -98,9 +99,11 @@ class Received:
 
 
 class WebhookReceiver:
-    """An HTTP server recording every POST; it answers the codes in `answers` first, in order, then 200."""
+    """An HTTP server recording every POST; it answers the codes in `answers` first, in order, then 200.
+    On 127.0.0.1 and a free port unless told (another loopback address, a given port), over TLS with
+    `tls` (a server's SSLContext)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.answers: list[int] = []
         receiver = self
@@ -118,11 +121,19 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet in the tests' output
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="webhook-receiver")
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def url(self, path: str = "/hook", host: str | None = None) -> str:
+        """Its URL, by its address or by the name given (which a test's resolver must answer)."""
+        return f"{self.scheme}://{host or self._server.server_address[0]}:{self.port}{path}"
 
     def start(self) -> WebhookReceiver:
         self._thread.start()

@@ -258,6 +258,15 @@ API_RULES: dict[str, list[Rule]] = {
     "api:job-log": [Rule(TENANT, job)],
     "api:incident-list": [Rule(SIGNED_IN)],
     "api:auditevent-list": [Rule(SIGNED_IN)],
+    # A user's own notification targets (operators: everyone's); another user's are 404s, whatever the verb.
+    "api:notificationtarget-list": [Rule(SIGNED_IN), Rule(SIGNED_IN, method="post", ok=(201,), data={
+        "name": "mail", "kind": "email", "email": "alice@example.org"})],
+    "api:notificationtarget-detail": [Rule(TENANT, notify_target), Rule(TENANT, notify_target, "patch",
+                                                                         {"enabled": False}),
+                                      Rule(TENANT, notify_target, "delete", ok=(204,))],
+    "api:notificationtarget-test": [Rule(TENANT, notify_target, "post", ok=(202,))],
+    "api:notificationtarget-rotate-secret": [Rule(TENANT, notify_target, "post")],
+    "api:notificationtarget-deliveries": [Rule(TENANT, notify_target)],
     "api:incident-detail": [Rule(TENANT, incident)],
     "api:incident-confirm-fence": [Rule(OPERATOR_ACTION, unfenced_incident, "post", ok=JOB_STARTED_API)],
     "api:cpuserver-list": [Rule(OPERATOR)],

@@ -461,7 +461,9 @@ def test_the_schema_is_valid_openapi_and_covers_every_operation(world, tmp_path:
     for path in ("/api/vms/", "/api/vms/{name}/start/", "/api/vms/{name}/migrate/", "/api/jobs/{id}/log/",
                  "/api/jobs/{id}/cancel/", "/api/incidents/{id}/confirm-fence/", "/api/verify/",
                  "/api/tenants/{slug}/quota/", "/api/users/{username}/", "/api/me/",
-                 "/api/cpu-servers/{name}/enter-maintenance/", "/api/disk-servers/{name}/leave-maintenance/"):
+                 "/api/cpu-servers/{name}/enter-maintenance/", "/api/disk-servers/{name}/leave-maintenance/",
+                 "/api/notification-targets/", "/api/notification-targets/{id}/test/",
+                 "/api/notification-targets/{id}/rotate-secret/", "/api/notification-targets/{id}/deliveries/"):
         assert path in schema["paths"], path
     create = schema["paths"]["/api/vms/"]["post"]
     assert {"202", "400", "401", "403"} <= set(create["responses"])

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from audit.models import AuditEvent
 from notifications.choices import EventKind, Severity, TargetKind
 from notifications.models import Delivery, Target
 from notifications.webhook_secrets import reveal
@@ -84,3 +85,33 @@ def test_a_user_sees_and_tests_only_their_own_targets(people):  # noqa: F811
     operators_view = _signed_in(people.operator).get("/notifications/").content.decode()
     assert "alice@example.org" in operators_view and "bob@example.org" in operators_view
     assert not Delivery.objects.exists() and alices.kind == TargetKind.EMAIL
+
+
+def test_each_change_on_the_pages_is_in_the_audit_log_seen_by_the_owners_tenant(people, receiver):  # noqa: F811
+    client = _signed_in(people.alice)
+    client.post("/notifications/new/", {"name": "chat", "kind": "webhook", "url": receiver.url("/T01/s3cr3t-path"),
+                                         "kinds": ["job.failed"], "min_severity": Severity.WARNING, "enabled": "on"})
+    target = Target.objects.get()
+    client.post(f"/notifications/{target.pk}/edit/", {"name": "chat", "url": target.url, "kinds": ["job.failed"],
+                                                      "min_severity": Severity.ERROR})  # and disabled
+    client.post(f"/notifications/{target.pk}/edit/", {"name": "chat", "url": target.url, "kinds": ["job.failed"],
+                                                      "min_severity": Severity.ERROR})  # the same: no event
+    client.post(f"/notifications/{target.pk}/secret/")
+    client.post(f"/notifications/{target.pk}/test/")
+    client.post(f"/notifications/{target.pk}/delete/")
+
+    events = list(AuditEvent.objects.filter(target_kind="notification").order_by("pk"))
+    assert [e.action for e in events] == ["notify.create", "notify.change", "notify.rotate", "notify.test",
+                                          "notify.delete"]
+    assert {(e.actor_name, e.actor_kind, e.tenant_id, e.target_kind, e.target_name) for e in events} == {
+        ("alice", "user", people.acme.pk, "notification", "chat")}
+    created = events[0].details
+    assert created | {"target": None} == {"target": None, "owner": "alice", "kind": "webhook", "name": "chat",
+                                          "address": receiver.url("").rstrip("/"), "kinds": ["job.failed"],
+                                          "min_severity": "warning", "enabled": True}
+    assert events[1].details == {"target": target.pk, "owner": "alice", "enabled": {"from": True, "to": False},
+                                 "min_severity": {"from": "warning", "to": "error"}}
+    # Neither the secret nor the webhook's path (a chat service's credential) is in the log.
+    assert "s3cr3t" not in str([e.details for e in events]) and not Target.objects.exists()
+    assert AuditEvent.objects.visible_to(people.alice).filter(target_kind="notification").count() == 5
+    assert not AuditEvent.objects.visible_to(people.bob).filter(target_kind="notification").exists()

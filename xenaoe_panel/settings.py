@@ -138,6 +138,10 @@ SPECTACULAR_SETTINGS = {
         "LogLevelEnum": "jobs.choices.LogLevel", "HostStateEnum": "hosts.choices.HostState",
         "IncidentStateEnum": "ha.choices.IncidentState", "IncidentKindEnum": "ha.choices.IncidentKind",
         "IncidentEventKindEnum": "ha.choices.EventKind",
+        "NotificationTargetKindEnum": "notifications.choices.TargetKind",
+        "NotificationEventKindEnum": "notifications.choices.EventKind",
+        "NotificationSeverityEnum": "notifications.choices.SEVERITY_NAMES",
+        "DeliveryStateEnum": "notifications.choices.DeliveryState",
     },
 }
 
