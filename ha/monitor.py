@@ -53,6 +53,7 @@ from ha.verdicts import (
     decide_san,
     decide_stranded,
     decide_well_again,
+    expected_throughout,
 )
 from hosts import history
 from hosts.choices import HostState
@@ -117,6 +118,7 @@ SanFn = Callable[[CpuServer, float], SanResult]
 BmcFn = Callable[[CpuServer, float], BmcResult]
 
 
+
 class Monitor:
     def __init__(self, *, check: CheckFn = check_host, san_probe: SanFn = probe_san,
                  interval: float | None = None, dead_after: int | None = None, timeout: float | None = None,
@@ -151,6 +153,9 @@ class Monitor:
         # At most one check and one probe in flight per host: a hung one is a miss, never a pile-up.
         self._checks: dict[tuple[str, int], Future[CheckResult]] = {}
         self._probes: dict[int, Future[SanResult]] = {}
+        # What each probe in flight may be held to: the exports expected when it was sent (an export
+        # started while it listened, e.g. a new VM's leg, is not a silent one).
+        self._probe_expected: dict[int, dict[int, frozenset[Address]]] = {}
         self._san_missed: dict[int, int] = {}  # per CPU server; in memory: a restart only delays
         self._published: dict[tuple[str, int], tuple[str, int, str]] = {}
         self.recovery = storage_health.DiskRecovery()
@@ -190,9 +195,11 @@ class Monitor:
             report.duration_s = time.monotonic() - started
             return report
         cpus, disks = list(CpuServer.objects.all()), list(DiskServer.objects.all())
+        expected_at_send = storage_health.expected_exports()
         for cpu in cpus:
             if cpu.pk not in self._probes and cpu.state not in DOWN:
                 self._probes[cpu.pk] = self._san_pool.submit(self.san_probe, cpu, self.san_listen)
+                self._probe_expected[cpu.pk] = expected_at_send
             if self._bmc_due(cpu):
                 self._bmc_read_at[cpu.pk] = time.monotonic()
                 self._bmc_reads[cpu.pk] = self._bmc_pool.submit(self.bmc_read, cpu, self.bmc_timeout)
@@ -207,7 +214,8 @@ class Monitor:
         results = {key: self._harvest_check(key) for key in [(kind, h.pk) for kind, h in hosts]}
         sans = self._harvest_probes()
         bmcs = self._harvest_bmc_reads()
-        expected = storage_health.expected_exports()
+        expected = expected_throughout(storage_health.expected_exports(),
+                                        [self._probe_expected.pop(pk, {}) for pk in sans])
         up_disks = {d.pk for d in disks if d.state == HostState.UP}
         cpu_expected = frozenset().union(*(expected.get(pk, frozenset()) for pk in up_disks))
         san_ok = {pk: not r.error and (not cpu_expected or bool(r.seen & cpu_expected)) for pk, r in sans.items()}
@@ -294,6 +302,7 @@ class Monitor:
         self._resume_pending = False
         self._checks.clear()
         self._probes.clear()
+        self._probe_expected.clear()
         self._bmc_reads.clear()
         self._san_missed.clear()
         self._bmc_failing.clear()

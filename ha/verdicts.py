@@ -109,3 +109,16 @@ def decide_well_again(old_state: str, decision: Decision, evacuated: bool) -> De
     if old_state == HostState.SUSPECT and decision.state == HostState.UP and evacuated:
         return Decision(HostState.MAINTENANCE, 0, WELL_AFTER_EVACUATION)
     return decision
+
+
+def expected_throughout(now: dict[int, frozenset[Address]], at_send: list[dict[int, frozenset[Address]]],
+                         ) -> dict[int, frozenset[Address]]:
+    """Per disk server, the exports expected now and when each probe harvested was sent: one that
+    started meanwhile may not have been heard yet, one that stopped is not missed."""
+    common = {}
+    for pk, addresses in now.items():
+        for sent in at_send:
+            addresses &= sent.get(pk, frozenset())
+        if addresses:
+            common[pk] = addresses
+    return common

@@ -307,6 +307,36 @@ def test_a_disk_server_whose_exports_are_silent_on_the_san_counts_as_missing(clu
     assert _state(DiskServer, "disk1") == (HostState.UP, 0)
 
 
+def test_an_export_started_while_a_probe_listened_is_not_a_silent_one(cluster, fake, calls):
+    """A probe answers for the exports expected when it was sent: a new VM's leg exported meanwhile
+    (its vblade not heard yet) must not make its disk server suspect (seen in the failover bench,
+    a create's second leg then found no disk server)."""
+    import threading
+
+    disk3 = DiskServer.objects.create(name="disk3", address="192.0.2.13", aoe_shelf=3, capacity_mib=10240)
+    listening = threading.Event()
+
+    def slow_san(host, listen):
+        listening.wait(5)
+        return fake.san(host, listen)
+
+    monitor = Monitor(check=fake.check, san_probe=slow_san, interval=1, dead_after=DEAD_AFTER, timeout=0.3,
+                      san_listen=0.1, evacuate=True)
+    monitor.cycle()  # the probes are sent, and still listening when the cycle ends
+    AoEExport.objects.create(disk_server=disk3, mirror=cluster["mirror"], leg=2, shelf=3, slot=7,
+                             backing_path="/srv/new.img", size_mib=32, state=ExportState.EXPORTED)
+    listening.set()
+    monitor.cycle()  # their answers, which cannot have heard e3.7
+    assert _state(DiskServer, "disk3") == (HostState.UP, 0)
+    fake.legs["disk3"] = {(3, 7)}  # its vblade announces itself: the next probes hear it
+    monitor.cycle()
+    monitor.cycle()
+    assert _state(DiskServer, "disk3") == (HostState.UP, 0)
+    fake.exports_down = {"disk3"}  # and an export expected throughout that stays silent still counts
+    _cycles(monitor, DEAD_AFTER)
+    assert DiskServer.objects.get(name="disk3").state == HostState.DEAD
+
+
 def test_a_disk_server_stays_degraded_until_its_legs_answer(cluster, fake, calls):
     monitor = _monitor(fake)
     fake.silent = {"disk2"}
