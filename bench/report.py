@@ -254,12 +254,13 @@ EXPLANATIONS = """
   survivor, with the default monitor settings, split from the incident's own timeline. Detection
   is most of it and is deliberate: a CPU server is declared dead after 3 missed checks 2 s apart
   (`XENAOE_MONITOR_INTERVAL_S`, `XENAOE_MONITOR_DEAD_AFTER`): one slow answer must never fence a
-  host. The fence is the BMC's power off, confirmed. The restarts run 8 at once
-  (`XENAOE_FAILOVER_PARALLEL`) after one `aoe-discover` on the survivor: profiled, 8 at once were
-  ~1 s slower than one at a time (5.3 s against 3.8 s for the 6) because each guest's attach ran a
-  discovery of its own and the lab's AoE stand-in serves them one after another (0.5 s each); with
-  one discovery first, every attach finds its device and the 6 come up in ~2.5 s. So detection
-  bounds the failover: it can only shrink by checking more often (the second row) or declaring dead
+  host. The fence is the BMC's power off, confirmed (~1 s). The restarts run 8 at once
+  (`XENAOE_FAILOVER_PARALLEL`) after one `aoe-discover` on each survivor, run while the fence runs
+  (it writes nothing): profiled, each guest's attach running a discovery of its own made 8 at once
+  slower than one at a time, since the lab's AoE stand-in serves them one after another; and the one
+  discovery first, ~1.2 s on the stand-in for 12 legs, waited for the fence before it. Then the 6
+  come up in ~2 s (6 QEMU starts on 2 cores), the guests' figures sampler reading the survivor every
+  2 s beside them (measured: no difference with it off). So detection bounds the failover: it can only shrink by checking more often (the second row) or declaring dead
   after fewer misses, each a trade against fencing a host that was only slow to answer. The
   baseline is the floor an operator would reach by hand once they know the host is dead: the same
   6 guests attached, defined and started with virsh in sequence.

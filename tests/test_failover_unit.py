@@ -64,6 +64,10 @@ class FakeCluster:
         return running
 
     # AoE and libvirt
+    def discover(self, target, *, timeout=10.0):
+        self._reach(target.host)
+        self.calls.append(("discover", target.host))
+
     def attach(self, target, shelf, slot, *, timeout=20.0):
         self._reach(target.host)
         return f"/dev/etherd/e{shelf}.{slot}"
@@ -129,7 +133,8 @@ def fake(monkeypatch) -> FakeCluster:
     cluster = FakeCluster()
     for name in ("list_exports", "start_export"):
         monkeypatch.setattr(vblade, name, getattr(cluster, name))
-    monkeypatch.setattr(aoe, "attach", cluster.attach)
+    for name in ("discover", "attach"):
+        monkeypatch.setattr(aoe, name, getattr(cluster, name))
     for name in ("define", "start", "domain_info", "list_domains", "destroy", "undefine"):
         monkeypatch.setattr(hypervisor, name, getattr(cluster, name))
     monkeypatch.setattr(fencing, "ipmi_driver", cluster.ipmi_module)
@@ -221,6 +226,26 @@ def test_ipmi_confirms_and_guests_restart_highest_priority_first_then_largest_th
     assert "Step 1/3: Fence cpu2" in log and "Step 2/3: Restart 4 guests" in log
     assert any(m.startswith("b restarted on") for m in log)
     assert job.params == {"incident": incident.pk, "host": "cpu2"}
+
+
+def test_the_survivors_discover_the_san_once_while_the_host_is_fenced(dead, fake, monkeypatch):
+    for name in ("a", "b", "c"):
+        _guest(dead, name, 64)
+
+    def discover(target, *, timeout=10.0):
+        fake.discover(target, timeout=timeout)
+        if target.host == "10.0.0.3":  # cpu3's fails: costs nothing, its attaches discover again
+            raise DriverError("10.0.0.3: aoe-discover: no such interface")
+
+    monkeypatch.setattr(aoe, "discover", discover)
+    job = _run_failover(_incident())
+
+    assert job.state == "succeeded", job.message
+    discovered = [host for kind, host, *_ in fake.calls if kind == "discover"]
+    assert sorted(discovered) == ["10.0.0.1", "10.0.0.3"]  # every survivor up, once; never the dead host
+    first_define = next(i for i, call in enumerate(fake.calls) if call[0] == "define")
+    assert all(i < first_define for i, call in enumerate(fake.calls) if call[0] == "discover")
+    assert sorted(fake.started()) == ["xa-a", "xa-b", "xa-c"]
 
 
 def test_methods_are_tried_in_order_until_one_confirms(dead, fake):
