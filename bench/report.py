@@ -260,7 +260,8 @@ EXPLANATIONS = """
   slower than one at a time, since the lab's AoE stand-in serves them one after another; and the one
   discovery first, ~1.2 s on the stand-in for 12 legs, waited for the fence before it. Then the 6
   come up in ~2 s (6 QEMU starts on 2 cores), the guests' figures sampler reading the survivor every
-  2 s beside them (measured: no difference with it off). So detection bounds the failover: it can only shrink by checking more often (the second row) or declaring dead
+  2 s beside them (measured: no difference with it off). So detection bounds the failover: it can
+  only shrink by checking more often (the second row) or declaring dead
   after fewer misses, each a trade against fencing a host that was only slow to answer. The
   baseline is the floor an operator would reach by hand once they know the host is dead: the same
   6 guests attached, defined and started with virsh in sequence.
