@@ -81,7 +81,7 @@ def bench_vm(rounds: int) -> tuple[int, int]:
     created, deleted, steps = [], [], {}
     for i in range(rounds):
         started = time.perf_counter()
-        job = create_vm(VmRequest(name=f"bench{i}", vcpus=1, memory_mib=64, disk_mib=32))
+        job = create_vm(VmRequest(name=f"bench{i}", vcpus=1, memory_mib=64, disk_mib=32, image="none"))
         job = follow(job.pk, lambda _line: None)
         assert job.state == "succeeded", job.message
         created.append(time.perf_counter() - started)
