@@ -11,6 +11,7 @@ import datetime
 import gzip
 import json
 import os
+from argparse import ArgumentParser
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -29,6 +30,18 @@ def positive_days(raw: str) -> int:
     if value < 1:
         raise ValueError(raw)
     return value
+
+
+def add_archive_commands(parser: ArgumentParser, *, archive_help: str, days_setting: str, restore_help: str) -> None:
+    """`archive [--older-than-days N] [--archive-dir DIR] [--dry-run]` and `restore FILE`, the
+    subcommands of `manage.py jobs` and `manage.py audit` alike."""
+    sub = parser.add_subparsers(dest="action", required=True)
+    archive = sub.add_parser("archive", help=archive_help)
+    archive.add_argument("--older-than-days", type=positive_days, metavar="N",
+                         help=f"default: {days_setting} (XENAOE_{days_setting})")
+    archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
+    archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    sub.add_parser("restore", help=restore_help).add_argument("file", type=Path)
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

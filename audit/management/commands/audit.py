@@ -12,24 +12,16 @@ from django.core.management.base import CommandError
 
 from audit.actors import AuditedCommand
 from audit.retention import archive_audit_events, is_job_archive, restore_audit_archive
-from xenaoe_panel.archives import positive_days
+from xenaoe_panel.archives import add_archive_commands
 
 
 class Command(AuditedCommand):
     help = "Archive old audit events to a gzip'd JSON Lines file, or restore one."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True)
-        archive = sub.add_parser("archive", help="move audit events older than N days into an archive file")
-        archive.add_argument(
-            "--older-than-days", type=positive_days, metavar="N",
-            help="default: AUDIT_RETENTION_DAYS (XENAOE_AUDIT_RETENTION_DAYS)",
-        )
-        archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
-        archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
-        restore = sub.add_parser("restore", help="put the events of an audit archive file back (existing ones are "
-                                                 "skipped)")
-        restore.add_argument("file", type=Path)
+        add_archive_commands(parser, archive_help="move audit events older than N days into an archive file",
+                             days_setting="AUDIT_RETENTION_DAYS",
+                             restore_help="put the events of an audit archive file back (existing ones are skipped)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"do_{options['action']}")(options)

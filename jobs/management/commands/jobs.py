@@ -13,25 +13,18 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit.retention import is_audit_archive
 from jobs.retention import archive_finished_jobs, restore_archive
-from xenaoe_panel.archives import positive_days
+from xenaoe_panel.archives import add_archive_commands
 
 
 class Command(BaseCommand):
     help = "Archive old finished jobs (with their logs) to a gzip'd JSON Lines file, or restore one."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True)
-        archive = sub.add_parser("archive", help="move finished jobs older than N days into an archive file "
-                                                 "(audit events: manage.py audit archive)")
-        archive.add_argument(
-            "--older-than-days", type=positive_days, metavar="N",
-            help="default: JOB_RETENTION_DAYS (XENAOE_JOB_RETENTION_DAYS)",
-        )
-        archive.add_argument("--archive-dir", type=Path, help="default: JOB_ARCHIVE_DIR (XENAOE_JOB_ARCHIVE_DIR)")
-        archive.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
-        restore = sub.add_parser("restore", help="put the jobs (or audit events) of an archive file back "
-                                                 "(existing ones are skipped)")
-        restore.add_argument("file", type=Path)
+        add_archive_commands(parser, archive_help="move finished jobs older than N days into an archive file "
+                                                  "(audit events: manage.py audit archive)",
+                             days_setting="JOB_RETENTION_DAYS",
+                             restore_help="put the jobs (or audit events) of an archive file back (existing ones "
+                                          "are skipped)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"do_{options['action']}")(options)
