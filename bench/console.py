@@ -23,9 +23,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.__main__ import REPO, ensure_database
+from bench import database, lab_run
+from bench.report import REPO
 from bench.websocket import WebSocket
 
+DB_NAME = "xenaoe_bench_console"
 VM = "benchcon"
 PASSWORD = secrets.token_urlsafe(12)  # the guest's, for this run only
 KEYS = int(os.environ.get("BENCH_CONSOLE_KEYS", "100"))
@@ -125,15 +127,13 @@ def main() -> int:
     if os.geteuid() != 0:
         print("the console bench needs root: it uses the lab cluster", file=sys.stderr)
         return 2
-    ensure_database()
-    import django
-
-    django.setup()
+    # A database of its own, made afresh: an image another run registered would name copies and a
+    # store this clone's lab does not have.
+    if not lab_run.set_up(DB_NAME):
+        return 2
     from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     from api.tokens import issue_token
     from images import build
     from images.services import register_built
@@ -222,6 +222,7 @@ def main() -> int:
                 proc.kill()
         if not was_up:
             cluster.down()
+        database.drop(DB_NAME)
     return 0
 
 
