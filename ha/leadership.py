@@ -81,7 +81,7 @@ class Leadership(Protocol):
 
 class SoleLeadership:
     """One monitor and nothing to elect with (SQLite; unit tests of a single monitor): it leads."""
-    kind = "the only monitor (no election without PostgreSQL)"
+    kind = "the only one of its kind (no election without PostgreSQL)"
 
     def __init__(self, node: str | None = None) -> None:
         self.node = node or this_node()
